@@ -1,0 +1,618 @@
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    lock::CacheLock,
+    objects::{db_err, Objects},
+    Artifact, ArtifactEntry, ArtifactType, Error, FileStat, Hash, Latest, Record, Result, RunSummary,
+};
+
+/// How to open a cache.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Wait for another process to release the cache instead of failing.
+    pub wait: bool,
+    /// Who is opening it (shown to a second process that finds the cache locked).
+    pub holder: String,
+}
+
+/// An open cache folder. Holds the folder's exclusive lock while alive.
+pub struct Cache {
+    dir: PathBuf,
+    db: sled::Db,
+    objects: Objects,
+    records: sled::Tree,
+    latest: sled::Tree,
+    stat: sled::Tree,
+    runs: sled::Tree,
+    _lock: CacheLock,
+}
+
+/// What `cache gc` removed (or would remove).
+#[derive(Debug, Default, Clone)]
+pub struct GcReport {
+    pub records_removed: usize,
+    pub records_kept: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+}
+
+/// What `cache verify` found.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    pub objects_checked: usize,
+    pub corrupt_objects: Vec<Hash>,
+    pub records_dropped: Vec<String>,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache in `dir`, taking its lock first.
+    pub fn open(dir: &Path, opts: &OpenOptions, on_wait: &dyn Fn(&str)) -> Result<Cache> {
+        std::fs::create_dir_all(dir).map_err(Error::io("cannot create cache folder", dir))?;
+        let lock = CacheLock::acquire(dir, &opts.holder, opts.wait, on_wait)?;
+        let tmp = dir.join("tmp");
+        // Anything in tmp/ belongs to an interrupted writer: we hold the lock, so nobody
+        // else is writing.
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(Error::io("cannot clean", &tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(Error::io("cannot create", &tmp))?;
+        let db_path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|source| Error::Db { path: db_path.clone(), source })?;
+        let tree = |name: &str| db.open_tree(name).map_err(|source| Error::Db { path: db_path.clone(), source });
+        let objects = Objects { root: dir.join("objects-v1"), tmp, blobs: tree("blobs-v1")? };
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            records: tree("records-v1")?,
+            latest: tree("latest-v1")?,
+            stat: tree("stat-v1")?,
+            runs: tree("runs-v1")?,
+            db,
+            objects,
+            _lock: lock,
+        })
+    }
+
+    /// Whether `dir` holds a cache at all (without opening or creating it).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("db").exists()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    // ---- records -------------------------------------------------------------------
+
+    pub fn record(&self, key: &Hash) -> Result<Option<Record>> {
+        match self.records.get(key.0).map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt { tree: "records-v1", detail: format!("{}: {e}", key.short()) }),
+        }
+    }
+
+    pub fn has_record(&self, key: &Hash) -> Result<bool> {
+        self.records.contains_key(key.0).map_err(db_err)
+    }
+
+    /// Commits a record and points the node's `latest` entry at it, then flushes the
+    /// index. Call only after every object the record names is stored (they are durable
+    /// as soon as the `put_*` call returns).
+    pub fn commit(&self, record: &Record) -> Result<()> {
+        for obj in record.objects() {
+            if !self.objects.contains(&obj)? {
+                return Err(Error::MissingObject(obj.to_hex()));
+            }
+        }
+        let bytes = serde_json::to_vec(record).expect("records serialise");
+        let latest = Latest { key: record.key, pipeline: record.pipeline.clone(), at: record.timing.finished };
+        self.records.insert(record.key.0, bytes).map_err(db_err)?;
+        self.latest
+            .insert(record.node.as_bytes(), serde_json::to_vec(&latest).expect("serialises"))
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    /// The last committed key of a node id.
+    pub fn latest(&self, node: &str) -> Result<Option<Latest>> {
+        match self.latest.get(node.as_bytes()).map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt { tree: "latest-v1", detail: format!("{node}: {e}") }),
+        }
+    }
+
+    /// Every node id with a committed record, and its latest entry.
+    pub fn latest_all(&self) -> Result<Vec<(String, Latest)>> {
+        let mut out = Vec::new();
+        for item in self.latest.iter() {
+            let (k, v) = item.map_err(db_err)?;
+            if let Ok(l) = serde_json::from_slice(&v) {
+                out.push((String::from_utf8_lossy(&k).into_owned(), l));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Points a node at an existing record (a cached node that the latest run used).
+    pub fn set_latest(&self, node: &str, latest: &Latest) -> Result<()> {
+        self.latest
+            .insert(node.as_bytes(), serde_json::to_vec(latest).expect("serialises"))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn records(&self) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        for item in self.records.iter() {
+            let (_, v) = item.map_err(db_err)?;
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|e| Error::Corrupt { tree: "records-v1", detail: e.to_string() })?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(db_err)?;
+        Ok(())
+    }
+
+    // ---- objects -------------------------------------------------------------------
+
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Hash> {
+        self.objects.put_bytes(bytes)
+    }
+
+    pub fn read_bytes(&self, hash: &Hash) -> Result<Vec<u8>> {
+        self.objects.read(hash)
+    }
+
+    pub fn contains_object(&self, hash: &Hash) -> Result<bool> {
+        self.objects.contains(hash)
+    }
+
+    /// Stores a workspace file or directory as an artifact.
+    pub fn ingest(&self, path: &Path, kind: ArtifactType) -> Result<Artifact> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(Error::io("cannot read output", path))?;
+        if meta.is_file() {
+            let (hash, size) = self.objects.put_file(path)?;
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            return Ok(Artifact { kind, hash, size, entries: None, exec });
+        }
+        if !meta.is_dir() {
+            return Err(Error::Unsupported(path.to_path_buf()));
+        }
+        let mut files = Vec::new();
+        walk(path, path, &mut files)?;
+        files.sort();
+        let mut entries = Vec::with_capacity(files.len());
+        let mut total = 0;
+        for rel in files {
+            let full = path.join(&rel);
+            let meta = std::fs::metadata(&full).map_err(Error::io("cannot read output", &full))?;
+            let (hash, size) = self.objects.put_file(&full)?;
+            total += size;
+            entries.push(ArtifactEntry { path: rel, hash, size, exec: meta.permissions().mode() & 0o111 != 0 });
+        }
+        Ok(Artifact { kind, hash: Artifact::tree_hash(&entries), size: total, entries: Some(entries), exec: false })
+    }
+
+    /// Writes an artifact at `dest` (a file, or a folder whose previous content is
+    /// replaced).
+    pub fn restore(&self, artifact: &Artifact, dest: &Path) -> Result<()> {
+        match &artifact.entries {
+            None => self.objects.copy_to(&artifact.hash, dest, artifact.exec),
+            Some(entries) => {
+                if dest.exists() {
+                    if dest.is_dir() {
+                        std::fs::remove_dir_all(dest).map_err(Error::io("cannot replace", dest))?;
+                    } else {
+                        std::fs::remove_file(dest).map_err(Error::io("cannot replace", dest))?;
+                    }
+                }
+                std::fs::create_dir_all(dest).map_err(Error::io("cannot create", dest))?;
+                for e in entries {
+                    self.objects.copy_to(&e.hash, &dest.join(&e.path), e.exec)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A read-only view of an artifact inside the cache folder, for stages that consume
+    /// it: hard links to the object files (small objects are written out). The view is
+    /// content-addressed and reused.
+    pub fn materialize(&self, artifact: &Artifact) -> Result<PathBuf> {
+        let root = self.dir.join("views-v1").join(artifact.hash.to_hex());
+        if root.exists() {
+            return Ok(if artifact.is_dir() { root } else { root.join("file") });
+        }
+        let tmp = self.objects.temp_path();
+        std::fs::create_dir_all(&tmp).map_err(Error::io("cannot create", &tmp))?;
+        let place = |hash: &Hash, dest: &Path, exec: bool| -> Result<()> {
+            let src = self.objects.file_path(hash);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(Error::io("cannot create", parent))?;
+            }
+            if src.exists() && std::fs::hard_link(&src, dest).is_ok() {
+                return Ok(());
+            }
+            self.objects.copy_to(hash, dest, exec)
+        };
+        match &artifact.entries {
+            None => place(&artifact.hash, &tmp.join("file"), artifact.exec)?,
+            Some(entries) => {
+                for e in entries {
+                    place(&e.hash, &tmp.join(&e.path), e.exec)?;
+                }
+            }
+        }
+        std::fs::create_dir_all(root.parent().unwrap()).map_err(Error::io("cannot create", &root))?;
+        std::fs::rename(&tmp, &root).map_err(Error::io("cannot rename into", &root))?;
+        Ok(if artifact.is_dir() { root } else { root.join("file") })
+    }
+
+    // ---- workspace stat cache ------------------------------------------------------
+
+    pub fn stat_get(&self, path: &Path) -> Result<Option<FileStat>> {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(self
+            .stat
+            .get(path.as_os_str().as_bytes())
+            .map_err(db_err)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn stat_put(&self, path: &Path, stat: &FileStat) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        self.stat
+            .insert(path.as_os_str().as_bytes(), serde_json::to_vec(stat).expect("serialises"))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // ---- scratch, logs, runs -------------------------------------------------------
+
+    /// The scratch folder of a node key: kept across interruptions, removed on commit.
+    pub fn scratch_dir(&self, key: &Hash) -> PathBuf {
+        self.dir.join("scratch").join(key.to_hex())
+    }
+
+    pub fn remove_scratch(&self, key: &Hash) -> Result<()> {
+        let d = self.scratch_dir(key);
+        if d.exists() {
+            std::fs::remove_dir_all(&d).map_err(Error::io("cannot remove", &d))?;
+        }
+        Ok(())
+    }
+
+    /// A fresh, empty folder under tmp/ (removed when the cache is next opened).
+    pub fn temp_dir(&self) -> Result<PathBuf> {
+        let d = self.objects.temp_path();
+        std::fs::create_dir_all(&d).map_err(Error::io("cannot create", &d))?;
+        Ok(d)
+    }
+
+    /// Where the log of a failed node is kept.
+    pub fn failure_log_path(&self, node: &str) -> PathBuf {
+        let safe: String =
+            node.chars().map(|c| if c.is_ascii_alphanumeric() || "-_=.,".contains(c) { c } else { '_' }).collect();
+        self.dir.join("logs").join(format!("{safe}.log"))
+    }
+
+    pub fn log_run(&self, run: &RunSummary) -> Result<()> {
+        let id = self.db.generate_id().map_err(db_err)?;
+        self.runs.insert(id.to_be_bytes(), serde_json::to_vec(run).expect("serialises")).map_err(db_err)?;
+        self.flush()
+    }
+
+    pub fn runs(&self) -> Result<Vec<RunSummary>> {
+        let mut out = Vec::new();
+        for item in self.runs.iter() {
+            let (_, v) = item.map_err(db_err)?;
+            if let Ok(r) = serde_json::from_slice(&v) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- maintenance ---------------------------------------------------------------
+
+    /// Removes every record whose key is not in `keep`, then every object no kept record
+    /// refers to. With `dry_run`, only counts.
+    pub fn gc(&self, keep: &HashSet<Hash>, dry_run: bool) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut live: HashSet<Hash> = HashSet::new();
+        let mut dead_nodes: BTreeMap<String, ()> = BTreeMap::new();
+        for rec in self.records()? {
+            if keep.contains(&rec.key) {
+                report.records_kept += 1;
+                live.extend(rec.objects());
+            } else {
+                report.records_removed += 1;
+                dead_nodes.insert(rec.node.clone(), ());
+                if !dry_run {
+                    self.records.remove(rec.key.0).map_err(db_err)?;
+                }
+            }
+        }
+        if !dry_run {
+            for (node, latest) in self.latest_all()? {
+                if !keep.contains(&latest.key) {
+                    self.latest.remove(node.as_bytes()).map_err(db_err)?;
+                }
+            }
+        }
+        for item in self.objects.blobs.iter() {
+            let (k, v) = item.map_err(db_err)?;
+            let mut h = [0u8; 32];
+            if k.len() == 32 {
+                h.copy_from_slice(&k);
+            }
+            if !live.contains(&Hash(h)) {
+                report.objects_removed += 1;
+                report.bytes_freed += v.len() as u64;
+                if !dry_run {
+                    self.objects.blobs.remove(k).map_err(db_err)?;
+                }
+            }
+        }
+        for (hash, path) in self.object_files()? {
+            if hash.map(|h| live.contains(&h)) != Some(true) {
+                report.objects_removed += 1;
+                report.bytes_freed += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if !dry_run {
+                    std::fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
+                }
+            }
+        }
+        if !dry_run {
+            for extra in ["views-v1", "scratch"] {
+                let d = self.dir.join(extra);
+                if d.exists() {
+                    report.bytes_freed += dir_size(&d);
+                    std::fs::remove_dir_all(&d).map_err(Error::io("cannot remove", &d))?;
+                }
+            }
+            self.flush()?;
+        }
+        Ok(report)
+    }
+
+    /// Rehashes every object. Corrupt objects are removed, and so is every record that
+    /// refers to a corrupt or missing object, so that its node simply runs again.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let mut bad: HashSet<Hash> = HashSet::new();
+        for item in self.objects.blobs.iter() {
+            let (k, v) = item.map_err(db_err)?;
+            report.objects_checked += 1;
+            if k.len() != 32 || crate::hash_bytes(&v).0[..] != k[..] {
+                let mut h = [0u8; 32];
+                h[..k.len().min(32)].copy_from_slice(&k[..k.len().min(32)]);
+                bad.insert(Hash(h));
+                self.objects.blobs.remove(k).map_err(db_err)?;
+            }
+        }
+        for (hash, path) in self.object_files()? {
+            report.objects_checked += 1;
+            let ok = match hash {
+                Some(h) => self.objects.verify_file(&path, &h).unwrap_or(false),
+                None => false,
+            };
+            if !ok {
+                if let Some(h) = hash {
+                    bad.insert(h);
+                }
+                std::fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
+            }
+        }
+        for rec in self.records()? {
+            let mut broken = false;
+            for obj in rec.objects() {
+                if bad.contains(&obj) || !self.objects.contains(&obj)? {
+                    broken = true;
+                }
+            }
+            if broken {
+                self.records.remove(rec.key.0).map_err(db_err)?;
+                report.records_dropped.push(rec.node.clone());
+            }
+        }
+        // Views may hold links to removed objects: they are rebuilt on demand.
+        let views = self.dir.join("views-v1");
+        if !bad.is_empty() && views.exists() {
+            std::fs::remove_dir_all(&views).map_err(Error::io("cannot remove", &views))?;
+        }
+        report.corrupt_objects = bad.into_iter().collect();
+        report.corrupt_objects.sort();
+        self.flush()?;
+        Ok(report)
+    }
+
+    fn object_files(&self) -> Result<Vec<(Option<Hash>, PathBuf)>> {
+        let mut out = Vec::new();
+        let root = &self.objects.root;
+        if !root.exists() {
+            return Ok(out);
+        }
+        for shard in std::fs::read_dir(root).map_err(Error::io("cannot list", root))? {
+            let shard = shard.map_err(Error::io("cannot list", root))?;
+            let prefix = shard.file_name().to_string_lossy().into_owned();
+            for f in std::fs::read_dir(shard.path()).map_err(Error::io("cannot list", shard.path()))? {
+                let f = f.map_err(Error::io("cannot list", shard.path()))?;
+                let name = format!("{prefix}{}", f.file_name().to_string_lossy());
+                out.push((name.parse().ok(), f.path()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))? {
+        let entry = entry.map_err(Error::io("cannot list", dir))?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(Error::io("cannot stat", &path))?;
+        if ft.is_dir() {
+            walk(root, &path, out)?;
+        } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
+            let rel = path.strip_prefix(root).expect("under root");
+            out.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+        } else {
+            return Err(Error::Unsupported(path));
+        }
+    }
+    Ok(())
+}
+
+fn dir_size(d: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(ft) if ft.is_dir() => total += dir_size(&e.path()),
+                Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Metrics, Timing};
+
+    fn open(dir: &Path) -> Cache {
+        Cache::open(dir, &OpenOptions { wait: false, holder: "test".into() }, &|_| {}).unwrap()
+    }
+
+    fn record_for(node: &str, key: Hash, outputs: BTreeMap<String, Artifact>) -> Record {
+        let now = chrono::Utc::now();
+        Record {
+            key,
+            node: node.into(),
+            kind: "command".into(),
+            kind_version: 1,
+            components: serde_json::json!({}),
+            outputs,
+            metrics: Metrics::default(),
+            timing: Timing { started: now, finished: now, seconds: 0.0 },
+            log: None,
+            engine_version: "test".into(),
+            pipeline: "p.yaml".into(),
+        }
+    }
+
+    #[test]
+    fn small_and_large_files_round_trip() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        let small = ws.path().join("small.txt");
+        let large = ws.path().join("large.bin");
+        std::fs::write(&small, b"hi").unwrap();
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&large, &big).unwrap();
+        let a = cache.ingest(&small, ArtifactType::File).unwrap();
+        let b = cache.ingest(&large, ArtifactType::File).unwrap();
+        assert_eq!(b.hash, crate::hash_bytes(&big));
+        assert!(cache.objects.file_path(&b.hash).exists(), "large objects are files");
+        assert!(!cache.objects.file_path(&a.hash).exists(), "small objects live in sled");
+        std::fs::remove_file(&small).unwrap();
+        std::fs::remove_file(&large).unwrap();
+        cache.restore(&a, &small).unwrap();
+        cache.restore(&b, &large).unwrap();
+        assert_eq!(std::fs::read(&small).unwrap(), b"hi");
+        assert_eq!(std::fs::read(&large).unwrap(), big);
+    }
+
+    #[test]
+    fn directory_artifacts_hash_their_tree() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        let d = ws.path().join("out");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("a.txt"), b"a").unwrap();
+        std::fs::write(d.join("sub/b.txt"), b"b").unwrap();
+        let art = cache.ingest(&d, ArtifactType::Dataset).unwrap();
+        let names: Vec<_> = art.entries.as_ref().unwrap().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(names, ["a.txt", "sub/b.txt"]);
+        std::fs::write(d.join("sub/b.txt"), b"B").unwrap();
+        let art2 = cache.ingest(&d, ArtifactType::Dataset).unwrap();
+        assert_ne!(art.hash, art2.hash);
+        let view = cache.materialize(&art).unwrap();
+        assert_eq!(std::fs::read(view.join("sub/b.txt")).unwrap(), b"b");
+    }
+
+    #[test]
+    fn commit_refuses_records_with_missing_objects() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        let missing = crate::hash_bytes(b"never stored");
+        let mut outs = BTreeMap::new();
+        outs.insert(
+            "x".to_string(),
+            Artifact { kind: ArtifactType::File, hash: missing, size: 1, entries: None, exec: false },
+        );
+        let rec = record_for("n", crate::hash_bytes(b"key"), outs);
+        assert!(matches!(cache.commit(&rec), Err(Error::MissingObject(_))));
+        assert!(cache.record(&rec.key).unwrap().is_none());
+    }
+
+    #[test]
+    fn verify_drops_corrupt_objects_and_their_records_and_gc_frees() {
+        let ws = tempfile::tempdir().unwrap();
+        let dir = ws.path().join(".dagrun");
+        let cache = open(&dir);
+        let f = ws.path().join("big");
+        std::fs::write(&f, vec![7u8; 50_000]).unwrap();
+        let art = cache.ingest(&f, ArtifactType::File).unwrap();
+        let key = crate::hash_bytes(b"k1");
+        let mut outs = BTreeMap::new();
+        outs.insert("big".to_string(), art.clone());
+        cache.commit(&record_for("n1", key, outs)).unwrap();
+        assert!(cache.verify().unwrap().corrupt_objects.is_empty());
+        // Corrupt the object on disk.
+        let p = cache.objects.file_path(&art.hash);
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::write(&p, b"garbage").unwrap();
+        let rep = cache.verify().unwrap();
+        assert_eq!(rep.corrupt_objects, vec![art.hash]);
+        assert_eq!(rep.records_dropped, vec!["n1".to_string()]);
+        assert!(cache.record(&key).unwrap().is_none());
+        // A second object, unreferenced, is collected by gc.
+        std::fs::write(&f, vec![9u8; 40_000]).unwrap();
+        cache.ingest(&f, ArtifactType::File).unwrap();
+        let dry = cache.gc(&HashSet::new(), true).unwrap();
+        assert_eq!(dry.objects_removed, 1);
+        assert!(dry.bytes_freed >= 40_000);
+        let real = cache.gc(&HashSet::new(), false).unwrap();
+        assert_eq!(real.objects_removed, 1);
+        assert_eq!(cache.gc(&HashSet::new(), true).unwrap().objects_removed, 0);
+    }
+
+    #[test]
+    fn temp_files_of_an_interrupted_writer_are_removed_on_open() {
+        let ws = tempfile::tempdir().unwrap();
+        let dir = ws.path().join(".dagrun");
+        drop(open(&dir));
+        std::fs::write(dir.join("tmp/123-0"), b"half").unwrap();
+        drop(open(&dir));
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+    }
+}
