@@ -1,1 +1,63 @@
-fn main() {}
+//! The `dagrun` binary: parses the command line and hands off to the `cmd_*` modules.
+
+mod cli;
+mod cmd_cache;
+mod cmd_graph;
+mod cmd_inspect;
+mod cmd_run;
+mod context;
+mod display;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_tracing(cli.global.verbose);
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            match &f {
+                exit::Failure::Usage(e) | exit::Failure::Other(e) => eprintln!("error: {e:#}"),
+                exit::Failure::StageFailed | exit::Failure::Interrupted => {}
+            }
+            f.code()
+        }
+    }
+}
+
+fn dispatch(cli: cli::Cli) -> exit::CliResult {
+    use cli::Command::*;
+    let ctx = context::Ctx::new(&cli.global)?;
+    match cli.command {
+        None => cmd_run::cmd_run(&ctx, &cli.run),
+        Some(Run(a)) => cmd_run::cmd_run(&ctx, &a),
+        Some(Plan(a)) => cmd_run::cmd_plan(&ctx, &a.pipeline, &a.select, a.json),
+        Some(Graph(a)) => cmd_graph::cmd_graph(&ctx, &a),
+        Some(Status(a)) => cmd_inspect::cmd_status(&ctx, &a),
+        Some(Show(a)) => cmd_inspect::cmd_show(&ctx, &a),
+        Some(Why(a)) => cmd_inspect::cmd_why(&ctx, &a),
+        Some(Log(a)) => cmd_inspect::cmd_log(&ctx, &a),
+        Some(Export(a)) => cmd_inspect::cmd_export(&ctx, &a),
+        Some(Kinds) => cmd_inspect::cmd_kinds(&ctx),
+        Some(Cache(c)) => cmd_cache::cmd_cache(&ctx, &c),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

@@ -41,7 +41,9 @@ impl fmt::Debug for Hash {
 impl FromStr for Hash {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        blake3::Hash::from_hex(s).map(Hash::from).map_err(|_| Error::BadHash(s.to_string()))
+        blake3::Hash::from_hex(s)
+            .map(Hash::from)
+            .map_err(|_| Error::BadHash(s.to_string()))
     }
 }
 
@@ -70,7 +72,9 @@ pub fn hash_file(path: &Path) -> Result<(Hash, u64)> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(Error::io("cannot read", path))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(Error::io("cannot read", path))?;
         if n == 0 {
             break;
         }

@@ -20,7 +20,12 @@ pub struct CacheLock {
 impl CacheLock {
     /// Takes the lock. When another process holds it: waits if `wait`, else returns
     /// [`Error::Locked`] naming the holder. `on_wait` is called once before blocking.
-    pub fn acquire(dir: &Path, holder: &str, wait: bool, on_wait: &dyn Fn(&str)) -> Result<CacheLock> {
+    pub fn acquire(
+        dir: &Path,
+        holder: &str,
+        wait: bool,
+        on_wait: &dyn Fn(&str),
+    ) -> Result<CacheLock> {
         let path = dir.join("lock");
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -32,20 +37,26 @@ impl CacheLock {
         if !try_flock(&file, false)? {
             let who = read_holder(&mut file);
             if !wait {
-                return Err(Error::Locked { path: dir.to_path_buf(), holder: who });
+                return Err(Error::Locked {
+                    path: dir.to_path_buf(),
+                    holder: who,
+                });
             }
             on_wait(&who);
             try_flock(&file, true)?;
         }
-        file.set_len(0).map_err(Error::io("cannot write lock file", &path))?;
-        file.seek(SeekFrom::Start(0)).map_err(Error::io("cannot write lock file", &path))?;
+        file.set_len(0)
+            .map_err(Error::io("cannot write lock file", &path))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(Error::io("cannot write lock file", &path))?;
         let host = hostname();
         let line = format!(
             "pid {} on {host}: {holder} (since {})\n",
             std::process::id(),
             chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
         );
-        file.write_all(line.as_bytes()).map_err(Error::io("cannot write lock file", &path))?;
+        file.write_all(line.as_bytes())
+            .map_err(Error::io("cannot write lock file", &path))?;
         Ok(CacheLock { _file: file, path })
     }
 
@@ -55,7 +66,11 @@ impl CacheLock {
 }
 
 fn try_flock(file: &File, block: bool) -> Result<bool> {
-    let op = if block { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    let op = if block {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
     loop {
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
@@ -67,7 +82,11 @@ fn try_flock(file: &File, block: bool) -> Result<bool> {
             Some(libc::EINTR) => continue,
             Some(libc::EWOULDBLOCK) => return Ok(false),
             _ => {
-                return Err(Error::Io { context: "cannot lock", path: PathBuf::from("lock"), source: err });
+                return Err(Error::Io {
+                    context: "cannot lock",
+                    path: PathBuf::from("lock"),
+                    source: err,
+                });
             }
         }
     }
@@ -102,7 +121,10 @@ mod tests {
         let err = CacheLock::acquire(dir.path(), "dagrun run b.yaml", false, &|_| {}).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("dagrun run a.yaml"), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
     }
 
     #[test]

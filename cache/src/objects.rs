@@ -54,7 +54,8 @@ impl Objects {
         }
         let tmp = self.temp_path();
         let mut f = File::create(&tmp).map_err(Error::io("cannot create", &tmp))?;
-        f.write_all(bytes).map_err(Error::io("cannot write", &tmp))?;
+        f.write_all(bytes)
+            .map_err(Error::io("cannot write", &tmp))?;
         self.publish(f, &tmp, &final_path)?;
         Ok(hash)
     }
@@ -62,10 +63,15 @@ impl Objects {
     /// Stores a file's contents, hashing while copying (one pass over the bytes).
     pub(crate) fn put_file(&self, src: &Path) -> Result<(Hash, u64)> {
         let mut input = File::open(src).map_err(Error::io("cannot open", src))?;
-        let len = input.metadata().map_err(Error::io("cannot stat", src))?.len();
+        let len = input
+            .metadata()
+            .map_err(Error::io("cannot stat", src))?
+            .len();
         if len <= SMALL_OBJECT_LIMIT {
             let mut bytes = Vec::with_capacity(len as usize);
-            input.read_to_end(&mut bytes).map_err(Error::io("cannot read", src))?;
+            input
+                .read_to_end(&mut bytes)
+                .map_err(Error::io("cannot read", src))?;
             let n = bytes.len() as u64;
             if n <= SMALL_OBJECT_LIMIT {
                 return Ok((self.put_bytes(&bytes)?, n));
@@ -77,12 +83,15 @@ impl Objects {
         let mut buf = vec![0u8; 256 * 1024];
         let mut size = 0u64;
         loop {
-            let n = input.read(&mut buf).map_err(Error::io("cannot read", src))?;
+            let n = input
+                .read(&mut buf)
+                .map_err(Error::io("cannot read", src))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(Error::io("cannot write", &tmp))?;
+            out.write_all(&buf[..n])
+                .map_err(Error::io("cannot write", &tmp))?;
             size += n as u64;
         }
         let hash: Hash = hasher.finalize().into();
@@ -115,8 +124,14 @@ impl Objects {
         let p = self.file_path(hash);
         match std::fs::read(&p) {
             Ok(v) => Ok(v),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::MissingObject(hash.to_hex())),
-            Err(e) => Err(Error::Io { context: "cannot read", path: p, source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::MissingObject(hash.to_hex()))
+            }
+            Err(e) => Err(Error::Io {
+                context: "cannot read",
+                path: p,
+                source: e,
+            }),
         }
     }
 
@@ -154,7 +169,10 @@ impl Objects {
 }
 
 pub(crate) fn db_err(e: sled::Error) -> Error {
-    Error::Db { path: PathBuf::from("db"), source: e }
+    Error::Db {
+        path: PathBuf::from("db"),
+        source: e,
+    }
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {

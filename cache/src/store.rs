@@ -6,7 +6,8 @@ use std::{
 use crate::{
     lock::CacheLock,
     objects::{db_err, Objects},
-    Artifact, ArtifactEntry, ArtifactType, Error, FileStat, Hash, Latest, Record, Result, RunSummary,
+    Artifact, ArtifactEntry, ArtifactType, Error, FileStat, Hash, Latest, Record, Result,
+    RunSummary,
 };
 
 /// How to open a cache.
@@ -64,9 +65,21 @@ impl Cache {
             .path(&db_path)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(|source| Error::Db { path: db_path.clone(), source })?;
-        let tree = |name: &str| db.open_tree(name).map_err(|source| Error::Db { path: db_path.clone(), source });
-        let objects = Objects { root: dir.join("objects-v1"), tmp, blobs: tree("blobs-v1")? };
+            .map_err(|source| Error::Db {
+                path: db_path.clone(),
+                source,
+            })?;
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|source| Error::Db {
+                path: db_path.clone(),
+                source,
+            })
+        };
+        let objects = Objects {
+            root: dir.join("objects-v1"),
+            tmp,
+            blobs: tree("blobs-v1")?,
+        };
         Ok(Cache {
             dir: dir.to_path_buf(),
             records: tree("records-v1")?,
@@ -95,7 +108,10 @@ impl Cache {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|e| Error::Corrupt { tree: "records-v1", detail: format!("{}: {e}", key.short()) }),
+                .map_err(|e| Error::Corrupt {
+                    tree: "records-v1",
+                    detail: format!("{}: {e}", key.short()),
+                }),
         }
     }
 
@@ -113,10 +129,17 @@ impl Cache {
             }
         }
         let bytes = serde_json::to_vec(record).expect("records serialise");
-        let latest = Latest { key: record.key, pipeline: record.pipeline.clone(), at: record.timing.finished };
+        let latest = Latest {
+            key: record.key,
+            pipeline: record.pipeline.clone(),
+            at: record.timing.finished,
+        };
         self.records.insert(record.key.0, bytes).map_err(db_err)?;
         self.latest
-            .insert(record.node.as_bytes(), serde_json::to_vec(&latest).expect("serialises"))
+            .insert(
+                record.node.as_bytes(),
+                serde_json::to_vec(&latest).expect("serialises"),
+            )
             .map_err(db_err)?;
         self.flush()
     }
@@ -127,7 +150,10 @@ impl Cache {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|e| Error::Corrupt { tree: "latest-v1", detail: format!("{node}: {e}") }),
+                .map_err(|e| Error::Corrupt {
+                    tree: "latest-v1",
+                    detail: format!("{node}: {e}"),
+                }),
         }
     }
 
@@ -146,7 +172,10 @@ impl Cache {
     /// Points a node at an existing record (a cached node that the latest run used).
     pub fn set_latest(&self, node: &str, latest: &Latest) -> Result<()> {
         self.latest
-            .insert(node.as_bytes(), serde_json::to_vec(latest).expect("serialises"))
+            .insert(
+                node.as_bytes(),
+                serde_json::to_vec(latest).expect("serialises"),
+            )
             .map_err(db_err)?;
         Ok(())
     }
@@ -155,10 +184,10 @@ impl Cache {
         let mut out = Vec::new();
         for item in self.records.iter() {
             let (_, v) = item.map_err(db_err)?;
-            out.push(
-                serde_json::from_slice(&v)
-                    .map_err(|e| Error::Corrupt { tree: "records-v1", detail: e.to_string() })?,
-            );
+            out.push(serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                tree: "records-v1",
+                detail: e.to_string(),
+            })?);
         }
         Ok(out)
     }
@@ -189,7 +218,13 @@ impl Cache {
         if meta.is_file() {
             let (hash, size) = self.objects.put_file(path)?;
             let exec = meta.permissions().mode() & 0o111 != 0;
-            return Ok(Artifact { kind, hash, size, entries: None, exec });
+            return Ok(Artifact {
+                kind,
+                hash,
+                size,
+                entries: None,
+                exec,
+            });
         }
         if !meta.is_dir() {
             return Err(Error::Unsupported(path.to_path_buf()));
@@ -204,9 +239,20 @@ impl Cache {
             let meta = std::fs::metadata(&full).map_err(Error::io("cannot read output", &full))?;
             let (hash, size) = self.objects.put_file(&full)?;
             total += size;
-            entries.push(ArtifactEntry { path: rel, hash, size, exec: meta.permissions().mode() & 0o111 != 0 });
+            entries.push(ArtifactEntry {
+                path: rel,
+                hash,
+                size,
+                exec: meta.permissions().mode() & 0o111 != 0,
+            });
         }
-        Ok(Artifact { kind, hash: Artifact::tree_hash(&entries), size: total, entries: Some(entries), exec: false })
+        Ok(Artifact {
+            kind,
+            hash: Artifact::tree_hash(&entries),
+            size: total,
+            entries: Some(entries),
+            exec: false,
+        })
     }
 
     /// Writes an artifact at `dest` (a file, or a folder whose previous content is
@@ -237,7 +283,11 @@ impl Cache {
     pub fn materialize(&self, artifact: &Artifact) -> Result<PathBuf> {
         let root = self.dir.join("views-v1").join(artifact.hash.to_hex());
         if root.exists() {
-            return Ok(if artifact.is_dir() { root } else { root.join("file") });
+            return Ok(if artifact.is_dir() {
+                root
+            } else {
+                root.join("file")
+            });
         }
         let tmp = self.objects.temp_path();
         std::fs::create_dir_all(&tmp).map_err(Error::io("cannot create", &tmp))?;
@@ -259,9 +309,14 @@ impl Cache {
                 }
             }
         }
-        std::fs::create_dir_all(root.parent().unwrap()).map_err(Error::io("cannot create", &root))?;
+        std::fs::create_dir_all(root.parent().unwrap())
+            .map_err(Error::io("cannot create", &root))?;
         std::fs::rename(&tmp, &root).map_err(Error::io("cannot rename into", &root))?;
-        Ok(if artifact.is_dir() { root } else { root.join("file") })
+        Ok(if artifact.is_dir() {
+            root
+        } else {
+            root.join("file")
+        })
     }
 
     // ---- workspace stat cache ------------------------------------------------------
@@ -278,7 +333,10 @@ impl Cache {
     pub fn stat_put(&self, path: &Path, stat: &FileStat) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
         self.stat
-            .insert(path.as_os_str().as_bytes(), serde_json::to_vec(stat).expect("serialises"))
+            .insert(
+                path.as_os_str().as_bytes(),
+                serde_json::to_vec(stat).expect("serialises"),
+            )
             .map_err(db_err)?;
         Ok(())
     }
@@ -307,14 +365,27 @@ impl Cache {
 
     /// Where the log of a failed node is kept.
     pub fn failure_log_path(&self, node: &str) -> PathBuf {
-        let safe: String =
-            node.chars().map(|c| if c.is_ascii_alphanumeric() || "-_=.,".contains(c) { c } else { '_' }).collect();
+        let safe: String = node
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_=.,".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         self.dir.join("logs").join(format!("{safe}.log"))
     }
 
     pub fn log_run(&self, run: &RunSummary) -> Result<()> {
         let id = self.db.generate_id().map_err(db_err)?;
-        self.runs.insert(id.to_be_bytes(), serde_json::to_vec(run).expect("serialises")).map_err(db_err)?;
+        self.runs
+            .insert(
+                id.to_be_bytes(),
+                serde_json::to_vec(run).expect("serialises"),
+            )
+            .map_err(db_err)?;
         self.flush()
     }
 
@@ -452,7 +523,9 @@ impl Cache {
         for shard in std::fs::read_dir(root).map_err(Error::io("cannot list", root))? {
             let shard = shard.map_err(Error::io("cannot list", root))?;
             let prefix = shard.file_name().to_string_lossy().into_owned();
-            for f in std::fs::read_dir(shard.path()).map_err(Error::io("cannot list", shard.path()))? {
+            for f in
+                std::fs::read_dir(shard.path()).map_err(Error::io("cannot list", shard.path()))?
+            {
                 let f = f.map_err(Error::io("cannot list", shard.path()))?;
                 let name = format!("{prefix}{}", f.file_name().to_string_lossy());
                 out.push((name.parse().ok(), f.path()));
@@ -471,7 +544,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
             walk(root, &path, out)?;
         } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
             let rel = path.strip_prefix(root).expect("under root");
-            out.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+            out.push(
+                rel.components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            );
         } else {
             return Err(Error::Unsupported(path));
         }
@@ -499,7 +577,15 @@ mod tests {
     use crate::{Metrics, Timing};
 
     fn open(dir: &Path) -> Cache {
-        Cache::open(dir, &OpenOptions { wait: false, holder: "test".into() }, &|_| {}).unwrap()
+        Cache::open(
+            dir,
+            &OpenOptions {
+                wait: false,
+                holder: "test".into(),
+            },
+            &|_| {},
+        )
+        .unwrap()
     }
 
     fn record_for(node: &str, key: Hash, outputs: BTreeMap<String, Artifact>) -> Record {
@@ -512,7 +598,11 @@ mod tests {
             components: serde_json::json!({}),
             outputs,
             metrics: Metrics::default(),
-            timing: Timing { started: now, finished: now, seconds: 0.0 },
+            timing: Timing {
+                started: now,
+                finished: now,
+                seconds: 0.0,
+            },
             log: None,
             engine_version: "test".into(),
             pipeline: "p.yaml".into(),
@@ -531,8 +621,14 @@ mod tests {
         let a = cache.ingest(&small, ArtifactType::File).unwrap();
         let b = cache.ingest(&large, ArtifactType::File).unwrap();
         assert_eq!(b.hash, crate::hash_bytes(&big));
-        assert!(cache.objects.file_path(&b.hash).exists(), "large objects are files");
-        assert!(!cache.objects.file_path(&a.hash).exists(), "small objects live in sled");
+        assert!(
+            cache.objects.file_path(&b.hash).exists(),
+            "large objects are files"
+        );
+        assert!(
+            !cache.objects.file_path(&a.hash).exists(),
+            "small objects live in sled"
+        );
         std::fs::remove_file(&small).unwrap();
         std::fs::remove_file(&large).unwrap();
         cache.restore(&a, &small).unwrap();
@@ -550,7 +646,13 @@ mod tests {
         std::fs::write(d.join("a.txt"), b"a").unwrap();
         std::fs::write(d.join("sub/b.txt"), b"b").unwrap();
         let art = cache.ingest(&d, ArtifactType::Dataset).unwrap();
-        let names: Vec<_> = art.entries.as_ref().unwrap().iter().map(|e| e.path.clone()).collect();
+        let names: Vec<_> = art
+            .entries
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.path.clone())
+            .collect();
         assert_eq!(names, ["a.txt", "sub/b.txt"]);
         std::fs::write(d.join("sub/b.txt"), b"B").unwrap();
         let art2 = cache.ingest(&d, ArtifactType::Dataset).unwrap();
@@ -567,7 +669,13 @@ mod tests {
         let mut outs = BTreeMap::new();
         outs.insert(
             "x".to_string(),
-            Artifact { kind: ArtifactType::File, hash: missing, size: 1, entries: None, exec: false },
+            Artifact {
+                kind: ArtifactType::File,
+                hash: missing,
+                size: 1,
+                entries: None,
+                exec: false,
+            },
         );
         let rec = record_for("n", crate::hash_bytes(b"key"), outs);
         assert!(matches!(cache.commit(&rec), Err(Error::MissingObject(_))));

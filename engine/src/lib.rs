@@ -1,1 +1,34 @@
+//! The dagrun engine: pipelines as content-hashed DAGs, planned and run incrementally.
+//!
+//! The map, in the order data flows:
+//! - [`spec`]: the YAML file as written (serde types); [`locate`] finds `file:line:col`.
+//! - [`pipeline::Pipeline`]: the checked graph — matrix sweeps expanded into [`pipeline::Node`]s,
+//!   `${...}` references resolved ([`interp`], [`selector`]), edges from `needs`,
+//!   references and files, cycles refused.
+//! - [`fingerprint::KeyComponents`]: what a node's key is computed from.
+//! - [`plan::Evaluator`]: a node's [`plan::State`] (cached / stale / forced / blocked /
+//!   missing) and its [`reason::Reason`]s; the dry run and the executor share it.
+//! - [`run::run`]: the executor (`--jobs`, resources, early cutoff, commits).
+//! - [`stage::StageKind`]: the interface stage kinds implement; [`stage::StageContext`] is
+//!   what a running node gets.
+//!
+//! The engine knows nothing of machine learning and nothing of the command line.
 
+pub mod error;
+pub mod fingerprint;
+pub mod interp;
+pub mod locate;
+pub mod pipeline;
+pub mod plan;
+pub mod reason;
+pub mod run;
+pub mod selector;
+pub mod spec;
+pub mod stage;
+pub mod workspace;
+
+pub use error::{Error, Location, Result, SpecError, SpecErrors};
+pub use pipeline::Pipeline;
+
+/// The engine version written into every record.
+pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,1 +1,16 @@
+//! Stage kinds: the `command` kind, and the native kinds of the paper pipeline.
+//!
+//! [`registry`] returns every kind this build provides; the binary hands it to the engine.
 
+use std::sync::Arc;
+
+use dagrun_engine::stage::Registry;
+
+pub mod command;
+
+/// Every stage kind of this build.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(Arc::new(command::CommandKind));
+    r
+}

@@ -1,0 +1,353 @@
+//! The planner: what state each node is in and why. The dry run prints its result; the
+//! executor calls the same [`Evaluator::evaluate`] on each node once its upstream is
+//! settled, so the plan cannot disagree with what runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dagrun_cache::{Artifact, Cache, Hash, Record};
+use serde_json::Value;
+
+use crate::{
+    error::{Error, Result},
+    fingerprint::{KeyComponents, KEY_SCHEMA},
+    interp,
+    pipeline::{DepSource, Pipeline},
+    reason::{diff, Reason},
+    selector::scalar_string,
+    workspace::{sub_hash, Workspace},
+};
+
+/// A node's state before it runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    /// A record with this key exists; `restore` lists workspace outputs to put back.
+    Cached { restore: Vec<String> },
+    /// It must run.
+    Stale { reasons: Vec<Reason> },
+    /// `--rerun` asked for it.
+    Forced { reasons: Vec<Reason> },
+    /// Upstream must run first; it runs unless their outputs come out identical.
+    Blocked { reasons: Vec<Reason> },
+    /// Inputs are missing: it cannot run.
+    Missing { reasons: Vec<Reason> },
+}
+
+impl State {
+    pub fn label(&self) -> &'static str {
+        match self {
+            State::Cached { .. } => "cached",
+            State::Stale { .. } => "stale",
+            State::Forced { .. } => "forced",
+            State::Blocked { .. } => "blocked",
+            State::Missing { .. } => "missing",
+        }
+    }
+
+    pub fn reasons(&self) -> &[Reason] {
+        match self {
+            State::Cached { .. } => &[],
+            State::Stale { reasons }
+            | State::Forced { reasons }
+            | State::Blocked { reasons }
+            | State::Missing { reasons } => reasons,
+        }
+    }
+
+    /// Whether the node runs for sure (Blocked nodes may be cut off).
+    pub fn will_run(&self) -> bool {
+        matches!(self, State::Stale { .. } | State::Forced { .. })
+    }
+}
+
+/// The result of evaluating one node.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub state: State,
+    /// Known when every upstream output is known.
+    pub components: Option<KeyComponents>,
+    pub key: Option<Hash>,
+    /// The record, when cached.
+    pub record: Option<Record>,
+}
+
+/// Which nodes take part, and which are forced.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// `None`: every node.
+    pub nodes: Option<BTreeSet<usize>>,
+    pub forced: BTreeSet<usize>,
+    /// Node → the forced node it is downstream of (`--downstream`).
+    pub forced_downstream: BTreeMap<usize, String>,
+}
+
+impl Selection {
+    pub fn includes(&self, i: usize) -> bool {
+        self.nodes.as_ref().map(|s| s.contains(&i)).unwrap_or(true)
+    }
+}
+
+/// Evaluates nodes against the cache and the workspace.
+pub struct Evaluator<'a> {
+    pub pipeline: &'a Pipeline,
+    pub cache: Option<&'a Cache>,
+    pub ws: Workspace<'a>,
+    env_vars: BTreeMap<String, String>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(pipeline: &'a Pipeline, cache: Option<&'a Cache>, write_stats: bool) -> Self {
+        let env_vars = pipeline
+            .env_keys
+            .iter()
+            .map(|k| (format!("env:{k}"), std::env::var(k).unwrap_or_default()))
+            .collect();
+        Evaluator {
+            pipeline,
+            cache,
+            ws: Workspace::new(&pipeline.workdir, cache, write_stats),
+            env_vars,
+        }
+    }
+
+    /// Evaluates node `i`. `outputs(u)` gives the outputs of upstream node `u` when they
+    /// are known (it is cached or has run), `None` while it is pending.
+    pub fn evaluate(
+        &self,
+        i: usize,
+        sel: &Selection,
+        outputs: &dyn Fn(usize) -> Option<BTreeMap<String, Artifact>>,
+    ) -> Result<Evaluation> {
+        let node = &self.pipeline.nodes[i];
+        let forced_reason = if sel.forced.contains(&i) {
+            Some(Reason::Forced)
+        } else {
+            sel.forced_downstream
+                .get(&i)
+                .map(|of| Reason::ForcedDownstream { of: of.clone() })
+        };
+        let pending: Vec<String> = node
+            .upstream
+            .iter()
+            .filter(|&&u| outputs(u).is_none())
+            .map(|&u| self.pipeline.nodes[u].id.clone())
+            .collect();
+        if !pending.is_empty() {
+            let waits = Reason::WaitsOn { nodes: pending };
+            let state = match forced_reason {
+                Some(r) => State::Forced {
+                    reasons: vec![r, waits],
+                },
+                None if self.latest_key(&node.id)?.is_none() => State::Stale {
+                    reasons: vec![Reason::NeverRun, waits],
+                },
+                None => State::Blocked {
+                    reasons: vec![waits],
+                },
+            };
+            return Ok(Evaluation {
+                state,
+                components: None,
+                key: None,
+                record: None,
+            });
+        }
+
+        let ups: BTreeMap<usize, BTreeMap<String, Artifact>> = node
+            .upstream
+            .iter()
+            .map(|&u| (u, outputs(u).expect("checked above")))
+            .collect();
+        let mut inputs = BTreeMap::new();
+        let mut missing = Vec::new();
+        for b in &node.bindings {
+            for (t, out) in &b.targets {
+                let art = ups.get(t).and_then(|m| m.get(out));
+                let name = format!("{}.{out}", self.pipeline.nodes[*t].id);
+                match art {
+                    Some(a) => {
+                        inputs.insert(name, a.hash.to_hex());
+                    }
+                    None => missing.push(Reason::MissingInput { path: name }),
+                }
+            }
+        }
+        for d in &node.deps {
+            let h = match &d.source {
+                DepSource::Produced {
+                    node: p,
+                    output,
+                    sub,
+                } => ups
+                    .get(p)
+                    .and_then(|m| m.get(output))
+                    .and_then(|a| match sub {
+                        None => Some(a.hash),
+                        Some(s) => sub_hash(a, s),
+                    }),
+                DepSource::Workspace { .. } => self.ws.hash(&d.path)?,
+            };
+            match h {
+                Some(h) => {
+                    inputs.insert(format!("file:{}", d.path), h.to_hex());
+                }
+                None => missing.push(Reason::MissingInput {
+                    path: d.path.clone(),
+                }),
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(Evaluation {
+                state: State::Missing { reasons: missing },
+                components: None,
+                key: None,
+                record: None,
+            });
+        }
+        let mut env = node
+            .kind
+            .environment(&node.device)
+            .map_err(|e| Error::Usage(format!("{}: node `{}`: {e}", node.loc, node.id)))?;
+        env.extend(self.env_vars.clone());
+        let params = interp::render(&node.params, &|bi| {
+            let b = &node.bindings[bi];
+            let names: Vec<Value> = b
+                .targets
+                .iter()
+                .map(|(t, o)| Value::String(format!("@{}.{o}", self.pipeline.nodes[*t].id)))
+                .collect();
+            if b.many {
+                Value::Array(names)
+            } else {
+                names.into_iter().next().unwrap_or(Value::Null)
+            }
+        });
+        let components = KeyComponents {
+            schema: KEY_SCHEMA.to_string(),
+            kind: node.kind.name().to_string(),
+            kind_version: node.kind.version(),
+            matrix: node
+                .matrix
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            params,
+            outs: node.outs.clone(),
+            inputs,
+            env,
+        };
+        let key = components.key();
+        let record = match self.cache {
+            Some(c) => c.record(&key)?,
+            None => None,
+        };
+        let state = if let Some(r) = forced_reason {
+            State::Forced { reasons: vec![r] }
+        } else if let Some(rec) = &record {
+            let mut restore = Vec::new();
+            for o in &node.outs {
+                let want = rec.outputs.get(o).map(|a| a.hash);
+                if self.ws.hash(o)? != want {
+                    restore.push(o.clone());
+                }
+            }
+            State::Cached { restore }
+        } else {
+            State::Stale {
+                reasons: self.stale_reasons(&node.id, &components)?,
+            }
+        };
+        Ok(Evaluation {
+            state,
+            components: Some(components),
+            key: Some(key),
+            record,
+        })
+    }
+
+    fn latest_key(&self, node: &str) -> Result<Option<Hash>> {
+        Ok(match self.cache {
+            Some(c) => c.latest(node)?.map(|l| l.key),
+            None => None,
+        })
+    }
+
+    /// Why a node with these components is not cached, compared with its last run.
+    pub fn stale_reasons(&self, node: &str, components: &KeyComponents) -> Result<Vec<Reason>> {
+        let Some(key) = self.latest_key(node)? else {
+            return Ok(vec![Reason::NeverRun]);
+        };
+        let cache = self.cache.expect("a latest key implies a cache");
+        let Some(rec) = cache.record(&key)? else {
+            return Ok(vec![Reason::RecordGone]);
+        };
+        let old: KeyComponents = match serde_json::from_value(rec.components.clone()) {
+            Ok(c) => c,
+            Err(_) => return Ok(vec![Reason::RecordGone]),
+        };
+        let d = diff(&old, components);
+        Ok(if d.is_empty() {
+            vec![Reason::RecordGone]
+        } else {
+            d
+        })
+    }
+
+    /// Plans the whole pipeline from the cache alone (the dry run).
+    pub fn plan(&self, sel: &Selection) -> Result<Vec<Option<Evaluation>>> {
+        let n = self.pipeline.nodes.len();
+        let mut evals: Vec<Option<Evaluation>> = vec![None; n];
+        // Nodes outside the selection still need evaluating when a selected node reads
+        // them (their cached outputs feed its key).
+        let needed = sel.nodes.as_ref().map(|s| {
+            self.pipeline
+                .ancestors(&s.iter().copied().collect::<Vec<_>>())
+        });
+        for &i in &self.pipeline.order {
+            if !needed.as_ref().map(|s| s.contains(&i)).unwrap_or(true) {
+                continue;
+            }
+            let known = |u: usize| -> Option<BTreeMap<String, Artifact>> {
+                evals[u].as_ref().and_then(|e| match (&e.state, &e.record) {
+                    (State::Cached { .. }, Some(r)) => Some(r.outputs.clone()),
+                    _ => None,
+                })
+            };
+            let e = self.evaluate(i, sel, &known)?;
+            evals[i] = Some(e);
+        }
+        Ok(evals)
+    }
+}
+
+/// Renders a node's parameters for running: each reference becomes its artifact's path
+/// (a list of `{node, matrix, path}` for a sweep).
+pub fn runtime_params(
+    pipeline: &Pipeline,
+    i: usize,
+    path_of: &dyn Fn(usize, &str) -> Option<String>,
+) -> Value {
+    let node = &pipeline.nodes[i];
+    interp::render(&node.params, &|bi| {
+        let b = &node.bindings[bi];
+        let items: Vec<Value> = b
+            .targets
+            .iter()
+            .map(|(t, o)| {
+                let path = path_of(*t, o).map(Value::String).unwrap_or(Value::Null);
+                if b.many {
+                    let n = &pipeline.nodes[*t];
+                    let matrix: serde_json::Map<String, Value> =
+                        n.matrix.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    serde_json::json!({"node": n.id, "matrix": matrix, "path": path, "label": n.matrix.values().map(scalar_string).collect::<Vec<_>>().join(",")})
+                } else {
+                    path
+                }
+            })
+            .collect();
+        if b.many {
+            Value::Array(items)
+        } else {
+            items.into_iter().next().unwrap_or(Value::Null)
+        }
+    })
+}

@@ -1,0 +1,574 @@
+//! The executor: runs stale nodes in dependency order, `--jobs` at a time within their
+//! `resources`, and commits each result to the cache. Cached nodes go through the same
+//! queue (they complete at once), and every node is evaluated by the planner's
+//! [`Evaluator::evaluate`] once its upstream is settled: a node whose upstream reran
+//! with byte-identical outputs stays cached (early cutoff).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+};
+
+use chrono::Utc;
+use dagrun_cache::{Artifact, Cache, Latest, Metrics, Record, RunSummary, Timing};
+
+use crate::{
+    error::{Error, Result},
+    plan::{runtime_params, Evaluation, Evaluator, Selection, State},
+    reason::Reason,
+    stage::{Cancelled, ProgressSink, StageContext},
+    Pipeline,
+};
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Job slots: a node takes `resources.cpus` of them.
+    pub jobs: usize,
+    /// GPUs available for `resources.gpus`.
+    pub gpus: u32,
+    pub selection: Selection,
+    /// The command line, for `dagrun log`.
+    pub command: String,
+}
+
+/// What happened to a node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Taken from the cache; `restored` workspace outputs were put back.
+    Cached {
+        restored: Vec<String>,
+        cut_off: bool,
+    },
+    /// Ran and committed.
+    Ran { seconds: f64 },
+    /// Ran and failed; nothing was cached.
+    Failed { error: String, log: Option<PathBuf> },
+    /// Not run because of upstream.
+    Skipped { reason: Reason },
+    /// Stopped by Ctrl-C, or never started because of it.
+    Interrupted,
+}
+
+/// Lifecycle events, for the progress display.
+pub trait Observer: ProgressSink {
+    fn planned(&self, _nodes: usize, _to_run: usize) {}
+    fn started(&self, node: &str);
+    fn finished(&self, node: &str, outcome: &Outcome);
+}
+
+/// The result of a run.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub outcomes: BTreeMap<usize, Outcome>,
+    pub interrupted: bool,
+}
+
+impl RunReport {
+    pub fn failed(&self) -> Vec<usize> {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Failed { .. }))
+            .map(|(i, _)| *i)
+            .collect()
+    }
+    pub fn ran(&self) -> Vec<usize> {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Ran { .. }))
+            .map(|(i, _)| *i)
+            .collect()
+    }
+}
+
+enum Msg {
+    Done(usize, std::result::Result<Record, Outcome>),
+}
+
+/// Checks what can be checked before any work: missing inputs, GPUs, `--only`.
+fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Result<()> {
+    let mut problems = Vec::new();
+    for &i in &p.order {
+        let node = &p.nodes[i];
+        if !opts.selection.includes(i) {
+            continue;
+        }
+        if let Some(Evaluation {
+            state: State::Missing { reasons },
+            ..
+        }) = &plan[i]
+        {
+            for r in reasons {
+                if let Reason::MissingInput { path } = r {
+                    let loc = node
+                        .deps
+                        .iter()
+                        .find(|d| &d.path == path)
+                        .map(|d| d.loc.clone())
+                        .unwrap_or(node.loc.clone());
+                    problems.push(format!(
+                        "{loc}: missing input file `{path}` (needed by `{}`)",
+                        node.id
+                    ));
+                }
+            }
+        }
+        if node.resources.gpus > opts.gpus {
+            problems.push(format!(
+                "{}: `{}` needs {} GPU(s) but {} available (pass --gpus N if this machine has more)",
+                node.loc, node.id, node.resources.gpus, opts.gpus
+            ));
+        }
+        if opts.selection.nodes.is_some() {
+            for &u in &node.upstream {
+                if !opts.selection.includes(u)
+                    && !matches!(
+                        plan[u].as_ref().map(|e| &e.state),
+                        Some(State::Cached { .. })
+                    )
+                {
+                    problems.push(format!(
+                        "`{}` needs `{}`, which is outside the selection and not cached (use --until, or run it first)",
+                        node.id, p.nodes[u].id
+                    ));
+                }
+            }
+        }
+    }
+    problems.dedup();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Usage(problems.join("\n")))
+    }
+}
+
+/// Runs the pipeline.
+pub fn run(
+    p: &Pipeline,
+    cache: &Cache,
+    opts: &RunOptions,
+    observer: Arc<dyn Observer>,
+    cancel: Arc<AtomicBool>,
+) -> Result<RunReport> {
+    let started = Utc::now();
+    let ev = Evaluator::new(p, Some(cache), true);
+    let plan = ev.plan(&opts.selection)?;
+    preflight(p, &plan, opts)?;
+    let included: Vec<usize> = p
+        .order
+        .iter()
+        .copied()
+        .filter(|&i| opts.selection.includes(i))
+        .collect();
+    let to_run = included
+        .iter()
+        .filter(|&&i| {
+            plan[i]
+                .as_ref()
+                .map(|e| !matches!(e.state, State::Cached { .. }))
+                .unwrap_or(false)
+        })
+        .count();
+    observer.planned(included.len(), to_run);
+
+    let n = p.nodes.len();
+    // Outputs of settled nodes. Outside the selection: their cached outputs.
+    let outputs: Mutex<Vec<Option<BTreeMap<String, Artifact>>>> = Mutex::new(vec![None; n]);
+    {
+        let mut o = outputs.lock().unwrap();
+        for i in 0..n {
+            if !opts.selection.includes(i) {
+                if let Some(Evaluation {
+                    state: State::Cached { .. },
+                    record: Some(r),
+                    ..
+                }) = &plan[i]
+                {
+                    o[i] = Some(r.outputs.clone());
+                }
+            }
+        }
+    }
+    let inc: BTreeSet<usize> = included.iter().copied().collect();
+    let mut waiting: Vec<usize> = (0..n)
+        .map(|i| {
+            p.nodes[i]
+                .upstream
+                .iter()
+                .filter(|u| inc.contains(u))
+                .count()
+        })
+        .collect();
+    let mut report = RunReport::default();
+    let mut ready: VecDeque<usize> = included
+        .iter()
+        .copied()
+        .filter(|&i| waiting[i] == 0)
+        .collect();
+    let mut runnable: VecDeque<(usize, Evaluation)> = VecDeque::new();
+    let jobs = opts.jobs.max(1) as u32;
+    let mut free_cpus = jobs;
+    let mut free_gpus: BTreeSet<u32> = (0..opts.gpus).collect();
+    let mut held: BTreeMap<usize, (u32, Vec<u32>)> = BTreeMap::new();
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let mut executed = Vec::new();
+    let mut cut_off = 0usize;
+
+    std::thread::scope(|scope| -> Result<()> {
+        loop {
+            // Settle every node whose upstream is done: cached nodes complete here.
+            while let Some(i) = ready.pop_front() {
+                if cancel.load(Ordering::Relaxed) {
+                    report.outcomes.insert(i, Outcome::Interrupted);
+                    continue;
+                }
+                let node = &p.nodes[i];
+                let known = |u: usize| outputs.lock().unwrap()[u].clone();
+                let e = ev.evaluate(i, &opts.selection, &known)?;
+                match &e.state {
+                    State::Cached { restore } => {
+                        let rec = e.record.as_ref().expect("cached has a record");
+                        for o in restore {
+                            cache.restore(&rec.outputs[o], &ev.ws.abs(o))?;
+                            ev.ws.remember_artifact(o, &rec.outputs[o])?;
+                        }
+                        let was_blocked = matches!(
+                            plan[i].as_ref().map(|x| &x.state),
+                            Some(State::Blocked { .. })
+                        );
+                        if was_blocked {
+                            cut_off += 1;
+                        }
+                        if cache.latest(&node.id)?.map(|l| l.key) != Some(rec.key) {
+                            cache.set_latest(
+                                &node.id,
+                                &Latest {
+                                    key: rec.key,
+                                    pipeline: p.name.clone(),
+                                    at: Utc::now(),
+                                },
+                            )?;
+                        }
+                        let out = Outcome::Cached {
+                            restored: restore.clone(),
+                            cut_off: was_blocked,
+                        };
+                        observer.finished(&node.id, &out);
+                        report.outcomes.insert(i, out);
+                        outputs.lock().unwrap()[i] = Some(rec.outputs.clone());
+                        for &d in &node.downstream {
+                            if inc.contains(&d) {
+                                waiting[d] -= 1;
+                                if waiting[d] == 0 {
+                                    ready.push_back(d);
+                                }
+                            }
+                        }
+                    }
+                    State::Stale { .. } | State::Forced { .. } => runnable.push_back((i, e)),
+                    State::Missing { reasons } | State::Blocked { reasons } => {
+                        let out = Outcome::Failed {
+                            error: reasons
+                                .iter()
+                                .map(|r| r.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                            log: None,
+                        };
+                        observer.finished(&node.id, &out);
+                        report.outcomes.insert(i, out);
+                        skip_downstream(p, i, &inc, &mut report, observer.as_ref());
+                    }
+                }
+            }
+            // Start what fits.
+            if !cancel.load(Ordering::Relaxed) {
+                let mut k = 0;
+                while k < runnable.len() {
+                    let (i, _) = &runnable[k];
+                    let r = &p.nodes[*i].resources;
+                    let cpus = r.cpus.min(jobs);
+                    if cpus <= free_cpus && (r.gpus as usize) <= free_gpus.len() {
+                        let (i, e) = runnable.remove(k).expect("in range");
+                        free_cpus -= cpus;
+                        let gpus: Vec<u32> =
+                            free_gpus.iter().copied().take(r.gpus as usize).collect();
+                        for g in &gpus {
+                            free_gpus.remove(g);
+                        }
+                        held.insert(i, (cpus, gpus.clone()));
+                        observer.started(&p.nodes[i].id);
+                        executed.push(p.nodes[i].id.clone());
+                        let tx = tx.clone();
+                        let outputs = &outputs;
+                        let obs = observer.clone();
+                        let cancel = cancel.clone();
+                        scope.spawn(move || {
+                            let res = execute(p, i, e, cache, outputs, gpus, obs, cancel);
+                            let _ = tx.send(Msg::Done(i, res));
+                        });
+                    } else {
+                        k += 1;
+                    }
+                }
+            } else {
+                for (i, _) in runnable.drain(..) {
+                    report.outcomes.insert(i, Outcome::Interrupted);
+                }
+            }
+            if held.is_empty() {
+                if ready.is_empty() && runnable.is_empty() {
+                    break;
+                }
+                if !ready.is_empty() {
+                    continue;
+                }
+            }
+            let Msg::Done(i, res) = rx.recv().expect("a worker is running");
+            let (cpus, gpus) = held.remove(&i).expect("was running");
+            free_cpus += cpus;
+            free_gpus.extend(gpus);
+            let node = &p.nodes[i];
+            match res {
+                Ok(rec) => {
+                    for o in &node.outs {
+                        ev.ws.remember_artifact(o, &rec.outputs[o])?;
+                    }
+                    let out = Outcome::Ran {
+                        seconds: rec.timing.seconds,
+                    };
+                    observer.finished(&node.id, &out);
+                    report.outcomes.insert(i, out);
+                    outputs.lock().unwrap()[i] = Some(rec.outputs);
+                    for &d in &node.downstream {
+                        if inc.contains(&d) {
+                            waiting[d] -= 1;
+                            if waiting[d] == 0 {
+                                ready.push_back(d);
+                            }
+                        }
+                    }
+                }
+                Err(out) => {
+                    for o in &node.outs {
+                        ev.ws.invalidate(o);
+                    }
+                    observer.finished(&node.id, &out);
+                    report.outcomes.insert(i, out);
+                    skip_downstream(p, i, &inc, &mut report, observer.as_ref());
+                }
+            }
+        }
+        Ok(())
+    })?;
+    report.interrupted = cancel.load(Ordering::Relaxed);
+    for &i in &included {
+        report.outcomes.entry(i).or_insert(Outcome::Interrupted);
+    }
+    let failed: Vec<String> = report
+        .failed()
+        .iter()
+        .map(|&i| p.nodes[i].id.clone())
+        .collect();
+    let cached = report
+        .outcomes
+        .values()
+        .filter(|o| matches!(o, Outcome::Cached { .. }))
+        .count();
+    cache.log_run(&RunSummary {
+        started,
+        finished: Utc::now(),
+        pipeline: p.name.clone(),
+        command: opts.command.clone(),
+        executed,
+        cached,
+        cut_off,
+        outcome: if report.interrupted {
+            "interrupted".into()
+        } else if failed.is_empty() {
+            "success".into()
+        } else {
+            "failed".into()
+        },
+        failed,
+    })?;
+    Ok(report)
+}
+
+fn skip_downstream(
+    p: &Pipeline,
+    i: usize,
+    inc: &BTreeSet<usize>,
+    report: &mut RunReport,
+    obs: &dyn Observer,
+) {
+    for d in p.descendants(&[i]) {
+        if d != i && inc.contains(&d) && !report.outcomes.contains_key(&d) {
+            let out = Outcome::Skipped {
+                reason: Reason::UpstreamFailed {
+                    node: p.nodes[i].id.clone(),
+                },
+            };
+            obs.finished(&p.nodes[d].id, &out);
+            report.outcomes.insert(d, out);
+        }
+    }
+}
+
+/// Runs one node and commits its record. On failure the node's log is kept under
+/// `<cache>/logs/` and its scratch folder is kept for the next attempt.
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    p: &Pipeline,
+    i: usize,
+    e: Evaluation,
+    cache: &Cache,
+    outputs: &Mutex<Vec<Option<BTreeMap<String, Artifact>>>>,
+    gpus: Vec<u32>,
+    observer: Arc<dyn Observer>,
+    cancel: Arc<AtomicBool>,
+) -> std::result::Result<Record, Outcome> {
+    let node = &p.nodes[i];
+    let fail = |error: String, log: Option<PathBuf>| Outcome::Failed { error, log };
+    let key = e.key.expect("runnable nodes have a key");
+    let components = e.components.expect("runnable nodes have components");
+    let tmp = cache
+        .temp_dir()
+        .map_err(|err| fail(err.to_string(), None))?;
+    let out_dir = tmp.join("out");
+    let log_path = tmp.join("log");
+    let keep_log = |log: &std::path::Path| -> Option<PathBuf> {
+        let dest = cache.failure_log_path(&node.id);
+        std::fs::create_dir_all(dest.parent()?).ok()?;
+        std::fs::copy(log, &dest).ok()?;
+        Some(dest)
+    };
+    let prepare = || -> std::io::Result<std::fs::File> {
+        std::fs::create_dir_all(&out_dir)?;
+        std::fs::create_dir_all(cache.scratch_dir(&key))?;
+        for o in &node.outs {
+            let abs = p.workdir.join(o);
+            match std::fs::symlink_metadata(&abs) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,
+                Ok(_) => std::fs::remove_file(&abs)?,
+                Err(_) => {}
+            }
+            if let Some(parent) = abs.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        std::fs::File::create(&log_path)
+    };
+    let log_file =
+        prepare().map_err(|err| fail(format!("cannot prepare the node: {err}"), None))?;
+    let path_of = |t: usize, o: &str| -> Option<String> {
+        if p.nodes[t].is_workspace_out(o) {
+            return Some(p.workdir.join(o).to_string_lossy().into_owned());
+        }
+        let art = outputs.lock().unwrap()[t].as_ref()?.get(o)?.clone();
+        cache
+            .materialize(&art)
+            .ok()
+            .map(|pb| pb.to_string_lossy().into_owned())
+    };
+    let params = runtime_params(p, i, &path_of);
+    let mut ctx = StageContext {
+        node: node.id.clone(),
+        stage: node.stage.clone(),
+        params,
+        matrix: node.matrix.clone(),
+        workdir: p.workdir.clone(),
+        device: node.device.clone(),
+        gpus,
+        out_dir: out_dir.clone(),
+        scratch: cache.scratch_dir(&key),
+        log: Arc::new(Mutex::new(log_file)),
+        log_path: log_path.clone(),
+        metrics: Metrics::default(),
+        sink: observer.clone(),
+        cancel: cancel.clone(),
+    };
+    let t0 = std::time::Instant::now();
+    let start = Utc::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.kind.run(&mut ctx)));
+    let seconds = t0.elapsed().as_secs_f64();
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            if err.is::<Cancelled>() || cancel.load(Ordering::Relaxed) {
+                return Err(Outcome::Interrupted);
+            }
+            return Err(fail(err.to_string(), keep_log(&log_path)));
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            return Err(fail(
+                format!("the stage panicked: {msg}"),
+                keep_log(&log_path),
+            ));
+        }
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Outcome::Interrupted);
+    }
+    // Ingest outputs; the record is committed only once all of them are durable.
+    let mut arts = BTreeMap::new();
+    for decl in &node.outputs {
+        let src = if node.is_workspace_out(&decl.name) {
+            p.workdir.join(&decl.name)
+        } else {
+            out_dir.join(&decl.name)
+        };
+        if !src.exists() {
+            return Err(fail(
+                format!("the stage did not write its output `{}`", decl.name),
+                keep_log(&log_path),
+            ));
+        }
+        match cache.ingest(&src, decl.kind) {
+            Ok(a) => {
+                arts.insert(decl.name.clone(), a);
+            }
+            Err(err) => return Err(fail(err.to_string(), keep_log(&log_path))),
+        }
+    }
+    let metrics = std::mem::take(&mut ctx.metrics);
+    drop(ctx);
+    let log = std::fs::read(&log_path)
+        .ok()
+        .and_then(|b| cache.put_bytes(&b).ok());
+    let finished = Utc::now();
+    let record = Record {
+        key,
+        node: node.id.clone(),
+        kind: node.kind.name().to_string(),
+        kind_version: node.kind.version(),
+        components: serde_json::to_value(&components).expect("serialises"),
+        outputs: arts,
+        metrics,
+        timing: Timing {
+            started: start,
+            finished,
+            seconds,
+        },
+        log,
+        engine_version: crate::ENGINE_VERSION.to_string(),
+        pipeline: p.name.clone(),
+    };
+    cache
+        .commit(&record)
+        .map_err(|err| fail(err.to_string(), keep_log(&log_path)))?;
+    let _ = cache.remove_scratch(&key);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_file(cache.failure_log_path(&node.id));
+    Ok(record)
+}

@@ -1,0 +1,189 @@
+//! Hashing workspace files and folders, with a stat cache so that unchanged files are
+//! not read again (what makes a no-op run fast).
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use dagrun_cache::{Artifact, ArtifactEntry, Cache, FileStat, Hash};
+
+use crate::error::{Error, Result};
+
+/// The workspace as dagrun sees it.
+pub struct Workspace<'a> {
+    pub root: PathBuf,
+    cache: Option<&'a Cache>,
+    /// Whether newly computed hashes may be written to the stat cache (not in a dry run).
+    write: bool,
+    memo: RefCell<HashMap<String, Option<Hash>>>,
+}
+
+impl<'a> Workspace<'a> {
+    pub fn new(root: &Path, cache: Option<&'a Cache>, write: bool) -> Self {
+        Workspace {
+            root: root.to_path_buf(),
+            cache,
+            write,
+            memo: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn abs(&self, rel: &str) -> PathBuf {
+        if rel == "." {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    /// Forget memoised hashes (after a node wrote into the workspace).
+    pub fn invalidate(&self, rel: &str) {
+        self.memo.borrow_mut().retain(|k, _| {
+            !(k == rel
+                || k.starts_with(&format!("{rel}/"))
+                || rel.starts_with(&format!("{k}/"))
+                || k == ".")
+        });
+    }
+
+    /// The content hash of a workspace path (file or folder), `None` if it is missing.
+    /// Equal to the hash of the artifact the cache would make of it.
+    pub fn hash(&self, rel: &str) -> Result<Option<Hash>> {
+        if let Some(h) = self.memo.borrow().get(rel) {
+            return Ok(*h);
+        }
+        let p = self.abs(rel);
+        let h = match std::fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::Io {
+                    context: "cannot stat",
+                    path: p,
+                    source: e,
+                })
+            }
+            Ok(m) if m.is_dir() => {
+                let mut entries = Vec::new();
+                self.walk(&p, &p, &mut entries)?;
+                entries.sort_by(|a, b| a.path.cmp(&b.path));
+                Some(Artifact::tree_hash(&entries))
+            }
+            Ok(m) => Some(self.file_hash(&p, &m)?),
+        };
+        self.memo.borrow_mut().insert(rel.to_string(), h);
+        Ok(h)
+    }
+
+    fn file_hash(&self, p: &Path, meta: &std::fs::Metadata) -> Result<Hash> {
+        if let Some(cache) = self.cache {
+            if let Some(st) = cache.stat_get(p)? {
+                if st.matches(meta) {
+                    return Ok(st.hash);
+                }
+            }
+        }
+        let (hash, _) = dagrun_cache::hash_file(p)?;
+        if self.write {
+            self.remember(p, meta, hash)?;
+        }
+        Ok(hash)
+    }
+
+    fn remember(&self, p: &Path, meta: &std::fs::Metadata, hash: Hash) -> Result<()> {
+        if let Some(cache) = self.cache {
+            let (size, mtime_ns, inode) = FileStat::probe(meta);
+            // A file modified within the clock's resolution could change again without
+            // changing its mtime: do not trust such a stat.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(0);
+            if now - mtime_ns > 2_000_000_000 {
+                cache.stat_put(
+                    p,
+                    &FileStat {
+                        size,
+                        mtime_ns,
+                        inode,
+                        hash,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the hash of a file or folder dagrun just wrote (after ingesting it).
+    pub fn remember_artifact(&self, rel: &str, art: &Artifact) -> Result<()> {
+        self.invalidate(rel);
+        if !self.write {
+            return Ok(());
+        }
+        let p = self.abs(rel);
+        match &art.entries {
+            None => {
+                if let Ok(m) = std::fs::metadata(&p) {
+                    self.remember(&p, &m, art.hash)?;
+                }
+            }
+            Some(entries) => {
+                for e in entries {
+                    let fp = p.join(&e.path);
+                    if let Ok(m) = std::fs::metadata(&fp) {
+                        self.remember(&fp, &m, e.hash)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn walk(&self, root: &Path, dir: &Path, out: &mut Vec<ArtifactEntry>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))? {
+            let entry = entry.map_err(Error::io("cannot list", dir))?;
+            let path = entry.path();
+            let meta = std::fs::metadata(&path).map_err(Error::io("cannot stat", &path))?;
+            if meta.is_dir() {
+                self.walk(root, &path, out)?;
+            } else {
+                let rel = path.strip_prefix(root).expect("under root");
+                let rel = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let hash = self.file_hash(&path, &meta)?;
+                out.push(ArtifactEntry {
+                    path: rel,
+                    hash,
+                    size: meta.len(),
+                    exec: meta.permissions().mode() & 0o111 != 0,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The hash of a path inside a folder artifact: a file's hash, or the tree hash of a
+/// sub-folder. `None` if nothing is there.
+pub fn sub_hash(art: &Artifact, sub: &str) -> Option<Hash> {
+    let entries = art.entries.as_ref()?;
+    if let Some(e) = entries.iter().find(|e| e.path == sub) {
+        return Some(e.hash);
+    }
+    let prefix = format!("{sub}/");
+    let inner: Vec<ArtifactEntry> = entries
+        .iter()
+        .filter_map(|e| {
+            e.path.strip_prefix(&prefix).map(|p| ArtifactEntry {
+                path: p.to_string(),
+                ..e.clone()
+            })
+        })
+        .collect();
+    (!inner.is_empty()).then(|| Artifact::tree_hash(&inner))
+}

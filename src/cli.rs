@@ -1,0 +1,221 @@
+//! Command-line interface (clap types only; the work is in the `cmd_*` modules).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Run experiment pipelines as content-hashed DAGs, incrementally.";
+
+const LONG_ABOUT: &str = "\
+Run experiment pipelines as content-hashed DAGs, incrementally.
+
+A pipeline is a YAML file of stages (shell commands or native ML stages). dagrun expands
+matrix sweeps into nodes, fingerprints every node (kind, version, params, input contents,
+environment), and runs only the nodes whose fingerprint has no record in the cache
+(.dagrun/ in the workspace). A node that reruns and reproduces byte-identical outputs
+leaves everything downstream cached (early cutoff).";
+
+const AFTER_HELP: &str = "\
+Examples:
+  dagrun pipelines/quickstart.yaml          run what is stale (same as `dagrun run ...`)
+  dagrun plan pipelines/quickstart.yaml     show what would run, and why; runs nothing
+  dagrun graph pipelines/paper.yaml --format mermaid
+  dagrun run p.yaml --rerun train           force `train`; downstream reruns only if its outputs change
+  dagrun why 'train[seed=1]'                which key components changed since the last run
+  dagrun show report                        params, outputs, metrics and log of a node
+
+Exit codes: 0 success; 1 a stage failed; 2 bad pipeline or usage; 130 interrupted.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dagrun",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `dagrun PIPELINE` is short for `dagrun run PIPELINE`.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The workspace: command stages run here and `outs` are written here [default: the
+    /// current directory].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// The cache folder [default: WORKDIR/.dagrun].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// If another dagrun holds the cache, wait for it instead of failing.
+    #[arg(long, global = true)]
+    pub wait: bool,
+    /// More logging (-v: info, -vv: debug, -vvv: trace; RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Print only errors and the final summary.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the stale nodes of a pipeline (the default command).
+    Run(RunArgs),
+    /// Show what a run would do, node by node, with reasons; runs and writes nothing.
+    Plan(PlanArgs),
+    /// Print the pipeline's graph (sweeps collapsed unless --expand).
+    Graph(GraphArgs),
+    /// Summarise each stage's state (cached / stale / ...) for a pipeline.
+    Status(StatusArgs),
+    /// Show a node's last run: params, key components, outputs, metrics, log tail.
+    Show(ShowArgs),
+    /// Explain why a node is stale: the key components that differ from its last run.
+    Why(WhyArgs),
+    /// List past runs in this workspace.
+    Log(LogArgs),
+    /// Copy a node's outputs out of the cache into a folder.
+    Export(ExportArgs),
+    /// List the stage kinds this build provides.
+    Kinds,
+    /// Maintain the cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+/// Which nodes to run or force.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SelectArgs {
+    /// Force these stages or nodes to run (`train`, `train[seed=1]`, `ppo[method=vanilla]`).
+    /// Downstream nodes rerun only where their inputs actually change.
+    #[arg(long, value_name = "STAGE|NODE", num_args = 1..)]
+    pub rerun: Vec<String>,
+    /// With --rerun: force everything downstream of the forced nodes too.
+    #[arg(long, requires = "rerun")]
+    pub downstream: bool,
+    /// Run only these stages or nodes; their upstream must be cached already.
+    #[arg(long, value_name = "STAGE|NODE", num_args = 1..)]
+    pub only: Vec<String>,
+    /// Run these stages or nodes and everything they depend on, nothing else.
+    #[arg(long, value_name = "STAGE|NODE", num_args = 1..)]
+    pub until: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// The pipeline file (YAML).
+    #[arg(value_name = "PIPELINE")]
+    pub pipeline: Option<PathBuf>,
+    /// Print the plan instead of running (same as `dagrun plan`).
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run up to N independent nodes at once (a node takes `resources.cpus` slots).
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 1)]
+    pub jobs: usize,
+    /// GPUs the scheduler may hand out for `resources.gpus` [default: the NVIDIA GPUs
+    /// found in /dev, or CUDA_VISIBLE_DEVICES].
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
+    /// With --dry-run: print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// The pipeline file (YAML).
+    pub pipeline: PathBuf,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum GraphFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Args, Debug)]
+pub struct GraphArgs {
+    /// The pipeline file (YAML).
+    pub pipeline: PathBuf,
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
+    /// Show every node of a sweep instead of one box per stage.
+    #[arg(long)]
+    pub expand: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The pipeline file [default: the pipeline of the last run here].
+    pub pipeline: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// A node id (`train[seed=1]`) or a stage without a matrix.
+    pub node: String,
+    #[arg(long)]
+    pub json: bool,
+    /// Lines of the log to show.
+    #[arg(long, default_value_t = 20)]
+    pub log_lines: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct WhyArgs {
+    /// A node id (`train[seed=1]`) or a stage.
+    pub node: String,
+    /// The pipeline file [default: the one the node last ran from].
+    #[arg(long, short = 'p')]
+    pub pipeline: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// How many runs to list (newest last).
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub count: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The node whose outputs to copy.
+    pub node: String,
+    /// Destination folder (created if needed); each output goes to DIR/<output name>.
+    pub dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Delete records and artifacts the given pipelines do not reference.
+    Gc {
+        /// Pipelines whose nodes to keep (their current keys and last runs).
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// Only report what would be freed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Rehash every artifact; drop corrupt ones and the records that use them.
+    Verify,
+}

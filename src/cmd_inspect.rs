@@ -1,0 +1,344 @@
+//! `status`, `show`, `why`, `log`, `export`, `kinds`.
+
+use std::collections::BTreeMap;
+
+use dagrun_cache::{Cache, Record};
+use dagrun_engine::plan::{Evaluator, Selection, State};
+use serde_json::json;
+
+use crate::{
+    cli::{ExportArgs, LogArgs, ShowArgs, StatusArgs, WhyArgs},
+    context::Ctx,
+    display::fmt_secs,
+    exit::{usage, CliResult},
+};
+
+pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> CliResult {
+    let cache = ctx.open_existing_cache("status")?;
+    let file = ctx.pipeline_or_last(a.pipeline.as_deref(), cache.as_ref())?;
+    let p = ctx.load(&file)?;
+    let ev = Evaluator::new(&p, cache.as_ref(), false);
+    let plan = ev.plan(&Selection::default())?;
+    let mut per_stage: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for e in plan.iter().flatten() {
+        let _ = e;
+    }
+    for (i, e) in plan.iter().enumerate() {
+        if let Some(e) = e {
+            *per_stage
+                .entry(p.nodes[i].stage.as_str())
+                .or_default()
+                .entry(e.state.label())
+                .or_default() += 1;
+        }
+    }
+    if a.json {
+        let stages: serde_json::Map<String, serde_json::Value> = p
+            .stages
+            .keys()
+            .map(|s| {
+                (
+                    s.clone(),
+                    json!(per_stage.get(s.as_str()).cloned().unwrap_or_default()),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"pipeline": p.name, "stages": stages}))
+                .expect("json")
+        );
+        return Ok(());
+    }
+    println!("{}", p.name);
+    let all_cached = plan
+        .iter()
+        .flatten()
+        .all(|e| matches!(e.state, State::Cached { .. }));
+    for (name, info) in &p.stages {
+        let counts = per_stage.get(name.as_str()).cloned().unwrap_or_default();
+        let summary: Vec<String> = counts.iter().map(|(l, c)| format!("{c} {l}")).collect();
+        let n = info.nodes.len();
+        let label = if n == 1 {
+            name.clone()
+        } else {
+            format!("{name} [{n} nodes]")
+        };
+        println!("  {label:<32} {}", summary.join(", "));
+        // The first reason of the first non-cached node, as a hint.
+        if let Some(e) = info
+            .nodes
+            .iter()
+            .filter_map(|&i| plan[i].as_ref())
+            .find(|e| !matches!(e.state, State::Cached { .. }))
+        {
+            if let Some(r) = e.state.reasons().first() {
+                println!("  {:<32}   e.g. {r}", "");
+            }
+        }
+    }
+    if all_cached {
+        println!("everything is cached");
+    }
+    Ok(())
+}
+
+/// The latest record of a node id, with a helpful error.
+fn latest_record(cache: &Cache, node: &str) -> CliResult<Record> {
+    if let Some(l) = cache.latest(node)? {
+        if let Some(r) = cache.record(&l.key)? {
+            return Ok(r);
+        }
+        return Err(usage(format!("the record of `{node}` was removed from the cache (gc or verify); run the pipeline again")));
+    }
+    let prefix = format!("{node}[");
+    let similar: Vec<String> = cache
+        .latest_all()?
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with(&prefix))
+        .take(10)
+        .collect();
+    if similar.is_empty() {
+        Err(usage(format!(
+            "no record of node `{node}` in this cache (has it run?)"
+        )))
+    } else {
+        Err(usage(format!(
+            "`{node}` is a sweep; name one node, e.g.:\n  {}",
+            similar.join("\n  ")
+        )))
+    }
+}
+
+pub fn cmd_show(ctx: &Ctx, a: &ShowArgs) -> CliResult {
+    let cache = ctx
+        .open_existing_cache("show")?
+        .ok_or_else(|| usage("no cache here yet: nothing has run"))?;
+    let rec = latest_record(&cache, &a.node)?;
+    let log = rec
+        .log
+        .and_then(|h| cache.read_bytes(&h).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let tail: Vec<&str> = {
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(a.log_lines)..].to_vec()
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&rec).expect("json");
+        v["log_tail"] = json!(tail);
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    println!("node      {}", rec.node);
+    println!("kind      {} v{}", rec.kind, rec.kind_version);
+    println!("key       {}", rec.key);
+    println!("pipeline  {}", rec.pipeline);
+    println!(
+        "ran       {} ({}), dagrun {}",
+        rec.timing.finished.format("%Y-%m-%d %H:%M:%S UTC"),
+        fmt_secs(rec.timing.seconds),
+        rec.engine_version
+    );
+    let comps = &rec.components;
+    if let Some(params) = comps
+        .get("params")
+        .and_then(|p| p.as_object())
+        .filter(|o| !o.is_empty())
+    {
+        println!("params");
+        for (k, v) in params {
+            println!("  {k}: {}", compact(v));
+        }
+    }
+    if let Some(m) = comps
+        .get("matrix")
+        .and_then(|p| p.as_object())
+        .filter(|o| !o.is_empty())
+    {
+        println!("matrix");
+        for (k, v) in m {
+            println!("  {k}: {}", compact(v));
+        }
+    }
+    for section in ["inputs", "env"] {
+        if let Some(m) = comps
+            .get(section)
+            .and_then(|p| p.as_object())
+            .filter(|o| !o.is_empty())
+        {
+            println!("{section}");
+            for (k, v) in m {
+                let s = v.as_str().unwrap_or_default();
+                let shown = if section == "inputs" {
+                    s.chars().take(16).collect::<String>()
+                } else {
+                    s.to_string()
+                };
+                println!("  {k}: {shown}");
+            }
+        }
+    }
+    if !rec.outputs.is_empty() {
+        println!("outputs");
+        for (name, art) in &rec.outputs {
+            let files = art
+                .entries
+                .as_ref()
+                .map(|e| format!(", {} files", e.len()))
+                .unwrap_or_default();
+            println!(
+                "  {name}  {} {}{files}  {}",
+                art.kind.as_str(),
+                human_bytes(art.size),
+                art.hash.short()
+            );
+        }
+    }
+    if !rec.metrics.is_empty() {
+        println!("metrics");
+        for (k, v) in &rec.metrics.scalars {
+            println!("  {k} = {v}");
+        }
+        for (k, s) in &rec.metrics.series {
+            let last = s
+                .last()
+                .map(|(x, y)| format!(", last ({x}, {y})"))
+                .unwrap_or_default();
+            println!("  {k}: {} points{last}", s.len());
+        }
+    }
+    if !tail.is_empty() {
+        println!("log (last {} lines)", tail.len());
+        for l in tail {
+            println!("  {l}");
+        }
+    }
+    Ok(())
+}
+
+fn compact(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.len() > 120 {
+        format!("{}…", &s[..120])
+    } else {
+        s
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u < U.len() - 1 {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", U[u])
+    }
+}
+
+pub fn cmd_why(ctx: &Ctx, a: &WhyArgs) -> CliResult {
+    let cache = ctx.open_existing_cache("why")?;
+    let from_latest = match (&a.pipeline, &cache) {
+        (None, Some(c)) => c.latest(&a.node)?.map(|l| ctx.workdir.join(l.pipeline)),
+        _ => None,
+    };
+    let file = match from_latest {
+        Some(f) => f,
+        None => ctx.pipeline_or_last(a.pipeline.as_deref(), cache.as_ref())?,
+    };
+    let p = ctx.load(&file)?;
+    let nodes = p.select(&a.node).map_err(usage)?;
+    let ev = Evaluator::new(&p, cache.as_ref(), false);
+    let plan = ev.plan(&Selection::default())?;
+    for i in nodes {
+        let e = plan[i].as_ref().expect("every node is planned");
+        let id = &p.nodes[i].id;
+        match &e.state {
+            State::Cached { restore } => {
+                let when = e
+                    .record
+                    .as_ref()
+                    .map(|r| {
+                        r.timing
+                            .finished
+                            .format("%Y-%m-%d %H:%M:%S UTC")
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                println!("{id}: cached (ran {when}); nothing changed");
+                if !restore.is_empty() {
+                    println!(
+                        "  workspace outputs differ from the cache and will be restored: {}",
+                        restore.join(", ")
+                    );
+                }
+            }
+            s => {
+                println!("{id}: {}", s.label());
+                for r in s.reasons() {
+                    println!("  - {r}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn cmd_log(ctx: &Ctx, a: &LogArgs) -> CliResult {
+    let Some(cache) = ctx.open_existing_cache("log")? else {
+        println!("no runs yet");
+        return Ok(());
+    };
+    let runs = cache.runs()?;
+    for r in &runs[runs.len().saturating_sub(a.count)..] {
+        let secs = (r.finished - r.started).num_milliseconds() as f64 / 1000.0;
+        let mut line = format!(
+            "{}  {:<11} {}  ran {}, cached {}",
+            r.started.format("%Y-%m-%d %H:%M:%S"),
+            r.outcome,
+            r.pipeline,
+            r.executed.len(),
+            r.cached
+        );
+        if r.cut_off > 0 {
+            line.push_str(&format!(" ({} cut off)", r.cut_off));
+        }
+        if !r.failed.is_empty() {
+            line.push_str(&format!(", failed: {}", r.failed.join(", ")));
+        }
+        line.push_str(&format!("  ({})", fmt_secs(secs)));
+        println!("{line}");
+    }
+    if runs.is_empty() {
+        println!("no runs yet");
+    }
+    Ok(())
+}
+
+pub fn cmd_export(ctx: &Ctx, a: &ExportArgs) -> CliResult {
+    let cache = ctx
+        .open_existing_cache("export")?
+        .ok_or_else(|| usage("no cache here yet: nothing has run"))?;
+    let rec = latest_record(&cache, &a.node)?;
+    std::fs::create_dir_all(&a.dir)
+        .map_err(|e| usage(format!("cannot create `{}`: {e}", a.dir.display())))?;
+    for (name, art) in &rec.outputs {
+        let dest = a.dir.join(name);
+        cache.restore(art, &dest)?;
+        println!("{}", dest.display());
+    }
+    Ok(())
+}
+
+pub fn cmd_kinds(ctx: &Ctx) -> CliResult {
+    for k in ctx.registry.kinds() {
+        println!("{:<18} v{:<3} {}", k.name(), k.version(), k.summary());
+    }
+    Ok(())
+}

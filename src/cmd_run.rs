@@ -1,0 +1,198 @@
+//! `dagrun run` and `dagrun plan`.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
+
+use dagrun_engine::{
+    plan::{Evaluation, Evaluator, State},
+    run::{run, Outcome, RunOptions},
+    Pipeline,
+};
+use serde_json::json;
+
+use crate::{
+    cli::{RunArgs, SelectArgs},
+    context::{detect_gpus, Ctx},
+    display::{fmt_secs, Display},
+    exit::{usage, CliResult, Failure},
+};
+
+pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
+    let Some(file) = &args.pipeline else {
+        return Err(usage(
+            "no pipeline given: `dagrun PIPELINE.yaml` (see `dagrun --help`)",
+        ));
+    };
+    if args.dry_run {
+        return cmd_plan(ctx, file, &args.select, args.json);
+    }
+    let t0 = std::time::Instant::now();
+    let p = ctx.load(file)?;
+    let sel = ctx.selection(&p, &args.select)?;
+    let cache = ctx.open_cache(&format!("run {}", file.display()))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_ctrl_c(cancel.clone());
+    let display = Display::new(ctx.global.verbose > 0, ctx.global.quiet);
+    let opts = RunOptions {
+        jobs: args.jobs.max(1),
+        gpus: args.gpus.unwrap_or_else(detect_gpus),
+        selection: sel,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let result = run(&p, &cache, &opts, display.clone(), cancel.clone());
+    display.finish();
+    let report = result?;
+    summarize(ctx, &p, &report.outcomes, t0.elapsed().as_secs_f64());
+    if report.interrupted {
+        eprintln!("interrupted: finished nodes are cached; run the same command again to resume");
+        return Err(Failure::Interrupted);
+    }
+    if !report.failed().is_empty() {
+        return Err(Failure::StageFailed);
+    }
+    Ok(())
+}
+
+fn summarize(
+    ctx: &Ctx,
+    p: &Pipeline,
+    outcomes: &std::collections::BTreeMap<usize, Outcome>,
+    secs: f64,
+) {
+    let mut ran = 0;
+    let mut cached = 0;
+    let mut cut = 0;
+    let mut skipped = 0;
+    let mut failed = Vec::new();
+    for (&i, o) in outcomes {
+        match o {
+            Outcome::Ran { .. } => ran += 1,
+            Outcome::Cached { cut_off, .. } => {
+                cached += 1;
+                if *cut_off {
+                    cut += 1;
+                }
+            }
+            Outcome::Failed { error, log } => failed.push((i, error.clone(), log.clone())),
+            Outcome::Skipped { .. } => skipped += 1,
+            Outcome::Interrupted => {}
+        }
+    }
+    let mut line = format!(
+        "{}: {} nodes, {ran} ran, {cached} cached",
+        p.name,
+        outcomes.len()
+    );
+    if cut > 0 {
+        line.push_str(&format!(" ({cut} kept by early cutoff)"));
+    }
+    if !failed.is_empty() {
+        line.push_str(&format!(", {} failed", failed.len()));
+    }
+    if skipped > 0 {
+        line.push_str(&format!(", {skipped} skipped"));
+    }
+    line.push_str(&format!(" in {}", fmt_secs(secs)));
+    eprintln!("{line}");
+    for (i, err, log) in failed {
+        eprintln!("  failed: {}: {err}", p.nodes[i].id);
+        if let Some(l) = log {
+            let shown = l
+                .strip_prefix(&ctx.workdir)
+                .map(|r| r.display().to_string())
+                .unwrap_or(l.display().to_string());
+            eprintln!("          log: {shown}");
+        }
+    }
+}
+
+fn install_ctrl_c(cancel: Arc<AtomicBool>) {
+    let presses = Arc::new(AtomicUsize::new(0));
+    let _ = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            cancel.store(true, Ordering::SeqCst);
+            eprintln!(
+                "\nstopping: waiting for running nodes to stop (Ctrl-C again to abort at once)"
+            );
+        } else {
+            std::process::exit(130);
+        }
+    });
+}
+
+pub fn cmd_plan(
+    ctx: &Ctx,
+    file: &std::path::Path,
+    select: &SelectArgs,
+    json_out: bool,
+) -> CliResult {
+    let p = ctx.load(file)?;
+    let sel = ctx.selection(&p, select)?;
+    let cache = ctx.open_existing_cache(&format!("plan {}", file.display()))?;
+    let ev = Evaluator::new(&p, cache.as_ref(), false);
+    let plan = ev.plan(&sel)?;
+    let rows: Vec<(usize, &Evaluation)> = p
+        .order
+        .iter()
+        .filter(|&&i| sel.includes(i))
+        .filter_map(|&i| plan[i].as_ref().map(|e| (i, e)))
+        .collect();
+    if json_out {
+        let nodes: Vec<_> = rows
+            .iter()
+            .map(|(i, e)| {
+                json!({
+                    "node": p.nodes[*i].id,
+                    "stage": p.nodes[*i].stage,
+                    "state": e.state.label(),
+                    "will_run": e.state.will_run(),
+                    "key": e.key.map(|k| k.to_hex()),
+                    "reasons": e.state.reasons(),
+                    "restore": match &e.state { State::Cached { restore } => restore.clone(), _ => vec![] },
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"pipeline": p.name, "nodes": nodes}))
+                .expect("json")
+        );
+        return Ok(());
+    }
+    let count = |l: &str| rows.iter().filter(|(_, e)| e.state.label() == l).count();
+    let mut head = format!("{}: {} nodes", p.name, rows.len());
+    for l in ["stale", "forced", "blocked", "missing", "cached"] {
+        let c = count(l);
+        if c > 0 {
+            head.push_str(&format!(", {c} {l}"));
+        }
+    }
+    println!("{head}");
+    let width = rows
+        .iter()
+        .map(|(i, _)| p.nodes[*i].id.len())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    for (i, e) in &rows {
+        let id = &p.nodes[*i].id;
+        let reasons = e.state.reasons();
+        let extra = match &e.state {
+            State::Cached { restore } if !restore.is_empty() => {
+                format!("will restore {}", restore.join(", "))
+            }
+            _ => reasons.first().map(|r| r.to_string()).unwrap_or_default(),
+        };
+        println!("  {:<8} {id:<width$}  {extra}", e.state.label());
+        for r in reasons.iter().skip(1) {
+            println!("  {:<8} {:<width$}  {r}", "", "");
+        }
+    }
+    let missing = count("missing");
+    if missing > 0 {
+        println!("{missing} node(s) have missing inputs: a run would stop before doing any work");
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! What every command needs: the workspace, the cache, the stage kinds, a pipeline.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use dagrun_cache::{Cache, OpenOptions};
+use dagrun_engine::{plan::Selection, stage::Registry, Pipeline};
+
+use crate::{
+    cli::{Global, SelectArgs},
+    exit::{usage, CliResult, Failure},
+};
+
+pub struct Ctx {
+    pub workdir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub global: Global,
+    pub registry: Registry,
+}
+
+impl Ctx {
+    pub fn new(global: &Global) -> CliResult<Ctx> {
+        let workdir = match &global.workdir {
+            Some(w) => w.clone(),
+            None => std::env::current_dir()
+                .map_err(|e| anyhow!("cannot read the current directory: {e}"))?,
+        };
+        let workdir = std::fs::canonicalize(&workdir)
+            .map_err(|e| usage(format!("workspace `{}`: {e}", workdir.display())))?;
+        if !workdir.is_dir() {
+            return Err(usage(format!(
+                "workspace `{}` is not a folder",
+                workdir.display()
+            )));
+        }
+        let cache_dir = match &global.cache {
+            Some(c) if c.is_absolute() => c.clone(),
+            Some(c) => std::env::current_dir()
+                .map(|d| d.join(c))
+                .unwrap_or_else(|_| c.clone()),
+            None => workdir.join(".dagrun"),
+        };
+        Ok(Ctx {
+            workdir,
+            cache_dir,
+            global: global.clone(),
+            registry: dagrun_stages::registry(),
+        })
+    }
+
+    /// Opens (creating) the cache, taking its lock.
+    pub fn open_cache(&self, what: &str) -> CliResult<Cache> {
+        let holder = format!("dagrun {what}");
+        let quiet = self.global.quiet;
+        let on_wait = move |who: &str| {
+            if !quiet {
+                eprintln!("waiting for {who} to release the cache...");
+            }
+        };
+        Ok(Cache::open(
+            &self.cache_dir,
+            &OpenOptions {
+                wait: self.global.wait,
+                holder,
+            },
+            &on_wait,
+        )?)
+    }
+
+    /// Opens the cache only if it exists (read-only commands write nothing new).
+    pub fn open_existing_cache(&self, what: &str) -> CliResult<Option<Cache>> {
+        if Cache::exists(&self.cache_dir) {
+            self.open_cache(what).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn load(&self, file: &Path) -> CliResult<Pipeline> {
+        if !file.exists() {
+            return Err(usage(format!("pipeline `{}` not found", file.display())));
+        }
+        Pipeline::load(file, &self.workdir, &self.registry).map_err(|e| Failure::Usage(e.into()))
+    }
+
+    /// The pipeline named, or the one of the last run in this workspace.
+    pub fn pipeline_or_last(
+        &self,
+        file: Option<&Path>,
+        cache: Option<&Cache>,
+    ) -> CliResult<PathBuf> {
+        if let Some(f) = file {
+            return Ok(f.to_path_buf());
+        }
+        let last = match cache {
+            Some(c) => c.runs()?.last().map(|r| r.pipeline.clone()),
+            None => None,
+        };
+        match last {
+            Some(p) => Ok(self.workdir.join(p)),
+            None => Err(usage(
+                "no pipeline given, and none has run in this workspace yet",
+            )),
+        }
+    }
+
+    pub fn selection(&self, p: &Pipeline, s: &SelectArgs) -> CliResult<Selection> {
+        let resolve = |items: &[String]| -> CliResult<Vec<usize>> {
+            let mut out = Vec::new();
+            for it in items {
+                out.extend(p.select(it).map_err(usage)?);
+            }
+            Ok(out)
+        };
+        let mut sel = Selection::default();
+        let only = resolve(&s.only)?;
+        let until = resolve(&s.until)?;
+        if !only.is_empty() || !until.is_empty() {
+            let mut nodes: std::collections::BTreeSet<usize> = only.into_iter().collect();
+            nodes.extend(p.ancestors(&until));
+            sel.nodes = Some(nodes);
+        }
+        let forced = resolve(&s.rerun)?;
+        sel.forced = forced.iter().copied().collect();
+        if s.downstream {
+            for &f in &forced {
+                for d in p.descendants(&[f]) {
+                    if !sel.forced.contains(&d) {
+                        sel.forced_downstream
+                            .entry(d)
+                            .or_insert_with(|| p.nodes[f].id.clone());
+                    }
+                }
+            }
+        }
+        Ok(sel)
+    }
+}
+
+/// GPUs on this machine: CUDA_VISIBLE_DEVICES if set, else /dev/nvidiaN devices.
+pub fn detect_gpus() -> u32 {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return v
+            .split(',')
+            .filter(|s| !s.trim().is_empty() && s.trim() != "-1")
+            .count() as u32;
+    }
+    std::fs::read_dir("/dev")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix("nvidia")
+                        .map(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()))
+                        .unwrap_or(false)
+                })
+                .count() as u32
+        })
+        .unwrap_or(0)
+}

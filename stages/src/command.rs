@@ -1,0 +1,159 @@
+//! The `command` kind: a shell command with declared input files (`deps`) and output
+//! paths (`outs`), as in DVC. The engine hashes `deps`, removes `outs` before the run,
+//! and stores them in the cache afterwards.
+//!
+//! The command runs with `sh -c` in the workspace, in its own process group, with
+//! stdout and stderr captured into the node's log. It sees:
+//!
+//! | variable            | value                                              |
+//! |---------------------|----------------------------------------------------|
+//! | `DAGRUN_NODE`       | the node id, e.g. `train[seed=1]`                  |
+//! | `DAGRUN_SCRATCH`    | a folder kept across interruptions (checkpoints)   |
+//! | `DAGRUN_DEVICE`     | the node's `device`                                |
+//! | `DAGRUN_MATRIX_<K>` | each matrix value (key upper-cased)                |
+//! | `CUDA_VISIBLE_DEVICES` | the GPUs the scheduler assigned, when `resources.gpus` > 0 |
+//!
+//! A line `dagrun:progress DONE/TOTAL [message]` on stdout updates the live display.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use dagrun_engine::{
+    selector::scalar_string,
+    stage::{Cancelled, ParamError, StageContext, StageError, StageKind},
+};
+use serde_json::Value;
+
+pub struct CommandKind;
+
+impl StageKind for CommandKind {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "a shell command with declared `deps` and `outs`"
+    }
+
+    fn takes_cmd(&self) -> bool {
+        true
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), ParamError> {
+        match params.get("cmd") {
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(ParamError::general("`cmd` is empty"))
+            }
+            Some(Value::String(_)) | Some(Value::Object(_)) => Ok(()),
+            _ => Err(ParamError::general("`cmd` must be a string")),
+        }
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let cmd = ctx
+            .params
+            .get("cmd")
+            .and_then(Value::as_str)
+            .ok_or("`cmd` is not a string")?
+            .to_string();
+        ctx.log(format!("$ {cmd}"));
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(&cmd)
+            .current_dir(&ctx.workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.env("DAGRUN_NODE", &ctx.node)
+            .env("DAGRUN_SCRATCH", ctx.scratch())
+            .env("DAGRUN_DEVICE", &ctx.device);
+        for (k, v) in &ctx.matrix {
+            c.env(
+                format!("DAGRUN_MATRIX_{}", k.to_uppercase().replace('-', "_")),
+                scalar_string(v),
+            );
+        }
+        if !ctx.gpus.is_empty() {
+            let ids: Vec<String> = ctx.gpus.iter().map(|g| g.to_string()).collect();
+            c.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+        }
+        c.process_group(0);
+        // SAFETY: prctl is async-signal-safe; the child dies with the thread that
+        // spawned it, so `kill -9` of dagrun leaves no command running behind it.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = c.spawn().map_err(|e| format!("cannot start `sh`: {e}"))?;
+        let pid = child.id() as i32;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let ctx_ref: &StageContext = ctx;
+        let status = std::thread::scope(|s| {
+            s.spawn(|| pump(ctx_ref, stdout, true));
+            s.spawn(|| pump(ctx_ref, stderr, false));
+            let mut term_sent: Option<Instant> = None;
+            loop {
+                if let Some(st) = child.try_wait()? {
+                    return Ok::<_, std::io::Error>(Some(st));
+                }
+                if ctx_ref.cancelled() {
+                    match term_sent {
+                        None => {
+                            // SAFETY: signalling the child's own process group.
+                            unsafe { libc::kill(-pid, libc::SIGTERM) };
+                            term_sent = Some(Instant::now());
+                        }
+                        Some(t) if t.elapsed() > Duration::from_secs(3) => {
+                            unsafe { libc::kill(-pid, libc::SIGKILL) };
+                        }
+                        _ => {}
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })?;
+        if ctx.cancelled() {
+            return Err(Box::new(Cancelled));
+        }
+        match status {
+            Some(st) if st.success() => Ok(()),
+            Some(st) => match st.code() {
+                Some(code) => Err(format!("command exited with status {code}").into()),
+                None => Err("command was killed by a signal".into()),
+            },
+            None => Err("command did not finish".into()),
+        }
+    }
+}
+
+fn pump(ctx: &StageContext, stream: impl std::io::Read, parse_progress: bool) {
+    let reader = BufReader::new(stream);
+    for line in reader.split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end_matches('\r');
+        if parse_progress {
+            if let Some(rest) = line.strip_prefix("dagrun:progress ") {
+                let (frac, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+                if let Some((d, t)) = frac.split_once('/') {
+                    if let (Ok(d), Ok(t)) = (d.trim().parse(), t.trim().parse()) {
+                        ctx.progress(d, t, msg);
+                        continue;
+                    }
+                }
+            }
+        }
+        ctx.log(line);
+    }
+}
