@@ -1,1 +1,3 @@
+//! Stage kinds of dagrun.
 
+pub mod theory;
