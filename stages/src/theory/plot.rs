@@ -335,6 +335,7 @@ where
                 "true return wᵀr*  (d = {}, M = {})",
                 res.d, res.draws
             ))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .y_desc("draws")
             .draw()?;
         for (stats, color, name) in [
