@@ -258,7 +258,7 @@ where
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(50)
-        .build_cartesian_2d(x_range, 0.0..(p_max * 1.15).min(1.0).max(0.05))?;
+        .build_cartesian_2d(x_range, 0.0..(p_max * 1.15).clamp(0.05, 1.0))?;
     chart
         .configure_mesh()
         .x_labels(2 * n + 1)
