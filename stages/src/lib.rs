@@ -7,6 +7,7 @@ use std::sync::Arc;
 use dagrun_engine::stage::Registry;
 
 pub mod command;
+pub mod theory;
 
 /// Every stage kind of this build.
 pub fn registry() -> Registry {
