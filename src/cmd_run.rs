@@ -31,6 +31,10 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
     let t0 = std::time::Instant::now();
     let p = ctx.load(file)?;
     let sel = ctx.selection(&p, &args.select)?;
+    let missing = p.missing_inputs(&|i| sel.includes(i));
+    if !missing.is_empty() {
+        return Err(usage(missing.join("\n")));
+    }
     let cache = ctx.open_cache(&format!("run {}", file.display()))?;
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrl_c(cancel.clone());

@@ -36,7 +36,7 @@ impl Objects {
         if self.file_path(hash).exists() {
             return Ok(true);
         }
-        Ok(self.blobs.contains_key(hash.0).map_err(db_err)?)
+        self.blobs.contains_key(hash.0).map_err(db_err)
     }
 
     /// Stores bytes; returns their hash.

@@ -120,6 +120,12 @@ impl MarkedEventReceiver for Recorder {
                     }
                     self.path.push(Seg::Key(value));
                 } else {
+                    // A scalar value of a mapping entry: point at the value itself.
+                    if let Some(Frame::Map { .. }) = self.stack.last() {
+                        if !self.out.duplicates.iter().any(|(p, _)| p == &self.path) {
+                            self.out.map.insert(self.path.clone(), Self::pos(&mark));
+                        }
+                    }
                     self.enter_value(&mark);
                     self.leave_value();
                 }
@@ -156,7 +162,8 @@ mod tests {
     fn positions_of_keys_and_items() {
         let src = "params:\n  a: 1\nstages:\n  train:\n    kind: command\n    outs: [x, y]\n    deps:\n      - d1\n      - d2\n";
         let p = Positions::read(src).unwrap();
-        assert_eq!(p.find(&path(&["stages", "train", "kind"])), Some((5, 5)));
+        assert_eq!(p.find(&path(&["stages", "train", "kind"])), Some((5, 11)));
+        assert_eq!(p.find(&path(&["stages", "train"])), Some((4, 3)));
         let mut outs1 = path(&["stages", "train", "outs"]);
         outs1.push(Seg::Index(1));
         assert_eq!(p.find(&outs1), Some((6, 15)));

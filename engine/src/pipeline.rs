@@ -165,6 +165,29 @@ impl Pipeline {
             .join(", ")
     }
 
+    /// Workspace inputs that no node writes and that do not exist, as
+    /// `file:line:col: missing input file ...` lines (checked before a run opens the
+    /// cache, so that a run that cannot start writes nothing).
+    pub fn missing_inputs(&self, include: &dyn Fn(usize) -> bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !include(i) {
+                continue;
+            }
+            for d in &n.deps {
+                if matches!(&d.source, DepSource::Workspace { contains } if contains.is_empty())
+                    && std::fs::symlink_metadata(self.workdir.join(&d.path)).is_err()
+                {
+                    out.push(format!(
+                        "{}: missing input file `{}` (needed by `{}`)",
+                        d.loc, d.path, n.id
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Every node upstream of `roots`, the roots included.
     pub fn ancestors(&self, roots: &[usize]) -> BTreeSet<usize> {
         let mut seen = BTreeSet::new();
@@ -223,8 +246,19 @@ impl<'a> Builder<'a> {
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
         let mut msg = interp::unprotect(&e.to_string()).into_owned();
-        if let Some(i) = msg.rfind(" at line ") {
-            msg.truncate(i);
+        // serde_yaml repeats the position in the text: drop " at line L column C".
+        if let Some(i) = msg.find(" at line ") {
+            let rest = &msg[i + " at line ".len()..];
+            let after_col = rest
+                .find(" column ")
+                .map(|j| j + " column ".len())
+                .and_then(|j| {
+                    let digits = rest[j..].chars().take_while(|c| c.is_ascii_digit()).count();
+                    (digits > 0).then_some(j + digits)
+                });
+            if let Some(end) = after_col {
+                msg = format!("{}{}", &msg[..i], &rest[end..]);
+            }
         }
         if msg.contains("missing field `stages`") || msg == "EOF while parsing a value" {
             msg = "a pipeline needs a `stages:` map".to_string();

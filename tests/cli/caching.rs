@@ -1,0 +1,206 @@
+use crate::support::*;
+
+#[test]
+fn dry_run_predicts_exactly_what_runs_and_writes_nothing() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SWEEP);
+    // Nothing exists yet: the dry run must not create the cache.
+    let (run, blocked) = ws.predicted("p.yaml");
+    assert!(
+        !ws.p(".dagrun").exists(),
+        "a dry run wrote the cache folder"
+    );
+    assert!(blocked.is_empty());
+    assert_eq!(ws.run(&["p.yaml"]), run);
+
+    // Change one seed's command: only it is predicted, only it runs.
+    ws.write(
+        "p.yaml",
+        &SWEEP.replace("echo ${matrix.seed} >>", "echo seed ${matrix.seed} >>"),
+    );
+    let (run, blocked) = ws.predicted("p.yaml");
+    assert_eq!(
+        run,
+        set(&["train[seed=0]", "train[seed=1]", "train[seed=2]"])
+    );
+    assert!(blocked.is_empty());
+    let (out, _) = ws.ok(&["p.yaml", "--dry-run"]);
+    assert!(out.contains("param `cmd` changed"), "{out}");
+    assert_eq!(ws.run(&["p.yaml"]), run);
+
+    // Change the greeting: prepare is stale, the sweep is blocked on it and reruns
+    // because data.txt changes.
+    ws.write(
+        "p.yaml",
+        &SWEEP
+            .replace("echo ${matrix.seed} >>", "echo seed ${matrix.seed} >>")
+            .replace("hello", "bonjour"),
+    );
+    let (run, blocked) = ws.predicted("p.yaml");
+    assert_eq!(run, set(&["prepare"]));
+    assert_eq!(
+        blocked,
+        set(&["train[seed=0]", "train[seed=1]", "train[seed=2]"])
+    );
+    let ran = ws.run(&["p.yaml"]);
+    assert_eq!(ran, &run | &blocked);
+    assert_eq!(ws.read("model-0.txt"), "bonjour\nseed 0\n");
+}
+
+#[test]
+fn early_cutoff_keeps_downstream_cached() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SWEEP);
+    ws.run(&["p.yaml"]);
+    // A different command that writes the same bytes.
+    ws.write(
+        "p.yaml",
+        &SWEEP.replace(
+            "echo ${params.greeting} > data.txt",
+            "printf 'hello\\n' > data.txt",
+        ),
+    );
+    let (out, err) = ws.ok(&["p.yaml"]);
+    assert_eq!(executed(&err), set(&["prepare"]), "{out}{err}");
+    assert!(err.contains("3 kept by early cutoff"), "{err}");
+
+    // --rerun forces a node; downstream stays cached since outputs are identical.
+    assert_eq!(ws.run(&["p.yaml", "--rerun", "prepare"]), set(&["prepare"]));
+    // --downstream forces everything below too.
+    assert_eq!(
+        ws.run(&["p.yaml", "--rerun", "prepare", "--downstream"]),
+        set(&["prepare", "train[seed=0]", "train[seed=1]", "train[seed=2]"])
+    );
+    // One node of a sweep.
+    assert_eq!(
+        ws.run(&["p.yaml", "--rerun", "train[seed=1]"]),
+        set(&["train[seed=1]"])
+    );
+}
+
+#[test]
+fn outputs_are_restored_from_the_cache_without_running() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SWEEP);
+    ws.run(&["p.yaml"]);
+    std::fs::remove_file(ws.p("model-1.txt")).unwrap();
+    ws.write("data.txt", "tampered\n");
+    let (out, _) = ws.ok(&["plan", "p.yaml"]);
+    assert!(out.contains("will restore data.txt"), "{out}");
+    let (_, err) = ws.ok(&["p.yaml"]);
+    assert!(executed(&err).is_empty(), "{err}");
+    assert!(err.contains("restored"), "{err}");
+    assert_eq!(ws.read("model-1.txt"), "hello\n1\n");
+    assert_eq!(ws.read("data.txt"), "hello\n");
+}
+
+#[test]
+fn input_files_are_part_of_the_key_and_why_names_them() {
+    let ws = Ws::new();
+    ws.write("raw.csv", "a,b\n1,2\n");
+    ws.write(
+        "p.yaml",
+        "stages:\n  clean:\n    kind: command\n    cmd: tr a-z A-Z < raw.csv > clean.csv\n    deps: [raw.csv]\n    outs: [clean.csv]\n",
+    );
+    ws.run(&["p.yaml"]);
+    let (out, _) = ws.ok(&["why", "clean"]);
+    assert!(out.contains("cached"), "{out}");
+    ws.write("raw.csv", "a,b\n3,4\n");
+    let (out, _) = ws.ok(&["why", "clean"]);
+    assert!(out.contains("input file `raw.csv` changed"), "{out}");
+    let (out, _) = ws.ok(&["status"]);
+    assert!(out.contains("1 stale"), "{out}");
+    assert_eq!(ws.run(&["p.yaml"]), set(&["clean"]));
+    assert_eq!(ws.read("clean.csv"), "A,B\n3,4\n");
+    // Key order in YAML does not matter.
+    ws.write(
+        "p.yaml",
+        "stages:\n  clean:\n    outs: [clean.csv]\n    deps: [raw.csv]\n    cmd: tr a-z A-Z < raw.csv > clean.csv\n    kind: command\n",
+    );
+    assert!(ws.run(&["p.yaml"]).is_empty());
+}
+
+#[test]
+fn a_failed_stage_is_not_cached_and_independent_nodes_finish() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        r#"
+stages:
+  bad:
+    kind: command
+    cmd: echo "about to fail"; exit 3
+    outs: [bad.txt]
+  after_bad:
+    kind: command
+    cmd: cat bad.txt > after.txt
+    deps: [bad.txt]
+    outs: [after.txt]
+  good:
+    kind: command
+    cmd: echo fine > good.txt
+    outs: [good.txt]
+"#,
+    );
+    let o = ws.dagrun(&["p.yaml"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("failed: bad: command exited with status 3"),
+        "{t}"
+    );
+    assert!(t.contains("log: .dagrun/logs/bad.log"), "{t}");
+    assert!(ws.read(".dagrun/logs/bad.log").contains("about to fail"));
+    assert!(t.contains("skip   after_bad"), "{t}");
+    assert_eq!(ws.read("good.txt"), "fine\n");
+    // The failure was not cached: fixing it runs it.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml").replace("exit 3", "echo ok > bad.txt"),
+    );
+    assert_eq!(ws.run(&["p.yaml"]), set(&["bad", "after_bad"]));
+    assert!(
+        !ws.p(".dagrun/logs/bad.log").exists(),
+        "stale failure logs are removed"
+    );
+}
+
+#[test]
+fn show_log_export_and_progress_lines() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        r#"
+stages:
+  train:
+    kind: command
+    cmd: for i in 1 2 3; do echo "dagrun:progress $i/3 step $i"; echo "loss $i"; done; mkdir -p model && echo w > model/weights.bin
+    outs: [model]
+"#,
+    );
+    ws.ok(&["p.yaml"]);
+    let (out, _) = ws.ok(&["show", "train"]);
+    assert!(out.contains("model  file"), "{out}");
+    assert!(out.contains("1 files"), "{out}");
+    assert!(out.contains("loss 3"), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.trim_start().starts_with("dagrun:progress")),
+        "progress lines are not logged: {out}"
+    );
+    let (out, _) = ws.ok(&["show", "train", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["node"], "train");
+    let (out, _) = ws.ok(&["log"]);
+    assert!(out.contains("success"), "{out}");
+    let dest = ws.p("exported");
+    ws.ok(&["export", "train", dest.to_str().unwrap()]);
+    assert_eq!(ws.read("exported/model/weights.bin"), "w\n");
+    let o = ws.dagrun(&["show", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("no record of node `nope`"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1,0 +1,102 @@
+use std::time::Duration;
+
+use crate::support::*;
+
+/// `fast` finishes at once; `slow` blocks while `hold` exists, after noting in its
+/// scratch folder that it started. On a resume it reports whether it found the note.
+const SLOW: &str = r#"
+stages:
+  fast:
+    kind: command
+    matrix: {i: [1, 2]}
+    cmd: echo fast ${matrix.i} > fast-${matrix.i}.txt
+    outs: [fast-${matrix.i}.txt]
+  slow:
+    kind: command
+    needs: [fast]
+    cmd: >-
+      if [ -e "$DAGRUN_SCRATCH/started" ]; then r=resumed; else r=fresh; fi;
+      touch "$DAGRUN_SCRATCH/started"; touch slow-started;
+      while [ -e hold ]; do sleep 0.05; done;
+      echo $r > slow.txt
+    outs: [slow.txt]
+"#;
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: sending a signal to a child we spawned.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+#[test]
+fn kill_9_then_resume_reuses_finished_nodes_and_restarts_the_interrupted_one() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SLOW);
+    ws.write("hold", "");
+    let mut child = ws.spawn(&["p.yaml"]);
+    ws.wait_for("slow-started", Duration::from_secs(30));
+    kill(child.id(), libc::SIGKILL);
+    child.wait().unwrap();
+    std::fs::remove_file(ws.p("hold")).unwrap();
+    // Nothing is corrupt, the lock is free, and the finished nodes are reused.
+    let (out, _) = ws.ok(&["cache", "verify"]);
+    assert!(out.contains("no corruption"), "{out}");
+    let (run, _) = ws.predicted("p.yaml");
+    assert_eq!(run, set(&["slow"]));
+    assert_eq!(ws.run(&["p.yaml"]), set(&["slow"]));
+    // The interrupted node got its scratch folder back.
+    assert_eq!(ws.read("slow.txt"), "resumed\n");
+    // Once committed, the scratch folder is gone.
+    let scratch = ws.p(".dagrun/scratch");
+    assert_eq!(
+        std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_with_nothing_half_written() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SLOW);
+    ws.write("hold", "");
+    let child = ws.spawn(&["p.yaml"]);
+    ws.wait_for("slow-started", Duration::from_secs(30));
+    kill(child.id(), libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(text(&o).contains("interrupted"), "{}", text(&o));
+    assert!(!ws.p("slow.txt").exists());
+    std::fs::remove_file(ws.p("hold")).unwrap();
+    assert_eq!(ws.run(&["p.yaml"]), set(&["slow"]));
+    let (out, _) = ws.ok(&["log"]);
+    assert!(out.contains("interrupted"), "{out}");
+}
+
+#[test]
+fn a_second_invocation_names_the_holder_or_waits() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SLOW);
+    ws.write("hold", "");
+    let mut first = ws.spawn(&["p.yaml"]);
+    ws.wait_for("slow-started", Duration::from_secs(30));
+    let o = ws.dagrun(&["p.yaml"]);
+    let t = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("is in use by another dagrun process"), "{t}");
+    assert!(t.contains(&format!("pid {}", first.id())), "{t}");
+    assert!(t.contains("run p.yaml"), "{t}");
+    // With --wait, the second one waits for the first and then finds everything cached.
+    let second = ws.spawn(&["p.yaml", "--wait"]);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(ws.p("hold")).unwrap();
+    assert!(first.wait().unwrap().success());
+    let o = second.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("waiting for"), "{}", text(&o));
+    assert!(
+        executed(&String::from_utf8_lossy(&o.stderr)).is_empty(),
+        "{}",
+        text(&o)
+    );
+}

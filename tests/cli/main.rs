@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `dagrun` binary on temporary workspaces.
+
+mod support;
+
+mod bad_input;
+mod cache_ops;
+mod caching;
+mod faults;
+mod sweeps;
