@@ -7,11 +7,15 @@ use std::sync::Arc;
 use dagrun_engine::stage::Registry;
 
 pub mod command;
+pub mod kinds;
 pub mod theory;
 
 /// Every stage kind of this build.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(command::CommandKind));
+    r.register(Arc::new(kinds::bandit::BanditKind));
+    r.register(Arc::new(kinds::simulate::SimulateKind));
+    r.register(Arc::new(kinds::report::ReportKind));
     r
 }

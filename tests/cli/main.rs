@@ -7,3 +7,4 @@ mod cache_ops;
 mod caching;
 mod faults;
 mod sweeps;
+mod theory;

@@ -1,0 +1,37 @@
+//! Native stage kinds, and what they share.
+
+pub mod bandit;
+pub mod report;
+pub mod simulate;
+
+use dagrun_engine::stage::ParamError;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Deserialises a kind's params, turning serde's message into a [`ParamError`] that
+/// names the parameter when serde does.
+pub fn parse_params<T: DeserializeOwned>(params: &Value) -> Result<T, ParamError> {
+    serde_json::from_value(params.clone()).map_err(|e| {
+        let msg = e.to_string();
+        let field = msg
+            .strip_prefix("unknown field `")
+            .or_else(|| msg.split("field `").nth(1))
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string);
+        ParamError {
+            param: field,
+            message: msg,
+        }
+    })
+}
+
+/// Writes pretty JSON, creating the parent folder.
+pub fn write_json(path: &std::path::Path, v: &impl serde::Serialize) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        path,
+        serde_json::to_vec_pretty(v).map_err(std::io::Error::other)?,
+    )
+}
