@@ -417,6 +417,7 @@ impl<'a> Builder<'a> {
         self.finish_errors()?;
         let order = self.order(&mut nodes)?;
         let name = relative_name(file, workdir);
+        tracing::debug!(pipeline = %name, stages = stages.len(), nodes = nodes.len(), "pipeline loaded");
         Ok(Pipeline {
             file: file.to_path_buf(),
             name,

@@ -230,6 +230,7 @@ pub fn run(
                 let node = &p.nodes[i];
                 let known = |u: usize| outputs.lock().unwrap()[u].clone();
                 let e = ev.evaluate(i, &opts.selection, &known)?;
+                tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
                 match &e.state {
                     State::Cached { restore } => {
                         let rec = e.record.as_ref().expect("cached has a record");
@@ -301,6 +302,7 @@ pub fn run(
                         for g in &gpus {
                             free_gpus.remove(g);
                         }
+                        tracing::info!(node = %p.nodes[i].id, cpus, gpus = ?gpus, "starting");
                         held.insert(i, (cpus, gpus.clone()));
                         observer.started(&p.nodes[i].id);
                         executed.push(p.nodes[i].id.clone());

@@ -8,6 +8,7 @@ use dagrun_engine::stage::Registry;
 
 pub mod command;
 pub mod kinds;
+pub mod rl;
 pub mod theory;
 
 /// Every stage kind of this build.
