@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use burn::module::Module;
+use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::batch::TokenBatch;
@@ -138,6 +139,13 @@ impl RewardModel {
     }
 }
 
+/// Bradley–Terry loss of `[b, K]` rewards of chosen and rejected responses: the sum over the
+/// K heads of each head's `-mean_b log σ(r_k(x, y+) - r_k(x, y-))` (ALGORITHMS.md §1, §3).
+pub fn bradley_terry_loss(chosen: Tensor<2>, rejected: Tensor<2>) -> Tensor<1> {
+    let [b, _] = chosen.dims();
+    log_sigmoid(chosen - rejected).sum().neg() / b as f64
+}
+
 /// Mean and variance (with `ddof`: 1 = sample variance, the paper's) of per-head rewards.
 pub fn ensemble_stats(rewards: &[f32], ddof: usize) -> (f64, f64) {
     let k = rewards.len();
@@ -150,6 +158,25 @@ pub fn ensemble_stats(rewards: &[f32], ddof: usize) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bradley_terry_loss_matches_the_test_vectors() {
+        let device = Device::flex();
+        let t = |v: Vec<f32>, k: usize| {
+            let b = v.len() / k;
+            Tensor::<2>::from_data(TensorData::new(v, [b, k]), &device)
+        };
+        let loss = |c: Vec<f32>, r: Vec<f32>, k: usize| -> f32 {
+            bradley_terry_loss(t(c, k), t(r, k)).into_scalar()
+        };
+        // ALGORITHMS.md §1: margin 0 → 0.693147, margin 1 → 0.313262.
+        assert!((loss(vec![0.5], vec![0.5], 1) - 0.693147).abs() < 1e-6);
+        assert!((loss(vec![1.0], vec![0.0], 1) - 0.313262).abs() < 1e-6);
+        // Mean over pairs, sum over heads: pairs with margins (0, 1) on head 0 and (1, 1) on
+        // head 1 → (0.693147 + 0.313262) / 2 + 0.313262.
+        let two = loss(vec![0.0, 1.0, 1.0, 1.0], vec![0.0, 0.0, 0.0, 0.0], 2);
+        assert!((two - ((0.693147 + 0.313262) / 2.0 + 0.313262)).abs() < 1e-5, "{two}");
+    }
 
     #[test]
     fn ensemble_stats_use_the_sample_variance() {
