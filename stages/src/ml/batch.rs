@@ -36,11 +36,15 @@ impl TokenBatch {
     /// Pad `rows` to their longest length with `pad_id` on the given side.
     pub fn from_rows(rows: &[Vec<u32>], pad_id: u32, padding: Padding) -> Result<Self> {
         if rows.is_empty() {
-            return Err(MlError::Invalid("a token batch needs at least one row".into()));
+            return Err(MlError::Invalid(
+                "a token batch needs at least one row".into(),
+            ));
         }
         let len = rows.iter().map(Vec::len).max().unwrap_or(0);
         if len == 0 {
-            return Err(MlError::Invalid("every row of the token batch is empty".into()));
+            return Err(MlError::Invalid(
+                "every row of the token batch is empty".into(),
+            ));
         }
         let mut ids = Vec::with_capacity(rows.len() * len);
         let mut mask = Vec::with_capacity(rows.len() * len);

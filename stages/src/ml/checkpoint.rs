@@ -93,7 +93,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The latest checkpoint in `dir`, restoring `optim`'s state onto `device`; `None` when there
 /// is none.
-pub fn load_latest(dir: &Path, optim: &mut Adam, device: &Device) -> Result<Option<LoadedCheckpoint>> {
+pub fn load_latest(
+    dir: &Path,
+    optim: &mut Adam,
+    device: &Device,
+) -> Result<Option<LoadedCheckpoint>> {
     let latest = dir.join(LATEST);
     if !latest.exists() {
         return Ok(None);

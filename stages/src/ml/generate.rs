@@ -9,11 +9,11 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::batch::{Padding, TokenBatch};
-use super::weights::to_f32_vec;
 use super::error::{MlError, Result};
 use super::gpt2::{Gpt2, KvCache};
 use super::rng::SeededRng;
 use super::sampling::SamplingConfig;
+use super::weights::to_f32_vec;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -59,7 +59,9 @@ pub fn generate(
 ) -> Result<Generation> {
     config.sampling.validate()?;
     if prompts.iter().any(Vec::is_empty) {
-        return Err(MlError::Invalid("generation needs non-empty prompts".into()));
+        return Err(MlError::Invalid(
+            "generation needs non-empty prompts".into(),
+        ));
     }
     let model = model.valid();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);

@@ -391,7 +391,10 @@ impl WeightSource for RandomInit<'_> {
             }
             self.rng.normal_vec(n, std)
         };
-        Ok(Tensor::from_data(TensorData::new(values, shape), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            self.device,
+        ))
     }
 }
 
@@ -471,6 +474,11 @@ impl Gpt2 {
     /// The configuration.
     pub fn config(&self) -> &Gpt2Config {
         &self.config
+    }
+
+    /// The token embedding `[vocab, n_embd]` (also the tied LM head).
+    pub fn token_embedding(&self) -> Tensor<2> {
+        self.wte.val()
     }
 
     /// The device the weights live on.

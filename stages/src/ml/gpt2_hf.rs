@@ -45,11 +45,19 @@ pub fn config_json(config: &Gpt2Config) -> serde_json::Value {
     let mut v = serde_json::to_value(config).expect("config serialises");
     let obj = v.as_object_mut().expect("config is an object");
     obj.insert("model_type".into(), "gpt2".into());
-    obj.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
+    obj.insert(
+        "architectures".into(),
+        serde_json::json!(["GPT2LMHeadModel"]),
+    );
     obj.insert("torch_dtype".into(), "float32".into());
     // Dropouts are not part of dagrun's GPT-2 (it trains without dropout); state it so that
     // transformers computes the same function in train mode too.
-    for key in ["resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"] {
+    for key in [
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "summary_first_dropout",
+    ] {
         obj.insert(key.into(), 0.0.into());
     }
     v
@@ -72,7 +80,10 @@ impl WeightSource for FileWeights<'_> {
 fn normalise(mut tensors: HostTensors, config: &Gpt2Config) -> HostTensors {
     let old = std::mem::take(&mut tensors.tensors);
     for (name, t) in old {
-        let name = name.strip_prefix("transformer.").unwrap_or(&name).to_string();
+        let name = name
+            .strip_prefix("transformer.")
+            .unwrap_or(&name)
+            .to_string();
         let buffer = name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias");
         let tied_head = name == "lm_head.weight" && config.tie_word_embeddings;
         if !buffer && !tied_head {
@@ -99,7 +110,11 @@ impl Gpt2 {
     }
 
     /// Build from named weights (any of the accepted naming layouts); every weight must be used.
-    pub fn from_tensors(config: &Gpt2Config, tensors: HostTensors, device: &Device) -> Result<Self> {
+    pub fn from_tensors(
+        config: &Gpt2Config,
+        tensors: HostTensors,
+        device: &Device,
+    ) -> Result<Self> {
         let mut src = FileWeights {
             tensors: normalise(tensors, config),
             device,
@@ -117,17 +132,31 @@ impl Gpt2 {
     /// Every weight under its HF name without prefix (`wte.weight`, `h.0.ln_1.weight`, ...).
     pub fn named_weights(&self) -> Vec<(String, HostTensor)> {
         let mut out = vec![
-            ("wte.weight".to_string(), HostTensor::from_tensor(&self.wte.val())),
-            ("wpe.weight".to_string(), HostTensor::from_tensor(&self.wpe.val())),
+            (
+                "wte.weight".to_string(),
+                HostTensor::from_tensor(&self.wte.val()),
+            ),
+            (
+                "wpe.weight".to_string(),
+                HostTensor::from_tensor(&self.wpe.val()),
+            ),
         ];
         let push1 = |out: &mut Vec<_>, name: String, t: Tensor<1>| {
             out.push((name, HostTensor::from_tensor(&t)));
         };
         for (l, block) in self.h.iter().enumerate() {
             let p = format!("h.{l}");
-            push1(&mut out, format!("{p}.ln_1.weight"), block.ln_1.weight.val());
+            push1(
+                &mut out,
+                format!("{p}.ln_1.weight"),
+                block.ln_1.weight.val(),
+            );
             push1(&mut out, format!("{p}.ln_1.bias"), block.ln_1.bias.val());
-            push1(&mut out, format!("{p}.ln_2.weight"), block.ln_2.weight.val());
+            push1(
+                &mut out,
+                format!("{p}.ln_2.weight"),
+                block.ln_2.weight.val(),
+            );
             push1(&mut out, format!("{p}.ln_2.bias"), block.ln_2.bias.val());
             for (name, conv) in [
                 ("attn.c_attn", &block.attn.c_attn),
@@ -145,7 +174,10 @@ impl Gpt2 {
         push1(&mut out, "ln_f.weight".into(), self.ln_f.weight.val());
         push1(&mut out, "ln_f.bias".into(), self.ln_f.bias.val());
         if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".into(), HostTensor::from_tensor(&head.val())));
+            out.push((
+                "lm_head.weight".into(),
+                HostTensor::from_tensor(&head.val()),
+            ));
         }
         out
     }

@@ -141,10 +141,21 @@ mod tests {
         assert!((g.global_norm() - 5.0).abs() < 1e-6);
         let before = g.clip_global_norm(1.0);
         assert!((before - 5.0).abs() < 1e-6);
-        let a = g.grads["a"].clone().into_data().try_to_vec::<f32>().unwrap();
-        let b = g.grads["b"].clone().into_data().try_to_vec::<f32>().unwrap();
+        let a = g.grads["a"]
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let b = g.grads["b"]
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         // One common factor 1/5 (not per-tensor: a per-tensor clip would give [1, 0], [0, 1]).
-        assert!((a[0] - 0.6).abs() < 1e-5 && (b[1] - 0.8).abs() < 1e-5, "{a:?} {b:?}");
+        assert!(
+            (a[0] - 0.6).abs() < 1e-5 && (b[1] - 0.8).abs() < 1e-5,
+            "{a:?} {b:?}"
+        );
         assert!((g.global_norm() - 1.0).abs() < 1e-5);
         // Below the threshold nothing changes.
         let before = g.clip_global_norm(10.0);
@@ -161,10 +172,18 @@ mod tests {
         h.grads.insert("b".into(), t(vec![7.0]));
         g.accumulate(h);
         g.scale(2.0);
-        let a = g.grads["a"].clone().into_data().try_to_vec::<f32>().unwrap();
+        let a = g.grads["a"]
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert_eq!(a, vec![3.0, 5.0]);
         assert_eq!(
-            g.grads["b"].clone().into_data().try_to_vec::<f32>().unwrap(),
+            g.grads["b"]
+                .clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
             vec![14.0]
         );
     }

@@ -23,7 +23,9 @@ impl LinearHeads {
     /// `SeededRng::new(seeds[k])` (so heads differ exactly by their seeds), biases zero.
     pub fn init(n_embd: usize, seeds: &[u64], device: &Device) -> Result<Self> {
         if seeds.is_empty() {
-            return Err(MlError::Invalid("a head set needs at least one head".into()));
+            return Err(MlError::Invalid(
+                "a head set needs at least one head".into(),
+            ));
         }
         let k = seeds.len();
         let std = 1.0 / ((n_embd + 1) as f32).sqrt();
@@ -103,7 +105,10 @@ mod tests {
     fn heads_compute_w_dot_h_plus_b_per_column() {
         let device = Device::flex();
         let heads = LinearHeads::from_tensors(
-            Tensor::from_data(TensorData::new(vec![1.0f32, 0.0, 2.0, -1.0], [2, 2]), &device),
+            Tensor::from_data(
+                TensorData::new(vec![1.0f32, 0.0, 2.0, -1.0], [2, 2]),
+                &device,
+            ),
             Tensor::from_data(TensorData::new(vec![0.5f32, -0.5], [2]), &device),
         );
         let h = Tensor::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 2]), &device);

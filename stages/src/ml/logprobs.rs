@@ -5,9 +5,9 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::batch::TokenBatch;
-use super::weights::to_f32_vec;
 use super::error::Result;
 use super::gpt2::Gpt2;
+use super::weights::to_f32_vec;
 
 /// Log-probs of each token given its prefix, from logits `[b, t, vocab]` of `batch`:
 /// `[b, t - 1]`, entry `(r, c)` = log p(token `c + 1` | tokens ≤ `c`), 0 where token `c + 1` or

@@ -12,6 +12,7 @@ mod error;
 
 pub mod batch;
 pub mod checkpoint;
+pub mod cli;
 pub mod device;
 pub mod generate;
 pub mod gpt2;

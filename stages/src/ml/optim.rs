@@ -265,6 +265,9 @@ mod tests {
         let mut opt = Adam::new(AdamConfig::default());
         let p = opt.update("w", t(vec![0.0, 0.0]), t(vec![3.0, -0.01]), 0.1);
         let got = p.into_data().try_to_vec::<f32>().unwrap();
-        assert!((got[0] + 0.1).abs() < 1e-5 && (got[1] - 0.1).abs() < 1e-4, "{got:?}");
+        assert!(
+            (got[0] + 0.1).abs() < 1e-5 && (got[1] - 0.1).abs() < 1e-4,
+            "{got:?}"
+        );
     }
 }

@@ -151,7 +151,11 @@ pub fn ensemble_stats(rewards: &[f32], ddof: usize) -> (f64, f64) {
     let k = rewards.len();
     let mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / k as f64;
     let ss: f64 = rewards.iter().map(|&r| (r as f64 - mean).powi(2)).sum();
-    let var = if k > ddof { ss / (k - ddof) as f64 } else { 0.0 };
+    let var = if k > ddof {
+        ss / (k - ddof) as f64
+    } else {
+        0.0
+    };
     (mean, var)
 }
 
@@ -175,7 +179,10 @@ mod tests {
         // Mean over pairs, sum over heads: pairs with margins (0, 1) on head 0 and (1, 1) on
         // head 1 → (0.693147 + 0.313262) / 2 + 0.313262.
         let two = loss(vec![0.0, 1.0, 1.0, 1.0], vec![0.0, 0.0, 0.0, 0.0], 2);
-        assert!((two - ((0.693147 + 0.313262) / 2.0 + 0.313262)).abs() < 1e-5, "{two}");
+        assert!(
+            (two - ((0.693147 + 0.313262) / 2.0 + 0.313262)).abs() < 1e-5,
+            "{two}"
+        );
     }
 
     #[test]

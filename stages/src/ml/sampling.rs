@@ -92,7 +92,13 @@ impl SamplingConfig {
                 .map(|i| scaled[i])
                 .fold(f64::NEG_INFINITY, f64::max);
             let mut p: Vec<f64> = (0..scaled.len())
-                .map(|i| if keep[i] { (scaled[i] - max).exp() } else { 0.0 })
+                .map(|i| {
+                    if keep[i] {
+                        (scaled[i] - max).exp()
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let z: f64 = p.iter().sum();
             p.iter_mut().for_each(|x| *x /= z);
@@ -179,14 +185,20 @@ mod tests {
             ..Default::default()
         };
         let zk = e[2] + e[3];
-        assert!(close(&k2.distribution(&logits), &[0.0, 0.0, e[2] / zk, e[3] / zk]));
+        assert!(close(
+            &k2.distribution(&logits),
+            &[0.0, 0.0, e[2] / zk, e[3] / zk]
+        ));
 
         // p(3) = 0.6439, p(2) = 0.2369: top_p 0.7 keeps {3, 2}; 0.6 keeps {3} only.
         let p07 = SamplingConfig {
             top_p: 0.7,
             ..Default::default()
         };
-        assert!(close(&p07.distribution(&logits), &[0.0, 0.0, e[2] / zk, e[3] / zk]));
+        assert!(close(
+            &p07.distribution(&logits),
+            &[0.0, 0.0, e[2] / zk, e[3] / zk]
+        ));
         let p06 = SamplingConfig {
             top_p: 0.6,
             ..Default::default()

@@ -70,7 +70,11 @@ mod tests {
             (20, 0.0),
         ];
         for (step, lr) in expect {
-            assert!((s.lr(step) - lr).abs() < 1e-12, "step {step}: {}", s.lr(step));
+            assert!(
+                (s.lr(step) - lr).abs() < 1e-12,
+                "step {step}: {}",
+                s.lr(step)
+            );
         }
         assert!((s.lr(6) - 0.8535533905932737).abs() < 1e-12);
         let floor = LrSchedule::CosineWarmup {

@@ -91,14 +91,15 @@ impl TextTokenizer {
             .show_progress(false)
             .build();
         let byte_level = ByteLevel::new(false, true, true);
-        let mut tokenizer = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
-            .with_model(BPE::default())
-            .with_normalizer(None)
-            .with_pre_tokenizer(Some(byte_level))
-            .with_post_processor(Some(byte_level))
-            .with_decoder(Some(byte_level))
-            .build()
-            .map_err(tok_err)?;
+        let mut tokenizer =
+            TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+                .with_model(BPE::default())
+                .with_normalizer(None)
+                .with_pre_tokenizer(Some(byte_level))
+                .with_post_processor(Some(byte_level))
+                .with_decoder(Some(byte_level))
+                .build()
+                .map_err(tok_err)?;
         tokenizer.train(&mut trainer, corpus).map_err(tok_err)?;
         let inner: Tokenizer = tokenizer.into();
         Ok(Self::wrap(inner))
@@ -179,7 +180,11 @@ mod tests {
         };
         let tok = TextTokenizer::train_bpe(corpus().iter(), &config).unwrap();
         assert_eq!(tok.eos_id(), Some(0));
-        assert!(tok.vocab_size() > 257 && tok.vocab_size() <= 300, "{}", tok.vocab_size());
+        assert!(
+            tok.vocab_size() > 257 && tok.vocab_size() <= 300,
+            "{}",
+            tok.vocab_size()
+        );
         // Merges learnt: a frequent word takes fewer tokens than its bytes.
         let ids = tok.encode("the cat sat").unwrap();
         assert!(ids.len() < "the cat sat".len(), "{ids:?}");

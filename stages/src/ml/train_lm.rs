@@ -131,8 +131,8 @@ impl LmTrainer {
         let mut optim = Adam::new(config.optimizer.clone());
         if let Some(dir) = checkpoint_dir {
             if let Some(ck) = checkpoint::load_latest(dir, &mut optim, device)? {
-                let state: TrainerState = serde_json::from_value(ck.trainer)
-                    .map_err(|e| MlError::json(&ck.path, e))?;
+                let state: TrainerState =
+                    serde_json::from_value(ck.trainer).map_err(|e| MlError::json(&ck.path, e))?;
                 if state.config != config {
                     return Err(MlError::Invalid(format!(
                         "{}: checkpoint was written with a different training config",
@@ -225,7 +225,13 @@ impl LmTrainer {
             losses: self.losses.clone(),
         };
         let trainer = serde_json::to_value(state).expect("json");
-        checkpoint::save(dir, self.step, &weights_of(&self.model), &self.optim, trainer)?;
+        checkpoint::save(
+            dir,
+            self.step,
+            &weights_of(&self.model),
+            &self.optim,
+            trainer,
+        )?;
         Ok(())
     }
 

@@ -33,7 +33,10 @@ impl HostTensor {
     /// Build a device tensor of rank `D` (the shape must have `D` dimensions).
     pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
         assert_eq!(self.shape.len(), D, "rank mismatch");
-        Tensor::from_data(TensorData::new(self.values.clone(), self.shape.clone()), device)
+        Tensor::from_data(
+            TensorData::new(self.values.clone(), self.shape.clone()),
+            device,
+        )
     }
 }
 

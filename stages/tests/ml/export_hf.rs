@@ -3,8 +3,8 @@
 //! python3; skipped with a message otherwise).
 
 use dagrun_stages::ml::logprobs::token_logprobs_rows;
-use dagrun_stages::ml::train_lm::{LmTrainConfig, LmTrainer};
 use dagrun_stages::ml::schedule::LrSchedule;
+use dagrun_stages::ml::train_lm::{LmTrainConfig, LmTrainer};
 use dagrun_stages::ml::{DeviceSpec, Gpt2, Gpt2Config, TokenBatch};
 
 use crate::common::{max_abs_diff, python_with_transformers};

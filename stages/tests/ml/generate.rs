@@ -56,7 +56,10 @@ fn cached_decoding_equals_full_recomputation() {
             }
             for (s, logits) in step_logits.iter().enumerate().skip(1) {
                 let col = prompt.len + s - 1;
-                worst = worst.max(max_abs_diff(&logits_at(logits, r, 0), &logits_at(&all, r, col)));
+                worst = worst.max(max_abs_diff(
+                    &logits_at(logits, r, 0),
+                    &logits_at(&all, r, col),
+                ));
             }
         }
         println!("{spec}: cached vs full max |Δlogit| = {worst:.2e}");

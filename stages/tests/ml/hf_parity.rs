@@ -95,9 +95,10 @@ fn checkpoint_layout_variants_load_to_the_same_model() {
     // GPT2Model layout: no prefix, with attention buffers and a tied lm_head.weight.
     let mut variant = HostTensors::new("variant");
     for (name, t) in &original.tensors {
-        variant
-            .tensors
-            .insert(name.trim_start_matches("transformer.").to_string(), t.clone());
+        variant.tensors.insert(
+            name.trim_start_matches("transformer.").to_string(),
+            t.clone(),
+        );
     }
     let wte = variant.tensors["wte.weight"].clone();
     variant.tensors.insert("lm_head.weight".into(), wte);

@@ -5,6 +5,8 @@
 
 mod common;
 
+mod cli;
+
 mod export_hf;
 mod generate;
 mod hf_parity;

@@ -45,8 +45,8 @@ fn a_frozen_backbone_gets_no_gradient_and_the_heads_do() {
     let heads = LinearHeads::init(32, &[1, 2], &device).unwrap();
     let rm = RewardModel::new(backbone, heads).unwrap();
     let chosen = TokenBatch::from_rows(&rows(), 0, Padding::Right).unwrap();
-    let rejected = TokenBatch::from_rows(&[vec![9], vec![8, 8], vec![7, 7, 7]], 0, Padding::Right)
-        .unwrap();
+    let rejected =
+        TokenBatch::from_rows(&[vec![9], vec![8, 8], vec![7, 7, 7]], 0, Padding::Right).unwrap();
     let loss = |m: &RewardModel| {
         bradley_terry_loss(m.forward(&chosen).unwrap(), m.forward(&rejected).unwrap())
     };
@@ -59,15 +59,21 @@ fn a_frozen_backbone_gets_no_gradient_and_the_heads_do() {
     assert_eq!(keys, vec!["heads.bias", "heads.weight"]);
     // One Adam step moves the heads only.
     let before = to_f32_vec(frozen.backbone.valid().forward(&chosen, None).unwrap());
-    let heads_before = to_f32_vec(frozen.heads.valid().forward(
-        last_token_features(&frozen.backbone.valid(), &chosen).unwrap(),
-    ));
+    let heads_before = to_f32_vec(
+        frozen
+            .heads
+            .valid()
+            .forward(last_token_features(&frozen.backbone.valid(), &chosen).unwrap()),
+    );
     let stepped = Adam::new(AdamConfig::default()).step(frozen, some, 0.1);
     let after = to_f32_vec(stepped.backbone.valid().forward(&chosen, None).unwrap());
     assert_eq!(before, after);
-    let heads_after = to_f32_vec(stepped.heads.valid().forward(
-        last_token_features(&stepped.backbone.valid(), &chosen).unwrap(),
-    ));
+    let heads_after = to_f32_vec(
+        stepped
+            .heads
+            .valid()
+            .forward(last_token_features(&stepped.backbone.valid(), &chosen).unwrap()),
+    );
     assert!(max_abs_diff(&heads_before, &heads_after) > 1e-3);
 }
 
@@ -81,7 +87,9 @@ fn heads_train_on_precomputed_features() {
         TokenBatch::from_rows(&[vec![9], vec![8, 8], vec![7, 7, 7]], 0, Padding::Right).unwrap();
     let ad = device.clone().autodiff();
     let fc: Tensor<2> = last_token_features(&backbone, &chosen).unwrap().autodiff();
-    let fr: Tensor<2> = last_token_features(&backbone, &rejected).unwrap().autodiff();
+    let fr: Tensor<2> = last_token_features(&backbone, &rejected)
+        .unwrap()
+        .autodiff();
     let mut heads = LinearHeads::init(32, &[7, 8, 9], &ad).unwrap();
     let mut adam = Adam::new(AdamConfig::default());
     let mut losses = Vec::new();
@@ -99,8 +107,11 @@ fn heads_train_on_precomputed_features() {
 fn reward_model_folder_round_trips() {
     let device = DeviceSpec::Cpu.resolve().unwrap();
     let backbone = Gpt2::from_hf_dir(&tiny_hf_dir(), &device).unwrap();
-    let rm = RewardModel::new(backbone, LinearHeads::init(32, &[5, 6, 7], &device).unwrap())
-        .unwrap();
+    let rm = RewardModel::new(
+        backbone,
+        LinearHeads::init(32, &[5, 6, 7], &device).unwrap(),
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     rm.save(tmp.path(), Some(&tiny_hf_dir().join("tokenizer.json")))
         .unwrap();

@@ -56,8 +56,14 @@ fn training_a_tiny_gpt2_lowers_its_loss() {
     let losses = trainer.losses.clone();
     let trained = trainer.into_model();
     let after: f32 = LmTrainer::loss(&trained, &probe).unwrap().into_scalar();
-    println!("probe loss {before:.3} → {after:.3}; train loss {:.3} → {:.3}", losses[0], losses[39]);
-    assert!(before > 5.0, "random init should be near ln(vocab): {before}");
+    println!(
+        "probe loss {before:.3} → {after:.3}; train loss {:.3} → {:.3}",
+        losses[0], losses[39]
+    );
+    assert!(
+        before > 5.0,
+        "random init should be near ln(vocab): {before}"
+    );
     assert!(after < 0.5 * before, "{before} → {after}");
     assert!(losses[39] < 0.5 * losses[0], "{losses:?}");
 }
@@ -112,5 +118,8 @@ fn resuming_with_a_different_config_is_refused() {
     let mut t = LmTrainer::new(&model, &ids, config(3), &device, Some(dir.path())).unwrap();
     t.run(Some(dir.path()), None).unwrap();
     let err = LmTrainer::new(&model, &ids, config(4), &device, Some(dir.path())).unwrap_err();
-    assert!(err.to_string().contains("different training config"), "{err}");
+    assert!(
+        err.to_string().contains("different training config"),
+        "{err}"
+    );
 }
