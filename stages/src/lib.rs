@@ -8,6 +8,7 @@ use dagrun_engine::stage::Registry;
 
 pub mod command;
 pub mod kinds;
+pub mod ml;
 pub mod rl;
 pub mod theory;
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Per-token log-probs of texts under a Hugging Face GPT-2 folder, as transformers computes them.
+
+Used by dagrun's export test (stages/tests/ml_export_hf.rs): dagrun writes a model folder, this
+script loads it with `GPT2LMHeadModel.from_pretrained` and the tokenizer with `tokenizers`, and
+prints JSON on stdout:
+
+    {"texts": [{"text": ..., "ids": [...], "token_logprobs": [...]}, ...]}
+
+Usage: python3 scripts/hf_logprobs.py MODEL_DIR TEXT [TEXT ...]
+"""
+import json
+import os
+import sys
+
+import torch
+from tokenizers import Tokenizer
+from transformers import GPT2LMHeadModel
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    folder, texts = sys.argv[1], sys.argv[2:]
+    model = GPT2LMHeadModel.from_pretrained(folder).eval().float()
+    tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    out = []
+    for text in texts:
+        ids = tok.encode(text).ids
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0]
+        logp = torch.log_softmax(logits, dim=-1)
+        out.append({
+            "text": text,
+            "ids": ids,
+            "token_logprobs": [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))],
+        })
+    json.dump({"texts": out}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

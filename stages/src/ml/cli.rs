@@ -1,0 +1,127 @@
+//! What `dagrun model ...` computes, as pure functions returning JSON: the binary parses
+//! flags and prints; these load a model folder, run it, and build the answer.
+//!
+//! - [`logprobs`]: `{"ids": [...], "token_logprobs": [...], "sum_logprob": x}` — the log-prob
+//!   of every token after the first, given its prefix.
+//! - [`generate`]: `{"ids": [...], "text": "..."}` — the prompt's ids followed by the generated
+//!   ones, and the decoded text of all of them.
+//! - [`reward`]: `{"rewards": [...], "mean": x, "variance": y}` — per-head rewards of
+//!   prompt ⊕ response (prompt and response are tokenized separately and their ids joined, as
+//!   when a policy's sampled response is scored), their mean and sample variance (ddof 1).
+//!
+//! A model folder is a Hugging Face GPT-2 folder with a `tokenizer.json`; a reward model
+//! folder adds the heads (see [`super::reward`]).
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::device::DeviceSpec;
+use super::error::{MlError, Result};
+use super::generate::{generate as generate_ids, GenerateConfig};
+use super::gpt2::Gpt2;
+use super::gpt2_hf::TOKENIZER_FILE;
+use super::logprobs::token_logprobs_rows;
+use super::reward::{ensemble_stats, RewardModel};
+use super::rng::SeededRng;
+use super::sampling::SamplingConfig;
+use super::tokenizer::TextTokenizer;
+use super::weights::to_f32_vec;
+use super::TokenBatch;
+
+/// Options of [`generate`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenerateOptions {
+    /// Tokens to generate at most.
+    pub max_new_tokens: usize,
+    /// Greedy or sampling settings.
+    pub sampling: SamplingConfig,
+    /// Seed of the sampler (irrelevant for greedy).
+    pub seed: u64,
+    /// Device to run on.
+    pub device: DeviceSpec,
+    /// Stop at the tokenizer's `<|endoftext|>` (kept in the output).
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 32,
+            sampling: SamplingConfig::default(),
+            seed: 0,
+            device: DeviceSpec::Auto,
+            stop_at_eos: true,
+        }
+    }
+}
+
+/// The tokenizer of a model folder.
+pub fn load_tokenizer(model_dir: &Path) -> Result<TextTokenizer> {
+    let path = model_dir.join(TOKENIZER_FILE);
+    if !path.exists() {
+        return Err(MlError::Invalid(format!(
+            "{}: no {TOKENIZER_FILE} (the model folder needs its tokenizer)",
+            model_dir.display()
+        )));
+    }
+    TextTokenizer::from_file(&path)
+}
+
+/// Per-token log-probs of `text` under the model in `model_dir`.
+pub fn logprobs(model_dir: &Path, text: &str, device: DeviceSpec) -> Result<Value> {
+    let device = device.resolve()?;
+    let tok = load_tokenizer(model_dir)?;
+    let ids = tok.encode(text)?;
+    if ids.is_empty() {
+        return Err(MlError::Invalid("the text encodes to no tokens".into()));
+    }
+    let model = Gpt2::from_hf_dir(model_dir, &device)?;
+    let lp = token_logprobs_rows(&model, &TokenBatch::unpadded(&[ids.clone()])?)?.remove(0);
+    let sum: f64 = lp.iter().map(|&x| x as f64).sum();
+    Ok(json!({"ids": ids, "token_logprobs": lp, "sum_logprob": sum}))
+}
+
+/// Continue `prompt` with the model in `model_dir`.
+pub fn generate(model_dir: &Path, prompt: &str, opts: &GenerateOptions) -> Result<Value> {
+    opts.sampling.validate()?;
+    let device = opts.device.resolve()?;
+    let tok = load_tokenizer(model_dir)?;
+    let ids = tok.encode(prompt)?;
+    if ids.is_empty() {
+        return Err(MlError::Invalid("the prompt encodes to no tokens".into()));
+    }
+    let model = Gpt2::from_hf_dir(model_dir, &device)?;
+    let config = GenerateConfig {
+        max_new_tokens: opts.max_new_tokens,
+        sampling: opts.sampling.clone(),
+        eos_id: if opts.stop_at_eos { tok.eos_id() } else { None },
+        pad_id: tok.pad_id(),
+    };
+    let out = generate_ids(&model, &[ids], &config, &mut SeededRng::new(opts.seed))?;
+    let all = &out.sequences[0];
+    Ok(json!({"ids": all, "text": tok.decode(all)?}))
+}
+
+/// Per-head rewards of `prompt` ⊕ `response` under the reward model in `model_dir`.
+pub fn reward(model_dir: &Path, prompt: &str, response: &str, device: DeviceSpec) -> Result<Value> {
+    let device = device.resolve()?;
+    let tok = load_tokenizer(model_dir)?;
+    let mut ids = tok.encode(prompt)?;
+    ids.extend(tok.encode(response)?);
+    if ids.is_empty() {
+        return Err(MlError::Invalid(
+            "prompt and response encode to no tokens".into(),
+        ));
+    }
+    let rm = RewardModel::load(model_dir, &device)?;
+    let rewards = to_f32_vec(rm.forward(&TokenBatch::unpadded(&[ids])?)?);
+    let (mean, variance) = ensemble_stats(&rewards, 1);
+    Ok(json!({"rewards": rewards, "mean": mean, "variance": variance}))
+}
+
+/// The text of each token id (for human-readable output).
+pub fn token_strings(model_dir: &Path, ids: &[u32]) -> Result<Vec<String>> {
+    let tok = load_tokenizer(model_dir)?;
+    ids.iter().map(|&id| tok.decode(&[id])).collect()
+}

@@ -1,0 +1,268 @@
+//! Causal language-model training of a [`Gpt2`] on a token stream: Adam/AdamW, a learning-rate
+//! schedule, global-norm gradient clipping, gradient accumulation, and resumable checkpoints.
+//!
+//! The loop is a plain function over explicit state ([`LmTrainer`]: model, optimizer, RNG,
+//! data order, step). Everything that influences the next step is in a checkpoint, so a run
+//! killed after any step and resumed from its last checkpoint ends with bit-identical weights
+//! on a deterministic device (`cpu`).
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use super::batch::TokenBatch;
+use super::checkpoint;
+use super::error::{MlError, Result};
+use super::gpt2::{Gpt2, Gpt2Config};
+use super::grads::ParamGrads;
+use super::logprobs::token_logprobs_from_logits;
+use super::optim::{Adam, AdamConfig};
+use super::rng::{RngState, SeededRng};
+use super::schedule::LrSchedule;
+use super::weights::HostTensors;
+
+/// Settings of a language-model training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LmTrainConfig {
+    /// Tokens per training sequence (the stream is cut into blocks of this length).
+    pub seq_len: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged into one optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum_steps: usize,
+    /// Optimizer steps to take in total.
+    pub max_steps: usize,
+    /// Learning rate as a function of the step.
+    pub schedule: LrSchedule,
+    /// Adam / AdamW settings.
+    #[serde(default)]
+    pub optimizer: AdamConfig,
+    /// Clip the global gradient norm to this (None = no clipping).
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
+    /// Seed of the data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The trainer's JSON state inside a checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct TrainerState {
+    config: LmTrainConfig,
+    model_config: Gpt2Config,
+    rng: RngState,
+    order: Vec<usize>,
+    cursor: usize,
+    losses: Vec<f32>,
+}
+
+/// A language-model training run in progress.
+#[derive(Debug)]
+pub struct LmTrainer {
+    /// The model being trained (on an autodiff device).
+    pub model: Gpt2,
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Mean training loss of each completed step.
+    pub losses: Vec<f32>,
+    config: LmTrainConfig,
+    optim: Adam,
+    rng: SeededRng,
+    blocks: Vec<Vec<u32>>,
+    order: Vec<usize>,
+    cursor: usize,
+    device: Device,
+}
+
+/// Weights of `model` keyed by the names `Gpt2::from_tensors` accepts.
+fn weights_of(model: &Gpt2) -> HostTensors {
+    let mut set = HostTensors::new("");
+    for (name, t) in model.named_weights() {
+        set.tensors.insert(name, t);
+    }
+    set
+}
+
+impl LmTrainer {
+    /// Start training `model` on `tokens` on `device` (autodiff is enabled here), or resume
+    /// from the latest checkpoint in `checkpoint_dir` when there is one.
+    pub fn new(
+        model: &Gpt2,
+        tokens: &[u32],
+        config: LmTrainConfig,
+        device: &Device,
+        checkpoint_dir: Option<&Path>,
+    ) -> Result<Self> {
+        if config.seq_len < 2 || config.batch_size == 0 || config.grad_accum_steps == 0 {
+            return Err(MlError::Invalid(
+                "seq_len must be ≥ 2 and batch_size, grad_accum_steps ≥ 1".into(),
+            ));
+        }
+        if config.seq_len > model.config().n_positions {
+            return Err(MlError::Invalid(format!(
+                "seq_len {} exceeds n_positions {}",
+                config.seq_len,
+                model.config().n_positions
+            )));
+        }
+        let blocks: Vec<Vec<u32>> = tokens
+            .chunks_exact(config.seq_len)
+            .map(<[u32]>::to_vec)
+            .collect();
+        if blocks.len() < config.batch_size {
+            return Err(MlError::Invalid(format!(
+                "{} tokens make {} blocks of {}, fewer than one batch of {}",
+                tokens.len(),
+                blocks.len(),
+                config.seq_len,
+                config.batch_size
+            )));
+        }
+        let ad = device.clone().autodiff();
+        let mut optim = Adam::new(config.optimizer.clone());
+        if let Some(dir) = checkpoint_dir {
+            if let Some(ck) = checkpoint::load_latest(dir, &mut optim, device)? {
+                let state: TrainerState =
+                    serde_json::from_value(ck.trainer).map_err(|e| MlError::json(&ck.path, e))?;
+                if state.config != config {
+                    return Err(MlError::Invalid(format!(
+                        "{}: checkpoint was written with a different training config",
+                        ck.path.display()
+                    )));
+                }
+                let model = Gpt2::from_tensors(&state.model_config, ck.weights, &ad)?;
+                return Ok(LmTrainer {
+                    model,
+                    step: ck.step,
+                    losses: state.losses,
+                    config,
+                    optim,
+                    rng: SeededRng::from_state(state.rng),
+                    blocks,
+                    order: state.order,
+                    cursor: state.cursor,
+                    device: device.clone(),
+                });
+            }
+        }
+        let model = Gpt2::from_tensors(model.config(), weights_of(model), &ad)?;
+        let rng = SeededRng::new(config.seed);
+        Ok(LmTrainer {
+            model,
+            step: 0,
+            losses: Vec::new(),
+            config,
+            optim,
+            rng,
+            blocks,
+            order: Vec::new(),
+            cursor: 0,
+            device: device.clone(),
+        })
+    }
+
+    /// The next micro-batch of blocks (a new shuffled epoch when the current one runs out).
+    fn next_batch(&mut self) -> Result<TokenBatch> {
+        let bs = self.config.batch_size;
+        if self.cursor + bs > self.order.len() {
+            self.order = (0..self.blocks.len()).collect();
+            self.rng.shuffle(&mut self.order);
+            self.cursor = 0;
+        }
+        let rows: Vec<Vec<u32>> = self.order[self.cursor..self.cursor + bs]
+            .iter()
+            .map(|&i| self.blocks[i].clone())
+            .collect();
+        self.cursor += bs;
+        TokenBatch::unpadded(&rows)
+    }
+
+    /// Mean next-token cross-entropy of `model` on `batch` (a tracked scalar on autodiff).
+    pub fn loss(model: &Gpt2, batch: &TokenBatch) -> Result<Tensor<1>> {
+        let logits = model.forward(batch, None)?;
+        Ok(token_logprobs_from_logits(logits, batch).mean().neg())
+    }
+
+    /// One optimizer step (over `grad_accum_steps` micro-batches); returns its mean loss.
+    pub fn train_step(&mut self) -> Result<f32> {
+        let accum = self.config.grad_accum_steps;
+        let mut grads = ParamGrads::default();
+        let mut loss_sum = 0.0f32;
+        for _ in 0..accum {
+            let batch = self.next_batch()?;
+            let loss = Self::loss(&self.model, &batch)? / accum as f64;
+            loss_sum += loss.clone().into_scalar::<f32>();
+            grads.accumulate(ParamGrads::from_loss(loss, &self.model));
+        }
+        if let Some(max) = self.config.max_grad_norm {
+            grads.clip_global_norm(max);
+        }
+        let lr = self.config.schedule.lr(self.step);
+        // Module clones share their tensors; the optimizer returns the updated module.
+        self.model = self.optim.step(self.model.clone(), grads, lr);
+        self.step += 1;
+        self.losses.push(loss_sum);
+        Ok(loss_sum)
+    }
+
+    /// Write a checkpoint of the current state into `dir`.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        let state = TrainerState {
+            config: self.config.clone(),
+            model_config: self.model.config().clone(),
+            rng: self.rng.state(),
+            order: self.order.clone(),
+            cursor: self.cursor,
+            losses: self.losses.clone(),
+        };
+        let trainer = serde_json::to_value(state).expect("json");
+        checkpoint::save(
+            dir,
+            self.step,
+            &weights_of(&self.model),
+            &self.optim,
+            trainer,
+        )?;
+        Ok(())
+    }
+
+    /// Train until `max_steps`, or until `stop_after` more steps have run (a simulated kill:
+    /// the in-memory state is then dropped by the caller). Checkpoints go to `checkpoint_dir`
+    /// every `checkpoint_every` steps and at the end.
+    pub fn run(&mut self, checkpoint_dir: Option<&Path>, stop_after: Option<usize>) -> Result<()> {
+        let mut ran = 0;
+        while self.step < self.config.max_steps {
+            if stop_after.is_some_and(|n| ran >= n) {
+                return Ok(());
+            }
+            self.train_step()?;
+            ran += 1;
+            let every = self.config.checkpoint_every;
+            if let Some(dir) = checkpoint_dir {
+                if (every > 0 && self.step % every == 0) || self.step == self.config.max_steps {
+                    self.save_checkpoint(dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The trained model without autodiff (for inference or export).
+    pub fn into_model(self) -> Gpt2 {
+        self.model.valid()
+    }
+
+    /// The device training runs on (without autodiff).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}

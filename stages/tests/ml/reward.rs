@@ -1,0 +1,126 @@
+//! Reward models: K heads on the last real token, freezing, features, save/load.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use dagrun_stages::ml::grads::ParamGrads;
+use dagrun_stages::ml::heads::LinearHeads;
+use dagrun_stages::ml::optim::{Adam, AdamConfig};
+use dagrun_stages::ml::reward::{bradley_terry_loss, last_token_features, RewardModel};
+use dagrun_stages::ml::weights::to_f32_vec;
+use dagrun_stages::ml::{DeviceSpec, Gpt2, Padding, TokenBatch};
+
+use crate::common::{cpu_devices, max_abs_diff, tiny_hf_dir};
+
+fn rows() -> Vec<Vec<u32>> {
+    vec![vec![5, 17, 42, 7, 99, 3], vec![11, 250], vec![64, 1, 2]]
+}
+
+#[test]
+fn rewards_are_k_heads_on_the_last_real_token_whatever_the_padding() {
+    for spec in cpu_devices() {
+        let device = spec.resolve().unwrap();
+        let backbone = Gpt2::from_hf_dir(&tiny_hf_dir(), &device).unwrap();
+        let heads = LinearHeads::init(32, &[1, 2, 3, 4], &device).unwrap();
+        let rm = RewardModel::new(backbone, heads).unwrap();
+        let right = TokenBatch::from_rows(&rows(), 0, Padding::Right).unwrap();
+        let left = TokenBatch::from_rows(&rows(), 0, Padding::Left).unwrap();
+        let r_right = rm.forward(&right).unwrap();
+        assert_eq!(r_right.dims(), [3, 4]);
+        let r_left = to_f32_vec(rm.forward(&left).unwrap());
+        let r_right = to_f32_vec(r_right);
+        assert!(max_abs_diff(&r_left, &r_right) < 1e-5, "{spec}");
+        // Row 1 alone (no padding at all) scores the same.
+        let alone = TokenBatch::unpadded(&[rows()[1].clone()]).unwrap();
+        let r_alone = to_f32_vec(rm.forward(&alone).unwrap());
+        assert!(max_abs_diff(&r_alone, &r_right[4..8]) < 1e-5, "{spec}");
+        // Heads differ (different seeds).
+        assert!((r_right[0] - r_right[1]).abs() > 1e-6);
+    }
+}
+
+#[test]
+fn a_frozen_backbone_gets_no_gradient_and_the_heads_do() {
+    let device = DeviceSpec::Cpu.resolve().unwrap().autodiff();
+    let backbone = Gpt2::from_hf_dir(&tiny_hf_dir(), &device).unwrap();
+    let heads = LinearHeads::init(32, &[1, 2], &device).unwrap();
+    let rm = RewardModel::new(backbone, heads).unwrap();
+    let chosen = TokenBatch::from_rows(&rows(), 0, Padding::Right).unwrap();
+    let rejected =
+        TokenBatch::from_rows(&[vec![9], vec![8, 8], vec![7, 7, 7]], 0, Padding::Right).unwrap();
+    let loss = |m: &RewardModel| {
+        bradley_terry_loss(m.forward(&chosen).unwrap(), m.forward(&rejected).unwrap())
+    };
+    let all = ParamGrads::from_loss(loss(&rm), &rm);
+    assert!(all.grads.contains_key("backbone.h.0.attn.c_attn.weight"));
+    assert!(all.grads.contains_key("heads.weight"));
+    let frozen = rm.freeze_backbone();
+    let some = ParamGrads::from_loss(loss(&frozen), &frozen);
+    let keys: Vec<&String> = some.grads.keys().collect();
+    assert_eq!(keys, vec!["heads.bias", "heads.weight"]);
+    // One Adam step moves the heads only.
+    let before = to_f32_vec(frozen.backbone.valid().forward(&chosen, None).unwrap());
+    let heads_before = to_f32_vec(
+        frozen
+            .heads
+            .valid()
+            .forward(last_token_features(&frozen.backbone.valid(), &chosen).unwrap()),
+    );
+    let stepped = Adam::new(AdamConfig::default()).step(frozen, some, 0.1);
+    let after = to_f32_vec(stepped.backbone.valid().forward(&chosen, None).unwrap());
+    assert_eq!(before, after);
+    let heads_after = to_f32_vec(
+        stepped
+            .heads
+            .valid()
+            .forward(last_token_features(&stepped.backbone.valid(), &chosen).unwrap()),
+    );
+    assert!(max_abs_diff(&heads_before, &heads_after) > 1e-3);
+}
+
+/// Heads train on features computed once by the backbone: the BT loss falls.
+#[test]
+fn heads_train_on_precomputed_features() {
+    let device = DeviceSpec::Cpu.resolve().unwrap();
+    let backbone = Gpt2::from_hf_dir(&tiny_hf_dir(), &device).unwrap();
+    let chosen = TokenBatch::from_rows(&rows(), 0, Padding::Right).unwrap();
+    let rejected =
+        TokenBatch::from_rows(&[vec![9], vec![8, 8], vec![7, 7, 7]], 0, Padding::Right).unwrap();
+    let ad = device.clone().autodiff();
+    let fc: Tensor<2> = last_token_features(&backbone, &chosen).unwrap().autodiff();
+    let fr: Tensor<2> = last_token_features(&backbone, &rejected)
+        .unwrap()
+        .autodiff();
+    let mut heads = LinearHeads::init(32, &[7, 8, 9], &ad).unwrap();
+    let mut adam = Adam::new(AdamConfig::default());
+    let mut losses = Vec::new();
+    for _ in 0..30 {
+        let loss = bradley_terry_loss(heads.forward(fc.clone()), heads.forward(fr.clone()));
+        losses.push(loss.clone().into_scalar::<f32>());
+        let grads = ParamGrads::from_loss(loss, &heads);
+        heads = adam.step(heads, grads, 0.05);
+    }
+    println!("head BT loss: {} → {}", losses[0], losses[29]);
+    assert!(losses[29] < 0.5 * losses[0], "{losses:?}");
+}
+
+#[test]
+fn reward_model_folder_round_trips() {
+    let device = DeviceSpec::Cpu.resolve().unwrap();
+    let backbone = Gpt2::from_hf_dir(&tiny_hf_dir(), &device).unwrap();
+    let rm = RewardModel::new(
+        backbone,
+        LinearHeads::init(32, &[5, 6, 7], &device).unwrap(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    rm.save(tmp.path(), Some(&tiny_hf_dir().join("tokenizer.json")))
+        .unwrap();
+    let back = RewardModel::load(tmp.path(), &device).unwrap();
+    let batch = TokenBatch::from_rows(&rows(), 0, Padding::Right).unwrap();
+    assert_eq!(
+        to_f32_vec(back.forward(&batch).unwrap()),
+        to_f32_vec(rm.forward(&batch).unwrap())
+    );
+    let err = RewardModel::load(&tiny_hf_dir(), &device).unwrap_err();
+    assert!(err.to_string().contains("not a reward model"), "{err}");
+}
