@@ -1,8 +1,11 @@
 //! Native stage kinds, and what they share.
 
 pub mod bandit;
+pub mod dataset_mix;
+pub mod prompts;
 pub mod report;
 pub mod simulate;
+pub mod toy_task;
 
 use dagrun_engine::stage::ParamError;
 use serde::de::DeserializeOwned;
