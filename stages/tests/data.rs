@@ -382,7 +382,7 @@ fn train_tokenizer(path: &Path) {
         .vocab_size(400)
         .min_frequency(2)
         .show_progress(false)
-        .initial_alphabet(ByteLevel::alphabet())
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
         .build();
     tk.train(&mut trainer, texts.iter()).unwrap();
@@ -573,6 +573,11 @@ fn validate_names_the_parameter() {
         let e = kind.validate(&params).expect_err(&params.to_string());
         assert_eq!(e.param.as_deref(), Some(param), "{params}: {e:?}");
         assert!(e.message.contains(text), "{params}: {}", e.message);
+        assert!(
+            e.message.starts_with(&format!("`{param}`")),
+            "{}",
+            e.message
+        );
     };
     let mix = DatasetMixKind;
     check(&mix, json!({"sources": []}), "sources", "at least one");
@@ -606,12 +611,23 @@ fn validate_names_the_parameter() {
         "shuffle",
         "unknown field",
     );
+    let e = mix
+        .validate(&json!({"sources": [{"path": "a.jsonl", "format": "xml"}]}))
+        .unwrap_err();
+    assert!(e.message.contains("unknown variant `xml`"), "{e:?}");
     check(
         &mix,
-        json!({"sources": [{"path": "a.jsonl", "format": "xml"}]}),
-        "format",
-        "unknown variant",
+        json!({"sources": [{"path": {"$artifact": 0}}]}),
+        "sources[0].name",
+        "whole",
     );
+    // A reference inside text is a path, and validates as one.
+    assert!(mix
+        .validate(&json!({"sources": [{"path": {"$concat": [{"$artifact": 0}, "/clean.jsonl"]}}]}))
+        .is_ok());
+    assert!(mix
+        .validate(&json!({"sources": [{"path": {"$artifact": 0}, "name": "all"}]}))
+        .is_ok());
     assert!(mix
         .validate(&json!({"sources": [{"path": "a.jsonl"}], "max_chars": null}))
         .is_ok());

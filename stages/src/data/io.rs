@@ -103,7 +103,9 @@ impl FileType {
 }
 
 /// The data files at `path`: the file itself (`.jsonl` or `.parquet`), or every such file
-/// under the folder (recursively, sorted by path). An error if there are none.
+/// under the folder (recursively, sorted by path), except a `NAME.jsonl` that has a
+/// `NAME.parquet` beside it (the same rows twice: the kinds here write both; the Parquet
+/// copy is read). An error if there are none.
 pub fn data_files(path: &Path) -> Result<Vec<PathBuf>, DataError> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     if meta.is_file() {
@@ -127,6 +129,10 @@ pub fn data_files(path: &Path) -> Result<Vec<PathBuf>, DataError> {
             }
         }
     }
+    // `x.jsonl` beside `x.parquet` is a copy of the same rows (the kinds here write both).
+    out.retain(|p| {
+        FileType::of(p) == Some(FileType::Parquet) || !p.with_extension("parquet").is_file()
+    });
     out.sort();
     if out.is_empty() {
         return Err(DataError::file(
@@ -551,6 +557,8 @@ mod tests {
         std::fs::create_dir(d.join("sub")).unwrap();
         let row = json!({"prompt": "p", "chosen": "a", "rejected": "b"});
         write_jsonl(&d.join("b.jsonl"), [&row, &row]).unwrap();
+        write_jsonl(&d.join("c.jsonl"), [&row]).unwrap();
+        write_parquet(&d.join("c.parquet"), &[("n", Column::Int(vec![1]))]).unwrap();
         write_jsonl(&d.join("sub/a.jsonl"), [&row]).unwrap();
         std::fs::write(d.join("notes.txt"), "x").unwrap();
         let files = data_files(d).unwrap();

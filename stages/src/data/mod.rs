@@ -38,3 +38,24 @@ pub fn rng_for(seed: u64, purpose: &str) -> ChaCha8Rng {
     h.update(purpose.as_bytes());
     ChaCha8Rng::from_seed(*h.finalize().as_bytes())
 }
+
+/// Params as `validate` sees them before anything ran: every `${stages...}` reference
+/// (a `{"$artifact": i}` or `{"$concat": [...]}` marker) becomes the text `<artifact>`,
+/// so that a path param parses as the string it will be.
+pub fn placeholder_paths(params: &serde_json::Value) -> serde_json::Value {
+    dagrun_engine::interp::render(params, &|_| {
+        serde_json::Value::String("<artifact>".to_string())
+    })
+}
+
+/// Puts the parameter's name at the front of the message (the engine points at the
+/// `params` line when it cannot find a nested one such as `sources[1].weight`).
+pub fn named(e: dagrun_engine::stage::ParamError) -> dagrun_engine::stage::ParamError {
+    match &e.param {
+        Some(p) => dagrun_engine::stage::ParamError {
+            message: format!("`{p}`: {}", e.message),
+            param: e.param.clone(),
+        },
+        None => e,
+    }
+}

@@ -22,7 +22,8 @@ use super::parse_params;
 use crate::data::{
     io::preference_columns,
     mix::{mix, Amount, MixOptions, MixSource, MixedPair},
-    read_preferences, write_jsonl, write_parquet, PreferenceFormat, PreferencePair,
+    named, placeholder_paths, read_preferences, write_jsonl, write_parquet, PreferenceFormat,
+    PreferencePair,
 };
 
 /// One source of the mix.
@@ -37,7 +38,8 @@ pub struct MixSourceParams {
     #[serde(default)]
     pub format: PreferenceFormat,
     /// The source's name in metrics and in the `source` column; default: the file's stem
-    /// (`clean.jsonl` → `clean`) or the folder's name.
+    /// (`clean.jsonl` → `clean`) or the folder's name. Required when `path` is a whole
+    /// `${stages...}` reference (a cache folder named by its hash).
     #[serde(default)]
     pub name: Option<String>,
     /// Take round(weight × kept) pairs, repeating pairs when weight > 1. Default 1 when no
@@ -165,14 +167,32 @@ impl StageKind for DatasetMixKind {
         "preference pairs from JSONL/Parquet sources (flat or chat): filters, dedup, weights or caps, shuffle, train/eval split"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        parse_params::<DatasetMixParams>(params)?.validate()
+        // A whole-value `${stages...}` path is a cache folder named by its hash: such a
+        // source needs a `name`.
+        let sources = params.get("sources").and_then(Value::as_array);
+        for (i, s) in sources.into_iter().flatten().enumerate() {
+            let whole_ref = s
+                .get("path")
+                .and_then(Value::as_object)
+                .is_some_and(|o| o.contains_key("$artifact"));
+            if whole_ref && s.get("name").is_none() {
+                return Err(named(ParamError::at(
+                    &format!("sources[{i}].name"),
+                    "is required when `path` is a whole `${stages...}` reference",
+                )));
+            }
+        }
+        parse_params::<DatasetMixParams>(&placeholder_paths(params))
+            .map_err(named)?
+            .validate()
+            .map_err(named)
     }
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
         vec![OutputDecl::new("data", ArtifactType::Dataset)]
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: DatasetMixParams = parse_params(&ctx.params).map_err(|e| e.message)?;
-        p.validate().map_err(|e| e.message)?;
+        p.validate().map_err(|e| named(e).message)?;
         let mut sources = Vec::new();
         for (i, s) in p.sources.iter().enumerate() {
             if ctx.cancelled() {

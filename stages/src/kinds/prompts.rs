@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::parse_params;
 use crate::data::{
     io::{for_each_row, DataError},
+    named, placeholder_paths,
     prompts::{corpus_files, make_prompts, split_pool, subsample, CorpusFiles, PromptRule, Tokens},
     records::parse_text,
     write_jsonl, write_parquet, Column, TextRow,
@@ -134,14 +135,17 @@ impl StageKind for PromptsKind {
         "prompt sets from a text corpus: the first 2–7 tokens of texts longer than 200 characters"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        parse_params::<PromptsParams>(params)?.validate()
+        parse_params::<PromptsParams>(&placeholder_paths(params))
+            .map_err(named)?
+            .validate()
+            .map_err(named)
     }
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
         vec![OutputDecl::new("prompts", ArtifactType::Dataset)]
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: PromptsParams = parse_params(&ctx.params).map_err(|e| e.message)?;
-        p.validate().map_err(|e| e.message)?;
+        p.validate().map_err(|e| named(e).message)?;
         let tokens = match &p.tokenizer {
             Some(t) => {
                 let path = ctx.workdir.join(t);

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use super::parse_params;
 use crate::data::{
     io::preference_columns,
+    named, placeholder_paths,
     toy::{self, default_sources, PairShape, SourceFile, SourceFormat, SourceSpec},
     world::WorldParams,
     write_jsonl, write_parquet, Column, Message, PreferencePair, World,
@@ -209,7 +210,10 @@ impl StageKind for ToyTaskKind {
         "the built-in task: a generated review world with a known reward, a prompt corpus and noisy preference sources"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        parse_params::<ToyTaskParams>(params)?.validate()
+        parse_params::<ToyTaskParams>(&placeholder_paths(params))
+            .map_err(named)?
+            .validate()
+            .map_err(named)
     }
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
         vec![
@@ -220,7 +224,7 @@ impl StageKind for ToyTaskKind {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: ToyTaskParams = parse_params(&ctx.params).map_err(|e| e.message)?;
-        p.validate().map_err(|e| e.message)?;
+        p.validate().map_err(|e| named(e).message)?;
         let world = World::generate(p.seed, &p.world);
         world.save(&ctx.output_path("world"))?;
         ctx.metric("world.sentiment_words", world.weights.len() as f64);
