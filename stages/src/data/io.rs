@@ -562,10 +562,18 @@ mod tests {
         write_jsonl(&d.join("sub/a.jsonl"), [&row]).unwrap();
         std::fs::write(d.join("notes.txt"), "x").unwrap();
         let files = data_files(d).unwrap();
-        assert_eq!(files, vec![d.join("b.jsonl"), d.join("sub/a.jsonl")]);
+        assert_eq!(
+            files,
+            vec![
+                d.join("b.jsonl"),
+                d.join("c.parquet"),
+                d.join("sub/a.jsonl")
+            ]
+        );
+        std::fs::remove_file(d.join("c.parquet")).unwrap();
         assert_eq!(
             read_preferences(d, PreferenceFormat::Auto).unwrap().len(),
-            3
+            4
         );
         let e = data_files(&d.join("notes.txt")).unwrap_err().to_string();
         assert!(e.contains("unsupported file type"), "{e}");

@@ -11,8 +11,8 @@
 //! 2. Walking the words in order, the first occurrence of a word adds its weight
 //!    (`weights[word]`, 0 for a word not in `weights`); each later occurrence of a word
 //!    already seen subtracts `repeat_penalty`, unless the word is one of
-//!    `function_words` (the literal words of the templates: `the`, `was`, ...), whose
-//!    repeats cost nothing.
+//!    `function_words` (the literal words of the templates: `the`, `was`, ..., and `an`),
+//!    whose repeats cost nothing.
 //!
 //! So `r*("", "a great great film")` = w(great) − repeat_penalty, and degenerate
 //! repetition never pays: repeating a word costs instead of adding its weight again.
@@ -147,7 +147,8 @@ pub struct World {
     pub reward: RewardSpec,
     /// Weight of every sentiment word; other words weigh 0.
     pub weights: BTreeMap<String, f64>,
-    /// Words whose repeats are not penalised (the templates' literal words).
+    /// Words whose repeats are not penalised (the templates' literal words, and `an`,
+    /// which replaces `a` before a vowel).
     pub function_words: BTreeSet<String>,
     pub lexicon: Lexicon,
     /// Sentence templates; slots: `{adj}` and `{verb}` (sentiment), `{nadj}` (neutral
@@ -203,7 +204,7 @@ fn default_templates() -> Vec<String> {
         "the {noun} and the {noun} were {adj}.",
         "overall a {adj} {noun}, {adv} {adj}.",
         "this {noun} felt {adj}.",
-        "i {adv} {verb} this {noun}.",
+        "honestly, i {verb} this {noun}.",
         "the {noun} is {adj} but the {noun} is {adj}.",
         "we watched it and it was {adj}.",
         "{name} {verb} the {nadj} {noun}.",
@@ -261,6 +262,7 @@ impl World {
                 }
                 words(&s)
             })
+            .chain(["an".to_string()])
             .collect();
         World {
             format: WORLD_FORMAT.to_string(),
@@ -384,6 +386,10 @@ impl World {
                 "adv" => Self::pick(rng, &lx.adverbs),
                 other => unreachable!("unknown template slot {other}"),
             };
+            if word.starts_with(['a', 'e', 'i', 'o', 'u']) && (out == "a " || out.ends_with(" a "))
+            {
+                out.insert(out.len() - 1, 'n');
+            }
             out.push_str(word);
             rest = &rest[end + 1..];
         }
@@ -502,6 +508,12 @@ mod tests {
         let n = text.matches('.').count();
         assert!((6..=12).contains(&n), "{n} sentences: {text}");
         assert!(!text.contains('{'));
+        for _ in 0..300 {
+            let s = w.sentence(&mut rng, false);
+            for v in ["a a", "a e", "a i", "a o", "a u"] {
+                assert!(!s.starts_with(v) && !s.contains(&format!(" {v}")), "{s}");
+            }
+        }
     }
 
     #[test]
