@@ -173,6 +173,27 @@ fn toy_task_writes_world_corpus_and_sources() {
     assert!((m.scalars["clean.agreement"] - agree / (400.0 - ties)).abs() < 1e-12);
     assert!(m.scalars["clean.agreement"] > m.scalars["noisy.agreement"]);
     assert!(m.scalars["clean.mean_reward_chosen"] > m.scalars["clean.mean_reward_rejected"]);
+
+    // The tokenizer: GPT-2's layout, trained on the corpus.
+    let (tok, _) = output(dir.path(), "task", "tokenizer");
+    let tok = tokenizers::Tokenizer::from_file(&tok).unwrap();
+    let vocab = tok.get_vocab_size(true);
+    assert!((600..=1024).contains(&vocab), "{vocab}");
+    assert_eq!(m.scalars["tokenizer.vocab"], vocab as f64);
+    assert_eq!(tok.token_to_id("<|endoftext|>"), Some(0));
+    let ids = tok
+        .encode(train[0].text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    // About 1.2 tokens per word (punctuation is a token of its own).
+    let words = train[0].text.split_whitespace().count();
+    assert!(
+        ids.len() * 10 < words * 14,
+        "{} ids for {words} words",
+        ids.len()
+    );
+    assert_eq!(tok.decode(&ids, true).unwrap(), train[0].text);
 }
 
 #[test]
@@ -185,6 +206,7 @@ fn toy_task_is_deterministic_for_a_seed() {
     run_pipeline(c.path(), &TASK.replace("seed: 3", "seed: 4"));
     for (out, file) in [
         ("world", None),
+        ("tokenizer", None),
         ("corpus", Some("train.parquet")),
         ("preferences", Some("noisy.jsonl")),
         ("preferences", Some("medium.parquet")),
@@ -258,6 +280,11 @@ fn the_small_paper_dag_runs_on_the_built_in_task() {
       corpus: ${{stages.task.corpus}}
       tokenizer: tokenizer.json
       max_test: 50
+  prompts_task_tokenizer:
+    kind: prompts
+    params:
+      corpus: ${{stages.task.corpus}}
+      tokenizer: ${{stages.task.tokenizer}}
   prompts_words:
     kind: prompts
     params:
@@ -268,7 +295,7 @@ fn the_small_paper_dag_runs_on_the_built_in_task() {
     );
     let outcomes = run_pipeline(dir.path(), &yaml);
     assert_ran(&outcomes);
-    assert_eq!(outcomes.len(), 4);
+    assert_eq!(outcomes.len(), 5);
 
     // The mix: per-source counts, the whole folder deduplicated against the single files.
     let (data, m) = output(dir.path(), "mix", "data");
@@ -341,6 +368,10 @@ fn the_small_paper_dag_runs_on_the_built_in_task() {
     assert!(ks.len() >= 5, "{ks:?}");
     assert_eq!(jsonl(&prompts.join("test.jsonl")).len(), 50);
     assert_eq!(m.scalars["test.prompts"], 50.0);
+
+    // With the task's own tokenizer, through a whole-value reference.
+    let (_, m) = output(dir.path(), "prompts_task_tokenizer", "prompts");
+    assert_eq!(m.scalars["train.prompts"], long as f64);
 
     // Without a tokenizer: words; every row is long enough with min_chars 0.
     let (prompts, _) = output(dir.path(), "prompts_words", "prompts");

@@ -308,3 +308,80 @@ mod tests {
         assert!((140..=260).contains(&pos), "{pos}");
     }
 }
+
+/// The end-of-text token of the trained tokenizer (GPT-2's).
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// A byte-level BPE tokenizer in GPT-2's layout (byte-level pre-tokenizer without a prefix
+/// space, byte-level decoder and post-processor, [`END_OF_TEXT`] as id 0) trained on
+/// `texts` up to `vocab_size` tokens (merges need at least 2 occurrences).
+pub fn train_tokenizer(
+    texts: &[String],
+    vocab_size: usize,
+) -> Result<tokenizers::Tokenizer, String> {
+    use tokenizers::{
+        decoders::byte_level::ByteLevel as ByteLevelDecoder,
+        models::bpe::{BpeTrainerBuilder, BPE},
+        pre_tokenizers::byte_level::ByteLevel,
+        processors::byte_level::ByteLevel as ByteLevelProcessor,
+        AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+        TokenizerBuilder,
+    };
+    let mut tk = TokenizerBuilder::<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::new()
+    .with_model(BPE::default())
+    .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
+    .with_post_processor(Some(
+        ByteLevelProcessor::default().trim_offsets(false).into(),
+    ))
+    .with_decoder(Some(ByteLevelDecoder::default().into()))
+    .build()
+    .map_err(|e| e.to_string())?;
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+        .build();
+    tk.train(&mut trainer, texts.iter())
+        .map_err(|e| e.to_string())?;
+    Ok(tk.into())
+}
+
+#[cfg(test)]
+mod tokenizer_tests {
+    use super::*;
+    use crate::data::world::WorldParams;
+
+    #[test]
+    fn trained_tokenizer_round_trips_and_is_deterministic() {
+        let w = World::generate(0, &WorldParams::default());
+        let texts: Vec<String> = corpus(&w, 0, "train", 200)
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
+        let a = train_tokenizer(&texts, 400).unwrap();
+        let b = train_tokenizer(&texts, 400).unwrap();
+        assert_eq!(a.to_string(false).unwrap(), b.to_string(false).unwrap());
+        assert_eq!(a.get_vocab_size(true), 400);
+        assert_eq!(a.token_to_id(END_OF_TEXT), Some(0));
+        let text = &texts[3];
+        let ids = a.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert!(
+            ids.len() < text.len() / 2,
+            "merges compress: {} ids",
+            ids.len()
+        );
+        assert_eq!(&a.decode(&ids, true).unwrap(), text);
+        // Text the tokenizer never saw still round-trips (byte level).
+        let odd = "Zebra! ünïcode 42";
+        let ids = a.encode(odd, false).unwrap().get_ids().to_vec();
+        assert_eq!(a.decode(&ids, true).unwrap(), odd);
+    }
+}

@@ -10,10 +10,12 @@
 //!   `test.parquet`, rows `{text, label}` (label 1 for a positive review);
 //! - `preferences` (dataset folder): one file per source, `NAME.jsonl` or `NAME.parquet`;
 //!   flat rows `{prompt, chosen, rejected}`, chat rows `{chosen, rejected}` as lists of
-//!   `{role, content}` (a user turn with the prompt, then the assistant's response).
+//!   `{role, content}` (a user turn with the prompt, then the assistant's response);
+//! - `tokenizer` (file): a `tokenizer.json` (byte-level BPE in GPT-2's layout, with
+//!   `<|endoftext|>`) trained on the corpus's train split, for the built-in policy.
 //!
 //! Metrics: `corpus.train`, `corpus.test`, `corpus.mean_chars`, `corpus.positive_fraction`,
-//! `world.sentiment_words`, and per source `NAME.pairs`, `NAME.mean_reward_chosen`,
+//! `world.sentiment_words`, `tokenizer.vocab`, and per source `NAME.pairs`, `NAME.mean_reward_chosen`,
 //! `NAME.mean_reward_rejected`, `NAME.agreement` (share of pairs whose chosen response has
 //! the higher true reward, ties left out), `NAME.ties`.
 
@@ -53,6 +55,10 @@ pub struct ToyTaskParams {
     pub response_words: usize,
     /// Probability that one candidate of a pair is a repeated word. Default 0.1.
     pub degenerate_prob: f64,
+    /// Largest vocabulary of the trained tokenizer (at least 257: the 256 bytes and
+    /// `<|endoftext|>`); merges stop earlier when no pair occurs twice. Default 1024 (the
+    /// default world then has about 800 tokens: nearly every word is one token).
+    pub tokenizer_vocab: usize,
     /// The preference sources (see [`SourceSpec`]); default: `clean` (τ 0.5, 400 pairs),
     /// `noisy` (τ 2, flip 0.15, 400), `chat` (chat format, τ 1, flip 0.05, 400), `medium`
     /// (Parquet, τ 1, flip 0.05, 200).
@@ -70,6 +76,7 @@ impl Default for ToyTaskParams {
             prompt_max_words: 7,
             response_words: 10,
             degenerate_prob: 0.1,
+            tokenizer_vocab: 1024,
             sources: default_sources(),
         }
     }
@@ -94,6 +101,12 @@ impl ToyTaskParams {
         }
         if !(0.0..=1.0).contains(&self.degenerate_prob) {
             return Err(ParamError::at("degenerate_prob", "must be in [0, 1]"));
+        }
+        if self.tokenizer_vocab < 257 {
+            return Err(ParamError::at(
+                "tokenizer_vocab",
+                "must be at least 257 (256 bytes and <|endoftext|>)",
+            ));
         }
         if self.sources.is_empty() {
             return Err(ParamError::at("sources", "needs at least one source"));
@@ -220,6 +233,7 @@ impl StageKind for ToyTaskKind {
             OutputDecl::new("world", ArtifactType::Metrics),
             OutputDecl::new("corpus", ArtifactType::Dataset),
             OutputDecl::new("preferences", ArtifactType::Dataset),
+            OutputDecl::new("tokenizer", ArtifactType::File),
         ]
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -235,6 +249,13 @@ impl StageKind for ToyTaskKind {
         let mut rows_total = 0usize;
         for (split, n) in [("train", p.corpus_train), ("test", p.corpus_test)] {
             let rows = toy::corpus(&world, p.seed, split, n);
+            if split == "train" {
+                let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
+                let tok = toy::train_tokenizer(&texts, p.tokenizer_vocab)?;
+                tok.save(ctx.output_path("tokenizer"), false)
+                    .map_err(|e| format!("cannot write the tokenizer: {e}"))?;
+                ctx.metric("tokenizer.vocab", tok.get_vocab_size(true) as f64);
+            }
             write_jsonl(&corpus_dir.join(format!("{split}.jsonl")), &rows)?;
             write_parquet(
                 &corpus_dir.join(format!("{split}.parquet")),
