@@ -309,6 +309,9 @@ impl Column {
     }
 }
 
+/// One leaf column's values, definition levels and repetition levels.
+type Leaf = (Vec<ByteArray>, Vec<i16>, Option<Vec<i16>>);
+
 /// Writes a table of named columns (all of one length; names of letters, digits and `_`)
 /// as one Parquet file, creating the parent folder.
 pub fn write_parquet(path: &Path, columns: &[(&str, Column)]) -> Result<(), DataError> {
@@ -353,7 +356,7 @@ pub fn write_parquet(path: &Path, columns: &[(&str, Column)]) -> Result<(), Data
         let end = (start + ROW_GROUP).min(rows);
         let mut rg = writer.next_row_group().map_err(pq)?;
         for (_, col) in columns {
-            let mut leaves: Vec<(Vec<ByteArray>, Vec<i16>, Option<Vec<i16>>)> = Vec::new();
+            let mut leaves: Vec<Leaf> = Vec::new();
             match col {
                 Column::Int(v) => {
                     let mut c = rg.next_column().map_err(pq)?.expect("schema column");

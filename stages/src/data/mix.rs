@@ -164,11 +164,8 @@ pub fn mix(sources: Vec<MixSource>, opts: &MixOptions) -> Mixed {
             Amount::Cap(n) => (0..k).map(|i| usize::from(i < n)).collect(),
             Amount::Weight(w) => {
                 let target = (w * k as f64).round() as usize;
-                let (whole, rest) = if k == 0 {
-                    (0, 0)
-                } else {
-                    (target / k, target % k)
-                };
+                let whole = target.checked_div(k).unwrap_or(0);
+                let rest = target.checked_rem(k).unwrap_or(0);
                 (0..k).map(|i| whole + usize::from(i < rest)).collect()
             }
         };

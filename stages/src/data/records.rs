@@ -86,7 +86,7 @@ pub fn render_conversation(messages: &[Message]) -> String {
         .join("\n\n")
 }
 
-fn object<'a>(v: &'a Value) -> Result<&'a Map<String, Value>, String> {
+fn object(v: &Value) -> Result<&Map<String, Value>, String> {
     v.as_object()
         .ok_or_else(|| format!("expected an object, found {}", type_name(v)))
 }
