@@ -7,6 +7,7 @@ use std::sync::Arc;
 use dagrun_engine::stage::Registry;
 
 pub mod command;
+pub mod data;
 pub mod kinds;
 pub mod ml;
 pub mod rl;
@@ -19,5 +20,13 @@ pub fn registry() -> Registry {
     r.register(Arc::new(kinds::bandit::BanditKind));
     r.register(Arc::new(kinds::simulate::SimulateKind));
     r.register(Arc::new(kinds::report::ReportKind));
+    r.register(Arc::new(kinds::toy_task::ToyTaskKind));
+    r.register(Arc::new(kinds::dataset_mix::DatasetMixKind));
+    r.register(Arc::new(kinds::prompts::PromptsKind));
+    r.register(Arc::new(kinds::lm_pretrain::LmPretrainKind));
+    r.register(Arc::new(kinds::backbone_pretrain::BackbonePretrainKind));
+    r.register(Arc::new(kinds::head_ensemble::HeadEnsembleKind));
+    r.register(Arc::new(kinds::ppo::PpoKind));
+    r.register(Arc::new(kinds::judge_eval::JudgeEvalKind));
     r
 }

@@ -1,8 +1,18 @@
 //! Native stage kinds, and what they share.
 
+pub mod backbone_pretrain;
 pub mod bandit;
+pub mod dataset_mix;
+pub mod figures;
+pub mod head_ensemble;
+pub mod judge_eval;
+pub mod lm_pretrain;
+pub mod ml_util;
+pub mod ppo;
+pub mod prompts;
 pub mod report;
 pub mod simulate;
+pub mod toy_task;
 
 use dagrun_engine::stage::ParamError;
 use serde::de::DeserializeOwned;

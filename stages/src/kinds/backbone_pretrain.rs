@@ -1,0 +1,215 @@
+//! The `backbone_pretrain` kind (ALGORITHMS.md §2): Bradley–Terry training of a whole
+//! backbone plus one scalar head, stopped early once the running training loss falls
+//! under a threshold (the paper: 0.4). Output: a reward model with one head.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use dagrun_cache::ArtifactType;
+use dagrun_engine::stage::{Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    ml_util::{backend_env, encode_tail, join_text, node_device, read_split},
+    parse_params,
+};
+use crate::ml::{
+    grads::ParamGrads,
+    heads::LinearHeads,
+    optim::{Adam, AdamConfig},
+    reward::{bradley_terry_loss, RewardModel},
+    rng::SeededRng,
+    schedule::LrSchedule,
+    tokenizer::TextTokenizer,
+    weights::to_f32_vec,
+    Gpt2, Padding, TokenBatch,
+};
+
+/// Params of `backbone_pretrain` (defaults: the paper's Table 2 where it has one).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackbonePretrainParams {
+    /// Preference data: a folder with `train` and `eval` splits (the `dataset_mix` output).
+    pub data: String,
+    /// The backbone to start from: a Hugging Face GPT-2 folder with its tokenizer.json.
+    pub init: String,
+    /// Pairs per step (the paper's effective batch).
+    #[serde(default = "b32")]
+    pub batch_size: usize,
+    /// Peak learning rate (cosine schedule).
+    #[serde(default = "lr")]
+    pub lr: f64,
+    /// Warm-up steps of the schedule.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// AdamW weight decay.
+    #[serde(default = "wd")]
+    pub weight_decay: f64,
+    /// Passes over the training pairs at most.
+    #[serde(default = "one")]
+    pub epochs: f64,
+    /// Stop once the running training loss is below this (0 disables early stopping).
+    #[serde(default = "threshold")]
+    pub loss_threshold: f64,
+    /// Steps the running loss averages over.
+    #[serde(default = "window")]
+    pub running_window: usize,
+    /// Tokens of prompt + response kept (the last ones).
+    #[serde(default = "max_len")]
+    pub max_len: usize,
+    /// Global gradient-norm clipping (none if absent).
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
+    /// Seed of the head's initialisation and the data order.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn b32() -> usize {
+    32
+}
+fn lr() -> f64 {
+    1e-5
+}
+fn wd() -> f64 {
+    0.001
+}
+fn one() -> f64 {
+    1.0
+}
+fn threshold() -> f64 {
+    0.4
+}
+fn window() -> usize {
+    20
+}
+fn max_len() -> usize {
+    128
+}
+
+pub struct BackbonePretrainKind;
+
+/// Accuracy of a reward model on pairs: the fraction with `r(chosen) > r(rejected)`.
+pub fn pair_accuracy(rm: &RewardModel, tok: &TextTokenizer, pairs: &[crate::data::PreferencePair], max_len: usize) -> Result<f64, StageError> {
+    if pairs.is_empty() {
+        return Ok(f64::NAN);
+    }
+    let rm = rm.valid();
+    let mut right = 0usize;
+    for chunk in pairs.chunks(64) {
+        let (c, r) = encode_pairs(tok, chunk, max_len)?;
+        let sc = to_f32_vec(rm.forward(&c)?);
+        let sr = to_f32_vec(rm.forward(&r)?);
+        right += sc.iter().zip(&sr).filter(|(a, b)| a > b).count();
+    }
+    Ok(right as f64 / pairs.len() as f64)
+}
+
+/// Right-padded batches of `prompt ⊕ chosen` and `prompt ⊕ rejected`.
+pub fn encode_pairs(tok: &TextTokenizer, pairs: &[crate::data::PreferencePair], max_len: usize) -> Result<(TokenBatch, TokenBatch), StageError> {
+    let mut c = Vec::with_capacity(pairs.len());
+    let mut r = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        c.push(encode_tail(tok, &join_text(&p.prompt, &p.chosen), max_len)?);
+        r.push(encode_tail(tok, &join_text(&p.prompt, &p.rejected), max_len)?);
+    }
+    Ok((TokenBatch::from_rows(&c, tok.pad_id(), Padding::Right)?, TokenBatch::from_rows(&r, tok.pad_id(), Padding::Right)?))
+}
+
+impl StageKind for BackbonePretrainKind {
+    fn name(&self) -> &'static str {
+        "backbone_pretrain"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "Bradley–Terry training of a reward backbone with one head, stopped at a loss threshold"
+    }
+    fn validate(&self, params: &Value) -> Result<(), ParamError> {
+        let p: BackbonePretrainParams = parse_params(&crate::data::placeholder_paths(params))?;
+        if p.batch_size == 0 {
+            return Err(ParamError::at("batch_size", "must be at least 1"));
+        }
+        if !(p.epochs > 0.0) {
+            return Err(ParamError::at("epochs", "must be > 0"));
+        }
+        Ok(())
+    }
+    fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
+        vec![OutputDecl::new("model", ArtifactType::Model)]
+    }
+    fn environment(&self, device: &str) -> Result<BTreeMap<String, String>, String> {
+        backend_env(device)
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let p: BackbonePretrainParams = parse_params(&ctx.params).map_err(|e| e.message)?;
+        let device = node_device(ctx)?;
+        let data = std::path::Path::new(&p.data);
+        let train = read_split(data, "train")?;
+        let eval = read_split(data, "eval").unwrap_or_default();
+        if train.len() < p.batch_size {
+            return Err(format!("{} training pairs, fewer than one batch of {}", train.len(), p.batch_size).into());
+        }
+        let init_dir = std::path::Path::new(&p.init);
+        let tok_path = init_dir.join("tokenizer.json");
+        let tok = TextTokenizer::from_file(&tok_path)?;
+        let ad = device.clone().autodiff();
+        let backbone = Gpt2::from_hf_dir(init_dir, &ad)?;
+        let heads = LinearHeads::init(backbone.config().n_embd, &[ctx.derive_seed("head")], &ad)?;
+        let mut rm = RewardModel::new(backbone, heads)?;
+        let steps_per_epoch = train.len() / p.batch_size;
+        let total = ((steps_per_epoch as f64) * p.epochs).ceil().max(1.0) as usize;
+        let schedule = LrSchedule::CosineWarmup { peak_lr: p.lr, warmup_steps: p.warmup_steps, total_steps: total, min_lr: 0.0 };
+        let mut adam = Adam::new(AdamConfig::adamw(p.weight_decay));
+        let mut rng = SeededRng::new(ctx.derive_seed("data"));
+        let mut order: Vec<usize> = Vec::new();
+        let mut cursor = 0;
+        let mut losses: Vec<f64> = Vec::new();
+        let mut stopped_early = false;
+        for step in 0..total {
+            if ctx.cancelled() {
+                return Err(Box::new(Cancelled));
+            }
+            if cursor + p.batch_size > order.len() {
+                order = (0..train.len()).collect();
+                rng.shuffle(&mut order);
+                cursor = 0;
+            }
+            let batch: Vec<_> = order[cursor..cursor + p.batch_size].iter().map(|&i| train[i].clone()).collect();
+            cursor += p.batch_size;
+            let (c, r) = encode_pairs(&tok, &batch, p.max_len)?;
+            let loss = bradley_terry_loss(rm.forward(&c)?, rm.forward(&r)?);
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            let mut grads = ParamGrads::from_loss(loss, &rm);
+            if let Some(m) = p.max_grad_norm {
+                grads.clip_global_norm(m);
+            }
+            rm = adam.step(rm, grads, schedule.lr(step));
+            losses.push(value);
+            ctx.series("loss", (step + 1) as f64, value);
+            let w = &losses[losses.len().saturating_sub(p.running_window)..];
+            let running = w.iter().sum::<f64>() / w.len() as f64;
+            ctx.series("running_loss", (step + 1) as f64, running);
+            ctx.progress((step + 1) as u64, total as u64, format!("loss {running:.3}"));
+            if p.loss_threshold > 0.0 && losses.len() >= p.running_window && running < p.loss_threshold {
+                ctx.log(format!("running loss {running:.4} < {} after {} steps: stopping", p.loss_threshold, step + 1));
+                stopped_early = true;
+                break;
+            }
+        }
+        let rm = rm.valid();
+        let acc_eval = pair_accuracy(&rm, &tok, &eval, p.max_len)?;
+        ctx.metric("steps", losses.len() as f64);
+        ctx.metric("stopped_early", stopped_early as u8 as f64);
+        ctx.metric("eval_accuracy", acc_eval);
+        ctx.metric("final_running_loss", {
+            let w = &losses[losses.len().saturating_sub(p.running_window)..];
+            w.iter().sum::<f64>() / w.len().max(1) as f64
+        });
+        ctx.log(format!("{} steps; eval accuracy {acc_eval:.3} on {} pairs", losses.len(), eval.len()));
+        rm.save(&ctx.output_path("model"), Some(&tok_path))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! What the ML kinds share: devices, reading pairs, scoring texts with a reward model.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use burn::tensor::Device;
+use dagrun_engine::stage::{StageContext, StageError};
+
+use crate::{
+    data::{read_preferences, PreferenceFormat, PreferencePair},
+    ml::{
+        device::{cuda_device_count, TCH_BUILT},
+        reward::last_token_features,
+        weights::to_f32_vec,
+        DeviceSpec, Gpt2, Padding, TokenBatch,
+    },
+    ml::tokenizer::TextTokenizer,
+};
+
+/// The burn device of a node: its `device` string, with `auto`/`cuda` pinned to the GPU
+/// the scheduler assigned when it assigned one.
+pub fn node_device(ctx: &StageContext) -> Result<Device, StageError> {
+    let spec: DeviceSpec = ctx.device.parse()?;
+    let spec = match (spec.concrete(), ctx.gpus.first()) {
+        (DeviceSpec::Cuda(_), Some(&g)) => DeviceSpec::Cuda(g as usize),
+        (s, _) => s,
+    };
+    ctx.log(format!("device: {spec}"));
+    Ok(spec.resolve()?)
+}
+
+/// The key component of an ML node's environment: the backend its device resolves to.
+/// Fails (before any work) when the device cannot be had in this build or machine.
+pub fn backend_env(device: &str) -> Result<BTreeMap<String, String>, String> {
+    let spec: DeviceSpec = device.parse().map_err(|e: crate::ml::MlError| e.to_string())?;
+    let concrete = spec.concrete();
+    let backend = match concrete {
+        DeviceSpec::Cpu => "flex-cpu",
+        DeviceSpec::LibtorchCpu => "libtorch-cpu",
+        DeviceSpec::Cuda(_) => "libtorch-cuda",
+        DeviceSpec::Auto => unreachable!("concrete() resolves auto"),
+    };
+    if matches!(concrete, DeviceSpec::LibtorchCpu | DeviceSpec::Cuda(_)) && !TCH_BUILT {
+        return Err(format!(
+            "device `{device}` needs libtorch, but this dagrun was built without the `tch` feature (rebuild with `--features tch`; see scripts/torch-venv.sh)"
+        ));
+    }
+    if let DeviceSpec::Cuda(n) = concrete {
+        let have = cuda_device_count();
+        if n >= have {
+            return Err(format!("device `{device}` asked for, but this machine has {have} CUDA device(s)"));
+        }
+    }
+    Ok([("backend".to_string(), backend.to_string())].into())
+}
+
+/// A prompt and a response as one text: a space between them unless either side
+/// already has whitespace at the join.
+pub fn join_text(prompt: &str, response: &str) -> String {
+    if prompt.is_empty() || response.is_empty() || prompt.ends_with(char::is_whitespace) || response.starts_with(char::is_whitespace) {
+        format!("{prompt}{response}")
+    } else {
+        format!("{prompt} {response}")
+    }
+}
+
+/// The file of one split in a dataset folder (`train`, `eval`, `test`): Parquet if
+/// present, else JSON Lines; or the path itself when it is a file.
+pub fn split_file(dir: &Path, split: &str) -> Result<PathBuf, StageError> {
+    if dir.is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    for ext in ["parquet", "jsonl"] {
+        let p = dir.join(format!("{split}.{ext}"));
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(format!("`{}` has no `{split}.parquet` or `{split}.jsonl`", dir.display()).into())
+}
+
+/// Reads the pairs of one split.
+pub fn read_split(dir: &Path, split: &str) -> Result<Vec<PreferencePair>, StageError> {
+    Ok(read_preferences(&split_file(dir, split)?, PreferenceFormat::Auto)?)
+}
+
+/// Token ids of a text, keeping its last `max_len` tokens (the reward is read at the end).
+pub fn encode_tail(tok: &TextTokenizer, text: &str, max_len: usize) -> Result<Vec<u32>, StageError> {
+    let mut ids = tok.encode(text)?;
+    if ids.is_empty() {
+        ids.push(tok.eos_id().unwrap_or(0));
+    }
+    if ids.len() > max_len {
+        ids.drain(..ids.len() - max_len);
+    }
+    Ok(ids)
+}
+
+/// Last-token features `[n × n_embd]` (row-major, on the host) of texts, by batches.
+pub fn features(model: &Gpt2, tok: &TextTokenizer, texts: &[String], batch: usize, max_len: usize) -> Result<Vec<f32>, StageError> {
+    let model = model.valid();
+    let mut out = Vec::with_capacity(texts.len() * model.config().n_embd);
+    for chunk in texts.chunks(batch.max(1)) {
+        let rows = chunk.iter().map(|t| encode_tail(tok, t, max_len)).collect::<Result<Vec<_>, _>>()?;
+        let b = TokenBatch::from_rows(&rows, tok.pad_id(), Padding::Right)?;
+        out.extend(to_f32_vec(last_token_features(&model, &b)?));
+    }
+    Ok(out)
+}
+
+/// Summary statistics of a sample (for Figure 6 and the judge's distributions).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Distribution {
+    pub n: usize,
+    pub mean: f64,
+    pub variance: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+    /// `[(level, value)]` at 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95.
+    pub quantiles: Vec<(f64, f64)>,
+    pub histogram_edges: Vec<f64>,
+    pub histogram_counts: Vec<u64>,
+}
+
+impl Distribution {
+    pub fn of(values: &[f64], bins: usize) -> Distribution {
+        let n = values.len();
+        let mut sorted: Vec<f64> = values.to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let mean = if n > 0 { values.iter().sum::<f64>() / n as f64 } else { f64::NAN };
+        let variance = if n > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+        let q = |l: f64| -> f64 {
+            if n == 0 {
+                return f64::NAN;
+            }
+            let pos = l * (n - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+        };
+        let (min, max) = (sorted.first().copied().unwrap_or(f64::NAN), sorted.last().copied().unwrap_or(f64::NAN));
+        let bins = bins.max(1);
+        let width = if max > min { (max - min) / bins as f64 } else { 1.0 };
+        let edges: Vec<f64> = (0..=bins).map(|i| min + width * i as f64).collect();
+        let mut counts = vec![0u64; bins];
+        for v in values {
+            let i = (((v - min) / width) as usize).min(bins - 1);
+            counts[i] += 1;
+        }
+        Distribution {
+            n,
+            mean,
+            variance,
+            std: variance.sqrt(),
+            min,
+            max,
+            quantiles: [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95].iter().map(|&l| (l, q(l))).collect(),
+            histogram_edges: edges,
+            histogram_counts: counts,
+        }
+    }
+
+    pub fn median(&self) -> f64 {
+        self.quantiles.iter().find(|(l, _)| *l == 0.5).map(|(_, v)| *v).unwrap_or(f64::NAN)
+    }
+}

@@ -1,0 +1,606 @@
+//! The `ppo` kind (ALGORITHMS.md §4–5): PPO of a GPT-2 policy against a reward model,
+//! vanilla or variance-aware.
+//!
+//! Per step, for a batch of prompts: sample responses (KV cache), score them with the
+//! reward model (one member, or an aggregation of the K heads), compute log-probs under
+//! the policy and the frozen reference and values from a value head, turn them into
+//! per-token rewards `R_t = −β·w·kl_t` (+ the score at the last token; `w` = 1 for vanilla,
+//! the ensemble variance σ²(x, y) for variance-aware), GAE, whitening, then `ppo_epochs`
+//! passes of clipped policy and value losses over shuffled mini-batches (TRL 0.11
+//! semantics). Checkpoints go to the node's scratch folder every `checkpoint_every`
+//! steps, so a killed node resumes where it was.
+//!
+//! Outputs: `policy` (Hugging Face GPT-2 folder) and `curves` (JSON: per-step KL, score,
+//! KL penalty, variance, losses, entropy).
+
+use std::collections::BTreeMap;
+
+use burn::{
+    module::Module,
+    tensor::{activation::log_softmax, Device, Tensor, TensorData},
+};
+use dagrun_cache::ArtifactType;
+use dagrun_engine::stage::{Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    ml_util::{backend_env, encode_tail, node_device, split_file},
+    parse_params, write_json,
+};
+use crate::{
+    data::read_texts,
+    ml::{
+        checkpoint,
+        generate::{generate, GenerateConfig},
+        grads::ParamGrads,
+        logprobs::token_logprobs_from_logits,
+        optim::{Adam, AdamConfig},
+        reward::RewardModel,
+        rng::{RngState, SeededRng},
+        sampling::SamplingConfig,
+        tokenizer::TextTokenizer,
+        value_head::ValueHead,
+        weights::{to_f32_vec, HostTensors},
+        Gpt2, Padding, TokenBatch,
+    },
+    rl::math::{gae, mean_var, token_rewards, whiten},
+};
+
+/// Vanilla PPO or the variance-aware variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Vanilla,
+    VarianceAware,
+}
+
+/// How the reward of a sample is taken from the K heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Head `member` (the paper: each policy is trained against one member).
+    Member,
+    Mean,
+    Min,
+    /// mean − λ·variance (Coste et al. 2023).
+    MeanMinusVar,
+    /// mean − λ·std.
+    MeanMinusStd,
+}
+
+/// Params of `ppo` (defaults: the paper's App. 8 for vanilla PPO).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoParams {
+    /// The reference policy, also the starting point: a Hugging Face GPT-2 folder with tokenizer.json.
+    pub policy: String,
+    /// The K-head reward model folder.
+    pub reward_model: String,
+    /// Prompts: a folder with `train` rows `{prompt}` (the `prompts` output) or a file.
+    pub prompts: String,
+    #[serde(default = "vanilla")]
+    pub method: Method,
+    /// KL coefficient β (fixed: no adaptive control).
+    #[serde(default = "beta")]
+    pub beta: f64,
+    /// Adam learning rate (no schedule).
+    #[serde(default = "lr")]
+    pub lr: f64,
+    /// Prompts per step.
+    #[serde(default = "b128")]
+    pub batch_size: usize,
+    /// Rows per PPO mini-batch.
+    #[serde(default = "b128")]
+    pub mini_batch_size: usize,
+    /// Passes over each rollout batch.
+    #[serde(default = "four")]
+    pub ppo_epochs: usize,
+    /// PPO steps.
+    #[serde(default = "steps")]
+    pub steps: usize,
+    /// Most tokens per response.
+    #[serde(default = "ten")]
+    pub max_new_tokens: usize,
+    /// Which reward the policy maximises.
+    #[serde(default = "member_agg")]
+    pub aggregation: Aggregation,
+    /// The ensemble member for `aggregation: member`.
+    #[serde(default)]
+    pub member: usize,
+    /// λ of the `mean_minus_*` aggregations.
+    #[serde(default = "one")]
+    pub lambda: f64,
+    /// Delta degrees of freedom of the ensemble variance (1: sample variance).
+    #[serde(default = "one_usize")]
+    pub ddof: usize,
+    /// Replace the ensemble variance by this constant (1.0 makes variance-aware PPO vanilla PPO).
+    #[serde(default)]
+    pub variance_override: Option<f64>,
+    #[serde(default = "clip")]
+    pub cliprange: f64,
+    #[serde(default = "clip")]
+    pub cliprange_value: f64,
+    #[serde(default = "vf_coef")]
+    pub vf_coef: f64,
+    #[serde(default = "one")]
+    pub gamma: f64,
+    #[serde(default = "lam")]
+    pub lam: f64,
+    /// Skip an update whose mean ratio exceeds this.
+    #[serde(default = "ratio_threshold")]
+    pub ratio_threshold: f64,
+    #[serde(default = "one")]
+    pub temperature: f64,
+    #[serde(default)]
+    pub top_k: usize,
+    #[serde(default = "one")]
+    pub top_p: f64,
+    /// Global gradient-norm clipping (none by default, as TRL).
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
+    /// Checkpoint every N steps into the scratch folder (0: never).
+    #[serde(default = "ten")]
+    pub checkpoint_every: usize,
+    /// Tokens the reward model reads (the last ones).
+    #[serde(default = "b128")]
+    pub rm_max_len: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn vanilla() -> Method {
+    Method::Vanilla
+}
+fn beta() -> f64 {
+    0.2
+}
+fn lr() -> f64 {
+    1.414e-5
+}
+fn b128() -> usize {
+    128
+}
+fn four() -> usize {
+    4
+}
+fn steps() -> usize {
+    192
+}
+fn ten() -> usize {
+    10
+}
+fn member_agg() -> Aggregation {
+    Aggregation::Member
+}
+fn one() -> f64 {
+    1.0
+}
+fn one_usize() -> usize {
+    1
+}
+fn clip() -> f64 {
+    0.2
+}
+fn vf_coef() -> f64 {
+    0.1
+}
+fn lam() -> f64 {
+    0.95
+}
+fn ratio_threshold() -> f64 {
+    10.0
+}
+
+/// A policy with its value head (one module, so one optimizer updates both).
+#[derive(Module, Debug)]
+pub struct PolicyValue {
+    pub lm: Gpt2,
+    pub value: ValueHead,
+}
+
+/// What one PPO step measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StepStats {
+    pub step: usize,
+    /// Mean over the batch of `Σ_t kl_t`.
+    pub kl: f64,
+    /// Mean score (the reward the policy maximises).
+    pub score: f64,
+    /// Mean of `β·w·Σ_t kl_t`.
+    pub kl_penalty: f64,
+    /// Mean ensemble variance σ² of the samples.
+    pub variance: f64,
+    pub policy_loss: f64,
+    pub value_loss: f64,
+    /// Mean entropy of the policy over response tokens.
+    pub entropy: f64,
+    pub mean_ratio: f64,
+    pub response_length: f64,
+    /// Mini-batch updates skipped for a ratio above the threshold.
+    pub skipped: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TrainerState {
+    stats: Vec<StepStats>,
+    rng: RngState,
+    order: Vec<usize>,
+    cursor: usize,
+    n_embd: usize,
+}
+
+/// The prompt rows of a PPO run and what it needs.
+pub struct PpoInputs<'a> {
+    pub prompts: Vec<String>,
+    pub device: Device,
+    pub checkpoint_dir: Option<&'a std::path::Path>,
+}
+
+/// The result of a run.
+pub struct PpoRun {
+    pub policy: PolicyValue,
+    pub stats: Vec<StepStats>,
+    pub resumed_at: usize,
+}
+
+fn pv_weights(pv: &PolicyValue) -> HostTensors {
+    let mut set = HostTensors::new("");
+    for (n, t) in pv.lm.named_weights() {
+        set.tensors.insert(n, t);
+    }
+    for (n, t) in pv.value.heads().to_host(std::path::Path::new("")).tensors {
+        set.tensors.insert(format!("v_head.{n}"), t);
+    }
+    set
+}
+
+fn pv_from(config: &crate::ml::Gpt2Config, mut set: HostTensors, n_embd: usize, device: &Device) -> Result<PolicyValue, StageError> {
+    let mut head = HostTensors::new("v_head");
+    let keys: Vec<String> = set.tensors.keys().filter(|k| k.starts_with("v_head.")).cloned().collect();
+    for k in keys {
+        let t = set.tensors.remove(&k).expect("listed");
+        head.tensors.insert(k["v_head.".len()..].to_string(), t);
+    }
+    let lm = Gpt2::from_tensors(config, set, device)?;
+    let value = ValueHead::from_heads(crate::ml::heads::LinearHeads::from_host(&mut head, n_embd, 1, device)?);
+    Ok(PolicyValue { lm, value })
+}
+
+/// One sampled response and everything PPO needs of it.
+struct Sample {
+    ids: Vec<u32>,
+    prompt_len: usize,
+    old_logp: Vec<f64>,
+    old_v: Vec<f64>,
+    adv: Vec<f64>,
+    ret: Vec<f64>,
+}
+
+/// Host tensor `[rows, cols]` from row-major values.
+fn host2(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+/// Runs PPO. `on_step` sees each step's statistics as it finishes.
+pub fn run_ppo(
+    p: &PpoParams,
+    inputs: PpoInputs,
+    cancel: &dyn Fn() -> bool,
+    on_step: &mut dyn FnMut(&StepStats),
+) -> Result<PpoRun, StageError> {
+    let device = inputs.device.clone();
+    let ad = device.clone().autodiff();
+    let policy_dir = std::path::Path::new(&p.policy);
+    let tok = TextTokenizer::from_file(&policy_dir.join("tokenizer.json"))?;
+    let rm_dir = std::path::Path::new(&p.reward_model);
+    let rm_tok = TextTokenizer::from_file(&rm_dir.join("tokenizer.json"))?;
+    let rm = RewardModel::load(rm_dir, &device)?;
+    let k = rm.heads.num_heads();
+    if p.aggregation == Aggregation::Member && p.member >= k {
+        return Err(format!("`member` {} but the reward model has {k} heads", p.member).into());
+    }
+    let reference = Gpt2::from_hf_dir(policy_dir, &device)?;
+    let config = reference.config().clone();
+    let n_embd = config.n_embd;
+    let eos = tok.eos_id();
+    let pad = tok.pad_id();
+    let prompts: Vec<Vec<u32>> = inputs
+        .prompts
+        .iter()
+        .map(|t| {
+            let mut ids = tok.encode(t)?;
+            if ids.is_empty() {
+                ids.push(eos.unwrap_or(0));
+            }
+            Ok(ids)
+        })
+        .collect::<Result<_, crate::ml::MlError>>()?;
+    if prompts.len() < p.batch_size {
+        return Err(format!("{} prompts, fewer than one batch of {}", prompts.len(), p.batch_size).into());
+    }
+    let mut adam = Adam::new(AdamConfig { weight_decay: 0.0, ..AdamConfig::default() });
+    let mut rng = SeededRng::new(p.seed);
+    let mut stats: Vec<StepStats> = Vec::new();
+    let mut order: Vec<usize> = Vec::new();
+    let mut cursor = 0usize;
+    let mut pv = PolicyValue {
+        lm: Gpt2::from_hf_dir(policy_dir, &ad)?,
+        value: ValueHead::init(n_embd, p.seed ^ 0x76_68, &ad)?,
+    };
+    let mut resumed_at = 0;
+    if let Some(dir) = inputs.checkpoint_dir {
+        if let Some(ck) = checkpoint::load_latest(dir, &mut adam, &device)? {
+            let st: TrainerState = serde_json::from_value(ck.trainer).map_err(|e| format!("{}: {e}", ck.path.display()))?;
+            pv = pv_from(&config, ck.weights, st.n_embd, &ad)?;
+            stats = st.stats;
+            rng = SeededRng::from_state(st.rng);
+            order = st.order;
+            cursor = st.cursor;
+            resumed_at = ck.step;
+        }
+    }
+    let sampling = SamplingConfig { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, ..SamplingConfig::default() };
+    let gen_cfg = GenerateConfig { max_new_tokens: p.max_new_tokens, sampling, eos_id: eos, pad_id: pad };
+    for step in stats.len()..p.steps {
+        if cancel() {
+            return Err(Box::new(Cancelled));
+        }
+        // 1. Prompts: one pass over the shuffled set, reshuffled when it runs out.
+        if cursor + p.batch_size > order.len() {
+            order = (0..prompts.len()).collect();
+            rng.shuffle(&mut order);
+            cursor = 0;
+        }
+        let batch_prompts: Vec<Vec<u32>> = order[cursor..cursor + p.batch_size].iter().map(|&i| prompts[i].clone()).collect();
+        cursor += p.batch_size;
+        // 2. Responses from the current policy.
+        let current = pv.lm.valid();
+        let generation = generate(&current, &batch_prompts, &gen_cfg, &mut rng)?;
+        // 3. Scores and ensemble variances.
+        let texts: Vec<Vec<u32>> = generation
+            .sequences
+            .iter()
+            .map(|s| {
+                let text = tok.decode(s)?;
+                Ok(encode_tail(&rm_tok, &text, p.rm_max_len).map_err(|e| crate::ml::MlError::Invalid(e.to_string()))?)
+            })
+            .collect::<Result<_, crate::ml::MlError>>()?;
+        let rm_batch = TokenBatch::from_rows(&texts, rm_tok.pad_id(), Padding::Right)?;
+        let rewards = to_f32_vec(rm.forward(&rm_batch)?);
+        let b = batch_prompts.len();
+        let mut scores = Vec::with_capacity(b);
+        let mut variances = Vec::with_capacity(b);
+        for r in 0..b {
+            let heads: Vec<f64> = rewards[r * k..(r + 1) * k].iter().map(|&x| x as f64).collect();
+            let (mean, var) = mean_var(&heads, p.ddof);
+            let var = p.variance_override.unwrap_or(var);
+            let s = match p.aggregation {
+                Aggregation::Member => heads[p.member],
+                Aggregation::Mean => mean,
+                Aggregation::Min => heads.iter().copied().fold(f64::INFINITY, f64::min),
+                Aggregation::MeanMinusVar => mean - p.lambda * var,
+                Aggregation::MeanMinusStd => mean - p.lambda * var.sqrt(),
+            };
+            scores.push(s);
+            variances.push(var);
+        }
+        // 4. Log-probs (policy, reference) and values of the response tokens.
+        let seqs = &generation.sequences;
+        let full = TokenBatch::from_rows(seqs, pad, Padding::Right)?;
+        let t = full.len;
+        let pv_eval = pv.valid();
+        let hidden = pv_eval.lm.hidden(&full, None)?;
+        let logits = pv_eval.lm.lm_logits(hidden.clone());
+        let values = to_f32_vec(pv_eval.value.forward(hidden));
+        let ent = {
+            let [bb, tt, v] = logits.dims();
+            let lsm = log_softmax(logits.clone().slice([0..bb, 0..tt - 1, 0..v]), 2);
+            to_f32_vec((lsm.clone().exp() * lsm).sum_dim(2).neg().reshape([bb, tt - 1]))
+        };
+        let logp = to_f32_vec(token_logprobs_from_logits(logits, &full));
+        let ref_logp = to_f32_vec(token_logprobs_from_logits(reference.forward(&full, None)?, &full));
+        let mut samples = Vec::with_capacity(b);
+        let (mut kl_sum, mut pen_sum, mut ent_sum, mut ent_n, mut len_sum) = (0.0, 0.0, 0.0, 0usize, 0.0);
+        for r in 0..b {
+            let pl = generation.prompt_lens[r];
+            let n = generation.responses[r].len();
+            let idx = |j: usize| r * (t - 1) + pl + j - 1;
+            let old_logp: Vec<f64> = (0..n).map(|j| logp[idx(j)] as f64).collect();
+            let kl: Vec<f64> = (0..n).map(|j| (logp[idx(j)] - ref_logp[idx(j)]) as f64).collect();
+            let old_v: Vec<f64> = (0..n).map(|j| values[r * t + pl + j - 1] as f64).collect();
+            for j in 0..n {
+                ent_sum += ent[idx(j)] as f64;
+            }
+            ent_n += n;
+            let w = match p.method {
+                Method::Vanilla => 1.0,
+                Method::VarianceAware => variances[r],
+            };
+            let rewards = token_rewards(&kl, p.beta, w, scores[r]);
+            let (adv, ret) = gae(&rewards, &old_v, p.gamma, p.lam);
+            let kl_total: f64 = kl.iter().sum();
+            kl_sum += kl_total;
+            pen_sum += p.beta * w * kl_total;
+            len_sum += n as f64;
+            samples.push(Sample { ids: seqs[r].clone(), prompt_len: pl, old_logp, old_v, adv, ret });
+        }
+        let mut advs: Vec<Vec<f64>> = samples.iter().map(|s| s.adv.clone()).collect();
+        whiten(&mut advs);
+        for (s, a) in samples.iter_mut().zip(advs) {
+            s.adv = a;
+        }
+        // 5. PPO epochs over shuffled mini-batches.
+        let (mut pg_sum, mut vf_sum, mut ratio_sum, mut updates, mut skipped) = (0.0, 0.0, 0.0, 0usize, 0usize);
+        for _ in 0..p.ppo_epochs {
+            let mut rows: Vec<usize> = (0..b).collect();
+            rng.shuffle(&mut rows);
+            for mb in rows.chunks(p.mini_batch_size.max(1)) {
+                let (pg, vf, ratio, loss) = minibatch_loss(&pv, &samples, mb, pad, p, &ad)?;
+                if ratio > p.ratio_threshold {
+                    skipped += 1;
+                    continue;
+                }
+                let mut grads = ParamGrads::from_loss(loss, &pv);
+                if let Some(m) = p.max_grad_norm {
+                    grads.clip_global_norm(m);
+                }
+                pv = adam.step(pv, grads, p.lr);
+                pg_sum += pg;
+                vf_sum += vf;
+                ratio_sum += ratio;
+                updates += 1;
+            }
+        }
+        let bf = b as f64;
+        let st = StepStats {
+            step: step + 1,
+            kl: kl_sum / bf,
+            score: scores.iter().sum::<f64>() / bf,
+            kl_penalty: pen_sum / bf,
+            variance: variances.iter().sum::<f64>() / bf,
+            policy_loss: pg_sum / updates.max(1) as f64,
+            value_loss: vf_sum / updates.max(1) as f64,
+            entropy: ent_sum / ent_n.max(1) as f64,
+            mean_ratio: ratio_sum / updates.max(1) as f64,
+            response_length: len_sum / bf,
+            skipped,
+        };
+        on_step(&st);
+        stats.push(st);
+        if let Some(dir) = inputs.checkpoint_dir {
+            if p.checkpoint_every > 0 && stats.len() % p.checkpoint_every == 0 && stats.len() < p.steps {
+                let state = TrainerState { stats: stats.clone(), rng: rng.state(), order: order.clone(), cursor, n_embd };
+                checkpoint::save(dir, stats.len(), &pv_weights(&pv), &adam, serde_json::to_value(state).expect("json"))?;
+            }
+        }
+    }
+    Ok(PpoRun { policy: pv, stats, resumed_at })
+}
+
+/// The PPO loss of one mini-batch: returns (policy loss, value loss, mean ratio, total loss).
+fn minibatch_loss(pv: &PolicyValue, samples: &[Sample], rows: &[usize], pad: u32, p: &PpoParams, device: &Device) -> Result<(f64, f64, f64, Tensor<1>), StageError> {
+    let ids: Vec<Vec<u32>> = rows.iter().map(|&r| samples[r].ids.clone()).collect();
+    let batch = TokenBatch::from_rows(&ids, pad, Padding::Right)?;
+    let (b, t) = (batch.rows, batch.len);
+    let w = t - 1;
+    let mut mask = vec![0f32; b * w];
+    let (mut adv, mut ret, mut old_lp, mut old_v) = (vec![0f32; b * w], vec![0f32; b * w], vec![0f32; b * w], vec![0f32; b * w]);
+    for (i, &r) in rows.iter().enumerate() {
+        let s = &samples[r];
+        for j in 0..s.adv.len() {
+            let c = i * w + s.prompt_len + j - 1;
+            mask[c] = 1.0;
+            adv[c] = s.adv[j] as f32;
+            ret[c] = s.ret[j] as f32;
+            old_lp[c] = s.old_logp[j] as f32;
+            old_v[c] = s.old_v[j] as f32;
+        }
+    }
+    let n = mask.iter().sum::<f32>().max(1.0) as f64;
+    let mask = host2(mask, b, w, device);
+    let adv = host2(adv, b, w, device);
+    let ret = host2(ret, b, w, device);
+    let old_lp = host2(old_lp, b, w, device);
+    let old_v = host2(old_v, b, w, device);
+    let hidden = pv.lm.hidden(&batch, None)?;
+    let logits = pv.lm.lm_logits(hidden.clone());
+    let values = pv.value.forward(hidden).slice([0..b, 0..w]);
+    let logp = token_logprobs_from_logits(logits, &batch);
+    let ratio = (logp - old_lp).exp();
+    let pg1 = adv.clone().neg() * ratio.clone();
+    let pg2 = adv.neg() * ratio.clone().clamp(1.0 - p.cliprange, 1.0 + p.cliprange);
+    let pg = (pg1.max_pair(pg2) * mask.clone()).sum() / n;
+    let vclip = old_v.clone() + (values.clone() - old_v).clamp(-p.cliprange_value, p.cliprange_value);
+    let vf1 = (values - ret.clone()).square();
+    let vf2 = (vclip - ret).square();
+    let vf = (vf1.max_pair(vf2) * mask.clone()).sum() * 0.5 / n;
+    let ratio_mean = (ratio.detach() * mask).sum().into_scalar::<f32>() as f64 / n;
+    let pg_v = pg.clone().into_scalar::<f32>() as f64;
+    let vf_v = vf.clone().into_scalar::<f32>() as f64;
+    Ok((pg_v, vf_v, ratio_mean, pg + vf * p.vf_coef))
+}
+
+pub struct PpoKind;
+
+impl StageKind for PpoKind {
+    fn name(&self) -> &'static str {
+        "ppo"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "PPO of a GPT-2 policy against a reward ensemble, vanilla or variance-aware"
+    }
+    fn validate(&self, params: &Value) -> Result<(), ParamError> {
+        let p: PpoParams = parse_params(&crate::data::placeholder_paths(params))?;
+        if p.batch_size == 0 || p.mini_batch_size == 0 {
+            return Err(ParamError::at("batch_size", "batch sizes must be at least 1"));
+        }
+        if p.max_new_tokens == 0 {
+            return Err(ParamError::at("max_new_tokens", "must be at least 1"));
+        }
+        if !(p.beta >= 0.0) {
+            return Err(ParamError::at("beta", "must be ≥ 0"));
+        }
+        Ok(())
+    }
+    fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
+        vec![OutputDecl::new("policy", ArtifactType::Model), OutputDecl::new("curves", ArtifactType::Metrics)]
+    }
+    fn environment(&self, device: &str) -> Result<BTreeMap<String, String>, String> {
+        backend_env(device)
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let p: PpoParams = parse_params(&ctx.params).map_err(|e| e.message)?;
+        let device = node_device(ctx)?;
+        let file = split_file(std::path::Path::new(&p.prompts), "train")?;
+        let prompts: Vec<String> = read_texts(&file, "prompt")?.into_iter().map(|r| r.text).collect();
+        let ckpt = ctx.scratch().join("checkpoints");
+        let cancel = ctx.cancel_flag();
+        let mut lines = Vec::new();
+        let total = p.steps as u64;
+        let run = {
+            let ctx_ref: &StageContext = ctx;
+            run_ppo(
+                &p,
+                PpoInputs { prompts, device, checkpoint_dir: Some(&ckpt) },
+                &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
+                &mut |s: &StepStats| {
+                    ctx_ref.progress(s.step as u64, total, format!("kl {:.3} score {:.3}", s.kl, s.score));
+                    lines.push(format!(
+                        "step {:>4}: kl {:.4} score {:.4} penalty {:.4} σ² {:.4} vf {:.4} entropy {:.3}{}",
+                        s.step, s.kl, s.score, s.kl_penalty, s.variance, s.value_loss, s.entropy,
+                        if s.skipped > 0 { format!(" ({} skipped)", s.skipped) } else { String::new() }
+                    ));
+                },
+            )?
+        };
+        for l in lines {
+            ctx.log(l);
+        }
+        if run.resumed_at > 0 {
+            ctx.log(format!("resumed from the checkpoint at step {}", run.resumed_at));
+        }
+        for s in &run.stats {
+            let x = s.step as f64;
+            ctx.series("kl", x, s.kl);
+            ctx.series("score", x, s.score);
+            ctx.series("kl_penalty", x, s.kl_penalty);
+            ctx.series("variance", x, s.variance);
+            ctx.series("value_loss", x, s.value_loss);
+            ctx.series("entropy", x, s.entropy);
+        }
+        let tail = &run.stats[run.stats.len() - (run.stats.len() / 10).max(1)..];
+        let avg = |f: &dyn Fn(&StepStats) -> f64| tail.iter().map(f).sum::<f64>() / tail.len() as f64;
+        ctx.metric("final_kl", avg(&|s| s.kl));
+        ctx.metric("final_score", avg(&|s| s.score));
+        ctx.metric("final_kl_penalty", avg(&|s| s.kl_penalty));
+        ctx.metric("mean_variance", run.stats.iter().map(|s| s.variance).sum::<f64>() / run.stats.len().max(1) as f64);
+        write_json(&ctx.output_path("curves"), &serde_json::json!({"method": p.method, "beta": p.beta, "steps": run.stats}))?;
+        let tok_path = std::path::Path::new(&p.policy).join("tokenizer.json");
+        run.policy.lm.valid().save_hf_dir(&ctx.output_path("policy"), Some(&tok_path))?;
+        Ok(())
+    }
+}
