@@ -84,3 +84,12 @@ pub struct RunSummary {
     /// `success`, `failed` or `interrupted`.
     pub outcome: String,
 }
+
+/// The part of a record the planner needs: decoding only this is much cheaper than the
+/// whole record (key components, metrics, log) on a no-op run.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct RecordHead {
+    pub key: Hash,
+    pub outputs: BTreeMap<String, Artifact>,
+    pub timing: Timing,
+}

@@ -115,6 +115,19 @@ impl Cache {
         }
     }
 
+    /// The outputs and timing of a record, without decoding the rest.
+    pub fn record_head(&self, key: &Hash) -> Result<Option<crate::RecordHead>> {
+        match self.records.get(key.0).map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    tree: "records-v1",
+                    detail: format!("{}: {e}", key.short()),
+                }),
+        }
+    }
+
     pub fn has_record(&self, key: &Hash) -> Result<bool> {
         self.records.contains_key(key.0).map_err(db_err)
     }

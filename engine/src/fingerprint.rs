@@ -40,11 +40,89 @@ pub struct KeyComponents {
 pub const KEY_SCHEMA: &str = "dagrun-key-v1";
 
 impl KeyComponents {
+    /// blake3 over the canonical JSON of the components, streamed into the hasher
+    /// (the same bytes as `canonical(serde_json::to_value(self))`).
     pub fn key(&self) -> Hash {
-        let v = serde_json::to_value(self).expect("components serialise");
-        let mut s = String::new();
-        canonical(&v, &mut s);
-        dagrun_cache::hash_bytes(s.as_bytes())
+        let mut h = dagrun_cache::Hasher::new();
+        let w = &mut h;
+        let str_map = |w: &mut dagrun_cache::Hasher, m: &BTreeMap<String, String>| {
+            w.update(b"{");
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    w.update(b",");
+                }
+                json_str(w, k);
+                w.update(b":");
+                json_str(w, v);
+            }
+            w.update(b"}");
+        };
+        w.update(b"{\"env\":");
+        str_map(w, &self.env);
+        w.update(b",\"inputs\":");
+        str_map(w, &self.inputs);
+        w.update(b",\"kind\":");
+        json_str(w, &self.kind);
+        w.update(format!(",\"kind_version\":{},\"matrix\":{{", self.kind_version).as_bytes());
+        for (i, (k, v)) in self.matrix.iter().enumerate() {
+            if i > 0 {
+                w.update(b",");
+            }
+            json_str(w, k);
+            w.update(b":");
+            canonical_into(v, w);
+        }
+        w.update(b"},\"outs\":[");
+        for (i, o) in self.outs.iter().enumerate() {
+            if i > 0 {
+                w.update(b",");
+            }
+            json_str(w, o);
+        }
+        w.update(b"],\"params\":");
+        canonical_into(&self.params, w);
+        w.update(b",\"schema\":");
+        json_str(w, &self.schema);
+        w.update(b"}");
+        h.finalize().into()
+    }
+}
+
+fn json_str(h: &mut dagrun_cache::Hasher, s: &str) {
+    serde_json::to_writer(&mut *h, s).expect("hashing does not fail");
+}
+
+/// [`canonical`], written straight into a hasher.
+fn canonical_into(v: &Value, h: &mut dagrun_cache::Hasher) {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            h.update(b"{");
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    h.update(b",");
+                }
+                json_str(h, k);
+                h.update(b":");
+                canonical_into(&o[k], h);
+            }
+            h.update(b"}");
+        }
+        Value::Array(a) => {
+            h.update(b"[");
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    h.update(b",");
+                }
+                canonical_into(x, h);
+            }
+            h.update(b"]");
+        }
+        Value::String(s) => json_str(h, s),
+        other => {
+            serde_json::to_writer(&mut *h, other).expect("hashing does not fail");
+        }
     }
 }
 
@@ -107,6 +185,18 @@ mod tests {
             comps(a).key(),
             comps(json!({"a": 2, "b": {"x": 1, "y": 2}})).key()
         );
+    }
+
+    #[test]
+    fn streamed_key_equals_the_canonical_encoding() {
+        let mut c = comps(json!({"z": [1, {"b": "x\"y", "a": null}], "a": 1.5}));
+        c.matrix.insert("seed".into(), json!(3));
+        c.inputs.insert("file:a".into(), "abc".into());
+        c.env.insert("backend".into(), "flex-cpu".into());
+        c.outs.push("out.txt".into());
+        let mut s = String::new();
+        canonical(&serde_json::to_value(&c).unwrap(), &mut s);
+        assert_eq!(c.key(), dagrun_cache::hash_bytes(s.as_bytes()));
     }
 
     #[test]

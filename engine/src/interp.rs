@@ -233,6 +233,18 @@ pub fn resolve_str(s: &str, scope: &mut Scope) -> Result<Value, String> {
 }
 
 fn lookup(r: &str, scope: &mut Scope) -> Result<Value, String> {
+    // A reference may be built from others: `${params.beta.${matrix.method}}`. Stage
+    // references resolve their filters themselves (the filter may name a stage output).
+    let resolved;
+    let r = if r.contains("${") && !r.starts_with("stages.") {
+        resolved = match resolve_str(r, scope)? {
+            Value::String(s) => s,
+            other => scalar_string(&other),
+        };
+        resolved.as_str()
+    } else {
+        r
+    };
     let (ns, rest) = r.split_once('.').unwrap_or((r, ""));
     match ns {
         "params" => {

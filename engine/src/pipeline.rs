@@ -836,11 +836,17 @@ impl<'a> Builder<'a> {
                     ups[i].insert(p);
                     continue;
                 }
-                if let Some((out, p)) = all_outs
-                    .iter()
-                    .find(|(o, _)| is_inside(&d.path, o))
-                    .map(|(o, p)| (o.clone(), *p))
-                {
+                // A dep inside an output folder: look its ancestors up (O(depth)).
+                let mut inside = None;
+                let mut cut = d.path.as_str();
+                while let Some(k) = cut.rfind('/') {
+                    cut = &cut[..k];
+                    if let Some(&p) = producers.get(cut) {
+                        inside = Some((cut.to_string(), p));
+                        break;
+                    }
+                }
+                if let Some((out, p)) = inside {
                     let sub = d.path[out.len() + 1..].to_string();
                     d.source = DepSource::Produced {
                         node: p,
@@ -850,11 +856,18 @@ impl<'a> Builder<'a> {
                     ups[i].insert(p);
                     continue;
                 }
-                let contains: Vec<usize> = all_outs
-                    .iter()
-                    .filter(|(o, _)| is_inside(o, &d.path) || d.path == ".")
-                    .map(|(_, p)| *p)
-                    .collect();
+                // A dep folder holding outputs: the sorted outputs under `dep/` are a range.
+                let contains: Vec<usize> = if d.path == "." {
+                    all_outs.iter().map(|(_, p)| *p).collect()
+                } else {
+                    let prefix = format!("{}/", d.path);
+                    let start = all_outs.partition_point(|(o, _)| o.as_str() < prefix.as_str());
+                    all_outs[start..]
+                        .iter()
+                        .take_while(|(o, _)| o.starts_with(&prefix))
+                        .map(|(_, p)| *p)
+                        .collect()
+                };
                 ups[i].extend(contains.iter().copied());
                 d.source = DepSource::Workspace { contains };
             }

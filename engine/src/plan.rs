@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dagrun_cache::{Artifact, Cache, Hash, Record};
+use dagrun_cache::{Artifact, Cache, Hash, RecordHead};
 use serde_json::Value;
 
 use crate::{
@@ -66,8 +66,8 @@ pub struct Evaluation {
     /// Known when every upstream output is known.
     pub components: Option<KeyComponents>,
     pub key: Option<Hash>,
-    /// The record, when cached.
-    pub record: Option<Record>,
+    /// The record's outputs and timing, when cached.
+    pub record: Option<RecordHead>,
 }
 
 /// Which nodes take part, and which are forced.
@@ -237,7 +237,7 @@ impl<'a> Evaluator<'a> {
         };
         let key = components.key();
         let record = match self.cache {
-            Some(c) => c.record(&key)?,
+            Some(c) => c.record_head(&key)?,
             None => None,
         };
         let state = if let Some(r) = forced_reason {

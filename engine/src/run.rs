@@ -157,7 +157,7 @@ pub fn run(
 ) -> Result<RunReport> {
     let started = Utc::now();
     let ev = Evaluator::new(p, Some(cache), true);
-    let plan = ev.plan(&opts.selection)?;
+    let mut plan = ev.plan(&opts.selection)?;
     preflight(p, &plan, opts)?;
     let included: Vec<usize> = p
         .order
@@ -228,8 +228,23 @@ pub fn run(
                     continue;
                 }
                 let node = &p.nodes[i];
-                let known = |u: usize| outputs.lock().unwrap()[u].clone();
-                let e = ev.evaluate(i, &opts.selection, &known)?;
+                let was_blocked = matches!(
+                    plan[i].as_ref().map(|x| &x.state),
+                    Some(State::Blocked { .. })
+                );
+                // When every upstream came from the cache, the plan's evaluation still
+                // holds: reuse it instead of hashing and looking up again.
+                let upstream_as_planned = node.upstream.iter().all(|u| {
+                    !inc.contains(u)
+                        || matches!(report.outcomes.get(u), Some(Outcome::Cached { .. }))
+                });
+                let e = match plan[i].take() {
+                    Some(e) if upstream_as_planned && e.key.is_some() => e,
+                    _ => {
+                        let known = |u: usize| outputs.lock().unwrap()[u].clone();
+                        ev.evaluate(i, &opts.selection, &known)?
+                    }
+                };
                 tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
                 match &e.state {
                     State::Cached { restore } => {
@@ -238,10 +253,6 @@ pub fn run(
                             cache.restore(&rec.outputs[o], &ev.ws.abs(o))?;
                             ev.ws.remember_artifact(o, &rec.outputs[o])?;
                         }
-                        let was_blocked = matches!(
-                            plan[i].as_ref().map(|x| &x.state),
-                            Some(State::Blocked { .. })
-                        );
                         if was_blocked {
                             cut_off += 1;
                         }

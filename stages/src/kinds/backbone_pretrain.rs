@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use burn::module::Module;
 use dagrun_cache::ArtifactType;
-use dagrun_engine::stage::{Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind};
+use dagrun_engine::stage::{
+    Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -91,7 +93,12 @@ fn max_len() -> usize {
 pub struct BackbonePretrainKind;
 
 /// Accuracy of a reward model on pairs: the fraction with `r(chosen) > r(rejected)`.
-pub fn pair_accuracy(rm: &RewardModel, tok: &TextTokenizer, pairs: &[crate::data::PreferencePair], max_len: usize) -> Result<f64, StageError> {
+pub fn pair_accuracy(
+    rm: &RewardModel,
+    tok: &TextTokenizer,
+    pairs: &[crate::data::PreferencePair],
+    max_len: usize,
+) -> Result<f64, StageError> {
     if pairs.is_empty() {
         return Ok(f64::NAN);
     }
@@ -107,14 +114,25 @@ pub fn pair_accuracy(rm: &RewardModel, tok: &TextTokenizer, pairs: &[crate::data
 }
 
 /// Right-padded batches of `prompt ⊕ chosen` and `prompt ⊕ rejected`.
-pub fn encode_pairs(tok: &TextTokenizer, pairs: &[crate::data::PreferencePair], max_len: usize) -> Result<(TokenBatch, TokenBatch), StageError> {
+pub fn encode_pairs(
+    tok: &TextTokenizer,
+    pairs: &[crate::data::PreferencePair],
+    max_len: usize,
+) -> Result<(TokenBatch, TokenBatch), StageError> {
     let mut c = Vec::with_capacity(pairs.len());
     let mut r = Vec::with_capacity(pairs.len());
     for p in pairs {
         c.push(encode_tail(tok, &join_text(&p.prompt, &p.chosen), max_len)?);
-        r.push(encode_tail(tok, &join_text(&p.prompt, &p.rejected), max_len)?);
+        r.push(encode_tail(
+            tok,
+            &join_text(&p.prompt, &p.rejected),
+            max_len,
+        )?);
     }
-    Ok((TokenBatch::from_rows(&c, tok.pad_id(), Padding::Right)?, TokenBatch::from_rows(&r, tok.pad_id(), Padding::Right)?))
+    Ok((
+        TokenBatch::from_rows(&c, tok.pad_id(), Padding::Right)?,
+        TokenBatch::from_rows(&r, tok.pad_id(), Padding::Right)?,
+    ))
 }
 
 impl StageKind for BackbonePretrainKind {
@@ -150,7 +168,12 @@ impl StageKind for BackbonePretrainKind {
         let train = read_split(data, "train")?;
         let eval = read_split(data, "eval").unwrap_or_default();
         if train.len() < p.batch_size {
-            return Err(format!("{} training pairs, fewer than one batch of {}", train.len(), p.batch_size).into());
+            return Err(format!(
+                "{} training pairs, fewer than one batch of {}",
+                train.len(),
+                p.batch_size
+            )
+            .into());
         }
         let init_dir = std::path::Path::new(&p.init);
         let tok_path = init_dir.join("tokenizer.json");
@@ -161,7 +184,12 @@ impl StageKind for BackbonePretrainKind {
         let mut rm = RewardModel::new(backbone, heads)?;
         let steps_per_epoch = train.len() / p.batch_size;
         let total = ((steps_per_epoch as f64) * p.epochs).ceil().max(1.0) as usize;
-        let schedule = LrSchedule::CosineWarmup { peak_lr: p.lr, warmup_steps: p.warmup_steps, total_steps: total, min_lr: 0.0 };
+        let schedule = LrSchedule::CosineWarmup {
+            peak_lr: p.lr,
+            warmup_steps: p.warmup_steps,
+            total_steps: total,
+            min_lr: 0.0,
+        };
         let mut adam = Adam::new(AdamConfig::adamw(p.weight_decay));
         let mut rng = SeededRng::new(ctx.derive_seed("data"));
         let mut order: Vec<usize> = Vec::new();
@@ -177,7 +205,10 @@ impl StageKind for BackbonePretrainKind {
                 rng.shuffle(&mut order);
                 cursor = 0;
             }
-            let batch: Vec<_> = order[cursor..cursor + p.batch_size].iter().map(|&i| train[i].clone()).collect();
+            let batch: Vec<_> = order[cursor..cursor + p.batch_size]
+                .iter()
+                .map(|&i| train[i].clone())
+                .collect();
             cursor += p.batch_size;
             let (c, r) = encode_pairs(&tok, &batch, p.max_len)?;
             let loss = bradley_terry_loss(rm.forward(&c)?, rm.forward(&r)?);
@@ -192,9 +223,20 @@ impl StageKind for BackbonePretrainKind {
             let w = &losses[losses.len().saturating_sub(p.running_window)..];
             let running = w.iter().sum::<f64>() / w.len() as f64;
             ctx.series("running_loss", (step + 1) as f64, running);
-            ctx.progress((step + 1) as u64, total as u64, format!("loss {running:.3}"));
-            if p.loss_threshold > 0.0 && losses.len() >= p.running_window && running < p.loss_threshold {
-                ctx.log(format!("running loss {running:.4} < {} after {} steps: stopping", p.loss_threshold, step + 1));
+            ctx.progress(
+                (step + 1) as u64,
+                total as u64,
+                format!("loss {running:.3}"),
+            );
+            if p.loss_threshold > 0.0
+                && losses.len() >= p.running_window
+                && running < p.loss_threshold
+            {
+                ctx.log(format!(
+                    "running loss {running:.4} < {} after {} steps: stopping",
+                    p.loss_threshold,
+                    step + 1
+                ));
                 stopped_early = true;
                 break;
             }
@@ -208,7 +250,11 @@ impl StageKind for BackbonePretrainKind {
             let w = &losses[losses.len().saturating_sub(p.running_window)..];
             w.iter().sum::<f64>() / w.len().max(1) as f64
         });
-        ctx.log(format!("{} steps; eval accuracy {acc_eval:.3} on {} pairs", losses.len(), eval.len()));
+        ctx.log(format!(
+            "{} steps; eval accuracy {acc_eval:.3} on {} pairs",
+            losses.len(),
+            eval.len()
+        ));
         rm.save(&ctx.output_path("model"), Some(&tok_path))?;
         Ok(())
     }

@@ -6,7 +6,12 @@ use std::{error::Error, path::Path};
 use plotters::{coord::Shift, prelude::*};
 
 const FONT: &str = "sans-serif";
-const COLORS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+const COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
 const REFERENCE: RGBColor = RGBColor(75, 0, 130);
 
 pub type DrawResult = Result<(), Box<dyn Error>>;
@@ -26,13 +31,20 @@ pub fn render(fig: &impl Figure, path: &Path) -> Result<(), String> {
     let res = match path.extension().and_then(|e| e.to_str()) {
         Some("svg") => {
             let root = SVGBackend::new(path, size).into_drawing_area();
-            fig.draw(&root).and_then(|_| root.present().map_err(|e| e.into()))
+            fig.draw(&root)
+                .and_then(|_| root.present().map_err(|e| e.into()))
         }
         Some("png") => {
             let root = BitMapBackend::new(path, size).into_drawing_area();
-            fig.draw(&root).and_then(|_| root.present().map_err(|e| e.into()))
+            fig.draw(&root)
+                .and_then(|_| root.present().map_err(|e| e.into()))
         }
-        _ => return Err(format!("cannot plot to `{}`: use .svg or .png", path.display())),
+        _ => {
+            return Err(format!(
+                "cannot plot to `{}`: use .svg or .png",
+                path.display()
+            ))
+        }
     };
     res.map_err(|e| format!("drawing `{}`: {e}", path.display()))
 }
@@ -67,7 +79,14 @@ impl Figure for Histograms {
         root.fill(&WHITE)?;
         let areas = root.split_evenly((1, self.panels.len().max(1)));
         for ((title, xlabel, edges, counts, mean, median), area) in self.panels.iter().zip(areas) {
-            let (x0, x1) = (edges.first().copied().unwrap_or(0.0), edges.last().copied().unwrap_or(1.0).max(edges.first().copied().unwrap_or(0.0) + 1e-9));
+            let (x0, x1) = (
+                edges.first().copied().unwrap_or(0.0),
+                edges
+                    .last()
+                    .copied()
+                    .unwrap_or(1.0)
+                    .max(edges.first().copied().unwrap_or(0.0) + 1e-9),
+            );
             let ymax = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
             let mut chart = ChartBuilder::on(&area)
                 .caption(title, (FONT, 18))
@@ -75,19 +94,42 @@ impl Figure for Histograms {
                 .x_label_area_size(40)
                 .y_label_area_size(50)
                 .build_cartesian_2d(x0..x1, 0.0..ymax)?;
-            chart.configure_mesh().x_desc(xlabel.as_str()).y_desc("pairs").label_style((FONT, 12)).draw()?;
+            chart
+                .configure_mesh()
+                .x_desc(xlabel.as_str())
+                .y_desc("pairs")
+                .label_style((FONT, 12))
+                .draw()?;
             chart.draw_series(counts.iter().enumerate().map(|(i, &c)| {
-                Rectangle::new([(edges[i], 0.0), (edges[i + 1], c as f64)], COLORS[0].mix(0.6).filled())
+                Rectangle::new(
+                    [(edges[i], 0.0), (edges[i + 1], c as f64)],
+                    COLORS[0].mix(0.6).filled(),
+                )
             }))?;
             chart
-                .draw_series(std::iter::once(PathElement::new(vec![(*mean, 0.0), (*mean, ymax)], COLORS[1].stroke_width(2))))?
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(*mean, 0.0), (*mean, ymax)],
+                    COLORS[1].stroke_width(2),
+                )))?
                 .label(format!("mean {mean:.3e}"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], COLORS[1].stroke_width(2)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], COLORS[1].stroke_width(2))
+                });
             chart
-                .draw_series(std::iter::once(PathElement::new(vec![(*median, 0.0), (*median, ymax)], COLORS[2].stroke_width(2))))?
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(*median, 0.0), (*median, ymax)],
+                    COLORS[2].stroke_width(2),
+                )))?
                 .label(format!("median {median:.3e}"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], COLORS[2].stroke_width(2)));
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font((FONT, 12)).draw()?;
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], COLORS[2].stroke_width(2))
+                });
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font((FONT, 12))
+                .draw()?;
         }
         Ok(())
     }
@@ -112,7 +154,12 @@ impl Figure for GroupPoints {
     {
         root.fill(&WHITE)?;
         let n = self.groups.len().max(1);
-        let (y0, y1) = range(self.groups.iter().flat_map(|(_, v)| v.iter().copied()).chain(self.reference.iter().map(|r| r.1)));
+        let (y0, y1) = range(
+            self.groups
+                .iter()
+                .flat_map(|(_, v)| v.iter().copied())
+                .chain(self.reference.iter().map(|r| r.1)),
+        );
         let names: Vec<String> = self.groups.iter().map(|g| g.0.clone()).collect();
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, (FONT, 20))
@@ -125,7 +172,11 @@ impl Figure for GroupPoints {
             .x_labels(2 * n + 1)
             .x_label_formatter(&|x| {
                 let i = x.round();
-                if (x - i).abs() < 1e-9 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+                if (x - i).abs() < 1e-9 && i >= 0.0 {
+                    names.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
             })
             .y_desc(self.y_label.as_str())
             .label_style((FONT, 13))
@@ -133,15 +184,24 @@ impl Figure for GroupPoints {
             .draw()?;
         if let Some((label, r)) = &self.reference {
             chart
-                .draw_series(std::iter::once(PathElement::new(vec![(-0.5, *r), (n as f64 - 0.5, *r)], REFERENCE.stroke_width(2))))?
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(-0.5, *r), (n as f64 - 0.5, *r)],
+                    REFERENCE.stroke_width(2),
+                )))?
                 .label(format!("{label}: {r:.3}"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], REFERENCE.stroke_width(2)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], REFERENCE.stroke_width(2))
+                });
         }
         for (gi, (name, vals)) in self.groups.iter().enumerate() {
             let c = COLORS[gi % COLORS.len()];
             let x = gi as f64;
             let m = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
-            let sd = if vals.len() > 1 { (vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (vals.len() - 1) as f64).sqrt() } else { 0.0 };
+            let sd = if vals.len() > 1 {
+                (vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (vals.len() - 1) as f64).sqrt()
+            } else {
+                0.0
+            };
             chart
                 .draw_series(vals.iter().enumerate().map(|(j, &v)| {
                     let jitter = ((j as f64 * 0.618_034) % 1.0 - 0.5) * 0.3;
@@ -149,10 +209,22 @@ impl Figure for GroupPoints {
                 }))?
                 .label(format!("{name}: mean {m:.3}, sd {sd:.3}"))
                 .legend(move |(lx, ly)| Circle::new((lx + 8, ly), 4, c.filled()));
-            chart.draw_series(std::iter::once(PathElement::new(vec![(x - 0.3, m), (x + 0.3, m)], c.stroke_width(3))))?;
-            chart.draw_series(std::iter::once(PathElement::new(vec![(x, m - sd), (x, m + sd)], c.stroke_width(2))))?;
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x - 0.3, m), (x + 0.3, m)],
+                c.stroke_width(3),
+            )))?;
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x, m - sd), (x, m + sd)],
+                c.stroke_width(2),
+            )))?;
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.85)).border_style(BLACK).label_font((FONT, 12)).draw()?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .draw()?;
         Ok(())
     }
 }
@@ -175,25 +247,53 @@ impl Figure for Bands {
         let areas = root.split_evenly((1, self.panels.len().max(1)));
         for ((title, ylabel, groups), area) in self.panels.iter().zip(areas) {
             let (x0, x1) = range(groups.iter().flat_map(|g| g.1.iter().copied()));
-            let (y0, y1) = range(groups.iter().flat_map(|g| g.2.iter().zip(&g.3).flat_map(|(m, s)| [m - s, m + s])));
+            let (y0, y1) = range(
+                groups
+                    .iter()
+                    .flat_map(|g| g.2.iter().zip(&g.3).flat_map(|(m, s)| [m - s, m + s])),
+            );
             let mut chart = ChartBuilder::on(&area)
                 .caption(title, (FONT, 18))
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(55)
                 .build_cartesian_2d(x0..x1, y0..y1)?;
-            chart.configure_mesh().x_desc("PPO step").y_desc(ylabel.as_str()).label_style((FONT, 12)).draw()?;
+            chart
+                .configure_mesh()
+                .x_desc("PPO step")
+                .y_desc(ylabel.as_str())
+                .label_style((FONT, 12))
+                .draw()?;
             for (gi, (name, xs, ms, ss)) in groups.iter().enumerate() {
                 let c = COLORS[gi % COLORS.len()];
-                let mut poly: Vec<(f64, f64)> = xs.iter().zip(ms.iter().zip(ss)).map(|(x, (m, s))| (*x, m + s)).collect();
-                poly.extend(xs.iter().zip(ms.iter().zip(ss)).rev().map(|(x, (m, s))| (*x, m - s)));
+                let mut poly: Vec<(f64, f64)> = xs
+                    .iter()
+                    .zip(ms.iter().zip(ss))
+                    .map(|(x, (m, s))| (*x, m + s))
+                    .collect();
+                poly.extend(
+                    xs.iter()
+                        .zip(ms.iter().zip(ss))
+                        .rev()
+                        .map(|(x, (m, s))| (*x, m - s)),
+                );
                 chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled())))?;
                 chart
-                    .draw_series(LineSeries::new(xs.iter().copied().zip(ms.iter().copied()), c.stroke_width(2)))?
+                    .draw_series(LineSeries::new(
+                        xs.iter().copied().zip(ms.iter().copied()),
+                        c.stroke_width(2),
+                    ))?
                     .label(name.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                    });
             }
-            chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font((FONT, 12)).draw()?;
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font((FONT, 12))
+                .draw()?;
         }
         Ok(())
     }

@@ -13,7 +13,9 @@
 use std::collections::BTreeMap;
 
 use dagrun_cache::ArtifactType;
-use dagrun_engine::stage::{Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind};
+use dagrun_engine::stage::{
+    Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -138,12 +140,18 @@ impl StageKind for HeadEnsembleKind {
             return Err(ParamError::at("heads", "must be at least 1"));
         }
         if p.heads <= p.ddof {
-            return Err(ParamError::at("ddof", format!("must be below the number of heads ({})", p.heads)));
+            return Err(ParamError::at(
+                "ddof",
+                format!("must be below the number of heads ({})", p.heads),
+            ));
         }
         Ok(())
     }
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
-        vec![OutputDecl::new("model", ArtifactType::Model), OutputDecl::new("stats", ArtifactType::Metrics)]
+        vec![
+            OutputDecl::new("model", ArtifactType::Model),
+            OutputDecl::new("stats", ArtifactType::Metrics),
+        ]
     }
     fn environment(&self, device: &str) -> Result<BTreeMap<String, String>, String> {
         backend_env(device)
@@ -159,16 +167,32 @@ impl StageKind for HeadEnsembleKind {
         let data = std::path::Path::new(&p.data);
         let train = read_split(data, "train")?;
         let eval = read_split(data, "eval")?;
-        ctx.log(format!("features of {} train and {} eval pairs, computed once", train.len(), eval.len()));
+        ctx.log(format!(
+            "features of {} train and {} eval pairs, computed once",
+            train.len(),
+            eval.len()
+        ));
         let texts = |pairs: &[crate::data::PreferencePair], chosen: bool| -> Vec<String> {
-            pairs.iter().map(|q| join_text(&q.prompt, if chosen { &q.chosen } else { &q.rejected })).collect()
+            pairs
+                .iter()
+                .map(|q| join_text(&q.prompt, if chosen { &q.chosen } else { &q.rejected }))
+                .collect()
         };
-        let mut feat = |pairs: &[crate::data::PreferencePair], chosen: bool, what: &str| -> Result<Vec<f32>, StageError> {
+        let feat = |pairs: &[crate::data::PreferencePair],
+                    chosen: bool,
+                    what: &str|
+         -> Result<Vec<f32>, StageError> {
             ctx.progress(0, 1, format!("backbone features: {what}"));
             features(&base.backbone, &tok, &texts(pairs, chosen), 64, p.max_len)
         };
-        let (tc, tr) = (feat(&train, true, "train chosen")?, feat(&train, false, "train rejected")?);
-        let (ec, er) = (feat(&eval, true, "eval chosen")?, feat(&eval, false, "eval rejected")?);
+        let (tc, tr) = (
+            feat(&train, true, "train chosen")?,
+            feat(&train, false, "train rejected")?,
+        );
+        let (ec, er) = (
+            feat(&eval, true, "eval chosen")?,
+            feat(&eval, false, "eval rejected")?,
+        );
         // Feature differences h⁺ − h⁻ (the bias cancels under Bradley–Terry).
         let diff: Vec<f32> = tc.iter().zip(&tr).map(|(a, b)| a - b).collect();
         let n = train.len();
@@ -183,12 +207,28 @@ impl StageKind for HeadEnsembleKind {
                 return Err(Box::new(Cancelled));
             }
             let std = 1.0 / ((d + 1) as f32).sqrt();
-            let mut w: Vec<f64> = SeededRng::new(head_seeds[k]).normal_vec(d, std).into_iter().map(f64::from).collect();
-            let mut rng = SeededRng::new(if p.vary_data_order || p.bootstrap { head_seeds[k] ^ 0x5eed } else { ctx.derive_seed("order") });
-            let sample: Vec<usize> = if p.bootstrap { (0..n).map(|_| rng.below(n)).collect() } else { (0..n).collect() };
+            let mut w: Vec<f64> = SeededRng::new(head_seeds[k])
+                .normal_vec(d, std)
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            let mut rng = SeededRng::new(if p.vary_data_order || p.bootstrap {
+                head_seeds[k] ^ 0x5eed
+            } else {
+                ctx.derive_seed("order")
+            });
+            let sample: Vec<usize> = if p.bootstrap {
+                (0..n).map(|_| rng.below(n)).collect()
+            } else {
+                (0..n).collect()
+            };
             let (steps, last, curve) = train_head(&mut w, &diff, d, &sample, &p, &mut rng);
             ctx.log(format!("head {k}: {steps} steps, running loss {last:.4}"));
-            ctx.progress((k + 1) as u64, p.heads as u64, format!("head {k}: loss {last:.3}"));
+            ctx.progress(
+                (k + 1) as u64,
+                p.heads as u64,
+                format!("head {k}: loss {last:.3}"),
+            );
             for i in 0..d {
                 weights[i * p.heads + k] = w[i] as f32;
             }
@@ -198,14 +238,39 @@ impl StageKind for HeadEnsembleKind {
         }
         // Rewards of the eval pairs under each head.
         let rewards = |f: &[f32]| -> Vec<Vec<f64>> {
-            f.chunks(d).map(|h| (0..p.heads).map(|k| (0..d).map(|i| h[i] as f64 * weights[i * p.heads + k] as f64).sum()).collect()).collect()
+            f.chunks(d)
+                .map(|h| {
+                    (0..p.heads)
+                        .map(|k| {
+                            (0..d)
+                                .map(|i| h[i] as f64 * weights[i * p.heads + k] as f64)
+                                .sum()
+                        })
+                        .collect()
+                })
+                .collect()
         };
         let (rc, rr) = (rewards(&ec), rewards(&er));
         let m = rc.len();
-        let head_accuracy: Vec<f64> = (0..p.heads).map(|k| (0..m).filter(|&i| rc[i][k] > rr[i][k]).count() as f64 / m.max(1) as f64).collect();
-        let ensemble_accuracy = (0..m).filter(|&i| mean_var(&rc[i], p.ddof).0 > mean_var(&rr[i], p.ddof).0).count() as f64 / m.max(1) as f64;
+        let head_accuracy: Vec<f64> = (0..p.heads)
+            .map(|k| (0..m).filter(|&i| rc[i][k] > rr[i][k]).count() as f64 / m.max(1) as f64)
+            .collect();
+        let ensemble_accuracy = (0..m)
+            .filter(|&i| mean_var(&rc[i], p.ddof).0 > mean_var(&rr[i], p.ddof).0)
+            .count() as f64
+            / m.max(1) as f64;
         let chosen_var: Vec<f64> = rc.iter().map(|r| mean_var(r, p.ddof).1).collect();
-        let diff_var: Vec<f64> = rc.iter().zip(&rr).map(|(a, b)| mean_var(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>(), p.ddof).1).collect();
+        let diff_var: Vec<f64> = rc
+            .iter()
+            .zip(&rr)
+            .map(|(a, b)| {
+                mean_var(
+                    &a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>(),
+                    p.ddof,
+                )
+                .1
+            })
+            .collect();
         let stats = EnsembleStats {
             heads: p.heads,
             head_accuracy: head_accuracy.clone(),
@@ -220,14 +285,23 @@ impl StageKind for HeadEnsembleKind {
         for (k, a) in head_accuracy.iter().enumerate() {
             ctx.metric(&format!("head_{k}.eval_accuracy"), *a);
         }
-        ctx.metric("mean_head_accuracy", head_accuracy.iter().sum::<f64>() / p.heads as f64);
+        ctx.metric(
+            "mean_head_accuracy",
+            head_accuracy.iter().sum::<f64>() / p.heads as f64,
+        );
         ctx.metric("ensemble_accuracy", ensemble_accuracy);
         ctx.metric("chosen_variance.mean", stats.chosen_variance.mean);
         ctx.metric("chosen_variance.median", stats.chosen_variance.median());
         ctx.metric("difference_variance.mean", stats.difference_variance.mean);
-        ctx.metric("difference_variance.median", stats.difference_variance.median());
+        ctx.metric(
+            "difference_variance.median",
+            stats.difference_variance.median(),
+        );
         write_json(&ctx.output_path("stats"), &stats)?;
-        let w = burn::tensor::Tensor::<2>::from_data(burn::tensor::TensorData::new(weights, [d, p.heads]), &device);
+        let w = burn::tensor::Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(weights, [d, p.heads]),
+            &device,
+        );
         let b = burn::tensor::Tensor::<1>::zeros([p.heads], &device);
         let rm = RewardModel::new(base.backbone, LinearHeads::from_tensors(w, b))?;
         rm.save(&ctx.output_path("model"), Some(&tok_path))?;
@@ -237,7 +311,14 @@ impl StageKind for HeadEnsembleKind {
 
 /// Trains one head's `w` on feature differences with Adam until its running loss reaches
 /// the target or the epochs run out. Returns (steps, final running loss, running curve).
-fn train_head(w: &mut [f64], diff: &[f32], d: usize, sample: &[usize], p: &HeadEnsembleParams, rng: &mut SeededRng) -> (usize, f64, Vec<f64>) {
+fn train_head(
+    w: &mut [f64],
+    diff: &[f32],
+    d: usize,
+    sample: &[usize],
+    p: &HeadEnsembleParams,
+    rng: &mut SeededRng,
+) -> (usize, f64, Vec<f64>) {
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let mut m = vec![0.0; d];
     let mut v = vec![0.0; d];

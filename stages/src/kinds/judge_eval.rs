@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 
 use dagrun_cache::ArtifactType;
-use dagrun_engine::stage::{Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind};
+use dagrun_engine::stage::{
+    Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -35,7 +37,13 @@ use crate::{
 #[serde(untagged)]
 pub enum PolicyRef {
     Path(String),
-    Node { node: String, matrix: BTreeMap<String, Value>, path: String, #[serde(default)] label: Option<String> },
+    Node {
+        node: String,
+        matrix: BTreeMap<String, Value>,
+        path: String,
+        #[serde(default)]
+        label: Option<String>,
+    },
 }
 
 /// Params of `judge_eval`.
@@ -125,19 +133,40 @@ pub struct GroupSummary {
 
 enum Judge {
     World(World),
-    Model { rm: RewardModel, tok: TextTokenizer, head: Option<usize> },
+    Model {
+        rm: RewardModel,
+        tok: TextTokenizer,
+        head: Option<usize>,
+    },
 }
 
 impl Judge {
-    fn score(&self, prompts: &[String], responses: &[String], full: &[String], max_len: usize) -> Result<Vec<f64>, StageError> {
+    fn score(
+        &self,
+        prompts: &[String],
+        responses: &[String],
+        full: &[String],
+        max_len: usize,
+    ) -> Result<Vec<f64>, StageError> {
         match self {
-            Judge::World(w) => Ok(prompts.iter().zip(responses).map(|(p, r)| w.reward(p, r)).collect()),
+            Judge::World(w) => Ok(prompts
+                .iter()
+                .zip(responses)
+                .map(|(p, r)| w.reward(p, r))
+                .collect()),
             Judge::Model { rm, tok, head } => {
                 let k = rm.heads.num_heads();
                 let mut out = Vec::with_capacity(full.len());
                 for chunk in full.chunks(64) {
-                    let rows = chunk.iter().map(|t| encode_tail(tok, t, max_len)).collect::<Result<Vec<_>, _>>()?;
-                    let r = to_f32_vec(rm.forward(&TokenBatch::from_rows(&rows, tok.pad_id(), Padding::Right)?)?);
+                    let rows = chunk
+                        .iter()
+                        .map(|t| encode_tail(tok, t, max_len))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let r = to_f32_vec(rm.forward(&TokenBatch::from_rows(
+                        &rows,
+                        tok.pad_id(),
+                        Padding::Right,
+                    )?)?);
                     for row in r.chunks(k) {
                         out.push(match head {
                             Some(h) => row[*h] as f64,
@@ -166,7 +195,11 @@ impl StageKind for JudgeEvalKind {
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let mut v = crate::data::placeholder_paths(params);
         // A sweep reference is a list only at run time.
-        if let Some(s) = v.get("policies").and_then(Value::as_str).map(str::to_string) {
+        if let Some(s) = v
+            .get("policies")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        {
             v["policies"] = Value::Array(vec![Value::String(s)]);
         }
         let p: JudgeEvalParams = parse_params(&v)?;
@@ -186,72 +219,123 @@ impl StageKind for JudgeEvalKind {
         let p: JudgeEvalParams = parse_params(&ctx.params).map_err(|e| e.message)?;
         let device = node_device(ctx)?;
         let file = split_file(std::path::Path::new(&p.prompts), "test")?;
-        let mut prompts: Vec<String> = read_texts(&file, "prompt")?.into_iter().map(|r| r.text).collect();
+        let mut prompts: Vec<String> = read_texts(&file, "prompt")?
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
         prompts.truncate(p.max_prompts);
         let judge = match (&p.judge_world, &p.judge_model) {
             (Some(w), _) => Judge::World(World::load(std::path::Path::new(w))?),
             (_, Some(m)) => {
                 let dir = std::path::Path::new(m);
-                Judge::Model { rm: RewardModel::load(dir, &device)?, tok: TextTokenizer::from_file(&dir.join("tokenizer.json"))?, head: p.judge_head }
+                Judge::Model {
+                    rm: RewardModel::load(dir, &device)?,
+                    tok: TextTokenizer::from_file(&dir.join("tokenizer.json"))?,
+                    head: p.judge_head,
+                }
             }
             _ => unreachable!("validated"),
         };
-        let mut evaluate = |path: &str, label: &str, i: usize, total: usize| -> Result<(f64, f64), StageError> {
-            if ctx.cancelled() {
-                return Err(Box::new(Cancelled));
-            }
-            ctx.progress(i as u64, total as u64, label.to_string());
-            let dir = std::path::Path::new(path);
-            let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-            let lm = Gpt2::from_hf_dir(dir, &device)?;
-            let cfg = GenerateConfig {
-                max_new_tokens: p.max_new_tokens,
-                sampling: SamplingConfig { temperature: p.temperature, ..SamplingConfig::default() },
-                eos_id: tok.eos_id(),
-                pad_id: tok.pad_id(),
+        let evaluate =
+            |path: &str, label: &str, i: usize, total: usize| -> Result<(f64, f64), StageError> {
+                if ctx.cancelled() {
+                    return Err(Box::new(Cancelled));
+                }
+                ctx.progress(i as u64, total as u64, label.to_string());
+                let dir = std::path::Path::new(path);
+                let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+                let lm = Gpt2::from_hf_dir(dir, &device)?;
+                let cfg = GenerateConfig {
+                    max_new_tokens: p.max_new_tokens,
+                    sampling: SamplingConfig {
+                        temperature: p.temperature,
+                        ..SamplingConfig::default()
+                    },
+                    eos_id: tok.eos_id(),
+                    pad_id: tok.pad_id(),
+                };
+                // The same sampling stream for every policy: differences come from the policies.
+                let mut rng = SeededRng::new(p.seed);
+                let mut scores = Vec::with_capacity(prompts.len());
+                for chunk in prompts.chunks(p.batch_size.max(1)) {
+                    let ids: Vec<Vec<u32>> = chunk
+                        .iter()
+                        .map(|t| {
+                            tok.encode(t).map(|mut v| {
+                                if v.is_empty() {
+                                    v.push(tok.eos_id().unwrap_or(0));
+                                }
+                                v
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                    let g = generate(&lm, &ids, &cfg, &mut rng)?;
+                    let eos = tok.eos_id();
+                    let responses: Vec<String> = g
+                        .responses
+                        .iter()
+                        .map(|r| {
+                            let r: Vec<u32> =
+                                r.iter().copied().filter(|&t| Some(t) != eos).collect();
+                            tok.decode(&r)
+                        })
+                        .collect::<Result<_, _>>()?;
+                    let full: Vec<String> = g
+                        .sequences
+                        .iter()
+                        .map(|s| tok.decode(s))
+                        .collect::<Result<_, _>>()?;
+                    scores.extend(judge.score(chunk, &responses, &full, p.judge_max_len)?);
+                }
+                let d = Distribution::of(&scores, 10);
+                Ok((d.mean, d.std))
             };
-            // The same sampling stream for every policy: differences come from the policies.
-            let mut rng = SeededRng::new(p.seed);
-            let mut scores = Vec::with_capacity(prompts.len());
-            for chunk in prompts.chunks(p.batch_size.max(1)) {
-                let ids: Vec<Vec<u32>> = chunk.iter().map(|t| tok.encode(t).map(|mut v| { if v.is_empty() { v.push(tok.eos_id().unwrap_or(0)); } v })).collect::<Result<_, _>>()?;
-                let g = generate(&lm, &ids, &cfg, &mut rng)?;
-                let eos = tok.eos_id();
-                let responses: Vec<String> = g.responses.iter().map(|r| {
-                    let r: Vec<u32> = r.iter().copied().filter(|&t| Some(t) != eos).collect();
-                    tok.decode(&r)
-                }).collect::<Result<_, _>>()?;
-                let full: Vec<String> = g.sequences.iter().map(|s| tok.decode(s)).collect::<Result<_, _>>()?;
-                scores.extend(judge.score(chunk, &responses, &full, p.judge_max_len)?);
-            }
-            let d = Distribution::of(&scores, 10);
-            Ok((d.mean, d.std))
-        };
         let total = p.policies.len() + 1;
         let (reference, _) = evaluate(&p.reference, "reference", 0, total)?;
-        ctx.log(format!("reference policy: mean judge reward {reference:.4}"));
+        ctx.log(format!(
+            "reference policy: mean judge reward {reference:.4}"
+        ));
         let mut scores = Vec::new();
         for (i, pol) in p.policies.iter().enumerate() {
             let (node, group, path) = match pol {
                 PolicyRef::Path(path) => (path.clone(), "policies".to_string(), path.clone()),
-                PolicyRef::Node { node, matrix, path, .. } => {
-                    let g = matrix.get(&p.group_by).map(dagrun_engine::selector::scalar_string).unwrap_or_else(|| "policies".into());
+                PolicyRef::Node {
+                    node, matrix, path, ..
+                } => {
+                    let g = matrix
+                        .get(&p.group_by)
+                        .map(dagrun_engine::selector::scalar_string)
+                        .unwrap_or_else(|| "policies".into());
                     (node.clone(), g, path.clone())
                 }
             };
             let (mean, std) = evaluate(&path, &node, i + 1, total)?;
             ctx.log(format!("{node}: mean judge reward {mean:.4}"));
-            scores.push(PolicyScore { node, group, mean_reward: mean, std_reward: std });
+            scores.push(PolicyScore {
+                node,
+                group,
+                mean_reward: mean,
+                std_reward: std,
+            });
         }
         let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for s in &scores {
-            groups.entry(s.group.clone()).or_default().push(s.mean_reward);
+            groups
+                .entry(s.group.clone())
+                .or_default()
+                .push(s.mean_reward);
         }
         let groups: BTreeMap<String, GroupSummary> = groups
             .into_iter()
             .map(|(g, v)| {
                 let below = v.iter().filter(|&&x| x < reference).count() as f64 / v.len() as f64;
-                (g, GroupSummary { distribution: Distribution::of(&v, 10), share_below_reference: below })
+                (
+                    g,
+                    GroupSummary {
+                        distribution: Distribution::of(&v, 10),
+                        share_below_reference: below,
+                    },
+                )
             })
             .collect();
         ctx.metric("reference.mean_reward", reference);
@@ -259,11 +343,29 @@ impl StageKind for JudgeEvalKind {
             ctx.metric(&format!("{g}.mean"), s.distribution.mean);
             ctx.metric(&format!("{g}.variance"), s.distribution.variance);
             ctx.metric(&format!("{g}.q10"), s.distribution.quantiles[1].1);
-            ctx.metric(&format!("{g}.share_below_reference"), s.share_below_reference);
-            ctx.log(format!("{g}: mean {:.4}, variance {:.6}, {:.0}% below the reference", s.distribution.mean, s.distribution.variance, 100.0 * s.share_below_reference));
+            ctx.metric(
+                &format!("{g}.share_below_reference"),
+                s.share_below_reference,
+            );
+            ctx.log(format!(
+                "{g}: mean {:.4}, variance {:.6}, {:.0}% below the reference",
+                s.distribution.mean,
+                s.distribution.variance,
+                100.0 * s.share_below_reference
+            ));
         }
-        let judge_name = if p.judge_world.is_some() { "ground truth (built-in task)".to_string() } else { format!("reward model {}", p.judge_model.clone().unwrap_or_default()) };
-        let results = JudgeResults { judge: judge_name, prompts: prompts.len(), reference, policies: scores, groups };
+        let judge_name = if p.judge_world.is_some() {
+            "ground truth (built-in task)".to_string()
+        } else {
+            format!("reward model {}", p.judge_model.clone().unwrap_or_default())
+        };
+        let results = JudgeResults {
+            judge: judge_name,
+            prompts: prompts.len(),
+            reference,
+            policies: scores,
+            groups,
+        };
         write_json(&ctx.output_path("results"), &results)?;
         Ok(())
     }

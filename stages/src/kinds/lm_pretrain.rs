@@ -7,8 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use burn::module::Module;
 use dagrun_cache::ArtifactType;
-use dagrun_engine::stage::{Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind};
+use dagrun_engine::stage::{
+    Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -135,10 +138,19 @@ impl StageKind for LmPretrainKind {
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: LmPretrainParams = parse_params(&crate::data::placeholder_paths(params))?;
         if p.n_embd % p.n_head != 0 {
-            return Err(ParamError::at("n_head", format!("n_embd {} is not a multiple of n_head {}", p.n_embd, p.n_head)));
+            return Err(ParamError::at(
+                "n_head",
+                format!(
+                    "n_embd {} is not a multiple of n_head {}",
+                    p.n_embd, p.n_head
+                ),
+            ));
         }
         if p.seq_len > p.n_positions {
-            return Err(ParamError::at("seq_len", format!("{} exceeds n_positions {}", p.seq_len, p.n_positions)));
+            return Err(ParamError::at(
+                "seq_len",
+                format!("{} exceeds n_positions {}", p.seq_len, p.n_positions),
+            ));
         }
         Ok(())
     }
@@ -167,18 +179,28 @@ impl StageKind for LmPretrainKind {
         let tok = match &p.tokenizer {
             Some(t) => TextTokenizer::from_file(std::path::Path::new(t))?,
             None => {
-                let cfg = BpeTrainConfig { vocab_size: p.vocab_size, ..Default::default() };
+                let cfg = BpeTrainConfig {
+                    vocab_size: p.vocab_size,
+                    ..Default::default()
+                };
                 TextTokenizer::train_bpe(texts.iter().map(String::as_str), &cfg)?
             }
         };
         tok.save(&tok_path)?;
-        let eos = tok.eos_id().ok_or("the tokenizer has no `<|endoftext|>` token")?;
+        let eos = tok
+            .eos_id()
+            .ok_or("the tokenizer has no `<|endoftext|>` token")?;
         let mut tokens = Vec::new();
         for t in &texts {
             tokens.extend(tok.encode(t)?);
             tokens.push(eos);
         }
-        ctx.log(format!("{} texts, {} tokens, vocabulary {}", texts.len(), tokens.len(), tok.vocab_size()));
+        ctx.log(format!(
+            "{} texts, {} tokens, vocabulary {}",
+            texts.len(),
+            tokens.len(),
+            tok.vocab_size()
+        ));
         let config = Gpt2Config {
             vocab_size: tok.vocab_size(),
             n_positions: p.n_positions,
@@ -195,7 +217,12 @@ impl StageKind for LmPretrainKind {
             batch_size: p.batch_size,
             grad_accum_steps: 1,
             max_steps: p.steps,
-            schedule: LrSchedule::CosineWarmup { peak_lr: p.lr, warmup_steps: p.warmup_steps, total_steps: p.steps, min_lr: 0.0 },
+            schedule: LrSchedule::CosineWarmup {
+                peak_lr: p.lr,
+                warmup_steps: p.warmup_steps,
+                total_steps: p.steps,
+                min_lr: 0.0,
+            },
             optimizer: AdamConfig::adamw(p.weight_decay),
             max_grad_norm: p.max_grad_norm,
             seed: ctx.derive_seed("data"),
@@ -204,7 +231,10 @@ impl StageKind for LmPretrainKind {
         let ckpt = ctx.scratch().join("checkpoints");
         let mut trainer = LmTrainer::new(&init, &tokens, train_cfg, &device, Some(&ckpt))?;
         if trainer.step > 0 {
-            ctx.log(format!("resumed from the checkpoint at step {}", trainer.step));
+            ctx.log(format!(
+                "resumed from the checkpoint at step {}",
+                trainer.step
+            ));
         }
         while trainer.step < p.steps {
             if ctx.cancelled() {
@@ -223,9 +253,18 @@ impl StageKind for LmPretrainKind {
         let tail = &trainer.losses[trainer.losses.len().saturating_sub(10)..];
         let final_loss = tail.iter().map(|&l| l as f64).sum::<f64>() / tail.len().max(1) as f64;
         ctx.metric("final_loss", final_loss);
-        ctx.metric("first_loss", trainer.losses.first().copied().unwrap_or(f32::NAN) as f64);
-        ctx.log(format!("loss {:.3} → {final_loss:.3}", trainer.losses.first().copied().unwrap_or(f32::NAN)));
-        trainer.model.valid().save_hf_dir(&ctx.output_path("model"), Some(&tok_path))?;
+        ctx.metric(
+            "first_loss",
+            trainer.losses.first().copied().unwrap_or(f32::NAN) as f64,
+        );
+        ctx.log(format!(
+            "loss {:.3} → {final_loss:.3}",
+            trainer.losses.first().copied().unwrap_or(f32::NAN)
+        ));
+        trainer
+            .model
+            .valid()
+            .save_hf_dir(&ctx.output_path("model"), Some(&tok_path))?;
         Ok(())
     }
 }

@@ -5,18 +5,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use burn::tensor::Device;
+use burn::{module::Module, tensor::Device};
 use dagrun_engine::stage::{StageContext, StageError};
 
 use crate::{
     data::{read_preferences, PreferenceFormat, PreferencePair},
+    ml::tokenizer::TextTokenizer,
     ml::{
         device::{cuda_device_count, TCH_BUILT},
         reward::last_token_features,
         weights::to_f32_vec,
         DeviceSpec, Gpt2, Padding, TokenBatch,
     },
-    ml::tokenizer::TextTokenizer,
 };
 
 /// The burn device of a node: its `device` string, with `auto`/`cuda` pinned to the GPU
@@ -34,7 +34,9 @@ pub fn node_device(ctx: &StageContext) -> Result<Device, StageError> {
 /// The key component of an ML node's environment: the backend its device resolves to.
 /// Fails (before any work) when the device cannot be had in this build or machine.
 pub fn backend_env(device: &str) -> Result<BTreeMap<String, String>, String> {
-    let spec: DeviceSpec = device.parse().map_err(|e: crate::ml::MlError| e.to_string())?;
+    let spec: DeviceSpec = device
+        .parse()
+        .map_err(|e: crate::ml::MlError| e.to_string())?;
     let concrete = spec.concrete();
     let backend = match concrete {
         DeviceSpec::Cpu => "flex-cpu",
@@ -50,7 +52,9 @@ pub fn backend_env(device: &str) -> Result<BTreeMap<String, String>, String> {
     if let DeviceSpec::Cuda(n) = concrete {
         let have = cuda_device_count();
         if n >= have {
-            return Err(format!("device `{device}` asked for, but this machine has {have} CUDA device(s)"));
+            return Err(format!(
+                "device `{device}` asked for, but this machine has {have} CUDA device(s)"
+            ));
         }
     }
     Ok([("backend".to_string(), backend.to_string())].into())
@@ -59,7 +63,11 @@ pub fn backend_env(device: &str) -> Result<BTreeMap<String, String>, String> {
 /// A prompt and a response as one text: a space between them unless either side
 /// already has whitespace at the join.
 pub fn join_text(prompt: &str, response: &str) -> String {
-    if prompt.is_empty() || response.is_empty() || prompt.ends_with(char::is_whitespace) || response.starts_with(char::is_whitespace) {
+    if prompt.is_empty()
+        || response.is_empty()
+        || prompt.ends_with(char::is_whitespace)
+        || response.starts_with(char::is_whitespace)
+    {
         format!("{prompt}{response}")
     } else {
         format!("{prompt} {response}")
@@ -78,16 +86,27 @@ pub fn split_file(dir: &Path, split: &str) -> Result<PathBuf, StageError> {
             return Ok(p);
         }
     }
-    Err(format!("`{}` has no `{split}.parquet` or `{split}.jsonl`", dir.display()).into())
+    Err(format!(
+        "`{}` has no `{split}.parquet` or `{split}.jsonl`",
+        dir.display()
+    )
+    .into())
 }
 
 /// Reads the pairs of one split.
 pub fn read_split(dir: &Path, split: &str) -> Result<Vec<PreferencePair>, StageError> {
-    Ok(read_preferences(&split_file(dir, split)?, PreferenceFormat::Auto)?)
+    Ok(read_preferences(
+        &split_file(dir, split)?,
+        PreferenceFormat::Auto,
+    )?)
 }
 
 /// Token ids of a text, keeping its last `max_len` tokens (the reward is read at the end).
-pub fn encode_tail(tok: &TextTokenizer, text: &str, max_len: usize) -> Result<Vec<u32>, StageError> {
+pub fn encode_tail(
+    tok: &TextTokenizer,
+    text: &str,
+    max_len: usize,
+) -> Result<Vec<u32>, StageError> {
     let mut ids = tok.encode(text)?;
     if ids.is_empty() {
         ids.push(tok.eos_id().unwrap_or(0));
@@ -99,11 +118,20 @@ pub fn encode_tail(tok: &TextTokenizer, text: &str, max_len: usize) -> Result<Ve
 }
 
 /// Last-token features `[n × n_embd]` (row-major, on the host) of texts, by batches.
-pub fn features(model: &Gpt2, tok: &TextTokenizer, texts: &[String], batch: usize, max_len: usize) -> Result<Vec<f32>, StageError> {
+pub fn features(
+    model: &Gpt2,
+    tok: &TextTokenizer,
+    texts: &[String],
+    batch: usize,
+    max_len: usize,
+) -> Result<Vec<f32>, StageError> {
     let model = model.valid();
     let mut out = Vec::with_capacity(texts.len() * model.config().n_embd);
     for chunk in texts.chunks(batch.max(1)) {
-        let rows = chunk.iter().map(|t| encode_tail(tok, t, max_len)).collect::<Result<Vec<_>, _>>()?;
+        let rows = chunk
+            .iter()
+            .map(|t| encode_tail(tok, t, max_len))
+            .collect::<Result<Vec<_>, _>>()?;
         let b = TokenBatch::from_rows(&rows, tok.pad_id(), Padding::Right)?;
         out.extend(to_f32_vec(last_token_features(&model, &b)?));
     }
@@ -130,8 +158,16 @@ impl Distribution {
         let n = values.len();
         let mut sorted: Vec<f64> = values.to_vec();
         sorted.sort_by(|a, b| a.total_cmp(b));
-        let mean = if n > 0 { values.iter().sum::<f64>() / n as f64 } else { f64::NAN };
-        let variance = if n > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+        let mean = if n > 0 {
+            values.iter().sum::<f64>() / n as f64
+        } else {
+            f64::NAN
+        };
+        let variance = if n > 1 {
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
         let q = |l: f64| -> f64 {
             if n == 0 {
                 return f64::NAN;
@@ -140,9 +176,16 @@ impl Distribution {
             let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
             sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
         };
-        let (min, max) = (sorted.first().copied().unwrap_or(f64::NAN), sorted.last().copied().unwrap_or(f64::NAN));
+        let (min, max) = (
+            sorted.first().copied().unwrap_or(f64::NAN),
+            sorted.last().copied().unwrap_or(f64::NAN),
+        );
         let bins = bins.max(1);
-        let width = if max > min { (max - min) / bins as f64 } else { 1.0 };
+        let width = if max > min {
+            (max - min) / bins as f64
+        } else {
+            1.0
+        };
         let edges: Vec<f64> = (0..=bins).map(|i| min + width * i as f64).collect();
         let mut counts = vec![0u64; bins];
         for v in values {
@@ -156,13 +199,20 @@ impl Distribution {
             std: variance.sqrt(),
             min,
             max,
-            quantiles: [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95].iter().map(|&l| (l, q(l))).collect(),
+            quantiles: [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]
+                .iter()
+                .map(|&l| (l, q(l)))
+                .collect(),
             histogram_edges: edges,
             histogram_counts: counts,
         }
     }
 
     pub fn median(&self) -> f64 {
-        self.quantiles.iter().find(|(l, _)| *l == 0.5).map(|(_, v)| *v).unwrap_or(f64::NAN)
+        self.quantiles
+            .iter()
+            .find(|(l, _)| *l == 0.5)
+            .map(|(_, v)| *v)
+            .unwrap_or(f64::NAN)
     }
 }

@@ -20,7 +20,9 @@ use burn::{
     tensor::{activation::log_softmax, Device, Tensor, TensorData},
 };
 use dagrun_cache::ArtifactType;
-use dagrun_engine::stage::{Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind};
+use dagrun_engine::stage::{
+    Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -255,15 +257,27 @@ fn pv_weights(pv: &PolicyValue) -> HostTensors {
     set
 }
 
-fn pv_from(config: &crate::ml::Gpt2Config, mut set: HostTensors, n_embd: usize, device: &Device) -> Result<PolicyValue, StageError> {
+fn pv_from(
+    config: &crate::ml::Gpt2Config,
+    mut set: HostTensors,
+    n_embd: usize,
+    device: &Device,
+) -> Result<PolicyValue, StageError> {
     let mut head = HostTensors::new("v_head");
-    let keys: Vec<String> = set.tensors.keys().filter(|k| k.starts_with("v_head.")).cloned().collect();
+    let keys: Vec<String> = set
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with("v_head."))
+        .cloned()
+        .collect();
     for k in keys {
         let t = set.tensors.remove(&k).expect("listed");
         head.tensors.insert(k["v_head.".len()..].to_string(), t);
     }
     let lm = Gpt2::from_tensors(config, set, device)?;
-    let value = ValueHead::from_heads(crate::ml::heads::LinearHeads::from_host(&mut head, n_embd, 1, device)?);
+    let value = ValueHead::from_heads(crate::ml::heads::LinearHeads::from_host(
+        &mut head, n_embd, 1, device,
+    )?);
     Ok(PolicyValue { lm, value })
 }
 
@@ -317,9 +331,17 @@ pub fn run_ppo(
         })
         .collect::<Result<_, crate::ml::MlError>>()?;
     if prompts.len() < p.batch_size {
-        return Err(format!("{} prompts, fewer than one batch of {}", prompts.len(), p.batch_size).into());
+        return Err(format!(
+            "{} prompts, fewer than one batch of {}",
+            prompts.len(),
+            p.batch_size
+        )
+        .into());
     }
-    let mut adam = Adam::new(AdamConfig { weight_decay: 0.0, ..AdamConfig::default() });
+    let mut adam = Adam::new(AdamConfig {
+        weight_decay: 0.0,
+        ..AdamConfig::default()
+    });
     let mut rng = SeededRng::new(p.seed);
     let mut stats: Vec<StepStats> = Vec::new();
     let mut order: Vec<usize> = Vec::new();
@@ -331,7 +353,8 @@ pub fn run_ppo(
     let mut resumed_at = 0;
     if let Some(dir) = inputs.checkpoint_dir {
         if let Some(ck) = checkpoint::load_latest(dir, &mut adam, &device)? {
-            let st: TrainerState = serde_json::from_value(ck.trainer).map_err(|e| format!("{}: {e}", ck.path.display()))?;
+            let st: TrainerState = serde_json::from_value(ck.trainer)
+                .map_err(|e| format!("{}: {e}", ck.path.display()))?;
             pv = pv_from(&config, ck.weights, st.n_embd, &ad)?;
             stats = st.stats;
             rng = SeededRng::from_state(st.rng);
@@ -340,8 +363,18 @@ pub fn run_ppo(
             resumed_at = ck.step;
         }
     }
-    let sampling = SamplingConfig { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, ..SamplingConfig::default() };
-    let gen_cfg = GenerateConfig { max_new_tokens: p.max_new_tokens, sampling, eos_id: eos, pad_id: pad };
+    let sampling = SamplingConfig {
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        ..SamplingConfig::default()
+    };
+    let gen_cfg = GenerateConfig {
+        max_new_tokens: p.max_new_tokens,
+        sampling,
+        eos_id: eos,
+        pad_id: pad,
+    };
     for step in stats.len()..p.steps {
         if cancel() {
             return Err(Box::new(Cancelled));
@@ -352,7 +385,10 @@ pub fn run_ppo(
             rng.shuffle(&mut order);
             cursor = 0;
         }
-        let batch_prompts: Vec<Vec<u32>> = order[cursor..cursor + p.batch_size].iter().map(|&i| prompts[i].clone()).collect();
+        let batch_prompts: Vec<Vec<u32>> = order[cursor..cursor + p.batch_size]
+            .iter()
+            .map(|&i| prompts[i].clone())
+            .collect();
         cursor += p.batch_size;
         // 2. Responses from the current policy.
         let current = pv.lm.valid();
@@ -363,7 +399,8 @@ pub fn run_ppo(
             .iter()
             .map(|s| {
                 let text = tok.decode(s)?;
-                Ok(encode_tail(&rm_tok, &text, p.rm_max_len).map_err(|e| crate::ml::MlError::Invalid(e.to_string()))?)
+                Ok(encode_tail(&rm_tok, &text, p.rm_max_len)
+                    .map_err(|e| crate::ml::MlError::Invalid(e.to_string()))?)
             })
             .collect::<Result<_, crate::ml::MlError>>()?;
         let rm_batch = TokenBatch::from_rows(&texts, rm_tok.pad_id(), Padding::Right)?;
@@ -372,7 +409,10 @@ pub fn run_ppo(
         let mut scores = Vec::with_capacity(b);
         let mut variances = Vec::with_capacity(b);
         for r in 0..b {
-            let heads: Vec<f64> = rewards[r * k..(r + 1) * k].iter().map(|&x| x as f64).collect();
+            let heads: Vec<f64> = rewards[r * k..(r + 1) * k]
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
             let (mean, var) = mean_var(&heads, p.ddof);
             let var = p.variance_override.unwrap_or(var);
             let s = match p.aggregation {
@@ -396,18 +436,29 @@ pub fn run_ppo(
         let ent = {
             let [bb, tt, v] = logits.dims();
             let lsm = log_softmax(logits.clone().slice([0..bb, 0..tt - 1, 0..v]), 2);
-            to_f32_vec((lsm.clone().exp() * lsm).sum_dim(2).neg().reshape([bb, tt - 1]))
+            to_f32_vec(
+                (lsm.clone().exp() * lsm)
+                    .sum_dim(2)
+                    .neg()
+                    .reshape([bb, tt - 1]),
+            )
         };
         let logp = to_f32_vec(token_logprobs_from_logits(logits, &full));
-        let ref_logp = to_f32_vec(token_logprobs_from_logits(reference.forward(&full, None)?, &full));
+        let ref_logp = to_f32_vec(token_logprobs_from_logits(
+            reference.forward(&full, None)?,
+            &full,
+        ));
         let mut samples = Vec::with_capacity(b);
-        let (mut kl_sum, mut pen_sum, mut ent_sum, mut ent_n, mut len_sum) = (0.0, 0.0, 0.0, 0usize, 0.0);
+        let (mut kl_sum, mut pen_sum, mut ent_sum, mut ent_n, mut len_sum) =
+            (0.0, 0.0, 0.0, 0usize, 0.0);
         for r in 0..b {
             let pl = generation.prompt_lens[r];
             let n = generation.responses[r].len();
             let idx = |j: usize| r * (t - 1) + pl + j - 1;
             let old_logp: Vec<f64> = (0..n).map(|j| logp[idx(j)] as f64).collect();
-            let kl: Vec<f64> = (0..n).map(|j| (logp[idx(j)] - ref_logp[idx(j)]) as f64).collect();
+            let kl: Vec<f64> = (0..n)
+                .map(|j| (logp[idx(j)] - ref_logp[idx(j)]) as f64)
+                .collect();
             let old_v: Vec<f64> = (0..n).map(|j| values[r * t + pl + j - 1] as f64).collect();
             for j in 0..n {
                 ent_sum += ent[idx(j)] as f64;
@@ -423,7 +474,14 @@ pub fn run_ppo(
             kl_sum += kl_total;
             pen_sum += p.beta * w * kl_total;
             len_sum += n as f64;
-            samples.push(Sample { ids: seqs[r].clone(), prompt_len: pl, old_logp, old_v, adv, ret });
+            samples.push(Sample {
+                ids: seqs[r].clone(),
+                prompt_len: pl,
+                old_logp,
+                old_v,
+                adv,
+                ret,
+            });
         }
         let mut advs: Vec<Vec<f64>> = samples.iter().map(|s| s.adv.clone()).collect();
         whiten(&mut advs);
@@ -431,7 +489,8 @@ pub fn run_ppo(
             s.adv = a;
         }
         // 5. PPO epochs over shuffled mini-batches.
-        let (mut pg_sum, mut vf_sum, mut ratio_sum, mut updates, mut skipped) = (0.0, 0.0, 0.0, 0usize, 0usize);
+        let (mut pg_sum, mut vf_sum, mut ratio_sum, mut updates, mut skipped) =
+            (0.0, 0.0, 0.0, 0usize, 0usize);
         for _ in 0..p.ppo_epochs {
             let mut rows: Vec<usize> = (0..b).collect();
             rng.shuffle(&mut rows);
@@ -469,23 +528,54 @@ pub fn run_ppo(
         on_step(&st);
         stats.push(st);
         if let Some(dir) = inputs.checkpoint_dir {
-            if p.checkpoint_every > 0 && stats.len() % p.checkpoint_every == 0 && stats.len() < p.steps {
-                let state = TrainerState { stats: stats.clone(), rng: rng.state(), order: order.clone(), cursor, n_embd };
-                checkpoint::save(dir, stats.len(), &pv_weights(&pv), &adam, serde_json::to_value(state).expect("json"))?;
+            if p.checkpoint_every > 0
+                && stats.len() % p.checkpoint_every == 0
+                && stats.len() < p.steps
+            {
+                let state = TrainerState {
+                    stats: stats.clone(),
+                    rng: rng.state(),
+                    order: order.clone(),
+                    cursor,
+                    n_embd,
+                };
+                checkpoint::save(
+                    dir,
+                    stats.len(),
+                    &pv_weights(&pv),
+                    &adam,
+                    serde_json::to_value(state).expect("json"),
+                )?;
             }
         }
     }
-    Ok(PpoRun { policy: pv, stats, resumed_at })
+    Ok(PpoRun {
+        policy: pv,
+        stats,
+        resumed_at,
+    })
 }
 
 /// The PPO loss of one mini-batch: returns (policy loss, value loss, mean ratio, total loss).
-fn minibatch_loss(pv: &PolicyValue, samples: &[Sample], rows: &[usize], pad: u32, p: &PpoParams, device: &Device) -> Result<(f64, f64, f64, Tensor<1>), StageError> {
+fn minibatch_loss(
+    pv: &PolicyValue,
+    samples: &[Sample],
+    rows: &[usize],
+    pad: u32,
+    p: &PpoParams,
+    device: &Device,
+) -> Result<(f64, f64, f64, Tensor<1>), StageError> {
     let ids: Vec<Vec<u32>> = rows.iter().map(|&r| samples[r].ids.clone()).collect();
     let batch = TokenBatch::from_rows(&ids, pad, Padding::Right)?;
     let (b, t) = (batch.rows, batch.len);
     let w = t - 1;
     let mut mask = vec![0f32; b * w];
-    let (mut adv, mut ret, mut old_lp, mut old_v) = (vec![0f32; b * w], vec![0f32; b * w], vec![0f32; b * w], vec![0f32; b * w]);
+    let (mut adv, mut ret, mut old_lp, mut old_v) = (
+        vec![0f32; b * w],
+        vec![0f32; b * w],
+        vec![0f32; b * w],
+        vec![0f32; b * w],
+    );
     for (i, &r) in rows.iter().enumerate() {
         let s = &samples[r];
         for j in 0..s.adv.len() {
@@ -511,7 +601,8 @@ fn minibatch_loss(pv: &PolicyValue, samples: &[Sample], rows: &[usize], pad: u32
     let pg1 = adv.clone().neg() * ratio.clone();
     let pg2 = adv.neg() * ratio.clone().clamp(1.0 - p.cliprange, 1.0 + p.cliprange);
     let pg = (pg1.max_pair(pg2) * mask.clone()).sum() / n;
-    let vclip = old_v.clone() + (values.clone() - old_v).clamp(-p.cliprange_value, p.cliprange_value);
+    let vclip =
+        old_v.clone() + (values.clone() - old_v).clamp(-p.cliprange_value, p.cliprange_value);
     let vf1 = (values - ret.clone()).square();
     let vf2 = (vclip - ret).square();
     let vf = (vf1.max_pair(vf2) * mask.clone()).sum() * 0.5 / n;
@@ -536,7 +627,10 @@ impl StageKind for PpoKind {
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: PpoParams = parse_params(&crate::data::placeholder_paths(params))?;
         if p.batch_size == 0 || p.mini_batch_size == 0 {
-            return Err(ParamError::at("batch_size", "batch sizes must be at least 1"));
+            return Err(ParamError::at(
+                "batch_size",
+                "batch sizes must be at least 1",
+            ));
         }
         if p.max_new_tokens == 0 {
             return Err(ParamError::at("max_new_tokens", "must be at least 1"));
@@ -547,7 +641,10 @@ impl StageKind for PpoKind {
         Ok(())
     }
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
-        vec![OutputDecl::new("policy", ArtifactType::Model), OutputDecl::new("curves", ArtifactType::Metrics)]
+        vec![
+            OutputDecl::new("policy", ArtifactType::Model),
+            OutputDecl::new("curves", ArtifactType::Metrics),
+        ]
     }
     fn environment(&self, device: &str) -> Result<BTreeMap<String, String>, String> {
         backend_env(device)
@@ -556,7 +653,10 @@ impl StageKind for PpoKind {
         let p: PpoParams = parse_params(&ctx.params).map_err(|e| e.message)?;
         let device = node_device(ctx)?;
         let file = split_file(std::path::Path::new(&p.prompts), "train")?;
-        let prompts: Vec<String> = read_texts(&file, "prompt")?.into_iter().map(|r| r.text).collect();
+        let prompts: Vec<String> = read_texts(&file, "prompt")?
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
         let ckpt = ctx.scratch().join("checkpoints");
         let cancel = ctx.cancel_flag();
         let mut lines = Vec::new();
@@ -565,10 +665,18 @@ impl StageKind for PpoKind {
             let ctx_ref: &StageContext = ctx;
             run_ppo(
                 &p,
-                PpoInputs { prompts, device, checkpoint_dir: Some(&ckpt) },
+                PpoInputs {
+                    prompts,
+                    device,
+                    checkpoint_dir: Some(&ckpt),
+                },
                 &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
                 &mut |s: &StepStats| {
-                    ctx_ref.progress(s.step as u64, total, format!("kl {:.3} score {:.3}", s.kl, s.score));
+                    ctx_ref.progress(
+                        s.step as u64,
+                        total,
+                        format!("kl {:.3} score {:.3}", s.kl, s.score),
+                    );
                     lines.push(format!(
                         "step {:>4}: kl {:.4} score {:.4} penalty {:.4} σ² {:.4} vf {:.4} entropy {:.3}{}",
                         s.step, s.kl, s.score, s.kl_penalty, s.variance, s.value_loss, s.entropy,
@@ -581,7 +689,10 @@ impl StageKind for PpoKind {
             ctx.log(l);
         }
         if run.resumed_at > 0 {
-            ctx.log(format!("resumed from the checkpoint at step {}", run.resumed_at));
+            ctx.log(format!(
+                "resumed from the checkpoint at step {}",
+                run.resumed_at
+            ));
         }
         for s in &run.stats {
             let x = s.step as f64;
@@ -593,14 +704,24 @@ impl StageKind for PpoKind {
             ctx.series("entropy", x, s.entropy);
         }
         let tail = &run.stats[run.stats.len() - (run.stats.len() / 10).max(1)..];
-        let avg = |f: &dyn Fn(&StepStats) -> f64| tail.iter().map(f).sum::<f64>() / tail.len() as f64;
+        let avg =
+            |f: &dyn Fn(&StepStats) -> f64| tail.iter().map(f).sum::<f64>() / tail.len() as f64;
         ctx.metric("final_kl", avg(&|s| s.kl));
         ctx.metric("final_score", avg(&|s| s.score));
         ctx.metric("final_kl_penalty", avg(&|s| s.kl_penalty));
-        ctx.metric("mean_variance", run.stats.iter().map(|s| s.variance).sum::<f64>() / run.stats.len().max(1) as f64);
-        write_json(&ctx.output_path("curves"), &serde_json::json!({"method": p.method, "beta": p.beta, "steps": run.stats}))?;
+        ctx.metric(
+            "mean_variance",
+            run.stats.iter().map(|s| s.variance).sum::<f64>() / run.stats.len().max(1) as f64,
+        );
+        write_json(
+            &ctx.output_path("curves"),
+            &serde_json::json!({"method": p.method, "beta": p.beta, "steps": run.stats}),
+        )?;
         let tok_path = std::path::Path::new(&p.policy).join("tokenizer.json");
-        run.policy.lm.valid().save_hf_dir(&ctx.output_path("policy"), Some(&tok_path))?;
+        run.policy
+            .lm
+            .valid()
+            .save_hf_dir(&ctx.output_path("policy"), Some(&tok_path))?;
         Ok(())
     }
 }

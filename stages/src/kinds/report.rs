@@ -9,6 +9,9 @@
 //! | `title`    | the page title                                         |
 //! | `bandit`   | `${stages.<bandit stage>.result}` (Figure 2)           |
 //! | `simulate` | `${stages.<simulate stage>.result}`, one or a sweep (Figure 5) |
+//! | `heads`    | `${stages.<head_ensemble stage>.stats}` (Figure 6, per-head accuracy) |
+//! | `ppo`      | `${stages.<ppo stage>.curves}`, a sweep (Figures 10–11)  |
+//! | `judge`    | `${stages.<judge_eval stage>.results}` (Figure 7)      |
 //!
 //! Output `report`: a folder with `index.html`, `numbers.json` and the figures.
 
@@ -18,11 +21,16 @@ use dagrun_cache::ArtifactType;
 use dagrun_engine::stage::{OutputDecl, ParamError, StageContext, StageError, StageKind};
 use serde_json::Value;
 
+use super::{
+    figures::{render, Bands, Figure, GroupPoints, Histograms},
+    head_ensemble::EnsembleStats,
+    judge_eval::JudgeResults,
+};
 use crate::theory::{plot, BanditResult, SimulationResult};
 
 pub struct ReportKind;
 
-const KNOWN: [&str; 3] = ["title", "bandit", "simulate"];
+const KNOWN: [&str; 6] = ["title", "bandit", "simulate", "heads", "ppo", "judge"];
 
 impl StageKind for ReportKind {
     fn name(&self) -> &'static str {
@@ -87,6 +95,38 @@ impl StageKind for ReportKind {
                 .map(|(l, r)| (l.clone(), serde_json::to_value(r).expect("json")))
                 .collect();
             numbers.insert("simulate".into(), Value::Object(m));
+        }
+        if let Some(v) = ctx.params.get("heads") {
+            let (_, path) = single(v, "heads")?;
+            let st: EnsembleStats = read_json(&path)?;
+            page.heads(&dir, &st, ctx)?;
+            numbers.insert("heads".into(), serde_json::to_value(&st)?);
+        }
+        if let Some(v) = ctx.params.get("ppo") {
+            let mut runs = Vec::new();
+            for (label, path) in many(v) {
+                let c: Value = read_json(&path)?;
+                runs.push((label, c));
+            }
+            page.ppo(&dir, &runs, ctx)?;
+            let m: serde_json::Map<String, Value> =
+                runs.iter().map(|(l, c)| (l.clone(), c.clone())).collect();
+            numbers.insert("ppo".into(), Value::Object(m));
+        }
+        if let Some(v) = ctx.params.get("judge") {
+            let (_, path) = single(v, "judge")?;
+            let j: JudgeResults = read_json(&path)?;
+            page.judge(&dir, &j, ctx)?;
+            numbers.insert("judge".into(), serde_json::to_value(&j)?);
+            for (g, sum) in &j.groups {
+                ctx.metric(&format!("judge.{g}.mean"), sum.distribution.mean);
+                ctx.metric(&format!("judge.{g}.variance"), sum.distribution.variance);
+                ctx.metric(
+                    &format!("judge.{g}.share_below_reference"),
+                    sum.share_below_reference,
+                );
+            }
+            ctx.metric("judge.reference", j.reference);
         }
         std::fs::write(
             dir.join("numbers.json"),
@@ -267,6 +307,199 @@ impl Page {
         }
         self.html.push_str("</table>");
         Ok(())
+    }
+
+    fn heads(
+        &mut self,
+        dir: &Path,
+        s: &EnsembleStats,
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        self.html
+            .push_str("<h2>Reward models disagree: the head ensemble (Figure 6)</h2>");
+        let _ = write!(self.html, "<p>{} heads on a frozen backbone, evaluated on {} held-out pairs. Top: the variance across heads of the reward of the chosen response; bottom: the variance of the per-head reward differences r<sub>k</sub>(x,y⁺) − r<sub>k</sub>(x,y⁻).</p>", s.heads, s.eval_pairs);
+        let fig = Histograms {
+            panels: vec![
+                (
+                    "Variance of the chosen reward".into(),
+                    "σ² across heads".into(),
+                    s.chosen_variance.histogram_edges.clone(),
+                    s.chosen_variance.histogram_counts.clone(),
+                    s.chosen_variance.mean,
+                    s.chosen_variance.median(),
+                ),
+                (
+                    "Variance of the reward difference".into(),
+                    "σ² across heads".into(),
+                    s.difference_variance.histogram_edges.clone(),
+                    s.difference_variance.histogram_counts.clone(),
+                    s.difference_variance.mean,
+                    s.difference_variance.median(),
+                ),
+            ],
+        };
+        self.figure_of(dir, "fig6_variance", &fig, ctx);
+        self.html.push_str("<table><tr><th>statistic</th><th>mean</th><th>median</th><th>min</th><th>max</th></tr>");
+        for (name, d) in [
+            ("σ² of chosen reward", &s.chosen_variance),
+            ("σ² of reward difference", &s.difference_variance),
+        ] {
+            let _ = write!(self.html, "<tr><td>{name}</td><td>{:.4e}</td><td>{:.4e}</td><td>{:.4e}</td><td>{:.4e}</td></tr>", d.mean, d.median(), d.min, d.max);
+        }
+        self.html.push_str("</table><table><tr><th>head</th><th>eval accuracy</th><th>steps</th><th>final running loss</th></tr>");
+        for k in 0..s.heads {
+            let _ = write!(
+                self.html,
+                "<tr><td>{k}</td><td>{:.3}</td><td>{}</td><td>{:.4}</td></tr>",
+                s.head_accuracy[k], s.head_steps[k], s.head_final_loss[k]
+            );
+        }
+        let _ = write!(
+            self.html,
+            "<tr><td>ensemble mean</td><td>{:.3}</td><td></td><td></td></tr></table>",
+            s.ensemble_accuracy
+        );
+        Ok(())
+    }
+
+    fn ppo(
+        &mut self,
+        dir: &Path,
+        runs: &[(String, Value)],
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        self.html
+            .push_str("<h2>PPO: KL and reward during training (Figures 10–11)</h2>");
+        // Group the runs by method; average each quantity over the runs of a method.
+        let mut groups: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+        for (_, v) in runs {
+            let m = v
+                .get("method")
+                .and_then(Value::as_str)
+                .unwrap_or("policies")
+                .to_string();
+            groups.entry(m).or_default().push(v);
+        }
+        let band = |key: &str| -> Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> {
+            groups
+                .iter()
+                .map(|(m, rs)| {
+                    let series: Vec<Vec<f64>> = rs
+                        .iter()
+                        .map(|r| {
+                            r["steps"]
+                                .as_array()
+                                .map(|a| {
+                                    a.iter()
+                                        .map(|s| s[key].as_f64().unwrap_or(f64::NAN))
+                                        .collect()
+                                })
+                                .unwrap_or_default()
+                        })
+                        .collect();
+                    let len = series.iter().map(Vec::len).min().unwrap_or(0);
+                    let (mut xs, mut ms, mut ss) = (Vec::new(), Vec::new(), Vec::new());
+                    for i in 0..len {
+                        let col: Vec<f64> = series.iter().map(|s| s[i]).collect();
+                        let mean = col.iter().sum::<f64>() / col.len() as f64;
+                        let sd = if col.len() > 1 {
+                            (col.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
+                                / (col.len() - 1) as f64)
+                                .sqrt()
+                        } else {
+                            0.0
+                        };
+                        xs.push((i + 1) as f64);
+                        ms.push(mean);
+                        ss.push(sd);
+                    }
+                    (format!("{m} ({} runs)", rs.len()), xs, ms, ss)
+                })
+                .collect()
+        };
+        let (kl, score) = (band("kl"), band("score"));
+        let fig = Bands {
+            panels: vec![
+                (
+                    "KL(π‖π_ref) (Figure 10)".into(),
+                    "Σ_t kl_t".into(),
+                    kl.clone(),
+                ),
+                (
+                    "Reward during training (Figure 11)".into(),
+                    "score".into(),
+                    score.clone(),
+                ),
+            ],
+        };
+        self.figure_of(dir, "fig10_11_ppo_curves", &fig, ctx);
+        self.html.push_str("<table><tr><th>method</th><th>final KL (mean ± sd over runs)</th><th>final score (mean ± sd over runs)</th></tr>");
+        for ((name, _, km, ks), (_, _, sm, sd)) in kl.iter().zip(&score) {
+            if let (Some(k), Some(ksd), Some(s), Some(ssd)) =
+                (km.last(), ks.last(), sm.last(), sd.last())
+            {
+                let _ = write!(
+                    self.html,
+                    "<tr><td>{}</td><td>{k:.4} ± {ksd:.4}</td><td>{s:.4} ± {ssd:.4}</td></tr>",
+                    esc(name)
+                );
+            }
+        }
+        self.html.push_str("</table>");
+        Ok(())
+    }
+
+    fn judge(
+        &mut self,
+        dir: &Path,
+        j: &JudgeResults,
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        self.html.push_str("<h2>Judge evaluation (Figure 7)</h2>");
+        let _ = write!(self.html, "<p>Judge: {}. Each point is one policy's mean judge reward over {} held-out prompts.</p>", esc(&j.judge), j.prompts);
+        let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for p in &j.policies {
+            by.entry(p.group.clone()).or_default().push(p.mean_reward);
+        }
+        let fig = GroupPoints {
+            title: "Judge reward per policy".into(),
+            y_label: "mean judge reward".into(),
+            groups: by.into_iter().collect(),
+            reference: Some(("reference policy".into(), j.reference)),
+        };
+        self.figure_of(dir, "fig7_judge", &fig, ctx);
+        self.html.push_str("<table><tr><th>method</th><th>policies</th><th>mean</th><th>variance</th><th>5%</th><th>10%</th><th>25%</th><th>median</th><th>below reference</th></tr>");
+        let _ = write!(self.html, "<tr><td>reference</td><td>1</td><td>{:.4}</td><td></td><td></td><td></td><td></td><td></td><td></td></tr>", j.reference);
+        for (g, s) in &j.groups {
+            let d = &s.distribution;
+            let _ = write!(
+                self.html,
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.3e}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.0}%</td></tr>",
+                esc(g), d.n, d.mean, d.variance, d.quantiles[0].1, d.quantiles[1].1, d.quantiles[2].1, d.quantiles[3].1, 100.0 * s.share_below_reference
+            );
+        }
+        self.html.push_str("</table>");
+        Ok(())
+    }
+
+    /// Writes a figure as SVG and PNG and embeds the SVG; without a font, says so.
+    fn figure_of(&mut self, dir: &Path, stem: &str, fig: &impl Figure, ctx: &StageContext) {
+        let svg = dir.join(format!("{stem}.svg"));
+        let png = dir.join(format!("{stem}.png"));
+        match render(fig, &svg).and_then(|_| render(fig, &png)) {
+            Ok(()) => {
+                let text = std::fs::read_to_string(&svg).unwrap_or_default();
+                let _ = write!(self.html, "<figure>{text}<figcaption class=\"note\">{stem}.svg, {stem}.png</figcaption></figure>");
+            }
+            Err(e) => {
+                ctx.log(format!("plot `{stem}` skipped: {e}"));
+                let _ = write!(
+                    self.html,
+                    "<p class=\"note\">Plot not drawn: {}</p>",
+                    esc(&e)
+                );
+            }
+        }
     }
 
     fn finish(mut self) -> String {
