@@ -8,6 +8,7 @@ mod cmd_run;
 mod context;
 mod display;
 mod exit;
+mod model_cmd;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,11 @@ fn dispatch(cli: cli::Cli) -> exit::CliResult {
         Some(Export(a)) => cmd_inspect::cmd_export(&ctx, &a),
         Some(Kinds) => cmd_inspect::cmd_kinds(&ctx),
         Some(Cache(c)) => cmd_cache::cmd_cache(&ctx, &c),
+        Some(Model(mut m)) => {
+            let model = m.model_mut();
+            *model = cmd_inspect::resolve_model(&ctx, model)?;
+            model_cmd::run(m).map_err(exit::Failure::Other)
+        }
     }
 }
 

@@ -91,6 +91,15 @@ pub enum ModelCommand {
 }
 
 /// Run a `dagrun model` subcommand, printing its result on stdout.
+impl ModelCommand {
+    /// The `--model` argument, to resolve a node id into a folder.
+    pub fn model_mut(&mut self) -> &mut PathBuf {
+        match self {
+            ModelCommand::Logprobs { model, .. } | ModelCommand::Generate { model, .. } | ModelCommand::Reward { model, .. } => model,
+        }
+    }
+}
+
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     let (value, json, text) = match cmd {
         ModelCommand::Logprobs {

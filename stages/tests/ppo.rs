@@ -1,0 +1,106 @@
+//! PPO: the variance-aware variant with σ² ≡ 1 is vanilla PPO exactly, and a killed run
+//! resumes from its checkpoint to the same end.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use dagrun_stages::{
+    kinds::ppo::{run_ppo, Method, PpoInputs, PpoParams, StepStats},
+    ml::{heads::LinearHeads, reward::RewardModel, Gpt2},
+};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny")
+}
+
+/// A 3-head reward model on the fixture's backbone, saved in `dir`.
+fn reward_model(dir: &Path) -> PathBuf {
+    let device = Device::flex();
+    let backbone = Gpt2::from_hf_dir(&fixture(), &device).unwrap();
+    let heads = LinearHeads::init(backbone.config().n_embd, &[11, 12, 13], &device).unwrap();
+    let out = dir.join("rm");
+    RewardModel::new(backbone, heads).unwrap().save(&out, Some(&fixture().join("tokenizer.json"))).unwrap();
+    out
+}
+
+fn params(rm: &Path, method: Method) -> PpoParams {
+    let v = serde_json::json!({
+        "policy": fixture().to_str().unwrap(),
+        "reward_model": rm.to_str().unwrap(),
+        "prompts": "unused",
+        "method": method,
+        "beta": 0.2,
+        "lr": 1e-3,
+        "batch_size": 4,
+        "mini_batch_size": 2,
+        "ppo_epochs": 2,
+        "steps": 3,
+        "max_new_tokens": 5,
+        "checkpoint_every": 1,
+        "seed": 7,
+    });
+    serde_json::from_value(v).unwrap()
+}
+
+fn prompts() -> Vec<String> {
+    ["hello there", "the movie", "a b c", "we watched", "it was", "so"].iter().map(|s| s.to_string()).collect()
+}
+
+fn weights(pv: &dagrun_stages::kinds::ppo::PolicyValue) -> Vec<(String, Vec<f32>)> {
+    pv.lm.named_weights().into_iter().map(|(n, t)| (n, t.values)).collect()
+}
+
+fn run(p: &PpoParams, ckpt: Option<&Path>, stop_after: Option<usize>) -> (Vec<(String, Vec<f32>)>, Vec<StepStats>) {
+    let steps = std::cell::Cell::new(0usize);
+    let r = run_ppo(
+        p,
+        PpoInputs { prompts: prompts(), device: Device::flex(), checkpoint_dir: ckpt },
+        &|| stop_after.is_some_and(|n| steps.get() >= n),
+        &mut |_s| steps.set(steps.get() + 1),
+    );
+    match r {
+        Ok(run) => (weights(&run.policy), run.stats),
+        Err(e) => {
+            assert!(e.to_string().contains("interrupted"), "{e}");
+            (Vec::new(), Vec::new())
+        }
+    }
+}
+
+#[test]
+fn variance_aware_with_unit_variance_is_vanilla_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let rm = reward_model(dir.path());
+    let van = params(&rm, Method::Vanilla);
+    let mut va = params(&rm, Method::VarianceAware);
+    va.variance_override = Some(1.0);
+    let (wv, sv) = run(&van, None, None);
+    let (wa, sa) = run(&va, None, None);
+    assert_eq!(sv.len(), 3);
+    assert!(sv.iter().skip(1).any(|s| s.kl != 0.0), "the policy moved: {sv:?}");
+    // Everything but the reported variance (the override itself) is identical.
+    let strip = |s: &[StepStats]| s.iter().map(|x| StepStats { variance: 0.0, ..x.clone() }).collect::<Vec<_>>();
+    assert_eq!(strip(&sv), strip(&sa));
+    assert!(sa.iter().all(|s| s.variance == 1.0));
+    assert_eq!(wv, wa, "the policies are bit-identical");
+    // With the real ensemble variance the run differs.
+    let va_real = params(&rm, Method::VarianceAware);
+    let (wr, _) = run(&va_real, None, None);
+    assert_ne!(wv, wr);
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_checkpoint_to_the_same_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let rm = reward_model(dir.path());
+    let p = params(&rm, Method::Vanilla);
+    let (whole, stats_whole) = run(&p, None, None);
+    let ckpt = dir.path().join("ckpt");
+    // Stop after two steps (as a Ctrl-C would), then resume.
+    let (partial, _) = run(&p, Some(&ckpt), Some(2));
+    assert!(partial.is_empty(), "the first run was interrupted");
+    assert!(ckpt.join("latest").exists());
+    let (resumed, stats_resumed) = run(&p, Some(&ckpt), None);
+    assert_eq!(stats_whole, stats_resumed);
+    assert_eq!(whole, resumed);
+}
