@@ -350,21 +350,32 @@ pub fn resolve_model(ctx: &Ctx, given: &std::path::Path) -> CliResult<std::path:
         return Ok(given.to_path_buf());
     }
     let text = given.to_string_lossy().into_owned();
-    let cache = ctx
-        .open_existing_cache("model")?
-        .ok_or_else(|| usage(format!("`{text}` is neither a folder nor a node of this workspace (no cache here)")))?;
+    let cache = ctx.open_existing_cache("model")?.ok_or_else(|| {
+        usage(format!(
+            "`{text}` is neither a folder nor a node of this workspace (no cache here)"
+        ))
+    })?;
     let (node, output) = match text.rsplit_once(':') {
         Some((n, o)) if !o.contains(']') => (n.to_string(), Some(o.to_string())),
         _ => (text.clone(), None),
     };
-    let rec = latest_record(&cache, &node).map_err(|_| usage(format!("`{text}` is neither a folder nor a node with a record in this cache")))?;
+    let rec = latest_record(&cache, &node).map_err(|_| {
+        usage(format!(
+            "`{text}` is neither a folder nor a node with a record in this cache"
+        ))
+    })?;
     let pick = match &output {
         Some(o) => rec.outputs.get_key_value(o.as_str()),
-        None => rec.outputs.iter().find(|(_, a)| a.kind == dagrun_cache::ArtifactType::Model),
+        None => rec
+            .outputs
+            .iter()
+            .find(|(_, a)| a.kind == dagrun_cache::ArtifactType::Model),
     };
     let (_, art) = pick.ok_or_else(|| {
         let names: Vec<&String> = rec.outputs.keys().collect();
-        usage(format!("node `{node}` has no model output (outputs: {names:?}); name one as `{node}:OUTPUT`"))
+        usage(format!(
+            "node `{node}` has no model output (outputs: {names:?}); name one as `{node}:OUTPUT`"
+        ))
     })?;
     Ok(cache.materialize(art)?)
 }

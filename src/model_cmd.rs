@@ -95,7 +95,9 @@ impl ModelCommand {
     /// The `--model` argument, to resolve a node id into a folder.
     pub fn model_mut(&mut self) -> &mut PathBuf {
         match self {
-            ModelCommand::Logprobs { model, .. } | ModelCommand::Generate { model, .. } | ModelCommand::Reward { model, .. } => model,
+            ModelCommand::Logprobs { model, .. }
+            | ModelCommand::Generate { model, .. }
+            | ModelCommand::Reward { model, .. } => model,
         }
     }
 }

@@ -19,7 +19,10 @@ fn reward_model(dir: &Path) -> PathBuf {
     let backbone = Gpt2::from_hf_dir(&fixture(), &device).unwrap();
     let heads = LinearHeads::init(backbone.config().n_embd, &[11, 12, 13], &device).unwrap();
     let out = dir.join("rm");
-    RewardModel::new(backbone, heads).unwrap().save(&out, Some(&fixture().join("tokenizer.json"))).unwrap();
+    RewardModel::new(backbone, heads)
+        .unwrap()
+        .save(&out, Some(&fixture().join("tokenizer.json")))
+        .unwrap();
     out
 }
 
@@ -43,18 +46,40 @@ fn params(rm: &Path, method: Method) -> PpoParams {
 }
 
 fn prompts() -> Vec<String> {
-    ["hello there", "the movie", "a b c", "we watched", "it was", "so"].iter().map(|s| s.to_string()).collect()
+    [
+        "hello there",
+        "the movie",
+        "a b c",
+        "we watched",
+        "it was",
+        "so",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn weights(pv: &dagrun_stages::kinds::ppo::PolicyValue) -> Vec<(String, Vec<f32>)> {
-    pv.lm.named_weights().into_iter().map(|(n, t)| (n, t.values)).collect()
+    pv.lm
+        .named_weights()
+        .into_iter()
+        .map(|(n, t)| (n, t.values))
+        .collect()
 }
 
-fn run(p: &PpoParams, ckpt: Option<&Path>, stop_after: Option<usize>) -> (Vec<(String, Vec<f32>)>, Vec<StepStats>) {
+fn run(
+    p: &PpoParams,
+    ckpt: Option<&Path>,
+    stop_after: Option<usize>,
+) -> (Vec<(String, Vec<f32>)>, Vec<StepStats>) {
     let steps = std::cell::Cell::new(0usize);
     let r = run_ppo(
         p,
-        PpoInputs { prompts: prompts(), device: Device::flex(), checkpoint_dir: ckpt },
+        PpoInputs {
+            prompts: prompts(),
+            device: Device::flex(),
+            checkpoint_dir: ckpt,
+        },
         &|| stop_after.is_some_and(|n| steps.get() >= n),
         &mut |_s| steps.set(steps.get() + 1),
     );
@@ -77,9 +102,19 @@ fn variance_aware_with_unit_variance_is_vanilla_exactly() {
     let (wv, sv) = run(&van, None, None);
     let (wa, sa) = run(&va, None, None);
     assert_eq!(sv.len(), 3);
-    assert!(sv.iter().skip(1).any(|s| s.kl != 0.0), "the policy moved: {sv:?}");
+    assert!(
+        sv.iter().skip(1).any(|s| s.kl != 0.0),
+        "the policy moved: {sv:?}"
+    );
     // Everything but the reported variance (the override itself) is identical.
-    let strip = |s: &[StepStats]| s.iter().map(|x| StepStats { variance: 0.0, ..x.clone() }).collect::<Vec<_>>();
+    let strip = |s: &[StepStats]| {
+        s.iter()
+            .map(|x| StepStats {
+                variance: 0.0,
+                ..x.clone()
+            })
+            .collect::<Vec<_>>()
+    };
     assert_eq!(strip(&sv), strip(&sa));
     assert!(sa.iter().all(|s| s.variance == 1.0));
     assert_eq!(wv, wa, "the policies are bit-identical");
