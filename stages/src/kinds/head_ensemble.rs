@@ -3,8 +3,10 @@
 //! The backbone is frozen, so the last-token features of every pair are computed once
 //! and every head trains on them: K heads cost little more than one backbone pass over
 //! the data. Under the Bradley–Terry loss a head's bias cancels (`r⁺ − r⁻ = w·(h⁺ − h⁻)`),
-//! so each head learns `w` by logistic regression on feature differences, with Adam, and
-//! its bias stays 0. Heads differ by their initialisation seed (and, if asked, by data
+//! so each head learns `w` by logistic regression on feature differences, with Adam. The
+//! bias, which Bradley–Terry does not identify, is then set so that the head's mean reward
+//! over the training responses is 0: a head's random offset would otherwise add a
+//! text-independent spread to the ensemble variance and hide real disagreement. Heads differ by their initialisation seed (and, if asked, by data
 //! order or a bootstrap resample); each stops when its running loss reaches its target.
 //!
 //! Outputs: `model` (the K-head reward model) and `stats` (JSON: per-head accuracy and
@@ -129,7 +131,7 @@ impl StageKind for HeadEnsembleKind {
         "head_ensemble"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn summary(&self) -> &'static str {
         "K reward heads on a frozen backbone, trained on features computed once; Figure 6 statistics"
@@ -236,16 +238,23 @@ impl StageKind for HeadEnsembleKind {
             stats_loss.push(last);
             curves.push(curve);
         }
+        // Biases: each head's mean reward over the training responses is 0.
+        let mut mean_feature = vec![0.0f64; d];
+        for h in tc.chunks(d).chain(tr.chunks(d)) {
+            for (m, x) in mean_feature.iter_mut().zip(h) {
+                *m += *x as f64;
+            }
+        }
+        mean_feature.iter_mut().for_each(|m| *m /= (2 * n) as f64);
+        let bias: Vec<f64> = (0..p.heads)
+            .map(|k| -(0..d).map(|i| mean_feature[i] * weights[i * p.heads + k] as f64).sum::<f64>())
+            .collect();
         // Rewards of the eval pairs under each head.
         let rewards = |f: &[f32]| -> Vec<Vec<f64>> {
             f.chunks(d)
                 .map(|h| {
                     (0..p.heads)
-                        .map(|k| {
-                            (0..d)
-                                .map(|i| h[i] as f64 * weights[i * p.heads + k] as f64)
-                                .sum()
-                        })
+                        .map(|k| bias[k] + (0..d).map(|i| h[i] as f64 * weights[i * p.heads + k] as f64).sum::<f64>())
                         .collect()
                 })
                 .collect()
@@ -302,7 +311,8 @@ impl StageKind for HeadEnsembleKind {
             burn::tensor::TensorData::new(weights, [d, p.heads]),
             &device,
         );
-        let b = burn::tensor::Tensor::<1>::zeros([p.heads], &device);
+        let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+        let b = burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(bias, [p.heads]), &device);
         let rm = RewardModel::new(base.backbone, LinearHeads::from_tensors(w, b))?;
         rm.save(&ctx.output_path("model"), Some(&tok_path))?;
         Ok(())
