@@ -6,16 +6,18 @@
 # Usage: scripts/bench-ml.sh [--quick]   (--quick: the tiny model, for a smoke test)
 # Env:   BENCH_ITERS (default 3), CARGO_TARGET_DIR (default target-bench-ml),
 #        DAGRUN_TORCH_VENV (see scripts/torch-venv.sh; the libtorch-cpu and PyTorch rows need it).
-# Output: JSON lines on stdout, and bench-ml-results.jsonl in the current directory.
+# Output: JSON lines on stdout, also written to $BENCH_OUT (default
+#         $CARGO_TARGET_DIR/bench-ml-results.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODEL=small
 [ "${1:-}" = "--quick" ] && MODEL=tiny
 ITERS="${BENCH_ITERS:-3}"
-OUT=bench-ml-results.jsonl
-: > "$OUT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-bench-ml}"
+OUT="${BENCH_OUT:-$CARGO_TARGET_DIR/bench-ml-results.jsonl}"
+mkdir -p "$(dirname "$OUT")"
+: > "$OUT"
 
 eval "$(scripts/torch-venv.sh)"
 ARGS=(--model "$MODEL" --iters "$ITERS" --batch 8 --seq 128 --gen-batch 8 --gen-prompt 16 --gen-tokens 32)

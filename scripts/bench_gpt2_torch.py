@@ -34,7 +34,7 @@ def main() -> None:
         config = GPT2Config(vocab_size=1000, n_positions=64, n_embd=32, n_layer=2, n_head=4)
     config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(config, attn_implementation="eager").to(a.device)
+    model = GPT2LMHeadModel._from_config(config, attn_implementation="eager").to(a.device)
     model.train()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (a.batch, a.seq), generator=g).to(a.device)

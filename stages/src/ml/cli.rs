@@ -77,7 +77,8 @@ pub fn logprobs(model_dir: &Path, text: &str, device: DeviceSpec) -> Result<Valu
         return Err(MlError::Invalid("the text encodes to no tokens".into()));
     }
     let model = Gpt2::from_hf_dir(model_dir, &device)?;
-    let lp = token_logprobs_rows(&model, &TokenBatch::unpadded(&[ids.clone()])?)?.remove(0);
+    let lp =
+        token_logprobs_rows(&model, &TokenBatch::unpadded(std::slice::from_ref(&ids))?)?.remove(0);
     let sum: f64 = lp.iter().map(|&x| x as f64).sum();
     Ok(json!({"ids": ids, "token_logprobs": lp, "sum_logprob": sum}))
 }

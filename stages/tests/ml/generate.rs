@@ -111,7 +111,13 @@ fn batched_generation_is_independent_of_batching_and_reproducible() {
     };
     let batched = generate(&model, &prompts, &greedy, &mut SeededRng::new(0)).unwrap();
     for (i, p) in prompts.iter().enumerate() {
-        let alone = generate(&model, &[p.clone()], &greedy, &mut SeededRng::new(0)).unwrap();
+        let alone = generate(
+            &model,
+            std::slice::from_ref(p),
+            &greedy,
+            &mut SeededRng::new(0),
+        )
+        .unwrap();
         assert_eq!(batched.sequences[i], alone.sequences[0], "row {i}");
         assert_eq!(batched.responses[i].len(), 8);
     }
