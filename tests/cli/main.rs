@@ -6,5 +6,6 @@ mod bad_input;
 mod cache_ops;
 mod caching;
 mod faults;
+mod quickstart;
 mod sweeps;
 mod theory;

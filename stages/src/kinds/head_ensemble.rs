@@ -247,14 +247,23 @@ impl StageKind for HeadEnsembleKind {
         }
         mean_feature.iter_mut().for_each(|m| *m /= (2 * n) as f64);
         let bias: Vec<f64> = (0..p.heads)
-            .map(|k| -(0..d).map(|i| mean_feature[i] * weights[i * p.heads + k] as f64).sum::<f64>())
+            .map(|k| {
+                -(0..d)
+                    .map(|i| mean_feature[i] * weights[i * p.heads + k] as f64)
+                    .sum::<f64>()
+            })
             .collect();
         // Rewards of the eval pairs under each head.
         let rewards = |f: &[f32]| -> Vec<Vec<f64>> {
             f.chunks(d)
                 .map(|h| {
                     (0..p.heads)
-                        .map(|k| bias[k] + (0..d).map(|i| h[i] as f64 * weights[i * p.heads + k] as f64).sum::<f64>())
+                        .map(|k| {
+                            bias[k]
+                                + (0..d)
+                                    .map(|i| h[i] as f64 * weights[i * p.heads + k] as f64)
+                                    .sum::<f64>()
+                        })
                         .collect()
                 })
                 .collect()
@@ -312,7 +321,10 @@ impl StageKind for HeadEnsembleKind {
             &device,
         );
         let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
-        let b = burn::tensor::Tensor::<1>::from_data(burn::tensor::TensorData::new(bias, [p.heads]), &device);
+        let b = burn::tensor::Tensor::<1>::from_data(
+            burn::tensor::TensorData::new(bias, [p.heads]),
+            &device,
+        );
         let rm = RewardModel::new(base.backbone, LinearHeads::from_tensors(w, b))?;
         rm.save(&ctx.output_path("model"), Some(&tok_path))?;
         Ok(())

@@ -1,0 +1,86 @@
+//! The quickstart pipeline end to end, at a reduced size (the full one takes minutes).
+
+use crate::support::*;
+
+fn reduced() -> String {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/quickstart.yaml"
+    ))
+    .unwrap();
+    let out = src
+        .replace("  seeds: [1, 2, 3, 4]", "  seeds: [1, 2]")
+        .replace("  members: [0, 1]", "  members: [0]")
+        .replace("  ppo_steps: 40", "  ppo_steps: 20")
+        .replace("draws: 10000", "draws: 2000")
+        .replace("      steps: 300", "      steps: 150");
+    assert_ne!(out, src);
+    out
+}
+
+#[test]
+fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference() {
+    let ws = Ws::new();
+    ws.write("quickstart.yaml", &reduced());
+    let ran = ws.run(&["quickstart.yaml"]);
+    assert!(
+        ran.contains("report") && ran.contains("judge") && ran.len() == 15,
+        "{ran:?}"
+    );
+    // Fully cached the second time.
+    assert!(ws.run(&["quickstart.yaml"]).is_empty());
+    // Rerunning the heads reproduces them (same seed): everything below stays cached.
+    let (_, err) = ws.ok(&["quickstart.yaml", "--rerun", "heads"]);
+    assert_eq!(executed(&err), set(&["heads"]), "{err}");
+    assert!(err.contains("kept by early cutoff"), "{err}");
+    // The report's numbers, through `dagrun show`.
+    let (show, _) = ws.ok(&["show", "report"]);
+    for key in [
+        "judge.reference",
+        "judge.vanilla.mean",
+        "judge.variance_aware.mean",
+        "judge.vanilla.share_below_reference",
+    ] {
+        assert!(show.contains(key), "{key} missing from:\n{show}");
+    }
+    let out = ws.p("out");
+    ws.ok(&["export", "report", out.to_str().unwrap()]);
+    let numbers: serde_json::Value =
+        serde_json::from_str(&ws.read("out/report/numbers.json")).unwrap();
+    let j = &numbers["judge"];
+    let reference = j["reference"].as_f64().unwrap();
+    for m in ["vanilla", "variance_aware"] {
+        let mean = j["groups"][m]["distribution"]["mean"].as_f64().unwrap();
+        assert!(
+            mean > reference + 0.2,
+            "{m}: PPO's true reward {mean} does not beat the reference {reference}"
+        );
+    }
+    for fig in [
+        "fig2_bandit",
+        "fig5_simulation",
+        "fig6_variance",
+        "fig7_judge",
+        "fig10_11_ppo_curves",
+    ] {
+        assert!(
+            ws.p(&format!("out/report/{fig}.svg")).exists()
+                || ws.read("out/report/index.html").contains("Plot not drawn"),
+            "{fig}"
+        );
+    }
+    // A model from the cache, by node id.
+    let (gen, _) = ws.ok(&[
+        "model",
+        "generate",
+        "--model",
+        "lm",
+        "--prompt",
+        "the movie",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&gen).unwrap();
+    assert!(v["ids"].as_array().unwrap().len() >= 3);
+}
