@@ -346,8 +346,8 @@ pub fn cmd_kinds(ctx: &Ctx) -> CliResult {
 /// A `--model` argument: a folder as it is, or a node (`NODE` or `NODE:OUTPUT`) whose
 /// model output is materialised from the cache.
 pub fn resolve_model(ctx: &Ctx, given: &std::path::Path) -> CliResult<std::path::PathBuf> {
-    if given.exists() {
-        return Ok(given.to_path_buf());
+    if ctx.user_path(given).exists() {
+        return Ok(ctx.user_path(given));
     }
     let text = given.to_string_lossy().into_owned();
     let cache = ctx.open_existing_cache("model")?.ok_or_else(|| {

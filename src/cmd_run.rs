@@ -196,7 +196,7 @@ pub fn cmd_plan(
     }
     let missing = count("missing");
     if missing > 0 {
-        println!("{missing} node(s) have missing inputs: a run would stop before doing any work");
+        println!("{missing} node(s) cannot run here (missing inputs, or a device this build or machine lacks): a run would stop before doing any work");
     }
     Ok(())
 }

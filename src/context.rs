@@ -12,6 +12,10 @@ use crate::{
 };
 
 pub struct Ctx {
+    /// The directory dagrun was started in (relative paths on the command line are
+    /// relative to it). The process itself runs in the workspace, so that native stages
+    /// read relative paths of a pipeline from there, as command stages do.
+    pub started_in: PathBuf,
     pub workdir: PathBuf,
     pub cache_dir: PathBuf,
     pub global: Global,
@@ -20,10 +24,11 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(global: &Global) -> CliResult<Ctx> {
+        let started_in = std::env::current_dir()
+            .map_err(|e| anyhow!("cannot read the current directory: {e}"))?;
         let workdir = match &global.workdir {
-            Some(w) => w.clone(),
-            None => std::env::current_dir()
-                .map_err(|e| anyhow!("cannot read the current directory: {e}"))?,
+            Some(w) => started_in.join(w),
+            None => started_in.clone(),
         };
         let workdir = std::fs::canonicalize(&workdir)
             .map_err(|e| usage(format!("workspace `{}`: {e}", workdir.display())))?;
@@ -33,19 +38,25 @@ impl Ctx {
                 workdir.display()
             )));
         }
+        let started_in = std::fs::canonicalize(&started_in).unwrap_or(started_in);
         let cache_dir = match &global.cache {
-            Some(c) if c.is_absolute() => c.clone(),
-            Some(c) => std::env::current_dir()
-                .map(|d| d.join(c))
-                .unwrap_or_else(|_| c.clone()),
+            Some(c) => started_in.join(c),
             None => workdir.join(".dagrun"),
         };
+        std::env::set_current_dir(&workdir)
+            .map_err(|e| usage(format!("workspace `{}`: {e}", workdir.display())))?;
         Ok(Ctx {
+            started_in,
             workdir,
             cache_dir,
             global: global.clone(),
             registry: dagrun_stages::registry(),
         })
+    }
+
+    /// A path given on the command line, made absolute against where dagrun started.
+    pub fn user_path(&self, p: &Path) -> PathBuf {
+        self.started_in.join(p)
     }
 
     /// Opens (creating) the cache, taking its lock.
@@ -77,10 +88,18 @@ impl Ctx {
     }
 
     pub fn load(&self, file: &Path) -> CliResult<Pipeline> {
+        let shown = file;
+        let file = &self.user_path(file);
         if !file.exists() {
-            return Err(usage(format!("pipeline `{}` not found", file.display())));
+            return Err(usage(format!("pipeline `{}` not found", shown.display())));
         }
-        Pipeline::load(file, &self.workdir, &self.registry).map_err(|e| Failure::Usage(e.into()))
+        // Errors name the file as the user wrote it when that path still reaches it.
+        let named = if self.started_in == self.workdir {
+            shown
+        } else {
+            file.as_path()
+        };
+        Pipeline::load(named, &self.workdir, &self.registry).map_err(|e| Failure::Usage(e.into()))
     }
 
     /// The pipeline named, or the one of the last run in this workspace.

@@ -693,6 +693,15 @@ impl<'a> Builder<'a> {
         }
         let mut deps = Vec::new();
         for (i, (d, loc)) in deps_raw.iter().enumerate() {
+            // Inputs may live anywhere (model weights, datasets): absolute paths are kept.
+            if Path::new(d).is_absolute() {
+                deps.push(Dep {
+                    path: d.clone(),
+                    source: DepSource::Workspace { contains: vec![] },
+                    loc: loc.clone(),
+                });
+                continue;
+            }
             match normalize(d) {
                 Ok(p) => deps.push(Dep {
                     path: p,

@@ -8,7 +8,7 @@ use dagrun_cache::{Artifact, Cache, Hash, RecordHead};
 use serde_json::Value;
 
 use crate::{
-    error::{Error, Result},
+    error::Result,
     fingerprint::{KeyComponents, KEY_SCHEMA},
     interp,
     pipeline::{DepSource, Pipeline},
@@ -125,6 +125,33 @@ impl<'a> Evaluator<'a> {
                 .get(&i)
                 .map(|of| Reason::ForcedDownstream { of: of.clone() })
         };
+        // What can be known without upstream: inputs from outside the graph, and what
+        // the node needs of this machine.
+        let mut missing = Vec::new();
+        for d in &node.deps {
+            if matches!(&d.source, DepSource::Workspace { contains } if contains.is_empty())
+                && self.ws.hash(&d.path)?.is_none()
+            {
+                missing.push(Reason::MissingInput {
+                    path: d.path.clone(),
+                });
+            }
+        }
+        let env = match node.kind.environment(&node.device) {
+            Ok(env) => Some(env),
+            Err(message) => {
+                missing.push(Reason::Unavailable { message });
+                None
+            }
+        };
+        if !missing.is_empty() {
+            return Ok(Evaluation {
+                state: State::Missing { reasons: missing },
+                components: None,
+                key: None,
+                record: None,
+            });
+        }
         let pending: Vec<String> = node
             .upstream
             .iter()
@@ -132,16 +159,30 @@ impl<'a> Evaluator<'a> {
             .map(|&u| self.pipeline.nodes[u].id.clone())
             .collect();
         if !pending.is_empty() {
-            let waits = Reason::WaitsOn { nodes: pending };
             let state = match forced_reason {
                 Some(r) => State::Forced {
-                    reasons: vec![r, waits],
+                    reasons: vec![
+                        r,
+                        Reason::WaitsOn {
+                            nodes: pending,
+                            cutoff: false,
+                        },
+                    ],
                 },
                 None if self.latest_key(&node.id)?.is_none() => State::Stale {
-                    reasons: vec![Reason::NeverRun, waits],
+                    reasons: vec![
+                        Reason::NeverRun,
+                        Reason::WaitsOn {
+                            nodes: pending,
+                            cutoff: false,
+                        },
+                    ],
                 },
                 None => State::Blocked {
-                    reasons: vec![waits],
+                    reasons: vec![Reason::WaitsOn {
+                        nodes: pending,
+                        cutoff: true,
+                    }],
                 },
             };
             return Ok(Evaluation {
@@ -203,10 +244,7 @@ impl<'a> Evaluator<'a> {
                 record: None,
             });
         }
-        let mut env = node
-            .kind
-            .environment(&node.device)
-            .map_err(|e| Error::Usage(format!("{}: node `{}`: {e}", node.loc, node.id)))?;
+        let mut env = env.expect("checked above");
         env.extend(self.env_vars.clone());
         let params = interp::render(&node.params, &|bi| {
             let b = &node.bindings[bi];

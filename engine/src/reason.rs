@@ -48,13 +48,19 @@ pub enum Reason {
         old: Option<String>,
         new: Option<String>,
     },
-    /// Upstream nodes must run first; the key is known only then.
+    /// Upstream nodes must run first; the key is known only then. `cutoff`: the node
+    /// has run before, so identical upstream outputs would leave it cached.
     WaitsOn {
         nodes: Vec<String>,
+        cutoff: bool,
     },
     /// An input file is missing.
     MissingInput {
         path: String,
+    },
+    /// What the node needs of this machine or build is not there (a GPU, libtorch).
+    Unavailable {
+        message: String,
     },
     /// Upstream failed.
     UpstreamFailed {
@@ -121,20 +127,21 @@ impl fmt::Display for Reason {
                 old.as_deref().unwrap_or("(unset)"),
                 new.as_deref().unwrap_or("(unset)")
             ),
-            Reason::WaitsOn { nodes } => {
+            Reason::WaitsOn { nodes, cutoff } => {
                 let n: Vec<String> = nodes.iter().take(3).map(|s| format!("`{s}`")).collect();
                 let more = if nodes.len() > 3 {
                     format!(" and {} more", nodes.len() - 3)
                 } else {
                     String::new()
                 };
-                write!(
-                    f,
-                    "waits on {}{more}; runs unless their outputs come out identical",
-                    n.join(", ")
-                )
+                write!(f, "after {}{more}", n.join(", "))?;
+                if *cutoff {
+                    write!(f, "; runs unless their outputs come out identical")?;
+                }
+                Ok(())
             }
             Reason::MissingInput { path } => write!(f, "input `{path}` is missing"),
+            Reason::Unavailable { message } => write!(f, "{message}"),
             Reason::UpstreamFailed { node } => write!(f, "upstream `{node}` failed"),
         }
     }

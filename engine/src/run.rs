@@ -103,6 +103,9 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
         }) = &plan[i]
         {
             for r in reasons {
+                if let Reason::Unavailable { message } = r {
+                    problems.push(format!("{}: `{}`: {message}", node.loc, node.id));
+                }
                 if let Reason::MissingInput { path } = r {
                     let loc = node
                         .deps

@@ -6,6 +6,7 @@ mod bad_input;
 mod cache_ops;
 mod caching;
 mod faults;
+mod paper;
 mod quickstart;
 mod sweeps;
 mod theory;
