@@ -102,8 +102,14 @@ def snakemake(shape, n):
     w = len(str(n - 1))
     if shape == "chain":
         body = f"""
+import sys
+
 N = {n}
 W = {w}
+
+# Snakemake builds the DAG recursively, a few Python frames per level: a 1,000-deep
+# chain passes the default limit of 1,000 ("RecursionError ... cyclic dependency?").
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 50 * N))
 
 def prev(wc):
     k = int(wc.k)

@@ -16,7 +16,7 @@
 #   DAGRUN_BENCH_TOOLS    which tools [dagrun dvc snakemake]
 #   DAGRUN_BENCH_SHAPES   which shapes [chain fanout sweep]
 #   DAGRUN_BENCH_RUNS     timed runs of each dagrun command [20] (3 warm-up runs before)
-#   DAGRUN_BENCH_RUNS_SLOW  timed runs of each DVC / Snakemake command [5] (1 warm-up)
+#   DAGRUN_BENCH_RUNS_SLOW  timed runs of each DVC / Snakemake command [3] (1 warm-up)
 #   DAGRUN_BENCH_LIMIT    seconds: a DVC or Snakemake step (populating, or its timed runs)
 #                         estimated to take longer than this is not done the slow way [600]
 #   DAGRUN_BENCH_DVC_REPRO=1  populate DVC with `dvc repro` even when it is estimated slow
@@ -49,7 +49,7 @@ SWEEP=${DAGRUN_BENCH_SWEEP:-10000}
 TOOLS=${DAGRUN_BENCH_TOOLS:-dagrun dvc snakemake}
 SHAPES=${DAGRUN_BENCH_SHAPES:-chain fanout sweep}
 RUNS=${DAGRUN_BENCH_RUNS:-20}
-RUNS_SLOW=${DAGRUN_BENCH_RUNS_SLOW:-5}
+RUNS_SLOW=${DAGRUN_BENCH_RUNS_SLOW:-3}
 LIMIT=${DAGRUN_BENCH_LIMIT:-600}
 WORK=${DAGRUN_BENCH_WORK:-$(mktemp -d /tmp/dagrun-bench.XXXXXX)}
 OUT=${DAGRUN_BENCH_OUT:-$WORK/results.md}
@@ -178,7 +178,10 @@ bench_dagrun() {
     log "dagrun $shape $n: populating"
     local t0 t1
     t0=$(now_ms)
-    "$DAGRUN" -q pipeline.yaml >populate.log 2>&1
+    "$DAGRUN" -q pipeline.yaml >populate.log 2>&1 || {
+        note "dagrun $shape $n: populating failed: $(tail -1 populate.log)"
+        return
+    }
     t1=$(now_ms)
     # The stat cache trusts only files older than 2 s: wait, so the warm-up runs fill it.
     sleep 3
@@ -210,14 +213,20 @@ bench_dvc() {
         how="dvc repro"
         log "dvc $shape $n: populating with dvc repro"
         t0=$(now_ms)
-        "$DVC" repro -q >populate.log 2>&1
+        "$DVC" repro -q >populate.log 2>&1 || {
+            note "DVC $shape $n: dvc repro failed: $(tail -1 populate.log)"
+            return
+        }
         t1=$(now_ms)
     else
         how="shell loop + dvc commit -f"
         log "dvc $shape $n: populating with a shell loop and dvc commit -f"
         t0=$(now_ms)
         commands_of "$shape" "$n" | sh -e
-        "$DVC" commit -f -q >populate.log 2>&1
+        "$DVC" commit -f -q >populate.log 2>&1 || {
+            note "DVC $shape $n: dvc commit failed: $(tail -1 populate.log)"
+            return
+        }
         t1=$(now_ms)
     fi
     "$DVC" repro >check.log 2>&1
@@ -257,7 +266,10 @@ bench_snakemake() {
         how="snakemake --cores 1"
         log "snakemake $shape $n: populating with snakemake --cores 1"
         t0=$(now_ms)
-        "$SNAKEMAKE" --cores 1 -q >populate.log 2>&1
+        "$SNAKEMAKE" --cores 1 -q >populate.log 2>&1 || {
+            note "Snakemake $shape $n: populating failed: $(grep -m1 Error populate.log)"
+            return
+        }
         t1=$(now_ms)
     else
         how="shell loop (no .snakemake metadata: lower bound)"
