@@ -29,8 +29,8 @@
 #              inputs, but .snakemake/metadata holds no record of them. Snakemake then
 #              skips its metadata checks, so its no-op figure is a lower bound.
 #   DVC        the commands are run by a shell loop in order, then `dvc commit -f`: that
-#              writes the same dvc.lock and cache as `dvc repro` (checked by hand at 100
-#              nodes: same lock file, same no-op CPU time), in a fraction of the time;
+#              writes the same dvc.lock and cache as `dvc repro` (checked by hand: identical
+#              dvc.lock and cache at 20 nodes, same no-op CPU time at 100), in a fraction of the time;
 #              `dvc repro` spends ~0.4 s a stage on 2 cores. DAGRUN_BENCH_DVC_REPRO=1
 #              uses `dvc repro` where its estimate fits in DAGRUN_BENCH_LIMIT.
 set -euo pipefail
