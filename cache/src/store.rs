@@ -104,19 +104,15 @@ impl Cache {
     // ---- records -------------------------------------------------------------------
 
     pub fn record(&self, key: &Hash) -> Result<Option<Record>> {
-        match self.records.get(key.0).map_err(db_err)? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    tree: "records-v1",
-                    detail: format!("{}: {e}", key.short()),
-                }),
-        }
+        self.decode_record(key)
     }
 
     /// The outputs and timing of a record, without decoding the rest.
     pub fn record_head(&self, key: &Hash) -> Result<Option<crate::RecordHead>> {
+        self.decode_record(key)
+    }
+
+    fn decode_record<T: serde::de::DeserializeOwned>(&self, key: &Hash) -> Result<Option<T>> {
         match self.records.get(key.0).map_err(db_err)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)

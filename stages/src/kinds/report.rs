@@ -78,44 +78,27 @@ impl StageKind for ReportKind {
         let mut page = Page::new(&title);
         let mut numbers = serde_json::Map::new();
         if let Some(v) = ctx.params.get("bandit") {
-            let (label, path) = single(v, "bandit")?;
-            let r: BanditResult = read_json(&path)?;
+            let (label, r): (String, BanditResult) = load_one(v, "bandit")?;
             page.bandit(&dir, &r, &label, ctx)?;
             numbers.insert("bandit".into(), serde_json::to_value(&r)?);
         }
         if let Some(v) = ctx.params.get("simulate") {
-            let mut results = Vec::new();
-            for (label, path) in many(v) {
-                let r: SimulationResult = read_json(&path)?;
-                results.push((label, r));
-            }
+            let results: Vec<(String, SimulationResult)> = load_all(v)?;
             page.simulation(&dir, &results, ctx)?;
-            let m: serde_json::Map<String, Value> = results
-                .iter()
-                .map(|(l, r)| (l.clone(), serde_json::to_value(r).expect("json")))
-                .collect();
-            numbers.insert("simulate".into(), Value::Object(m));
+            numbers.insert("simulate".into(), by_label(&results)?);
         }
         if let Some(v) = ctx.params.get("heads") {
-            let (_, path) = single(v, "heads")?;
-            let st: EnsembleStats = read_json(&path)?;
+            let (_, st): (String, EnsembleStats) = load_one(v, "heads")?;
             page.heads(&dir, &st, ctx)?;
             numbers.insert("heads".into(), serde_json::to_value(&st)?);
         }
         if let Some(v) = ctx.params.get("ppo") {
-            let mut runs = Vec::new();
-            for (label, path) in many(v) {
-                let c: Value = read_json(&path)?;
-                runs.push((label, c));
-            }
+            let runs: Vec<(String, Value)> = load_all(v)?;
             page.ppo(&dir, &runs, ctx)?;
-            let m: serde_json::Map<String, Value> =
-                runs.iter().map(|(l, c)| (l.clone(), c.clone())).collect();
-            numbers.insert("ppo".into(), Value::Object(m));
+            numbers.insert("ppo".into(), by_label(&runs)?);
         }
         if let Some(v) = ctx.params.get("judge") {
-            let (_, path) = single(v, "judge")?;
-            let j: JudgeResults = read_json(&path)?;
+            let (_, j): (String, JudgeResults) = load_one(v, "judge")?;
             page.judge(&dir, &j, ctx)?;
             numbers.insert("judge".into(), serde_json::to_value(&j)?);
             for (g, sum) in &j.groups {
@@ -138,17 +121,21 @@ impl StageKind for ReportKind {
     }
 }
 
-/// A single artifact path (a reference to one node).
-fn single(v: &Value, what: &str) -> Result<(String, String), StageError> {
-    many(v)
+/// The one artifact a reference names, read as JSON, with its label.
+fn load_one<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    what: &str,
+) -> Result<(String, T), StageError> {
+    load_all(v)?
         .into_iter()
         .next()
         .ok_or_else(|| format!("`{what}` names no artifact").into())
 }
 
-/// `(label, path)` of one artifact or of each artifact of a sweep.
-fn many(v: &Value) -> Vec<(String, String)> {
-    match v {
+/// Every artifact a reference names (one, or each node of a sweep), read as JSON, with
+/// its label (the node's matrix values).
+fn load_all<T: serde::de::DeserializeOwned>(v: &Value) -> Result<Vec<(String, T)>, StageError> {
+    let paths: Vec<(String, String)> = match v {
         Value::String(p) => vec![(String::new(), p.clone())],
         Value::Array(items) => items
             .iter()
@@ -163,7 +150,20 @@ fn many(v: &Value) -> Vec<(String, String)> {
             })
             .collect(),
         _ => Vec::new(),
+    };
+    paths
+        .into_iter()
+        .map(|(label, path)| Ok((label, read_json(&path)?)))
+        .collect()
+}
+
+/// `{label: value}` for numbers.json.
+fn by_label<T: serde::Serialize>(items: &[(String, T)]) -> Result<Value, StageError> {
+    let mut m = serde_json::Map::new();
+    for (l, x) in items {
+        m.insert(l.clone(), serde_json::to_value(x)?);
     }
+    Ok(Value::Object(m))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, StageError> {
