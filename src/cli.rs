@@ -93,7 +93,7 @@ pub enum Command {
     Cache(CacheCommand),
     /// Inspect a language or reward model: log-probs, generation, rewards. The model
     /// is a Hugging Face style folder, or a node whose output is a model (`lm`,
-    /// `heads`, `ppo[method=vanilla,member=0,seed=1]`; `NODE:OUTPUT` picks an output).
+    /// `head_ensemble`, `ppo[method=vanilla,member=0,seed=1]`; `NODE:OUTPUT` picks an output).
     #[command(subcommand)]
     Model(crate::model_cmd::ModelCommand),
 }

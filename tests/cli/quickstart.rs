@@ -30,8 +30,8 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
     // Fully cached the second time.
     assert!(ws.run(&["quickstart.yaml"]).is_empty());
     // Rerunning the heads reproduces them (same seed): everything below stays cached.
-    let (_, err) = ws.ok(&["quickstart.yaml", "--rerun", "heads"]);
-    assert_eq!(executed(&err), set(&["heads"]), "{err}");
+    let (_, err) = ws.ok(&["quickstart.yaml", "--rerun", "head_ensemble"]);
+    assert_eq!(executed(&err), set(&["head_ensemble"]), "{err}");
     assert!(err.contains("kept by early cutoff"), "{err}");
     // The report's numbers, through `dagrun show`.
     let (show, _) = ws.ok(&["show", "report"]);
