@@ -150,7 +150,7 @@ impl StageKind for BackbonePretrainKind {
         if p.batch_size == 0 {
             return Err(ParamError::at("batch_size", "must be at least 1"));
         }
-        if !(p.epochs > 0.0) {
+        if p.epochs.is_nan() || p.epochs <= 0.0 {
             return Err(ParamError::at("epochs", "must be > 0"));
         }
         Ok(())

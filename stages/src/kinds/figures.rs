@@ -62,10 +62,12 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// One histogram panel: (title, x label, bin edges, counts, mean, median).
+pub type HistogramPanel = (String, String, Vec<f64>, Vec<u64>, f64, f64);
+
 /// Histograms with their mean and median marked (Figure 6).
 pub struct Histograms {
-    /// (title, x label, bin edges, counts, mean, median)
-    pub panels: Vec<(String, String, Vec<f64>, Vec<u64>, f64, f64)>,
+    pub panels: Vec<HistogramPanel>,
 }
 
 impl Figure for Histograms {
@@ -229,10 +231,13 @@ impl Figure for GroupPoints {
     }
 }
 
+/// One band: (group name, steps, mean, std).
+pub type Band = (String, Vec<f64>, Vec<f64>, Vec<f64>);
+
 /// Mean ± std bands over steps, one per group, one panel per quantity (Figures 10–11).
 pub struct Bands {
-    /// (panel title, y label, per group: (name, steps, mean, std))
-    pub panels: Vec<(String, String, Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)>)>,
+    /// (panel title, y label, bands)
+    pub panels: Vec<(String, String, Vec<Band>)>,
 }
 
 impl Figure for Bands {

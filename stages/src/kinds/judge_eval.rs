@@ -134,7 +134,7 @@ pub struct GroupSummary {
 enum Judge {
     World(World),
     Model {
-        rm: RewardModel,
+        rm: Box<RewardModel>,
         tok: TextTokenizer,
         head: Option<usize>,
     },
@@ -229,7 +229,7 @@ impl StageKind for JudgeEvalKind {
             (_, Some(m)) => {
                 let dir = std::path::Path::new(m);
                 Judge::Model {
-                    rm: RewardModel::load(dir, &device)?,
+                    rm: Box::new(RewardModel::load(dir, &device)?),
                     tok: TextTokenizer::from_file(&dir.join("tokenizer.json"))?,
                     head: p.judge_head,
                 }

@@ -399,8 +399,8 @@ pub fn run_ppo(
             .iter()
             .map(|s| {
                 let text = tok.decode(s)?;
-                Ok(encode_tail(&rm_tok, &text, p.rm_max_len)
-                    .map_err(|e| crate::ml::MlError::Invalid(e.to_string()))?)
+                encode_tail(&rm_tok, &text, p.rm_max_len)
+                    .map_err(|e| crate::ml::MlError::Invalid(e.to_string()))
             })
             .collect::<Result<_, crate::ml::MlError>>()?;
         let rm_batch = TokenBatch::from_rows(&texts, rm_tok.pad_id(), Padding::Right)?;
@@ -635,7 +635,7 @@ impl StageKind for PpoKind {
         if p.max_new_tokens == 0 {
             return Err(ParamError::at("max_new_tokens", "must be at least 1"));
         }
-        if !(p.beta >= 0.0) {
+        if p.beta.is_nan() || p.beta < 0.0 {
             return Err(ParamError::at("beta", "must be ≥ 0"));
         }
         Ok(())

@@ -22,7 +22,7 @@ use dagrun_engine::stage::{OutputDecl, ParamError, StageContext, StageError, Sta
 use serde_json::Value;
 
 use super::{
-    figures::{render, Bands, Figure, GroupPoints, Histograms},
+    figures::{render, Band, Bands, Figure, GroupPoints, Histograms},
     head_ensemble::EnsembleStats,
     judge_eval::JudgeResults,
 };
@@ -380,7 +380,7 @@ impl Page {
                 .to_string();
             groups.entry(m).or_default().push(v);
         }
-        let band = |key: &str| -> Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> {
+        let band = |key: &str| -> Vec<Band> {
             groups
                 .iter()
                 .map(|(m, rs)| {
