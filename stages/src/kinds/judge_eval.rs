@@ -131,10 +131,12 @@ pub struct GroupSummary {
     pub share_below_reference: f64,
 }
 
+// One judge per run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Judge {
     World(World),
     Model {
-        rm: Box<RewardModel>,
+        rm: RewardModel,
         tok: TextTokenizer,
         head: Option<usize>,
     },
@@ -229,7 +231,7 @@ impl StageKind for JudgeEvalKind {
             (_, Some(m)) => {
                 let dir = std::path::Path::new(m);
                 Judge::Model {
-                    rm: Box::new(RewardModel::load(dir, &device)?),
+                    rm: RewardModel::load(dir, &device)?,
                     tok: TextTokenizer::from_file(&dir.join("tokenizer.json"))?,
                     head: p.judge_head,
                 }
