@@ -42,7 +42,7 @@ pub fn rng_for(seed: u64, purpose: &str) -> ChaCha8Rng {
 /// Params as `validate` sees them before anything ran: every `${stages...}` reference
 /// (a `{"$artifact": i}` or `{"$concat": [...]}` marker) becomes the text `<artifact>`,
 /// so that a path param parses as the string it will be.
-pub fn placeholder_paths(params: &serde_json::Value) -> serde_json::Value {
+pub fn artifact_refs_as_text(params: &serde_json::Value) -> serde_json::Value {
     dagrun_engine::interp::render(params, &|_| {
         serde_json::Value::String("<artifact>".to_string())
     })

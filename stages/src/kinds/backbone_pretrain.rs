@@ -146,7 +146,7 @@ impl StageKind for BackbonePretrainKind {
         "Bradley–Terry training of a reward backbone with one head, stopped at a loss threshold"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        let p: BackbonePretrainParams = parse_params(&crate::data::placeholder_paths(params))?;
+        let p: BackbonePretrainParams = parse_params(&crate::data::artifact_refs_as_text(params))?;
         if p.batch_size == 0 {
             return Err(ParamError::at("batch_size", "must be at least 1"));
         }

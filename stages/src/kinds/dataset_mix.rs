@@ -20,10 +20,10 @@ use serde_json::Value;
 
 use super::parse_params;
 use crate::data::{
+    artifact_refs_as_text,
     io::preference_columns,
     mix::{mix, Amount, MixOptions, MixSource, MixedPair},
-    named, placeholder_paths, read_preferences, write_jsonl, write_parquet, PreferenceFormat,
-    PreferencePair,
+    named, read_preferences, write_jsonl, write_parquet, PreferenceFormat, PreferencePair,
 };
 
 /// One source of the mix.
@@ -182,7 +182,7 @@ impl StageKind for DatasetMixKind {
                 )));
             }
         }
-        parse_params::<DatasetMixParams>(&placeholder_paths(params))
+        parse_params::<DatasetMixParams>(&artifact_refs_as_text(params))
             .map_err(named)?
             .validate()
             .map_err(named)

@@ -137,7 +137,7 @@ impl StageKind for HeadEnsembleKind {
         "K reward heads on a frozen backbone, trained on features computed once; Figure 6 statistics"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        let p: HeadEnsembleParams = parse_params(&crate::data::placeholder_paths(params))?;
+        let p: HeadEnsembleParams = parse_params(&crate::data::artifact_refs_as_text(params))?;
         if p.heads == 0 {
             return Err(ParamError::at("heads", "must be at least 1"));
         }

@@ -195,7 +195,7 @@ impl StageKind for JudgeEvalKind {
         "mean judge reward of every policy and the reference on held-out prompts; per-method distributions"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        let mut v = crate::data::placeholder_paths(params);
+        let mut v = crate::data::artifact_refs_as_text(params);
         // A sweep reference is a list only at run time.
         if let Some(s) = v
             .get("policies")

@@ -136,7 +136,7 @@ impl StageKind for LmPretrainKind {
         "causal-LM training of a GPT-2 on a text corpus (the built-in task's reference policy)"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        let p: LmPretrainParams = parse_params(&crate::data::placeholder_paths(params))?;
+        let p: LmPretrainParams = parse_params(&crate::data::artifact_refs_as_text(params))?;
         if p.n_embd % p.n_head != 0 {
             return Err(ParamError::at(
                 "n_head",

@@ -625,7 +625,7 @@ impl StageKind for PpoKind {
         "PPO of a GPT-2 policy against a reward ensemble, vanilla or variance-aware"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        let p: PpoParams = parse_params(&crate::data::placeholder_paths(params))?;
+        let p: PpoParams = parse_params(&crate::data::artifact_refs_as_text(params))?;
         if p.batch_size == 0 || p.mini_batch_size == 0 {
             return Err(ParamError::at(
                 "batch_size",

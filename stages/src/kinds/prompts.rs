@@ -18,8 +18,9 @@ use serde_json::Value;
 
 use super::parse_params;
 use crate::data::{
+    artifact_refs_as_text,
     io::{for_each_row, DataError},
-    named, placeholder_paths,
+    named,
     prompts::{corpus_files, make_prompts, split_pool, subsample, CorpusFiles, PromptRule, Tokens},
     records::parse_text,
     write_jsonl, write_parquet, Column, TextRow,
@@ -135,7 +136,7 @@ impl StageKind for PromptsKind {
         "prompt sets from a text corpus: the first 2–7 tokens of texts longer than 200 characters"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        parse_params::<PromptsParams>(&placeholder_paths(params))
+        parse_params::<PromptsParams>(&artifact_refs_as_text(params))
             .map_err(named)?
             .validate()
             .map_err(named)

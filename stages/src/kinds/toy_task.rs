@@ -28,8 +28,9 @@ use serde_json::{json, Value};
 
 use super::parse_params;
 use crate::data::{
+    artifact_refs_as_text,
     io::preference_columns,
-    named, placeholder_paths,
+    named,
     toy::{self, default_sources, PairShape, SourceFile, SourceFormat, SourceSpec},
     world::WorldParams,
     write_jsonl, write_parquet, Column, Message, PreferencePair, World,
@@ -223,7 +224,7 @@ impl StageKind for ToyTaskKind {
         "the built-in task: a generated review world with a known reward, a prompt corpus and noisy preference sources"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
-        parse_params::<ToyTaskParams>(&placeholder_paths(params))
+        parse_params::<ToyTaskParams>(&artifact_refs_as_text(params))
             .map_err(named)?
             .validate()
             .map_err(named)
