@@ -23,6 +23,7 @@ Examples:
   dagrun run p.yaml --rerun train           force `train`; downstream reruns only if its outputs change
   dagrun why 'train[seed=1]'                which key components changed since the last run
   dagrun show report                        params, outputs, metrics and log of a node
+  dagrun run p.yaml --executor slurm        submit the nodes as Slurm jobs (sweeps as job arrays)
 
 Exit codes: 0 success; 1 a stage failed; 2 bad pipeline or usage; 130 interrupted.";
 
@@ -96,6 +97,9 @@ pub enum Command {
     /// `head_ensemble`, `ppo[method=vanilla,member=0,seed=1]`; `NODE:OUTPUT` picks an output).
     #[command(subcommand)]
     Model(crate::model_cmd::ModelCommand),
+    /// Run one job of a Slurm array on this machine (what dagrun submits; not for people).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
 }
 
 /// Which nodes to run or force.
@@ -134,8 +138,40 @@ pub struct RunArgs {
     /// With --dry-run: print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Where nodes run, for stages that do not name an `executor` themselves (overrides
+    /// `defaults.executor`). `slurm` submits them as Slurm jobs; see README "Slurm".
+    #[arg(long, value_enum, value_name = "EXECUTOR")]
+    pub executor: Option<ExecutorArg>,
+    /// What Ctrl-C does to submitted Slurm jobs: `cancel` them (scancel), or `keep` them
+    /// running so that the next run collects their results [default: slurm.on_interrupt,
+    /// else cancel].
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub on_interrupt: Option<OnInterruptArg>,
     #[command(flatten)]
     pub select: SelectArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ExecutorArg {
+    Local,
+    Slurm,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OnInterruptArg {
+    Cancel,
+    Keep,
+}
+
+/// `dagrun worker`: what a Slurm job runs (not for people).
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// A job file (`job.json`), or with --index a task list of job files.
+    #[arg(long, value_name = "FILE")]
+    pub tasks: PathBuf,
+    /// The line of the task list to run (Slurm's array task id).
+    #[arg(long)]
+    pub index: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -145,6 +181,9 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Plan as if stages without their own `executor` ran here (`local`) or on Slurm.
+    #[arg(long, value_enum, value_name = "EXECUTOR")]
+    pub executor: Option<ExecutorArg>,
     #[command(flatten)]
     pub select: SelectArgs,
 }

@@ -6,14 +6,17 @@ use std::sync::{
 };
 
 use dagrun_engine::{
+    job::{job_path, run_worker, JobStatus},
     plan::{Evaluation, Evaluator, State},
     run::{run, Outcome, RunOptions},
+    slurm::OnInterrupt,
+    spec::Executor,
     Pipeline,
 };
 use serde_json::json;
 
 use crate::{
-    cli::{RunArgs, SelectArgs},
+    cli::{ExecutorArg, OnInterruptArg, RunArgs, SelectArgs, WorkerArgs},
     context::{detect_gpus, Ctx},
     display::{fmt_secs, Display},
     exit::{usage, CliResult, Failure},
@@ -26,10 +29,13 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
         ));
     };
     if args.dry_run {
-        return cmd_plan(ctx, file, &args.select, args.json);
+        return cmd_plan(ctx, file, &args.select, args.json, args.executor);
     }
     let t0 = std::time::Instant::now();
-    let p = ctx.load(file)?;
+    let mut p = ctx.load(file)?;
+    if let Some(e) = args.executor {
+        p.set_default_executor(executor(e));
+    }
     let sel = ctx.selection(&p, &args.select)?;
     let missing = p.missing_inputs(&|i| sel.includes(i));
     if !missing.is_empty() {
@@ -44,11 +50,22 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
         gpus: args.gpus.unwrap_or_else(detect_gpus),
         selection: sel,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        on_interrupt: args.on_interrupt.map(|o| match o {
+            OnInterruptArg::Cancel => OnInterrupt::Cancel,
+            OnInterruptArg::Keep => OnInterrupt::Keep,
+        }),
     };
     let result = run(&p, &cache, &opts, display.clone(), cancel.clone());
     display.finish();
     let report = result?;
     summarize(ctx, &p, &report.outcomes, t0.elapsed().as_secs_f64());
+    if !report.detached.is_empty() {
+        eprintln!(
+            "{} Slurm job(s) keep running ({}); the next run of this pipeline collects their results",
+            report.detached.len(),
+            report.detached.join(" ")
+        );
+    }
     if report.interrupted {
         eprintln!("interrupted: finished nodes are cached; run the same command again to resume");
         return Err(Failure::Interrupted);
@@ -126,13 +143,41 @@ fn install_ctrl_c(cancel: Arc<AtomicBool>) {
     });
 }
 
+/// `dagrun worker`: runs one job of an array (a compute node's side of `executor: slurm`).
+/// SIGTERM (scancel, time limit) and SIGINT stop the stage at its next check; the job's
+/// `result.json` says so either way.
+pub fn cmd_worker(a: &WorkerArgs) -> CliResult {
+    let job = job_path(&a.tasks, a.index).map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || c.store(true, Ordering::SeqCst));
+    let registry = dagrun_stages::registry();
+    match run_worker(&job, &registry, cancel) {
+        Ok(JobStatus::Ok) => Ok(()),
+        Ok(JobStatus::Failed) => Err(Failure::StageFailed),
+        Ok(JobStatus::Interrupted) => Err(Failure::Interrupted),
+        Err(e) => Err(Failure::Other(anyhow::anyhow!(e))),
+    }
+}
+
+fn executor(e: ExecutorArg) -> Executor {
+    match e {
+        ExecutorArg::Local => Executor::Local,
+        ExecutorArg::Slurm => Executor::Slurm,
+    }
+}
+
 pub fn cmd_plan(
     ctx: &Ctx,
     file: &std::path::Path,
     select: &SelectArgs,
     json_out: bool,
+    exec: Option<ExecutorArg>,
 ) -> CliResult {
-    let p = ctx.load(file)?;
+    let mut p = ctx.load(file)?;
+    if let Some(e) = exec {
+        p.set_default_executor(executor(e));
+    }
     let sel = ctx.selection(&p, select)?;
     let cache = ctx.open_existing_cache(&format!("plan {}", file.display()))?;
     let ev = Evaluator::new(&p, cache.as_ref(), false);
@@ -153,6 +198,7 @@ pub fn cmd_plan(
                     "state": e.state.label(),
                     "will_run": e.state.will_run(),
                     "key": e.key.map(|k| k.to_hex()),
+                    "executor": p.nodes[*i].executor.name(),
                     "reasons": e.state.reasons(),
                     "restore": match &e.state { State::Cached { restore } => restore.clone(), _ => vec![] },
                 })

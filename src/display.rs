@@ -96,12 +96,15 @@ impl Display {
             let secs = r.started.elapsed().as_secs_f64();
             let mut line = format!("  {} {id}  {:>6}", SPIN[tick % SPIN.len()], fmt_secs(secs));
             if let Some(p) = &r.progress {
-                line.push_str(&format!(
-                    "  {} {}/{}",
-                    bar(p.done, p.total, 20),
-                    p.done,
-                    p.total
-                ));
+                // total 0: a status message (e.g. a Slurm job's state), no counts.
+                if p.total > 0 {
+                    line.push_str(&format!(
+                        "  {} {}/{}",
+                        bar(p.done, p.total, 20),
+                        p.done,
+                        p.total
+                    ));
+                }
                 if !p.message.is_empty() {
                     line.push_str(&format!("  {}", p.message));
                 }
@@ -206,10 +209,11 @@ impl ProgressSink for Display {
             r.progress = Some(p.clone());
             if !live && r.last_plain_report.elapsed() > Duration::from_secs(5) {
                 r.last_plain_report = Instant::now();
-                plain = Some(format!(
-                    "  ..     {node}  {}/{} {}",
-                    p.done, p.total, p.message
-                ));
+                plain = Some(if p.total > 0 {
+                    format!("  ..     {node}  {}/{} {}", p.done, p.total, p.message)
+                } else {
+                    format!("  ..     {node}  {}", p.message)
+                });
             }
         }
         if let Some(l) = plain {

@@ -36,11 +36,16 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: cli::Cli) -> exit::CliResult {
     use cli::Command::*;
+    if let Some(Worker(a)) = &cli.command {
+        // A compute node: no workspace of its own (the job file names it), no cache.
+        return cmd_run::cmd_worker(a);
+    }
     let ctx = context::Ctx::new(&cli.global)?;
     match cli.command {
         None => cmd_run::cmd_run(&ctx, &cli.run),
         Some(Run(a)) => cmd_run::cmd_run(&ctx, &a),
-        Some(Plan(a)) => cmd_run::cmd_plan(&ctx, &a.pipeline, &a.select, a.json),
+        Some(Plan(a)) => cmd_run::cmd_plan(&ctx, &a.pipeline, &a.select, a.json, a.executor),
+        Some(Worker(_)) => unreachable!("handled above"),
         Some(Graph(a)) => cmd_graph::cmd_graph(&ctx, &a),
         Some(Status(a)) => cmd_inspect::cmd_status(&ctx, &a),
         Some(Show(a)) => cmd_inspect::cmd_show(&ctx, &a),
@@ -69,6 +74,7 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .try_init();
 }

@@ -9,6 +9,8 @@
 //! - [`plan::Evaluator`]: a node's [`plan::State`] (cached / stale / forced / blocked /
 //!   missing) and its [`reason::Reason`]s; the dry run and the executor share it.
 //! - [`run::run`]: the executor (`--jobs`, resources, early cutoff, commits).
+//! - [`slurm`]: nodes with `executor: slurm` as Slurm jobs (arrays, bulk polling, retries);
+//!   [`job`]: the job files on the shared filesystem and the worker that compute nodes run.
 //! - [`stage::StageKind`]: the interface stage kinds implement; [`stage::StageContext`] is
 //!   what a running node gets.
 //!
@@ -17,12 +19,14 @@
 pub mod error;
 pub mod fingerprint;
 pub mod interp;
+pub mod job;
 pub mod locate;
 pub mod pipeline;
 pub mod plan;
 pub mod reason;
 pub mod run;
 pub mod selector;
+pub mod slurm;
 pub mod spec;
 pub mod stage;
 pub mod workspace;

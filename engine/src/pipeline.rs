@@ -16,7 +16,10 @@ use crate::{
     interp::{self, Scope, StageRef},
     locate::{path as ypath, Positions, Seg},
     selector::{node_id, scalar_string, valid_stage_name, Selector},
-    spec::{PipelineFile, Resources, StageSpec},
+    spec::{
+        parse_mem, parse_time, Executor, PipelineFile, Resources, ResourcesSpec, SlurmSpec,
+        StageSpec,
+    },
     stage::{OutputDecl, Registry, StageKind},
 };
 
@@ -69,10 +72,24 @@ pub struct Node {
     pub downstream: Vec<usize>,
     pub resources: Resources,
     pub device: String,
+    /// Where the node runs.
+    pub executor: Executor,
+    /// Whether the stage itself named its executor (`--executor` does not override it).
+    pub executor_pinned: bool,
     pub loc: Location,
 }
 
 impl Node {
+    /// Where the node's work happens, as its kind sees it.
+    pub fn place(&self) -> crate::stage::Place {
+        match self.executor {
+            Executor::Local => crate::stage::Place::Here,
+            Executor::Slurm => crate::stage::Place::Cluster {
+                gpus: self.resources.gpus,
+            },
+        }
+    }
+
     pub fn is_workspace_out(&self, name: &str) -> bool {
         self.outs.iter().any(|o| o == name)
     }
@@ -100,9 +117,19 @@ pub struct Pipeline {
     pub order: Vec<usize>,
     pub env_keys: Vec<String>,
     pub by_id: HashMap<String, usize>,
+    /// The `slurm:` section (checked).
+    pub slurm: SlurmSpec,
 }
 
 impl Pipeline {
+    /// Sets the executor of every node whose stage does not name its own
+    /// (`--executor`).
+    pub fn set_default_executor(&mut self, e: Executor) {
+        for n in self.nodes.iter_mut().filter(|n| !n.executor_pinned) {
+            n.executor = e;
+        }
+    }
+
     /// Reads and checks a pipeline. `workdir` is the workspace; `cache_dir` is excluded
     /// from output paths.
     pub fn load(file: &Path, workdir: &Path, registry: &Registry) -> Result<Pipeline, SpecErrors> {
@@ -355,6 +382,7 @@ impl<'a> Builder<'a> {
         if spec.stages.is_empty() {
             self.err(&ypath(&["stages"]), "the pipeline has no stages");
         }
+        self.check_slurm(&spec.slurm);
 
         let mut nodes: Vec<Node> = Vec::new();
         let mut raw_refs: Vec<Vec<StageRef>> = Vec::new();
@@ -427,6 +455,7 @@ impl<'a> Builder<'a> {
             order,
             env_keys: spec.fingerprint.env.clone(),
             by_id,
+            slurm: spec.slurm.clone(),
         })
     }
 
@@ -730,14 +759,12 @@ impl<'a> Builder<'a> {
                 String::new()
             }
         };
-        let resources = st
-            .resources
-            .clone()
-            .or_else(|| spec.defaults.resources.clone())
-            .unwrap_or_default();
-        if resources.cpus == 0 {
-            self.err(&field("resources"), "`resources.cpus` must be at least 1");
-        }
+        let resources = self.resources(
+            name,
+            st.resources.as_ref(),
+            spec.defaults.resources.as_ref(),
+        );
+        let executor = st.executor.or(spec.defaults.executor).unwrap_or_default();
         let params_v = Value::Object(node_params);
         if self.errors.len() == n_before {
             if let Err(pe) = kind.validate(&params_v) {
@@ -784,11 +811,105 @@ impl<'a> Builder<'a> {
                 downstream: Vec::new(),
                 resources,
                 device,
+                executor,
+                executor_pinned: st.executor.is_some(),
                 loc: self.loc(&base),
             },
             refs,
             needs,
         ))
+    }
+
+    fn check_slurm(&mut self, s: &SlurmSpec) {
+        let at = |f: &str| ypath(&["slurm", f]);
+        if let Some(v) = &s.on_interrupt {
+            if v != "cancel" && v != "keep" {
+                self.err(
+                    &at("on_interrupt"),
+                    format!("`slurm.on_interrupt` is `cancel` or `keep`, not `{v}`"),
+                );
+            }
+        }
+        for (f, v) in [
+            ("poll_seconds", s.poll_seconds),
+            ("submit_interval_seconds", s.submit_interval_seconds),
+        ] {
+            if matches!(v, Some(x) if !(x >= 0.0 && x.is_finite())) {
+                self.err(
+                    &at(f),
+                    format!("`slurm.{f}` must be a number of seconds ≥ 0"),
+                );
+            }
+        }
+        for (f, v) in [("max_array", s.max_array), ("max_jobs", s.max_jobs)] {
+            if v == Some(0) {
+                self.err(&at(f), format!("`slurm.{f}` must be at least 1"));
+            }
+        }
+    }
+
+    /// A stage's resources: each field from the stage, else from `defaults.resources`;
+    /// errors point at the field where it was written.
+    fn resources(
+        &mut self,
+        stage: &str,
+        own: Option<&ResourcesSpec>,
+        dflt: Option<&ResourcesSpec>,
+    ) -> Resources {
+        let none = ResourcesSpec::default();
+        let (own, dflt) = (own.unwrap_or(&none), dflt.unwrap_or(&none));
+        // Where a field was written, for errors.
+        let at = |field: &str, from_stage: bool| {
+            if from_stage {
+                ypath(&["stages", stage, "resources", field])
+            } else {
+                ypath(&["defaults", "resources", field])
+            }
+        };
+        let mut r = Resources::default();
+        macro_rules! pick {
+            ($f:ident) => {
+                own.$f
+                    .clone()
+                    .map(|v| (v, true))
+                    .or_else(|| dflt.$f.clone().map(|v| (v, false)))
+            };
+        }
+        if let Some((cpus, from)) = pick!(cpus) {
+            if cpus == 0 {
+                self.err(&at("cpus", from), "`resources.cpus` must be at least 1");
+            }
+            r.cpus = cpus;
+        }
+        if let Some((gpus, _)) = pick!(gpus) {
+            r.gpus = gpus;
+        }
+        if let Some((mem, from)) = pick!(mem) {
+            match parse_mem(&mem) {
+                Ok(mb) => r.mem_mb = Some(mb),
+                Err(e) => self.err(&at("mem", from), format!("`resources.mem`: {e}")),
+            }
+        }
+        if let Some((time, from)) = pick!(time) {
+            match parse_time(&time) {
+                Ok(m) => r.time_minutes = Some(m),
+                Err(e) => self.err(&at("time", from), format!("`resources.time`: {e}")),
+            }
+        }
+        r.partition = pick!(partition).map(|v| v.0);
+        r.account = pick!(account).map(|v| v.0);
+        r.sbatch = pick!(sbatch).map(|v| v.0).unwrap_or_default();
+        r.retries = pick!(retries).map(|v| v.0).unwrap_or(0);
+        if let Some((scale, from)) = pick!(on_retry) {
+            if !(scale.mem >= 1.0 && scale.time >= 1.0) {
+                self.err(
+                    &at("on_retry", from),
+                    "`resources.on_retry` factors must be at least 1 (`{mem: 2, time: 1.5}`)",
+                );
+            }
+            r.on_retry = Some(scale);
+        }
+        r
     }
 
     fn edges(

@@ -137,7 +137,7 @@ impl<'a> Evaluator<'a> {
                 });
             }
         }
-        let env = match node.kind.environment(&node.device) {
+        let env = match node.kind.environment(&node.device, node.place()) {
             Ok(env) => Some(env),
             Err(message) => {
                 missing.push(Reason::Unavailable { message });

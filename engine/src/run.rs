@@ -18,9 +18,12 @@ use dagrun_cache::{Artifact, Cache, Latest, Metrics, Record, RunSummary, Timing}
 
 use crate::{
     error::{Error, Result},
+    job::{write_json_atomic, JobSpec, Staged, JOB_SCHEMA},
     plan::{runtime_params, Evaluation, Evaluator, Selection, State},
     reason::Reason,
-    stage::{Cancelled, ProgressSink, StageContext},
+    slurm::{OnInterrupt, RemoteOutcome, Slurm, SlurmSettings, Submission},
+    spec::Executor,
+    stage::{Cancelled, Place, ProgressSink, StageContext},
     Pipeline,
 };
 
@@ -34,6 +37,8 @@ pub struct RunOptions {
     pub selection: Selection,
     /// The command line, for `dagrun log`.
     pub command: String,
+    /// Overrides `slurm.on_interrupt`.
+    pub on_interrupt: Option<OnInterrupt>,
 }
 
 /// What happened to a node.
@@ -66,6 +71,9 @@ pub trait Observer: ProgressSink {
 pub struct RunReport {
     pub outcomes: BTreeMap<usize, Outcome>,
     pub interrupted: bool,
+    /// Slurm jobs left running after Ctrl-C (`on_interrupt: keep`); the next run adopts
+    /// their results.
+    pub detached: Vec<String>,
 }
 
 impl RunReport {
@@ -120,7 +128,7 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 }
             }
         }
-        if node.resources.gpus > opts.gpus {
+        if node.executor == Executor::Local && node.resources.gpus > opts.gpus {
             problems.push(format!(
                 "{}: `{}` needs {} GPU(s) but {} available (pass --gpus N if this machine has more)",
                 node.loc, node.id, node.resources.gpus, opts.gpus
@@ -162,6 +170,7 @@ pub fn run(
     let ev = Evaluator::new(p, Some(cache), true);
     let mut plan = ev.plan(&opts.selection)?;
     preflight(p, &plan, opts)?;
+    let slurm = start_slurm(p, &plan, cache, opts, &observer, &cancel)?;
     let included: Vec<usize> = p
         .order
         .iter()
@@ -218,11 +227,13 @@ pub fn run(
     let mut free_cpus = jobs;
     let mut free_gpus: BTreeSet<u32> = (0..opts.gpus).collect();
     let mut held: BTreeMap<usize, (u32, Vec<u32>)> = BTreeMap::new();
+    let max_remote = slurm.as_ref().map(|s| s.settings.max_jobs).unwrap_or(0);
+    let mut remote_running = 0usize;
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut executed = Vec::new();
     let mut cut_off = 0usize;
 
-    std::thread::scope(|scope| -> Result<()> {
+    let scoped = std::thread::scope(|scope| -> Result<()> {
         loop {
             // Settle every node whose upstream is done: cached nodes complete here.
             while let Some(i) = ready.pop_front() {
@@ -306,6 +317,29 @@ pub fn run(
                 let mut k = 0;
                 while k < runnable.len() {
                     let (i, _) = &runnable[k];
+                    let remote = p.nodes[*i].executor == Executor::Slurm;
+                    if remote {
+                        if remote_running >= max_remote {
+                            k += 1;
+                            continue;
+                        }
+                        let (i, e) = runnable.remove(k).expect("in range");
+                        remote_running += 1;
+                        held.insert(i, (0, Vec::new()));
+                        observer.started(&p.nodes[i].id);
+                        executed.push(p.nodes[i].id.clone());
+                        let tx = tx.clone();
+                        let outputs = &outputs;
+                        let obs = observer.clone();
+                        let cancel = cancel.clone();
+                        let slurm = slurm.as_ref();
+                        scope.spawn(move || {
+                            let res =
+                                execute(p, i, e, cache, outputs, Vec::new(), obs, cancel, slurm);
+                            let _ = tx.send(Msg::Done(i, res));
+                        });
+                        continue;
+                    }
                     let r = &p.nodes[*i].resources;
                     let cpus = r.cpus.min(jobs);
                     if cpus <= free_cpus && (r.gpus as usize) <= free_gpus.len() {
@@ -325,7 +359,7 @@ pub fn run(
                         let obs = observer.clone();
                         let cancel = cancel.clone();
                         scope.spawn(move || {
-                            let res = execute(p, i, e, cache, outputs, gpus, obs, cancel);
+                            let res = execute(p, i, e, cache, outputs, gpus, obs, cancel, None);
                             let _ = tx.send(Msg::Done(i, res));
                         });
                     } else {
@@ -347,6 +381,9 @@ pub fn run(
             }
             let Msg::Done(i, res) = rx.recv().expect("a worker is running");
             let (cpus, gpus) = held.remove(&i).expect("was running");
+            if p.nodes[i].executor == Executor::Slurm {
+                remote_running -= 1;
+            }
             free_cpus += cpus;
             free_gpus.extend(gpus);
             let node = &p.nodes[i];
@@ -381,7 +418,11 @@ pub fn run(
             }
         }
         Ok(())
-    })?;
+    });
+    if let Some(s) = &slurm {
+        report.detached = s.stop();
+    }
+    scoped?;
     report.interrupted = cancel.load(Ordering::Relaxed);
     for &i in &included {
         report.outcomes.entry(i).or_insert(Outcome::Interrupted);
@@ -436,8 +477,56 @@ fn skip_downstream(
     }
 }
 
-/// Runs one node and commits its record. On failure the node's log is kept under
-/// `<cache>/logs/` and its scratch folder is kept for the next attempt.
+/// Starts the Slurm executor when a node that will run has `executor: slurm`.
+fn start_slurm(
+    p: &Pipeline,
+    plan: &[Option<Evaluation>],
+    cache: &Cache,
+    opts: &RunOptions,
+    observer: &Arc<dyn Observer>,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Option<Slurm>> {
+    let needed = p.nodes.iter().enumerate().any(|(i, n)| {
+        n.executor == Executor::Slurm
+            && opts.selection.includes(i)
+            && !matches!(
+                plan[i].as_ref().map(|e| &e.state),
+                Some(State::Cached { .. })
+            )
+    });
+    if !needed {
+        return Ok(None);
+    }
+    let mut settings = SlurmSettings::new(&p.slurm, &p.workdir, cache.dir());
+    if let Some(o) = opts.on_interrupt {
+        settings.on_interrupt = o;
+    }
+    let sink: Arc<dyn ProgressSink> = observer.clone();
+    Slurm::start(settings, sink, cancel.clone())
+        .map(Some)
+        .map_err(Error::Usage)
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// What a node's run left for the commit: where its outputs and log are.
+struct Ran {
+    out_dir: PathBuf,
+    log_path: PathBuf,
+    metrics: Metrics,
+    timing: Timing,
+}
+
+/// Runs one node (here, or as a Slurm job) and commits its record. On failure the
+/// node's log is kept under `<cache>/logs/` and its scratch folder is kept for the next
+/// attempt.
 #[allow(clippy::too_many_arguments)]
 fn execute(
     p: &Pipeline,
@@ -448,40 +537,18 @@ fn execute(
     gpus: Vec<u32>,
     observer: Arc<dyn Observer>,
     cancel: Arc<AtomicBool>,
+    slurm: Option<&Slurm>,
 ) -> std::result::Result<Record, Outcome> {
     let node = &p.nodes[i];
     let fail = |error: String, log: Option<PathBuf>| Outcome::Failed { error, log };
     let key = e.key.expect("runnable nodes have a key");
     let components = e.components.expect("runnable nodes have components");
-    let tmp = cache
-        .temp_dir()
-        .map_err(|err| fail(err.to_string(), None))?;
-    let out_dir = tmp.join("out");
-    let log_path = tmp.join("log");
     let keep_log = |log: &std::path::Path| -> Option<PathBuf> {
         let dest = cache.failure_log_path(&node.id);
         std::fs::create_dir_all(dest.parent()?).ok()?;
         std::fs::copy(log, &dest).ok()?;
         Some(dest)
     };
-    let prepare = || -> std::io::Result<std::fs::File> {
-        std::fs::create_dir_all(&out_dir)?;
-        std::fs::create_dir_all(cache.scratch_dir(&key))?;
-        for o in &node.outs {
-            let abs = p.workdir.join(o);
-            match std::fs::symlink_metadata(&abs) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,
-                Ok(_) => std::fs::remove_file(&abs)?,
-                Err(_) => {}
-            }
-            if let Some(parent) = abs.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-        }
-        std::fs::File::create(&log_path)
-    };
-    let log_file =
-        prepare().map_err(|err| fail(format!("cannot prepare the node: {err}"), None))?;
     let path_of = |t: usize, o: &str| -> Option<String> {
         if p.nodes[t].is_workspace_out(o) {
             return Some(p.workdir.join(o).to_string_lossy().into_owned());
@@ -493,46 +560,16 @@ fn execute(
             .map(|pb| pb.to_string_lossy().into_owned())
     };
     let params = runtime_params(p, i, &path_of);
-    let mut ctx = StageContext {
-        node: node.id.clone(),
-        stage: node.stage.clone(),
-        params,
-        matrix: node.matrix.clone(),
-        workdir: p.workdir.clone(),
-        device: node.device.clone(),
-        gpus,
-        out_dir: out_dir.clone(),
-        scratch: cache.scratch_dir(&key),
-        log: Arc::new(Mutex::new(log_file)),
-        log_path: log_path.clone(),
-        metrics: Metrics::default(),
-        sink: observer.clone(),
-        cancel: cancel.clone(),
+    let ran = match slurm {
+        Some(slurm) => run_remote(p, i, &key, params, cache, slurm)?,
+        None => run_here(p, i, &key, params, cache, gpus, observer, cancel.clone())?,
     };
-    let t0 = std::time::Instant::now();
-    let start = Utc::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.kind.run(&mut ctx)));
-    let seconds = t0.elapsed().as_secs_f64();
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            if err.is::<Cancelled>() || cancel.load(Ordering::Relaxed) {
-                return Err(Outcome::Interrupted);
-            }
-            return Err(fail(err.to_string(), keep_log(&log_path)));
-        }
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            return Err(fail(
-                format!("the stage panicked: {msg}"),
-                keep_log(&log_path),
-            ));
-        }
-    }
+    let Ran {
+        out_dir,
+        log_path,
+        metrics,
+        timing,
+    } = ran;
     if cancel.load(Ordering::Relaxed) {
         return Err(Outcome::Interrupted);
     }
@@ -557,12 +594,9 @@ fn execute(
             Err(err) => return Err(fail(err.to_string(), keep_log(&log_path))),
         }
     }
-    let metrics = std::mem::take(&mut ctx.metrics);
-    drop(ctx);
     let log = std::fs::read(&log_path)
         .ok()
         .and_then(|b| cache.put_bytes(&b).ok());
-    let finished = Utc::now();
     let record = Record {
         key,
         node: node.id.clone(),
@@ -571,11 +605,7 @@ fn execute(
         components: serde_json::to_value(&components).expect("serialises"),
         outputs: arts,
         metrics,
-        timing: Timing {
-            started: start,
-            finished,
-            seconds,
-        },
+        timing,
         log,
         engine_version: crate::ENGINE_VERSION.to_string(),
         pipeline: p.name.clone(),
@@ -584,7 +614,180 @@ fn execute(
         .commit(&record)
         .map_err(|err| fail(err.to_string(), keep_log(&log_path)))?;
     let _ = cache.remove_scratch(&key);
-    let _ = std::fs::remove_dir_all(&tmp);
+    if let Some(tmp) = out_dir.parent() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
     let _ = std::fs::remove_file(cache.failure_log_path(&node.id));
     Ok(record)
+}
+
+/// Runs a node in this process, in a fresh folder under the cache's `tmp/`.
+#[allow(clippy::too_many_arguments)]
+fn run_here(
+    p: &Pipeline,
+    i: usize,
+    key: &dagrun_cache::Hash,
+    params: serde_json::Value,
+    cache: &Cache,
+    gpus: Vec<u32>,
+    observer: Arc<dyn Observer>,
+    cancel: Arc<AtomicBool>,
+) -> std::result::Result<Ran, Outcome> {
+    let node = &p.nodes[i];
+    let fail = |error: String, log: Option<PathBuf>| Outcome::Failed { error, log };
+    let tmp = cache
+        .temp_dir()
+        .map_err(|err| fail(err.to_string(), None))?;
+    let out_dir = tmp.join("out");
+    let log_path = tmp.join("log");
+    let keep_log = |log: &std::path::Path| -> Option<PathBuf> {
+        let dest = cache.failure_log_path(&node.id);
+        std::fs::create_dir_all(dest.parent()?).ok()?;
+        std::fs::copy(log, &dest).ok()?;
+        Some(dest)
+    };
+    let prepare = || -> std::io::Result<std::fs::File> {
+        std::fs::create_dir_all(&out_dir)?;
+        std::fs::create_dir_all(cache.scratch_dir(key))?;
+        remove_outs(p, i)?;
+        std::fs::File::create(&log_path)
+    };
+    let log_file =
+        prepare().map_err(|err| fail(format!("cannot prepare the node: {err}"), None))?;
+    let mut ctx = StageContext {
+        node: node.id.clone(),
+        stage: node.stage.clone(),
+        params,
+        matrix: node.matrix.clone(),
+        workdir: p.workdir.clone(),
+        device: node.device.clone(),
+        gpus,
+        place: Place::Here,
+        out_dir: out_dir.clone(),
+        scratch: cache.scratch_dir(key),
+        log: Arc::new(Mutex::new(log_file)),
+        log_path: log_path.clone(),
+        metrics: Metrics::default(),
+        sink: observer.clone(),
+        cancel: cancel.clone(),
+    };
+    let t0 = std::time::Instant::now();
+    let start = Utc::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.kind.run(&mut ctx)));
+    let seconds = t0.elapsed().as_secs_f64();
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            if err.is::<Cancelled>() || cancel.load(Ordering::Relaxed) {
+                return Err(Outcome::Interrupted);
+            }
+            return Err(fail(err.to_string(), keep_log(&log_path)));
+        }
+        Err(panic) => {
+            return Err(fail(
+                format!("the stage panicked: {}", panic_message(panic.as_ref())),
+                keep_log(&log_path),
+            ));
+        }
+    }
+    let metrics = std::mem::take(&mut ctx.metrics);
+    Ok(Ran {
+        out_dir,
+        log_path,
+        metrics,
+        timing: Timing {
+            started: start,
+            finished: Utc::now(),
+            seconds,
+        },
+    })
+}
+
+/// Removes a node's workspace outputs (and makes their parent folders) before it runs.
+fn remove_outs(p: &Pipeline, i: usize) -> std::io::Result<()> {
+    for o in &p.nodes[i].outs {
+        let abs = p.workdir.join(o);
+        match std::fs::symlink_metadata(&abs) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,
+            Ok(_) => std::fs::remove_file(&abs)?,
+            Err(_) => {}
+        }
+        if let Some(parent) = abs.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a node as a Slurm job: writes its job file into its staging folder, hands it
+/// to the Slurm thread and waits. The worker removes the workspace outputs itself, so
+/// that a job adopted from an earlier run keeps what it wrote.
+fn run_remote(
+    p: &Pipeline,
+    i: usize,
+    key: &dagrun_cache::Hash,
+    params: serde_json::Value,
+    cache: &Cache,
+    slurm: &Slurm,
+) -> std::result::Result<Ran, Outcome> {
+    let node = &p.nodes[i];
+    let fail = |error: String| Outcome::Failed { error, log: None };
+    let staged = Staged::new(&slurm.settings.staging, &key.to_hex());
+    let spec = JobSpec {
+        schema: JOB_SCHEMA.to_string(),
+        key: key.to_hex(),
+        node: node.id.clone(),
+        stage: node.stage.clone(),
+        kind: node.kind.name().to_string(),
+        kind_version: node.kind.version(),
+        params,
+        matrix: node.matrix.clone(),
+        device: node.device.clone(),
+        gpus: node.resources.gpus,
+        workdir: p.workdir.clone(),
+        outs: node.outs.clone(),
+        scratch: cache.scratch_dir(key),
+        staging: staged.dir.clone(),
+    };
+    std::fs::create_dir_all(&staged.dir)
+        .and_then(|_| write_json_atomic(&staged.job(), &spec))
+        .map_err(|e| {
+            fail(format!(
+                "cannot write the job file into {}: {e}",
+                staged.dir.display()
+            ))
+        })?;
+    let outcome = slurm.run(Submission {
+        node: node.id.clone(),
+        stage: node.stage.clone(),
+        staged: staged.clone(),
+        resources: node.resources.clone(),
+    });
+    match outcome {
+        RemoteOutcome::Done { result, adopted } => {
+            if adopted {
+                tracing::info!(node = %node.id, host = %result.host, "adopted a finished Slurm job");
+            }
+            Ok(Ran {
+                out_dir: staged.out(),
+                log_path: staged.log(),
+                metrics: result.metrics,
+                timing: Timing {
+                    started: result.started,
+                    finished: result.finished,
+                    seconds: result.seconds,
+                },
+            })
+        }
+        RemoteOutcome::Failed { error, log } => {
+            let kept = log.and_then(|l| {
+                let dest = cache.failure_log_path(&node.id);
+                std::fs::create_dir_all(dest.parent()?).ok()?;
+                std::fs::copy(&l, &dest).ok()?;
+                Some(dest)
+            });
+            Err(Outcome::Failed { error, log: kept })
+        }
+        RemoteOutcome::Interrupted => Err(Outcome::Interrupted),
+    }
 }

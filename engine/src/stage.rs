@@ -60,6 +60,17 @@ impl ParamError {
     }
 }
 
+/// Where a node's work happens: on this machine, or on a cluster node that the
+/// coordinator cannot inspect (so a kind must not probe this machine's devices for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "at", rename_all = "lowercase")]
+pub enum Place {
+    /// This process, on this machine.
+    Here,
+    /// A Slurm job that was given `gpus` GPUs.
+    Cluster { gpus: u32 },
+}
+
 /// The error a stage returns.
 pub type StageError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -80,8 +91,13 @@ pub trait StageKind: Send + Sync {
         Vec::new()
     }
     /// Facts of the environment that change this kind's results, for the key
-    /// (for example the compute backend a device string resolves to).
-    fn environment(&self, _device: &str) -> Result<BTreeMap<String, String>, String> {
+    /// (for example the compute backend a device string resolves to). An `Err` says the
+    /// node cannot run at `place` (reported before any work).
+    fn environment(
+        &self,
+        _device: &str,
+        _place: Place,
+    ) -> Result<BTreeMap<String, String>, String> {
         Ok(BTreeMap::new())
     }
     /// Whether the node's workspace `cmd` field is meaningful (the `command` kind).
@@ -122,6 +138,8 @@ pub struct StageContext {
     pub device: String,
     /// GPU indices the scheduler assigned (as many as `resources.gpus`).
     pub gpus: Vec<u32>,
+    /// Where this runs (a Slurm job, or here).
+    pub place: Place,
     pub(crate) out_dir: PathBuf,
     pub(crate) scratch: PathBuf,
     pub(crate) log: Arc<Mutex<File>>,

@@ -24,7 +24,7 @@ use std::{
 
 use dagrun_engine::{
     selector::scalar_string,
-    stage::{Cancelled, ParamError, StageContext, StageError, StageKind},
+    stage::{Cancelled, ParamError, Place, StageContext, StageError, StageKind},
 };
 use serde_json::Value;
 
@@ -81,7 +81,8 @@ impl StageKind for CommandKind {
                 scalar_string(v),
             );
         }
-        if !ctx.gpus.is_empty() {
+        // In a Slurm job, Slurm has set CUDA_VISIBLE_DEVICES to the job's GPUs already.
+        if !ctx.gpus.is_empty() && ctx.place == Place::Here {
             let ids: Vec<String> = ctx.gpus.iter().map(|g| g.to_string()).collect();
             c.env("CUDA_VISIBLE_DEVICES", ids.join(","));
         }

@@ -49,6 +49,7 @@ fn run_pipeline(dir: &Path, yaml: &str) -> Vec<(String, Outcome)> {
             gpus: 0,
             selection: Selection::default(),
             command: "test".into(),
+            on_interrupt: None,
         },
         Arc::new(Quiet),
         Arc::new(AtomicBool::new(false)),

@@ -8,5 +8,6 @@ mod caching;
 mod faults;
 mod paper;
 mod quickstart;
+mod slurm;
 mod sweeps;
 mod theory;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use burn::module::Module;
 use dagrun_cache::ArtifactType;
 use dagrun_engine::stage::{
-    Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind,
+    Cancelled, OutputDecl, ParamError, Place, StageContext, StageError, StageKind,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -158,8 +158,8 @@ impl StageKind for BackbonePretrainKind {
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
         vec![OutputDecl::new("model", ArtifactType::Model)]
     }
-    fn environment(&self, device: &str) -> Result<BTreeMap<String, String>, String> {
-        backend_env(device)
+    fn environment(&self, device: &str, place: Place) -> Result<BTreeMap<String, String>, String> {
+        backend_env(device, place)
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: BackbonePretrainParams = parse_params(&ctx.params).map_err(|e| e.message)?;

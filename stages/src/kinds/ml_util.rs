@@ -6,7 +6,7 @@ use std::{
 };
 
 use burn::{module::Module, tensor::Device};
-use dagrun_engine::stage::{StageContext, StageError};
+use dagrun_engine::stage::{Place, StageContext, StageError};
 
 use crate::{
     data::{read_preferences, PreferenceFormat, PreferencePair},
@@ -23,7 +23,7 @@ use crate::{
 /// the scheduler assigned when it assigned one.
 pub fn node_device(ctx: &StageContext) -> Result<Device, StageError> {
     let spec: DeviceSpec = ctx.device.parse()?;
-    let spec = match (spec.concrete(), ctx.gpus.first()) {
+    let spec = match (concrete_at(spec, ctx.place), ctx.gpus.first()) {
         (DeviceSpec::Cuda(_), Some(&g)) => DeviceSpec::Cuda(g as usize),
         (s, _) => s,
     };
@@ -31,13 +31,26 @@ pub fn node_device(ctx: &StageContext) -> Result<Device, StageError> {
     Ok(spec.resolve()?)
 }
 
+/// The device a node's `device` string means where it runs.
+fn concrete_at(spec: DeviceSpec, place: Place) -> DeviceSpec {
+    match (spec, place) {
+        (DeviceSpec::Auto, Place::Cluster { gpus }) if gpus > 0 => DeviceSpec::Cuda(0),
+        (DeviceSpec::Auto, Place::Cluster { .. }) => DeviceSpec::Cpu,
+        (s, _) => s.concrete(),
+    }
+}
+
 /// The key component of an ML node's environment: the backend its device resolves to.
 /// Fails (before any work) when the device cannot be had in this build or machine.
-pub fn backend_env(device: &str) -> Result<BTreeMap<String, String>, String> {
+///
+/// For a Slurm job (`Place::Cluster`) nothing of this machine is probed: `auto` means
+/// `cuda` when the job asks for GPUs and `cpu` otherwise, on the coordinator (for the
+/// key) and in the job (for the run) alike.
+pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String>, String> {
     let spec: DeviceSpec = device
         .parse()
         .map_err(|e: crate::ml::MlError| e.to_string())?;
-    let concrete = spec.concrete();
+    let concrete = concrete_at(spec, place);
     let backend = match concrete {
         DeviceSpec::Cpu => "flex-cpu",
         DeviceSpec::LibtorchCpu => "libtorch-cpu",
@@ -49,7 +62,7 @@ pub fn backend_env(device: &str) -> Result<BTreeMap<String, String>, String> {
             "device `{device}` needs libtorch, but this dagrun was built without the `tch` feature (rebuild with `--features tch`; see scripts/torch-venv.sh)"
         ));
     }
-    if let DeviceSpec::Cuda(n) = concrete {
+    if let (DeviceSpec::Cuda(n), Place::Here) = (concrete, place) {
         let have = cuda_device_count();
         if n >= have {
             return Err(format!(

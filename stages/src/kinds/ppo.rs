@@ -21,7 +21,7 @@ use burn::{
 };
 use dagrun_cache::ArtifactType;
 use dagrun_engine::stage::{
-    Cancelled, OutputDecl, ParamError, StageContext, StageError, StageKind,
+    Cancelled, OutputDecl, ParamError, Place, StageContext, StageError, StageKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -646,8 +646,8 @@ impl StageKind for PpoKind {
             OutputDecl::new("curves", ArtifactType::Metrics),
         ]
     }
-    fn environment(&self, device: &str) -> Result<BTreeMap<String, String>, String> {
-        backend_env(device)
+    fn environment(&self, device: &str, place: Place) -> Result<BTreeMap<String, String>, String> {
+        backend_env(device, place)
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let p: PpoParams = parse_params(&ctx.params).map_err(|e| e.message)?;

@@ -18,7 +18,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use dagrun_cache::ArtifactType;
-use dagrun_engine::stage::{OutputDecl, ParamError, StageContext, StageError, StageKind};
+use dagrun_engine::stage::{OutputDecl, ParamError, Place, StageContext, StageError, StageKind};
 use serde_json::Value;
 
 use super::{
@@ -59,7 +59,11 @@ impl StageKind for ReportKind {
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
         vec![OutputDecl::new("report", ArtifactType::Report)]
     }
-    fn environment(&self, _device: &str) -> Result<BTreeMap<String, String>, String> {
+    fn environment(
+        &self,
+        _device: &str,
+        _place: Place,
+    ) -> Result<BTreeMap<String, String>, String> {
         // Plot text is laid out with this font: a different font gives different files.
         let font = plot::ensure_font()
             .map(|p| p.display().to_string())
