@@ -33,7 +33,7 @@ const FAST: &str = "slurm:\n  poll_seconds: 0.3\n  submit_interval_seconds: 0.1\
 /// A sweep of command nodes, a native kind and a local aggregate.
 fn sweep() -> String {
     format!(
-        r#"{FAST}
+        r#"{FAST}  max_array: 4
 stages:
   gen:
     kind: command
@@ -118,8 +118,61 @@ fn a_sweep_through_slurm_equals_the_local_run() {
     for ws in [&remote, &local] {
         ws.write("p.yaml", &sweep());
     }
-    let ran = remote.run(&["p.yaml", "--executor", "slurm"]);
+    // Slurm's commands behind shims that note each call.
+    let shims = remote.p("shims");
+    std::fs::create_dir_all(&shims).unwrap();
+    for tool in ["sbatch", "squeue", "scancel"] {
+        let real = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let shim = shims.join(tool);
+        std::fs::write(
+            &shim,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}/calls.{tool}\nexec {} \"$@\"\n",
+                remote.path().display(),
+                real.trim()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap());
+    let o = remote
+        .cmd(&["p.yaml", "--executor", "slurm"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let ran = executed(&err);
     assert_eq!(ran.len(), 8, "{ran:?}");
+    // Three sbatch calls: the six sweep nodes in arrays of at most 4, and `bandit`;
+    // squeue asked about every job of the run at once, never one call per node.
+    let sbatch = remote.read("calls.sbatch");
+    assert_eq!(sbatch.lines().count(), 3, "{sbatch}");
+    let mut arrays: Vec<&str> = sbatch
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--array=")))
+        .collect();
+    arrays.sort();
+    assert_eq!(
+        arrays,
+        ["--array=0-0", "--array=0-1", "--array=0-3"],
+        "{sbatch}"
+    );
+    let squeue = remote.read("calls.squeue");
+    assert!(
+        squeue.lines().any(|l| l.matches(',').count() >= 1),
+        "{squeue}"
+    );
+    assert!(squeue.lines().count() < 60, "{squeue}");
     assert_eq!(local.run(&["p.yaml", "--executor", "local"]).len(), 8);
 
     // Same keys, same bytes.
@@ -131,7 +184,7 @@ fn a_sweep_through_slurm_equals_the_local_run() {
         |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["outputs"].clone();
     assert_eq!(outputs(&a), outputs(&b));
 
-    // The six sweep nodes went out as one job array, each ran once, in a Slurm job.
+    // Each sweep node ran once, in a task of one of the two arrays.
     let mut arrays = std::collections::BTreeSet::new();
     for seed in [1, 2, 3] {
         for size in [4, 8] {
@@ -140,7 +193,7 @@ fn a_sweep_through_slurm_equals_the_local_run() {
             arrays.insert(ids[0].split('_').next().unwrap().to_string());
         }
     }
-    assert_eq!(arrays.len(), 1, "one array for the sweep: {arrays:?}");
+    assert_eq!(arrays.len(), 2, "two arrays for the sweep: {arrays:?}");
     assert_eq!(remote.read("runs.log").lines().count(), 6);
     // The local aggregate did not go through Slurm.
     assert!(job_ids_in_log(&remote, "total").is_empty());
