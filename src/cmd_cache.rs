@@ -2,7 +2,10 @@
 
 use std::collections::HashSet;
 
-use dagrun_engine::plan::{Evaluator, Selection};
+use dagrun_engine::{
+    plan::{Evaluator, Selection},
+    slurm::{stale_staging, SlurmSettings},
+};
 
 use crate::{
     cli::CacheCommand,
@@ -20,12 +23,16 @@ pub fn cmd_cache(ctx: &Ctx, c: &CacheCommand) -> CliResult {
             // Keep, for every node of the given pipelines, the record its current key
             // names and the record of its last run.
             let mut keep = HashSet::new();
+            let mut current = std::collections::HashMap::new();
+            let mut stagings = std::collections::BTreeSet::new();
             for file in pipelines {
                 let p = ctx.load(file)?;
+                stagings.insert(SlurmSettings::new(&p.slurm, &p.workdir, cache.dir()).staging);
                 let ev = Evaluator::new(&p, Some(&cache), false);
                 for (i, e) in ev.plan(&Selection::default())?.into_iter().enumerate() {
                     if let Some(k) = e.and_then(|e| e.key) {
                         keep.insert(k);
+                        current.insert(k.to_hex(), k);
                     }
                     if let Some(l) = cache.latest(&p.nodes[i].id)? {
                         keep.insert(l.key);
@@ -41,6 +48,29 @@ pub fn cmd_cache(ctx: &Ctx, c: &CacheCommand) -> CliResult {
                 human_bytes(r.bytes_freed),
                 r.records_kept
             );
+            // Slurm staging folders that no run can adopt any more.
+            let adoptable = |key: &str| {
+                current
+                    .get(key)
+                    .is_some_and(|h| !cache.has_record(h).unwrap_or(true))
+            };
+            let stale: Vec<_> = stagings
+                .iter()
+                .flat_map(|s| stale_staging(s, &adoptable))
+                .collect();
+            if !stale.is_empty() {
+                if !*dry_run {
+                    for d in &stale {
+                        std::fs::remove_dir_all(d).map_err(|e| {
+                            crate::exit::Failure::Other(anyhow::anyhow!(
+                                "cannot remove {}: {e}",
+                                d.display()
+                            ))
+                        })?;
+                    }
+                }
+                println!("{verb} {} Slurm staging folder(s)", stale.len());
+            }
         }
         CacheCommand::Verify => {
             let r = cache.verify()?;

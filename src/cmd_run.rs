@@ -235,6 +235,11 @@ pub fn cmd_plan(
             }
             _ => reasons.first().map(|r| r.to_string()).unwrap_or_default(),
         };
+        let extra = if p.nodes[*i].executor == Executor::Slurm && e.state.will_run() {
+            format!("{extra} [slurm]")
+        } else {
+            extra
+        };
         println!("  {:<8} {id:<width$}  {extra}", e.state.label());
         for r in reasons.iter().skip(1) {
             println!("  {:<8} {:<width$}  {r}", "", "");

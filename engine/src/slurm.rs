@@ -776,6 +776,46 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Folders of a staging area that no run can use any more: a node's folder when
+/// `adoptable(key)` is false (its key is committed, or no node has it now) and no job may
+/// still be writing into it (no submitted job without a result), and an array folder
+/// whose nodes' folders are all gone.
+pub fn stale_staging(staging: &Path, adoptable: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut stale = Vec::new();
+    let Ok(rd) = std::fs::read_dir(staging) else {
+        return stale;
+    };
+    let mut gone = BTreeSet::new();
+    for e in rd.flatten() {
+        let path = e.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let staged = Staged { dir: path.clone() };
+        let maybe_running = staged.submitted().exists() && !staged.result().exists();
+        if !adoptable(name) && !maybe_running {
+            gone.insert(staged.job());
+            stale.push(path);
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(staging.join("arrays")) {
+        for e in rd.flatten() {
+            let tasks = std::fs::read_to_string(e.path().join("tasks")).unwrap_or_default();
+            let all_gone = tasks.lines().all(|job| {
+                let job = PathBuf::from(job);
+                gone.contains(&job) || !job.exists()
+            });
+            if all_gone {
+                stale.push(e.path());
+            }
+        }
+    }
+    stale
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -343,6 +343,17 @@ fn an_interrupted_coordinator_adopts_its_jobs_on_the_next_run() {
     assert_eq!(ws.read("attempts.log").lines().count(), 2);
     let (out, _) = ws.ok(&["cache", "verify"]);
     assert!(out.contains("no corruption"), "{out}");
+    // The array folders the killed coordinators left behind go with `cache gc`.
+    let arrays = || {
+        std::fs::read_dir(ws.p(".dagrun/slurm/arrays"))
+            .unwrap()
+            .count()
+    };
+    assert!(arrays() > 0);
+    let (out, _) = ws.ok(&["cache", "gc", "p.yaml"]);
+    assert!(out.contains("Slurm staging folder(s)"), "{out}");
+    assert_eq!(arrays(), 0);
+    assert!(staged(&ws).is_empty());
 }
 
 #[test]
