@@ -384,42 +384,17 @@ fn the_small_paper_dag_runs_on_the_built_in_task() {
     }
 }
 
-/// A byte-level BPE tokenizer (GPT-2's layout) trained on a few reviews.
+/// The built-in task's tokenizer, trained on a few reviews.
 fn train_tokenizer(path: &Path) {
-    use tokenizers::{
-        decoders::byte_level::ByteLevel as ByteLevelDecoder,
-        models::bpe::{BpeTrainerBuilder, BPE},
-        pre_tokenizers::byte_level::ByteLevel,
-        AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-        TokenizerBuilder,
-    };
     let world = World::generate(0, &WorldParams::default());
     let texts: Vec<String> = toy::corpus(&world, 0, "train", 200)
         .into_iter()
         .map(|r| r.text)
         .collect();
-    let mut tk = TokenizerBuilder::<
-        BPE,
-        NormalizerWrapper,
-        PreTokenizerWrapper,
-        PostProcessorWrapper,
-        DecoderWrapper,
-    >::new()
-    .with_model(BPE::default())
-    .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
-    .with_decoder(Some(ByteLevelDecoder::default().into()))
-    .build()
-    .unwrap();
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(400)
-        .min_frequency(2)
-        .show_progress(false)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
-        .build();
-    tk.train(&mut trainer, texts.iter()).unwrap();
-    let tok: tokenizers::Tokenizer = tk.into();
-    tok.save(path, false).unwrap();
+    toy::train_tokenizer(&texts, 400)
+        .unwrap()
+        .save(path)
+        .unwrap();
 }
 
 #[test]
@@ -725,8 +700,8 @@ fn validate_names_the_parameter() {
         "[0, 1]",
     );
     assert!(task.validate(&json!({})).is_ok());
-    for k in [&mix as &dyn StageKind, &prompts, &task] {
-        assert_eq!(k.version(), 1);
+    for (k, v) in [(&mix as &dyn StageKind, 1), (&prompts, 1), (&task, 2)] {
+        assert_eq!(k.version(), v, "{}", k.name());
     }
 }
 

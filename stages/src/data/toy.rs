@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{rng_for, world::World, TextRow};
+use crate::ml::tokenizer::{BpeTrainConfig, TextTokenizer};
 
 /// How a source's file is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,46 +313,18 @@ mod tests {
 /// The end-of-text token of the trained tokenizer (GPT-2's).
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
-/// A byte-level BPE tokenizer in GPT-2's layout (byte-level pre-tokenizer without a prefix
-/// space, byte-level decoder and post-processor, [`END_OF_TEXT`] as id 0) trained on
-/// `texts` up to `vocab_size` tokens (merges need at least 2 occurrences).
-pub fn train_tokenizer(
-    texts: &[String],
-    vocab_size: usize,
-) -> Result<tokenizers::Tokenizer, String> {
-    use tokenizers::{
-        decoders::byte_level::ByteLevel as ByteLevelDecoder,
-        models::bpe::{BpeTrainerBuilder, BPE},
-        pre_tokenizers::byte_level::ByteLevel,
-        processors::byte_level::ByteLevel as ByteLevelProcessor,
-        AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-        TokenizerBuilder,
-    };
-    let mut tk = TokenizerBuilder::<
-        BPE,
-        NormalizerWrapper,
-        PreTokenizerWrapper,
-        PostProcessorWrapper,
-        DecoderWrapper,
-    >::new()
-    .with_model(BPE::default())
-    .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
-    .with_post_processor(Some(
-        ByteLevelProcessor::default().trim_offsets(false).into(),
-    ))
-    .with_decoder(Some(ByteLevelDecoder::default().into()))
-    .build()
-    .map_err(|e| e.to_string())?;
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(vocab_size)
-        .min_frequency(2)
-        .show_progress(false)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
-        .build();
-    tk.train(&mut trainer, texts.iter())
-        .map_err(|e| e.to_string())?;
-    Ok(tk.into())
+/// The tokenizer of the built-in task: a byte-level BPE in GPT-2's layout with
+/// [`END_OF_TEXT`] as id 0, trained on `texts` up to `vocab_size` tokens (merges need
+/// at least 2 occurrences).
+pub fn train_tokenizer(texts: &[String], vocab_size: usize) -> crate::ml::Result<TextTokenizer> {
+    TextTokenizer::train_bpe(
+        texts.iter().map(String::as_str),
+        &BpeTrainConfig {
+            vocab_size,
+            min_frequency: 2,
+            special_tokens: vec![END_OF_TEXT.to_string()],
+        },
+    )
 }
 
 #[cfg(test)]
@@ -368,20 +341,24 @@ mod tokenizer_tests {
             .collect();
         let a = train_tokenizer(&texts, 400).unwrap();
         let b = train_tokenizer(&texts, 400).unwrap();
-        assert_eq!(a.to_string(false).unwrap(), b.to_string(false).unwrap());
-        assert_eq!(a.get_vocab_size(true), 400);
-        assert_eq!(a.token_to_id(END_OF_TEXT), Some(0));
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        a.save(&pa).unwrap();
+        b.save(&pb).unwrap();
+        assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+        assert_eq!(a.vocab_size(), 400);
+        assert_eq!(a.eos_id(), Some(0));
         let text = &texts[3];
-        let ids = a.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        let ids = a.encode(text).unwrap();
         assert!(
             ids.len() < text.len() / 2,
             "merges compress: {} ids",
             ids.len()
         );
-        assert_eq!(&a.decode(&ids, true).unwrap(), text);
+        assert_eq!(&a.decode(&ids).unwrap(), text);
         // Text the tokenizer never saw still round-trips (byte level).
         let odd = "Zebra! ünïcode 42";
-        let ids = a.encode(odd, false).unwrap().get_ids().to_vec();
-        assert_eq!(a.decode(&ids, true).unwrap(), odd);
+        let ids = a.encode(odd).unwrap();
+        assert_eq!(a.decode(&ids).unwrap(), odd);
     }
 }

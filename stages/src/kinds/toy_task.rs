@@ -218,7 +218,9 @@ impl StageKind for ToyTaskKind {
         "toy_task"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the tokenizer comes from ml::tokenizer's trainer (same ids, different
+        // post-processor settings in tokenizer.json).
+        2
     }
     fn summary(&self) -> &'static str {
         "the built-in task: a generated review world with a known reward, a prompt corpus and noisy preference sources"
@@ -253,9 +255,8 @@ impl StageKind for ToyTaskKind {
             if split == "train" {
                 let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
                 let tok = toy::train_tokenizer(&texts, p.tokenizer_vocab)?;
-                tok.save(ctx.output_path("tokenizer"), false)
-                    .map_err(|e| format!("cannot write the tokenizer: {e}"))?;
-                ctx.metric("tokenizer.vocab", tok.get_vocab_size(true) as f64);
+                tok.save(&ctx.output_path("tokenizer"))?;
+                ctx.metric("tokenizer.vocab", tok.vocab_size() as f64);
             }
             write_jsonl(&corpus_dir.join(format!("{split}.jsonl")), &rows)?;
             write_parquet(
