@@ -12,6 +12,7 @@
 //! | `heads`    | `${stages.<head_ensemble stage>.stats}` (Figure 6, per-head accuracy) |
 //! | `ppo`      | `${stages.<ppo stage>.curves}`, a sweep (Figures 10–11)  |
 //! | `judge`    | `${stages.<judge_eval stage>.results}` (Figure 7)      |
+//! | `reward_bench` | `${stages.<reward_bench stage>.results}` (Figure 9: each head's and the ensemble's RewardBench score per section) |
 //!
 //! Output `report`: a folder with `index.html`, `numbers.json` and the figures.
 
@@ -22,15 +23,24 @@ use dagrun_engine::stage::{OutputDecl, ParamError, StageContext, StageError, Sta
 use serde_json::Value;
 
 use super::{
-    figures::{render, Band, Bands, Figure, GroupPoints, Histograms},
+    figures::{render, Band, Bands, Figure, GroupPoints, HeadBars, Histograms},
     head_ensemble::EnsembleStats,
     judge_eval::JudgeResults,
+    reward_bench::RewardBenchResults,
 };
 use crate::theory::{plot, BanditResult, SimulationResult};
 
 pub struct ReportKind;
 
-const KNOWN: [&str; 6] = ["title", "bandit", "simulate", "heads", "ppo", "judge"];
+const KNOWN: [&str; 7] = [
+    "title",
+    "bandit",
+    "simulate",
+    "heads",
+    "ppo",
+    "judge",
+    "reward_bench",
+];
 
 impl StageKind for ReportKind {
     fn name(&self) -> &'static str {
@@ -110,6 +120,18 @@ impl StageKind for ReportKind {
                 );
             }
             ctx.metric("judge.reference", j.reference);
+        }
+        if let Some(v) = ctx.params.get("reward_bench") {
+            let (_, r): (String, RewardBenchResults) = load_one(v, "reward_bench")?;
+            page.reward_bench(&dir, &r, ctx)?;
+            numbers.insert("reward_bench".into(), serde_json::to_value(&r)?);
+            ctx.metric("reward_bench.ensemble.overall", r.ensemble.overall);
+            for (key, _) in r.section_order() {
+                ctx.metric(
+                    &format!("reward_bench.ensemble.{key}"),
+                    r.ensemble.sections[&key].score,
+                );
+            }
         }
         std::fs::write(
             dir.join("numbers.json"),
@@ -476,6 +498,90 @@ impl Page {
                 self.html,
                 "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.3e}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.0}%</td></tr>",
                 esc(g), d.n, d.mean, d.variance, d.quantiles[0].1, d.quantiles[1].1, d.quantiles[2].1, d.quantiles[3].1, 100.0 * s.share_below_reference
+            );
+        }
+        self.html.push_str("</table>");
+        Ok(())
+    }
+
+    fn reward_bench(
+        &mut self,
+        dir: &Path,
+        r: &RewardBenchResults,
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        self.html
+            .push_str("<h2>RewardBench: every head and the ensemble (Figure 9)</h2>");
+        let _ = write!(
+            self.html,
+            "<p>{} pairs, chat template <code>{}</code>. A pair is right when the chosen response's reward is strictly higher. Section scores weight subsets by {}; the overall score weights Chat, Chat Hard, Safety and Reasoning by 1 and Prior Sets by 0.5.</p>",
+            r.pairs,
+            esc(&r.chat_template),
+            match r.weighting {
+                crate::data::reward_bench::Weighting::Counts => "their number of pairs",
+                crate::data::reward_bench::Weighting::Rewardbench =>
+                    "RewardBench's leaderboard counts (math-prm as much as all code subsets)",
+            }
+        );
+        let order = r.section_order();
+        let pct = |s: &crate::data::reward_bench::BenchScores, key: &str| {
+            s.sections.get(key).map_or(f64::NAN, |x| 100.0 * x.score)
+        };
+        let fig = HeadBars {
+            title: "RewardBench score per section".into(),
+            y_label: "score (%)".into(),
+            categories: order.iter().map(|(_, t)| t.clone()).collect(),
+            heads: r
+                .per_head
+                .iter()
+                .map(|h| order.iter().map(|(k, _)| pct(h, k)).collect())
+                .collect(),
+            ensemble: order.iter().map(|(k, _)| pct(&r.ensemble, k)).collect(),
+        };
+        self.figure_of(dir, "fig9_reward_bench", &fig, ctx);
+        self.html.push_str("<table><tr><th>model</th>");
+        for (_, t) in &order {
+            let _ = write!(self.html, "<th>{}</th>", esc(t));
+        }
+        self.html.push_str("<th>overall</th></tr>");
+        let rows = r
+            .per_head
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (format!("head {k}"), s))
+            .chain(std::iter::once(("ensemble mean".to_string(), &r.ensemble)));
+        for (name, s) in rows {
+            let _ = write!(self.html, "<tr><td>{name}</td>");
+            for (k, _) in &order {
+                let _ = write!(self.html, "<td>{:.1}</td>", pct(s, k));
+            }
+            let _ = write!(self.html, "<td>{:.1}</td></tr>", 100.0 * s.overall);
+        }
+        self.html.push_str("<tr><td>pairs</td>");
+        for (k, _) in &order {
+            let _ = write!(self.html, "<td>{}</td>", r.ensemble.sections[k].count);
+        }
+        let _ = write!(self.html, "<td>{}</td></tr></table>", r.pairs);
+        self.html.push_str("<table><tr><th>subset</th><th>section</th><th>pairs</th><th>ensemble accuracy</th><th>heads: min</th><th>max</th></tr>");
+        let mut subsets: Vec<_> = r.ensemble.subsets.iter().collect();
+        subsets.sort_by_key(|(name, sub)| (sub.section, name.as_str()));
+        for (name, sub) in subsets {
+            let accs: Vec<f64> = r
+                .per_head
+                .iter()
+                .filter_map(|h| h.subsets.get(name).map(|x| x.accuracy))
+                .collect();
+            let lo = accs.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = accs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = write!(
+                self.html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+                esc(name),
+                sub.section.title(),
+                sub.count,
+                100.0 * sub.accuracy,
+                100.0 * lo,
+                100.0 * hi
             );
         }
         self.html.push_str("</table>");
