@@ -738,10 +738,18 @@ fn validate_names_the_parameter() {
         "degenerate_prob",
         "[0, 1]",
     );
+    check(
+        &task,
+        json!({"reward_bench_pairs": 0}),
+        "reward_bench_pairs",
+        "at least 1",
+    );
     assert!(task.validate(&json!({})).is_ok());
-    for k in [&mix as &dyn StageKind, &prompts, &task] {
+    for k in [&mix as &dyn StageKind, &prompts] {
         assert_eq!(k.version(), 1);
     }
+    // 2: the `reward_bench` output.
+    assert_eq!(task.version(), 2);
 }
 
 #[test]
