@@ -204,11 +204,8 @@ fn a_k_head_model_is_scored_on_a_reward_bench_parquet_file() {
     for (subset, (n, right, heads)) in &tally {
         let e = &res.ensemble.subsets[*subset];
         assert_eq!((e.count, e.correct), (*n, *right), "{subset}");
-        for k in 0..3 {
-            assert_eq!(
-                res.per_head[k].subsets[*subset].correct, heads[k],
-                "{subset}"
-            );
+        for (head, right) in res.per_head.iter().zip(heads) {
+            assert_eq!(head.subsets[*subset].correct, *right, "{subset}");
         }
     }
     // shp: three pairs and the tie.
