@@ -24,7 +24,7 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
     ws.write("quickstart.yaml", &reduced());
     let ran = ws.run(&["quickstart.yaml"]);
     assert!(
-        ran.contains("report") && ran.contains("reward_bench") && ran.len() == 16,
+        ran.contains("report") && ran.contains("reward_bench") && ran.len() == 17,
         "{ran:?}"
     );
     // Fully cached the second time.
@@ -81,6 +81,14 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
         section(&rb["ensemble"], "chat_hard"),
     );
     assert!(chat > 0.8 && chat > hard, "chat {chat}, chat hard {hard}");
+    // Figure 9's baseline: the backbone with its one head, on the same pairs.
+    let base = &numbers["reward_bench_baseline"];
+    assert_eq!(base["per_head"].as_array().unwrap().len(), 1, "{base}");
+    assert_eq!(base["pairs"], 400);
+    assert!(
+        base["ensemble"]["overall"].as_f64().unwrap() > 0.5,
+        "{base}"
+    );
     assert!(ws.read("out/report/index.html").contains("RewardBench"));
     for fig in [
         "fig2_bandit",

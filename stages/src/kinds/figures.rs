@@ -313,6 +313,9 @@ pub struct HeadBars {
     pub heads: Vec<Vec<f64>>,
     /// The ensemble's value per category.
     pub ensemble: Vec<f64>,
+    /// Another model to compare with (the paper: a fully fine-tuned single-head model):
+    /// its label and value per category.
+    pub baseline: Option<(String, Vec<f64>)>,
 }
 
 impl Figure for HeadBars {
@@ -358,8 +361,10 @@ impl Figure for HeadBars {
             .label_style((FONT, 13))
             .disable_x_mesh()
             .draw()?;
-        // K head bars then the ensemble bar, side by side in 0.8 of each category's width.
-        let bars = self.heads.len() + 1;
+        // K head bars, the ensemble bar and the baseline's, side by side in 0.8 of each
+        // category's width.
+        let ens = self.heads.len();
+        let bars = ens + 1 + usize::from(self.baseline.is_some());
         let w = 0.8 / bars as f64;
         let bar = |c: usize, j: usize, v: f64, color: RGBAColor| {
             let x0 = c as f64 - 0.4 + j as f64 * w;
@@ -386,10 +391,21 @@ impl Figure for HeadBars {
                     .iter()
                     .enumerate()
                     .filter(|(_, v)| v.is_finite())
-                    .map(|(c, &v)| bar(c, bars - 1, v, COLORS[1].to_rgba())),
+                    .map(|(c, &v)| bar(c, ens, v, COLORS[1].to_rgba())),
             )?
             .label("ensemble mean")
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], COLORS[1].filled()));
+        if let Some((label, vals)) = &self.baseline {
+            chart
+                .draw_series(
+                    vals.iter()
+                        .enumerate()
+                        .filter(|(_, v)| v.is_finite())
+                        .map(|(c, &v)| bar(c, ens + 1, v, COLORS[2].to_rgba())),
+                )?
+                .label(label.as_str())
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], COLORS[2].filled()));
+        }
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
