@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// How to run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Job slots: a node takes `resources.cpus` of them.
     pub jobs: usize,

@@ -28,5 +28,6 @@ pub fn registry() -> Registry {
     r.register(Arc::new(kinds::head_ensemble::HeadEnsembleKind));
     r.register(Arc::new(kinds::ppo::PpoKind));
     r.register(Arc::new(kinds::judge_eval::JudgeEvalKind));
+    r.register(Arc::new(kinds::reward_bench::RewardBenchKind));
     r
 }

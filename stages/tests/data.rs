@@ -49,7 +49,7 @@ fn run_pipeline(dir: &Path, yaml: &str) -> Vec<(String, Outcome)> {
             gpus: 0,
             selection: Selection::default(),
             command: "test".into(),
-            on_interrupt: None,
+            ..Default::default()
         },
         Arc::new(Quiet),
         Arc::new(AtomicBool::new(false)),
@@ -195,6 +195,20 @@ fn toy_task_writes_world_corpus_and_sources() {
         ids.len()
     );
     assert_eq!(tok.decode(&ids, true).unwrap(), train[0].text);
+
+    // The RewardBench-format test set: ten RewardBench subsets, two per section.
+    let (rb, _) = output(dir.path(), "task", "reward_bench");
+    let rows = dagrun_stages::data::reward_bench::read_rows(&rb).unwrap();
+    assert_eq!(rows.len(), 400);
+    assert_eq!(m.scalars["reward_bench.pairs"], 400.0);
+    let sections = dagrun_stages::data::reward_bench::sections_of(
+        rows.iter().map(|r| r.subset.as_str()),
+        dagrun_stages::data::reward_bench::UnknownSubsets::Error,
+    )
+    .unwrap();
+    assert_eq!(sections.len(), 10);
+    let distinct: std::collections::BTreeSet<_> = sections.values().collect();
+    assert_eq!(distinct.len(), 5, "{sections:?}");
 }
 
 #[test]
@@ -211,6 +225,7 @@ fn toy_task_is_deterministic_for_a_seed() {
         ("corpus", Some("train.parquet")),
         ("preferences", Some("noisy.jsonl")),
         ("preferences", Some("medium.parquet")),
+        ("reward_bench", Some("reward_bench.parquet")),
     ] {
         let read = |d: &Path| {
             let (p, _) = output(d, "task", out);
@@ -698,6 +713,12 @@ fn validate_names_the_parameter() {
         json!({"degenerate_prob": -0.1}),
         "degenerate_prob",
         "[0, 1]",
+    );
+    check(
+        &task,
+        json!({"reward_bench_pairs": 0}),
+        "reward_bench_pairs",
+        "at least 1",
     );
     assert!(task.validate(&json!({})).is_ok());
     for (k, v) in [(&mix as &dyn StageKind, 1), (&prompts, 1), (&task, 2)] {

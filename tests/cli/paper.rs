@@ -13,6 +13,7 @@ fn paper_pipeline_dry_run_names_what_is_missing_and_the_run_refuses() {
     for missing in [
         "data/preference_dataset_mix2",
         "data/imdb",
+        "data/reward-bench",
         "models/gpt2/tokenizer.json",
         "models/rm-backbone",
         "models/judge",
@@ -30,7 +31,7 @@ fn paper_pipeline_dry_run_names_what_is_missing_and_the_run_refuses() {
     let o = ws.dagrun(&["paper.yaml"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("paper.yaml:49:12: missing input file `data/preference_dataset_mix2`"),
+        text(&o).contains("paper.yaml:54:12: missing input file `data/preference_dataset_mix2`"),
         "{}",
         text(&o)
     );

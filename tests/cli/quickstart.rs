@@ -24,7 +24,7 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
     ws.write("quickstart.yaml", &reduced());
     let ran = ws.run(&["quickstart.yaml"]);
     assert!(
-        ran.contains("report") && ran.contains("judge") && ran.len() == 15,
+        ran.contains("report") && ran.contains("reward_bench") && ran.len() == 17,
         "{ran:?}"
     );
     // Fully cached the second time.
@@ -40,6 +40,8 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
         "judge.vanilla.mean",
         "judge.variance_aware.mean",
         "judge.vanilla.share_below_reference",
+        "reward_bench.ensemble.overall",
+        "reward_bench.ensemble.chat_hard",
     ] {
         assert!(show.contains(key), "{key} missing from:\n{show}");
     }
@@ -56,11 +58,44 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
             "{m}: PPO's true reward {mean} does not beat the reference {reference}"
         );
     }
+    // RewardBench on the built-in task's test set (Figure 9): the ensemble and each of
+    // the 10 heads, per section; easy pairs (Chat: large true-reward gaps) are scored
+    // better than hard ones (Chat Hard: small gaps).
+    let rb = &numbers["reward_bench"];
+    assert_eq!(rb["pairs"], 400, "{rb}");
+    let per_head = rb["per_head"].as_array().unwrap();
+    assert_eq!(per_head.len(), 10);
+    let section = |s: &serde_json::Value, key: &str| {
+        s["sections"][key]["score"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key} score in {s}"))
+    };
+    for s in per_head.iter().chain([&rb["ensemble"]]) {
+        for key in ["chat", "chat_hard", "safety", "reasoning", "prior_sets"] {
+            assert!((0.0..=1.0).contains(&section(s, key)), "{key}");
+        }
+        assert!(s["overall"].as_f64().unwrap() > 0.5, "{s}");
+    }
+    let (chat, hard) = (
+        section(&rb["ensemble"], "chat"),
+        section(&rb["ensemble"], "chat_hard"),
+    );
+    assert!(chat > 0.8 && chat > hard, "chat {chat}, chat hard {hard}");
+    // Figure 9's baseline: the backbone with its one head, on the same pairs.
+    let base = &numbers["reward_bench_baseline"];
+    assert_eq!(base["per_head"].as_array().unwrap().len(), 1, "{base}");
+    assert_eq!(base["pairs"], 400);
+    assert!(
+        base["ensemble"]["overall"].as_f64().unwrap() > 0.5,
+        "{base}"
+    );
+    assert!(ws.read("out/report/index.html").contains("RewardBench"));
     for fig in [
         "fig2_bandit",
         "fig5_simulation",
         "fig6_variance",
         "fig7_judge",
+        "fig9_reward_bench",
         "fig10_11_ppo_curves",
     ] {
         assert!(

@@ -7,6 +7,7 @@
 //!   JSON row (from JSON Lines or Parquet) becomes one, flat or chat format.
 //! - [`io`]: reading rows from `.jsonl` and `.parquet` files or folders of them, and
 //!   writing JSON Lines and Parquet. Errors name the file and the line or row.
+//! - [`reward_bench`]: RewardBench rows, sections and scoring (ALGORITHMS §8).
 //! - [`mix`]: the `dataset_mix` logic (filters, deduplication, weights and caps, shuffle,
 //!   split).
 //! - [`prompts`]: the `prompts` logic (the paper's rule: the first 2–7 tokens of reviews
@@ -16,6 +17,7 @@ pub mod io;
 pub mod mix;
 pub mod prompts;
 pub mod records;
+pub mod reward_bench;
 pub mod toy;
 pub mod world;
 

@@ -245,6 +245,107 @@ pub fn stats(pairs: &[LabelledPair]) -> SourceStats {
     }
 }
 
+/// How a subset of the built-in task's RewardBench file is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchTier {
+    /// The third of candidate pairs with the largest true-reward gaps (Chat).
+    Easy,
+    /// The middle third (Reasoning).
+    Medium,
+    /// The third with the smallest gaps (Chat Hard).
+    Hard,
+    /// One candidate is a repeated word, the built-in task's "unsafe" output (Safety).
+    Degenerate,
+    /// Labels sampled from the true reward (τ 1, 10% flips), like human labels (Prior Sets).
+    Noisy,
+}
+
+/// The subsets of [`reward_bench`]: two real RewardBench subset names per section, so the
+/// file is scored exactly like RewardBench's own.
+const BENCH_SUBSETS: [(&str, BenchTier); 10] = [
+    ("alpacaeval-easy", BenchTier::Easy),
+    ("mt-bench-med", BenchTier::Easy),
+    ("mt-bench-hard", BenchTier::Hard),
+    ("llmbar-natural", BenchTier::Hard),
+    ("refusals-dangerous", BenchTier::Degenerate),
+    ("xstest-should-respond", BenchTier::Degenerate),
+    ("math-prm", BenchTier::Medium),
+    ("hep-python", BenchTier::Medium),
+    ("anthropic_helpful", BenchTier::Noisy),
+    ("shp", BenchTier::Noisy),
+];
+
+/// A RewardBench row of the built-in task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchPair {
+    pub subset: String,
+    pub pair: LabelledPair,
+}
+
+/// A RewardBench-format test set from the world, `per_subset` pairs in each of ten
+/// RewardBench subsets (two per section). The difficulty of a section is the gap in true
+/// reward between the two candidates: Chat subsets take the largest gaps, Reasoning the
+/// middle ones, Chat Hard the smallest (each from a pool of three times the pairs needed,
+/// chosen = the higher true reward); Safety pairs a fluent response with a repeated word;
+/// Prior Sets have noisy labels (τ 1, 10% flips) as human preference data does. Pairs
+/// whose candidates have equal true rewards are left out. Each subset has its own random
+/// stream (`source:rewardbench:SUBSET`).
+pub fn reward_bench(
+    world: &World,
+    seed: u64,
+    shape: &PairShape,
+    per_subset: usize,
+) -> Vec<BenchPair> {
+    let mut out = Vec::new();
+    for (subset, tier) in BENCH_SUBSETS {
+        let (temperature, flip, degenerate, pool) = match tier {
+            BenchTier::Noisy => (1.0, 0.1, 0.0, per_subset * 2),
+            BenchTier::Degenerate => (1e-9, 0.0, 1.0, per_subset * 2),
+            _ => (1e-9, 0.0, 0.0, per_subset * 3 + per_subset / 2),
+        };
+        let spec = SourceSpec {
+            name: format!("rewardbench:{subset}"),
+            pairs: pool,
+            temperature,
+            flip,
+            format: SourceFormat::Flat,
+            file: SourceFile::Jsonl,
+        };
+        let shape = PairShape {
+            degenerate_prob: degenerate,
+            ..shape.clone()
+        };
+        let mut ps: Vec<LabelledPair> = pairs(world, seed, &spec, &shape)
+            .into_iter()
+            .filter(|p| p.reward_chosen != p.reward_rejected)
+            .collect();
+        let gap = |p: &LabelledPair| (p.reward_chosen - p.reward_rejected).abs();
+        let picked: Vec<LabelledPair> = match tier {
+            BenchTier::Noisy | BenchTier::Degenerate => ps.into_iter().take(per_subset).collect(),
+            _ => {
+                ps.truncate(per_subset * 3);
+                // Stable sort: equal gaps keep their drawn order.
+                ps.sort_by(|a, b| gap(a).total_cmp(&gap(b)));
+                let third = ps.len() / 3;
+                let start = match tier {
+                    BenchTier::Hard => 0,
+                    BenchTier::Medium => third,
+                    _ => ps.len() - third.min(per_subset),
+                };
+                ps.into_iter()
+                    .skip(start)
+                    .take(third.min(per_subset))
+                    .collect()
+            }
+        };
+        out.extend(picked.into_iter().map(|pair| BenchPair {
+            subset: subset.to_string(),
+            pair,
+        }));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +398,45 @@ mod tests {
         let hot = stats(&pairs(&w, 0, &spec(1e6, 0.0), &shape()));
         assert!((hot.agreement - 0.5).abs() < 0.05, "{hot:?}");
         assert!(sharp.mean_reward_chosen > sharp.mean_reward_rejected);
+    }
+
+    #[test]
+    fn reward_bench_sections_are_ordered_by_difficulty() {
+        use crate::data::reward_bench::Section;
+        let w = World::generate(0, &WorldParams::default());
+        let rows = reward_bench(&w, 0, &shape(), 30);
+        assert_eq!(rows, reward_bench(&w, 0, &shape(), 30));
+        assert_eq!(rows.len(), 300);
+        let mean_gap = |sec: Section| {
+            let g: Vec<f64> = rows
+                .iter()
+                .filter(|r| Section::of(&r.subset) == Some(sec))
+                .map(|r| r.pair.reward_chosen - r.pair.reward_rejected)
+                .collect();
+            assert_eq!(g.len(), 60, "{sec:?}");
+            g.iter().sum::<f64>() / g.len() as f64
+        };
+        let (chat, hard, reasoning) = (
+            mean_gap(Section::Chat),
+            mean_gap(Section::ChatHard),
+            mean_gap(Section::Reasoning),
+        );
+        assert!(
+            chat > reasoning && reasoning > hard && hard > 0.0,
+            "{chat} {reasoning} {hard}"
+        );
+        assert!(mean_gap(Section::Safety) > 0.0);
+        // Prior sets are noisy: some labels disagree with the true reward.
+        assert!(rows
+            .iter()
+            .any(|r| Section::of(&r.subset) == Some(Section::PriorSets)
+                && r.pair.reward_chosen < r.pair.reward_rejected));
+        for r in &rows {
+            assert_ne!(r.pair.reward_chosen, r.pair.reward_rejected);
+            if Section::of(&r.subset) != Some(Section::PriorSets) {
+                assert!(r.pair.reward_chosen > r.pair.reward_rejected, "{r:?}");
+            }
+        }
     }
 
     #[test]

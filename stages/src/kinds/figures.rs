@@ -1,4 +1,4 @@
-//! The paper-pipeline figures (6, 7, 10–11) as SVG or PNG, drawn with plotters.
+//! The paper-pipeline figures (6, 7, 9, 10–11) as SVG or PNG, drawn with plotters.
 //! Text uses the font that [`crate::theory::plot::ensure_font`] registers.
 
 use std::{error::Error, path::Path};
@@ -300,6 +300,119 @@ impl Figure for Bands {
                 .label_font((FONT, 12))
                 .draw()?;
         }
+        Ok(())
+    }
+}
+
+/// Grouped bars: per category, one bar per head and one for the ensemble mean (Figure 9).
+pub struct HeadBars {
+    pub title: String,
+    pub y_label: String,
+    pub categories: Vec<String>,
+    /// `heads[k][c]`: head k's value in category c.
+    pub heads: Vec<Vec<f64>>,
+    /// The ensemble's value per category.
+    pub ensemble: Vec<f64>,
+    /// Another model to compare with (the paper: a fully fine-tuned single-head model):
+    /// its label and value per category.
+    pub baseline: Option<(String, Vec<f64>)>,
+}
+
+impl Figure for HeadBars {
+    fn size(&self) -> (u32, u32) {
+        (
+            (160 + 140 * self.categories.len().max(1) as u32).max(640),
+            440,
+        )
+    }
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let n = self.categories.len().max(1);
+        let names = self.categories.clone();
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, (FONT, 20))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5..(n as f64 - 0.5), 0.0..125.0)?;
+        chart
+            .configure_mesh()
+            .x_labels(2 * n + 1)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-9 && i >= 0.0 {
+                    names.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            // Room above 100 for the legend, without ticks there.
+            .y_label_formatter(&|y| {
+                if *y <= 100.0 + 1e-9 {
+                    format!("{y:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(self.y_label.as_str())
+            .label_style((FONT, 13))
+            .disable_x_mesh()
+            .draw()?;
+        // K head bars, the ensemble bar and the baseline's, side by side in 0.8 of each
+        // category's width.
+        let ens = self.heads.len();
+        let bars = ens + 1 + usize::from(self.baseline.is_some());
+        let w = 0.8 / bars as f64;
+        let bar = |c: usize, j: usize, v: f64, color: RGBAColor| {
+            let x0 = c as f64 - 0.4 + j as f64 * w;
+            Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v)], color.filled())
+        };
+        for (k, vals) in self.heads.iter().enumerate() {
+            let shade = COLORS[0].mix(0.35 + 0.5 * k as f64 / bars.max(2) as f64);
+            let s = chart.draw_series(
+                vals.iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(c, &v)| bar(c, k, v, shade)),
+            )?;
+            if k == 0 {
+                s.label(format!("heads 0–{} (one bar each)", self.heads.len() - 1))
+                    .legend(|(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], COLORS[0].filled())
+                    });
+            }
+        }
+        chart
+            .draw_series(
+                self.ensemble
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(c, &v)| bar(c, ens, v, COLORS[1].to_rgba())),
+            )?
+            .label("ensemble mean")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], COLORS[1].filled()));
+        if let Some((label, vals)) = &self.baseline {
+            chart
+                .draw_series(
+                    vals.iter()
+                        .enumerate()
+                        .filter(|(_, v)| v.is_finite())
+                        .map(|(c, &v)| bar(c, ens + 1, v, COLORS[2].to_rgba())),
+                )?
+                .label(label.as_str())
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], COLORS[2].filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .draw()?;
         Ok(())
     }
 }

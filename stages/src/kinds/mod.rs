@@ -11,6 +11,7 @@ pub mod ml_util;
 pub mod ppo;
 pub mod prompts;
 pub mod report;
+pub mod reward_bench;
 pub mod simulate;
 pub mod toy_task;
 

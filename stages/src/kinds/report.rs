@@ -12,6 +12,8 @@
 //! | `heads`    | `${stages.<head_ensemble stage>.stats}` (Figure 6, per-head accuracy) |
 //! | `ppo`      | `${stages.<ppo stage>.curves}`, a sweep (Figures 10–11)  |
 //! | `judge`    | `${stages.<judge_eval stage>.results}` (Figure 7)      |
+//! | `reward_bench` | `${stages.<reward_bench stage>.results}` (Figure 9: each head's and the ensemble's RewardBench score per section) |
+//! | `reward_bench_baseline` | another `reward_bench` result drawn beside them (the paper: the fully fine-tuned single-head model); needs `reward_bench` |
 //!
 //! Output `report`: a folder with `index.html`, `numbers.json` and the figures.
 
@@ -22,15 +24,25 @@ use dagrun_engine::stage::{OutputDecl, ParamError, Place, StageContext, StageErr
 use serde_json::Value;
 
 use super::{
-    figures::{render, Band, Bands, Figure, GroupPoints, Histograms},
+    figures::{render, Band, Bands, Figure, GroupPoints, HeadBars, Histograms},
     head_ensemble::EnsembleStats,
     judge_eval::JudgeResults,
+    reward_bench::RewardBenchResults,
 };
 use crate::theory::{plot, BanditResult, SimulationResult};
 
 pub struct ReportKind;
 
-const KNOWN: [&str; 6] = ["title", "bandit", "simulate", "heads", "ppo", "judge"];
+const KNOWN: [&str; 8] = [
+    "title",
+    "bandit",
+    "simulate",
+    "heads",
+    "ppo",
+    "judge",
+    "reward_bench",
+    "reward_bench_baseline",
+];
 
 impl StageKind for ReportKind {
     fn name(&self) -> &'static str {
@@ -53,6 +65,12 @@ impl StageKind for ReportKind {
                     format!("unknown report section `{k}` (known: {})", KNOWN.join(", ")),
                 ));
             }
+        }
+        if o.contains_key("reward_bench_baseline") && !o.contains_key("reward_bench") {
+            return Err(ParamError::at(
+                "reward_bench_baseline",
+                "is drawn beside `reward_bench`, which is missing",
+            ));
         }
         Ok(())
     }
@@ -114,6 +132,28 @@ impl StageKind for ReportKind {
                 );
             }
             ctx.metric("judge.reference", j.reference);
+        }
+        if let Some(v) = ctx.params.get("reward_bench") {
+            let (_, r): (String, RewardBenchResults) = load_one(v, "reward_bench")?;
+            let baseline = match ctx.params.get("reward_bench_baseline") {
+                Some(b) => {
+                    let (_, b): (String, RewardBenchResults) =
+                        load_one(b, "reward_bench_baseline")?;
+                    ctx.metric("reward_bench.baseline.overall", b.ensemble.overall);
+                    numbers.insert("reward_bench_baseline".into(), serde_json::to_value(&b)?);
+                    Some(b)
+                }
+                None => None,
+            };
+            page.reward_bench(&dir, &r, baseline.as_ref(), ctx)?;
+            numbers.insert("reward_bench".into(), serde_json::to_value(&r)?);
+            ctx.metric("reward_bench.ensemble.overall", r.ensemble.overall);
+            for (key, _) in r.section_order() {
+                ctx.metric(
+                    &format!("reward_bench.ensemble.{key}"),
+                    r.ensemble.sections[&key].score,
+                );
+            }
         }
         std::fs::write(
             dir.join("numbers.json"),
@@ -486,6 +526,106 @@ impl Page {
         Ok(())
     }
 
+    fn reward_bench(
+        &mut self,
+        dir: &Path,
+        r: &RewardBenchResults,
+        baseline: Option<&RewardBenchResults>,
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        self.html
+            .push_str("<h2>RewardBench: every head and the ensemble (Figure 9)</h2>");
+        // The baseline's score: the mean of its heads (its only head, for a single model).
+        let baseline_label = baseline.map(|b| {
+            if b.heads == 1 {
+                "baseline (one head)".to_string()
+            } else {
+                format!("baseline (mean of {} heads)", b.heads)
+            }
+        });
+        let _ = write!(
+            self.html,
+            "<p>{} pairs, chat template <code>{}</code>. A pair is right when the chosen response's reward is strictly higher. Section scores weight subsets by {}; the overall score weights Chat, Chat Hard, Safety and Reasoning by 1 and Prior Sets by 0.5.</p>",
+            r.pairs,
+            esc(&r.chat_template),
+            match r.weighting {
+                crate::data::reward_bench::Weighting::Counts => "their number of pairs",
+                crate::data::reward_bench::Weighting::Rewardbench =>
+                    "RewardBench's leaderboard counts (math-prm as much as all code subsets)",
+            }
+        );
+        let order = r.section_order();
+        let pct = |s: &crate::data::reward_bench::BenchScores, key: &str| {
+            s.sections.get(key).map_or(f64::NAN, |x| 100.0 * x.score)
+        };
+        let fig = HeadBars {
+            title: "RewardBench score per section".into(),
+            y_label: "score (%)".into(),
+            categories: order.iter().map(|(_, t)| t.clone()).collect(),
+            heads: r
+                .per_head
+                .iter()
+                .map(|h| order.iter().map(|(k, _)| pct(h, k)).collect())
+                .collect(),
+            ensemble: order.iter().map(|(k, _)| pct(&r.ensemble, k)).collect(),
+            baseline: baseline.zip(baseline_label.clone()).map(|(b, label)| {
+                (
+                    label,
+                    order.iter().map(|(k, _)| pct(&b.ensemble, k)).collect(),
+                )
+            }),
+        };
+        self.figure_of(dir, "fig9_reward_bench", &fig, ctx);
+        self.html.push_str("<table><tr><th>model</th>");
+        for (_, t) in &order {
+            let _ = write!(self.html, "<th>{}</th>", esc(t));
+        }
+        self.html.push_str("<th>overall</th></tr>");
+        let rows = r
+            .per_head
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (format!("head {k}"), s))
+            .chain(std::iter::once(("ensemble mean".to_string(), &r.ensemble)))
+            .chain(baseline.zip(baseline_label).map(|(b, l)| (l, &b.ensemble)));
+        for (name, s) in rows {
+            let _ = write!(self.html, "<tr><td>{name}</td>");
+            for (k, _) in &order {
+                let _ = write!(self.html, "<td>{:.1}</td>", pct(s, k));
+            }
+            let _ = write!(self.html, "<td>{:.1}</td></tr>", 100.0 * s.overall);
+        }
+        self.html.push_str("<tr><td>pairs</td>");
+        for (k, _) in &order {
+            let _ = write!(self.html, "<td>{}</td>", r.ensemble.sections[k].count);
+        }
+        let _ = write!(self.html, "<td>{}</td></tr></table>", r.pairs);
+        self.html.push_str("<table><tr><th>subset</th><th>section</th><th>pairs</th><th>ensemble accuracy</th><th>heads: min</th><th>max</th></tr>");
+        let mut subsets: Vec<_> = r.ensemble.subsets.iter().collect();
+        subsets.sort_by_key(|(name, sub)| (sub.section, name.as_str()));
+        for (name, sub) in subsets {
+            let accs: Vec<f64> = r
+                .per_head
+                .iter()
+                .filter_map(|h| h.subsets.get(name).map(|x| x.accuracy))
+                .collect();
+            let lo = accs.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = accs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = write!(
+                self.html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+                esc(name),
+                sub.section.title(),
+                sub.count,
+                100.0 * sub.accuracy,
+                100.0 * lo,
+                100.0 * hi
+            );
+        }
+        self.html.push_str("</table>");
+        Ok(())
+    }
+
     /// Writes a figure as SVG and PNG and embeds the SVG; without a font, says so.
     fn figure_of(&mut self, dir: &Path, stem: &str, fig: &impl Figure, ctx: &StageContext) {
         let svg = dir.join(format!("{stem}.svg"));
@@ -509,5 +649,27 @@ impl Page {
     fn finish(mut self) -> String {
         self.html.push_str("<p class=\"note\">Generated by dagrun. Every number on this page is in numbers.json.</p></body></html>");
         self.html
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reward_bench_baseline_needs_the_reward_bench_section() {
+        let k = ReportKind;
+        let e = k
+            .validate(&serde_json::json!({"reward_bench_baseline": "b.json"}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("reward_bench_baseline"));
+        assert!(e.message.contains("`reward_bench`"), "{}", e.message);
+        k.validate(
+            &serde_json::json!({"reward_bench": "a.json", "reward_bench_baseline": "b.json"}),
+        )
+        .unwrap();
+        assert!(k
+            .validate(&serde_json::json!({"reward_bench_base": "b.json"}))
+            .is_err());
     }
 }

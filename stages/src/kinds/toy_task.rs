@@ -12,10 +12,14 @@
 //!   flat rows `{prompt, chosen, rejected}`, chat rows `{chosen, rejected}` as lists of
 //!   `{role, content}` (a user turn with the prompt, then the assistant's response);
 //! - `tokenizer` (file): a `tokenizer.json` (byte-level BPE in GPT-2's layout, with
-//!   `<|endoftext|>`) trained on the corpus's train split, for the built-in policy.
+//!   `<|endoftext|>`) trained on the corpus's train split, for the built-in policy;
+//! - `reward_bench` (dataset folder): `reward_bench.parquet`, a RewardBench-format test set
+//!   (`prompt, chosen, rejected, subset, id`) in ten RewardBench subsets, two per section,
+//!   whose difficulty follows the true reward ([`toy::reward_bench`]), for the
+//!   `reward_bench` kind.
 //!
 //! Metrics: `corpus.train`, `corpus.test`, `corpus.mean_chars`, `corpus.positive_fraction`,
-//! `world.sentiment_words`, `tokenizer.vocab`, and per source `NAME.pairs`, `NAME.mean_reward_chosen`,
+//! `world.sentiment_words`, `tokenizer.vocab`, `reward_bench.pairs`, and per source `NAME.pairs`, `NAME.mean_reward_chosen`,
 //! `NAME.mean_reward_rejected`, `NAME.agreement` (share of pairs whose chosen response has
 //! the higher true reward, ties left out), `NAME.ties`.
 
@@ -64,6 +68,8 @@ pub struct ToyTaskParams {
     /// `noisy` (τ 2, flip 0.15, 400), `chat` (chat format, τ 1, flip 0.05, 400), `medium`
     /// (Parquet, τ 1, flip 0.05, 200).
     pub sources: Vec<SourceSpec>,
+    /// Pairs per subset of the RewardBench-format test set (ten subsets). Default 40.
+    pub reward_bench_pairs: usize,
 }
 
 impl Default for ToyTaskParams {
@@ -79,6 +85,7 @@ impl Default for ToyTaskParams {
             degenerate_prob: 0.1,
             tokenizer_vocab: 1024,
             sources: default_sources(),
+            reward_bench_pairs: 40,
         }
     }
 }
@@ -108,6 +115,9 @@ impl ToyTaskParams {
                 "tokenizer_vocab",
                 "must be at least 257 (256 bytes and <|endoftext|>)",
             ));
+        }
+        if self.reward_bench_pairs == 0 {
+            return Err(ParamError::at("reward_bench_pairs", "must be at least 1"));
         }
         if self.sources.is_empty() {
             return Err(ParamError::at("sources", "needs at least one source"));
@@ -218,8 +228,8 @@ impl StageKind for ToyTaskKind {
         "toy_task"
     }
     fn version(&self) -> u32 {
-        // 2: the tokenizer comes from ml::tokenizer's trainer (same ids, different
-        // post-processor settings in tokenizer.json).
+        // 2: adds the `reward_bench` output; the tokenizer comes from ml::tokenizer's
+        // trainer (same ids, other post-processor settings in tokenizer.json).
         2
     }
     fn summary(&self) -> &'static str {
@@ -237,6 +247,7 @@ impl StageKind for ToyTaskKind {
             OutputDecl::new("corpus", ArtifactType::Dataset),
             OutputDecl::new("preferences", ArtifactType::Dataset),
             OutputDecl::new("tokenizer", ArtifactType::File),
+            OutputDecl::new("reward_bench", ArtifactType::Dataset),
         ]
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -319,6 +330,21 @@ impl StageKind for ToyTaskKind {
                 s.ties
             ));
         }
+        let bench = toy::reward_bench(&world, p.seed, &shape, p.reward_bench_pairs);
+        let col = |f: fn(&toy::BenchPair) -> &String| {
+            Column::Str(bench.iter().map(|b| f(b).clone()).collect())
+        };
+        write_parquet(
+            &ctx.output_path("reward_bench").join("reward_bench.parquet"),
+            &[
+                ("prompt", col(|b| &b.pair.prompt)),
+                ("chosen", col(|b| &b.pair.chosen)),
+                ("rejected", col(|b| &b.pair.rejected)),
+                ("subset", col(|b| &b.subset)),
+                ("id", Column::Int((0..bench.len() as i64).collect())),
+            ],
+        )?;
+        ctx.metric("reward_bench.pairs", bench.len() as f64);
         ctx.progress(p.sources.len() as u64, p.sources.len() as u64, "done");
         Ok(())
     }

@@ -5,12 +5,14 @@
 //! - [`device`]: `auto|cpu|libtorch-cpu|cuda[:N]` → burn device, checked before work starts.
 //! - [`gpt2`]: [`Gpt2Config`] and the [`Gpt2`] model with its [`KvCache`]; [`gpt2_hf`] loads and
 //!   exports Hugging Face folders.
+//! - [`chat`]: chat templates (`gemma`, `llama3`, `plain`) and their tokenisation.
 //! - [`batch`]: padded [`TokenBatch`]es with attention masks.
 //! - [`weights`]: named host tensors ↔ safetensors files.
 //! - [`rng`]: a checkpointable seeded RNG.
 mod error;
 
 pub mod batch;
+pub mod chat;
 pub mod checkpoint;
 pub mod cli;
 pub mod device;
