@@ -96,6 +96,9 @@ pub enum Command {
     /// `head_ensemble`, `ppo[method=vanilla,member=0,seed=1]`; `NODE:OUTPUT` picks an output).
     #[command(subcommand)]
     Model(crate::model_cmd::ModelCommand),
+    /// Benchmark the ML stages' code on a device: one PPO step, reward-model scoring (JSON).
+    #[command(subcommand, hide = true)]
+    Bench(crate::cmd_bench::BenchCommand),
 }
 
 /// Which nodes to run or force.
