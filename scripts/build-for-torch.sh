@@ -15,7 +15,7 @@
 #   3. builds the test executables the GPU run needs (`cargo test --no-run
 #      --message-format=json`: stages' `ml` and `ppo` tests) with the same settings;
 #   4. writes into ${DAGRUN_DIST:-<repo>/dist/torch-<version>} (ignored by git):
-#        bin/dagrun            the binary (debug info stripped)
+#        bin/dagrun            the binary (stripped)
 #        tests/ml, tests/ppo   the test executables (stripped)
 #        fixtures/             tests/fixtures (the tests read them through DAGRUN_FIXTURES)
 #        env.sh                `. env.sh` finds the machine's torch lib/ through its python and
@@ -88,7 +88,8 @@ mkdir -p "$DIST/bin" "$DIST/tests"
 strip_copy() { # src dst
     cp "$1" "$2"
     chmod u+w "$2"
-    if command -v strip >/dev/null; then strip --strip-debug "$2"; fi
+    # All symbols go too (backtraces lose names): the folder must stay small to carry.
+    if command -v strip >/dev/null; then strip "$2"; fi
 }
 strip_copy "$CARGO_TARGET_DIR/release/dagrun" "$DIST/bin/dagrun"
 if [ -z "${DAGRUN_SKIP_TESTS:-}" ]; then
