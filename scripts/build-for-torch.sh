@@ -22,6 +22,7 @@
 #                              sets LD_LIBRARY_PATH (+ DAGRUN_FIXTURES)
 #        dagrun                wrapper: sources env.sh, then runs bin/dagrun
 #        manifest.json         torch version, git commit, build time, rustc, file sizes
+#      (a ref/ folder there, from `scripts/gpu-run.sh --make-cpu-ref`, is kept)
 #
 # On the target machine:  dist/torch-<version>/dagrun --version
 #                         (its python must import torch of the same version; PYTHON=... to choose)
@@ -83,7 +84,8 @@ if [ -z "${DAGRUN_SKIP_TESTS:-}" ]; then
 fi
 
 # 4. Package.
-rm -rf "$DIST"
+# (ref/, written by `scripts/gpu-run.sh --make-cpu-ref`, is kept.)
+rm -rf "$DIST/bin" "$DIST/tests" "$DIST/fixtures" "$DIST/env.sh" "$DIST/dagrun" "$DIST/manifest.json"
 mkdir -p "$DIST/bin" "$DIST/tests"
 strip_copy() { # src dst
     cp "$1" "$2"
