@@ -119,7 +119,7 @@ cat > "$DIST/env.sh" <<'EOF'
 # LD_LIBRARY_PATH and DAGRUN_FIXTURES.
 DAGRUN_DIST_DIR="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
 DAGRUN_PYTHON="${DAGRUN_PYTHON:-${PYTHON:-python3}}"
-DAGRUN_TORCH_INFO="$("$DAGRUN_PYTHON" -c 'import os, torch; print(torch.__version__); print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" || {
+DAGRUN_TORCH_INFO="$("$DAGRUN_PYTHON" -W ignore -c 'import os, torch; print(torch.__version__); print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" || {
     echo "env.sh: $DAGRUN_PYTHON cannot import torch" >&2; return 1 2>/dev/null || exit 1; }
 DAGRUN_TORCH_VERSION="$(echo "$DAGRUN_TORCH_INFO" | sed -n 1p)"
 DAGRUN_TORCH_LIB="$(echo "$DAGRUN_TORCH_INFO" | sed -n 2p)"
