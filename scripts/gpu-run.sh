@@ -64,7 +64,8 @@ record() { # name rc seconds note
 
 # The quickstart, on DEVICE, in a fresh workspace; judge results -> $2.
 quickstart() { # device out.json log
-    local ws="$OUTDIR/quickstart-$1"
+    # The workspace (cache and all) stays outside OUT: only the judge JSON and the log go there.
+    local ws="${TMPDIR:-/tmp}/dagrun-gpu-run-quickstart-$1"
     rm -rf "$ws"
     mkdir -p "$ws"
     sed 's/^  device: cpu$/  device: '"$1"'/' pipelines/quickstart.yaml > "$ws/quickstart.yaml"
