@@ -115,9 +115,13 @@ cp -r tests/fixtures "$DIST/fixtures"
 
 cat > "$DIST/env.sh" <<'EOF'
 # Source me: `. dist/torch-<version>/env.sh`. Finds the torch lib/ of this machine's python
-# (DAGRUN_PYTHON, else PYTHON, else python3), checks its version against the build's, and sets
+# (DAGRUN_PYTHON, else PYTHON, else the first of python3, python that imports torch), checks
+# its version against the build's, and sets
 # LD_LIBRARY_PATH and DAGRUN_FIXTURES.
 DAGRUN_DIST_DIR="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
+if [ -z "${DAGRUN_PYTHON:-${PYTHON:-}}" ]; then # the first of python3, python that imports torch
+    for DAGRUN_PYTHON in python3 python; do "$DAGRUN_PYTHON" -W ignore -c 'import torch' 2>/dev/null && break; done
+fi
 DAGRUN_PYTHON="${DAGRUN_PYTHON:-${PYTHON:-python3}}"
 DAGRUN_TORCH_INFO="$("$DAGRUN_PYTHON" -W ignore -c 'import os, torch; print(torch.__version__); print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" || {
     echo "env.sh: $DAGRUN_PYTHON cannot import torch" >&2; return 1 2>/dev/null || exit 1; }

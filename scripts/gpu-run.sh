@@ -49,7 +49,10 @@ DIST="$(cd "$DIST" && pwd)"
 OUTDIR="${OUTDIR:-$REPO/gpu-run-out}"
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
-export PYTHON="${PYTHON:-python3}"
+if [ -z "${PYTHON:-}" ]; then # the first of python3, python that imports torch
+    for PYTHON in python3 python; do "$PYTHON" -W ignore -c 'import torch' 2>/dev/null && break; done
+fi
+export PYTHON
 export DAGRUN_PYTHON="${DAGRUN_PYTHON:-$PYTHON}"
 # shellcheck disable=SC1091
 . "$DIST/env.sh" || exit 1
