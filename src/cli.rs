@@ -100,6 +100,9 @@ pub enum Command {
     /// Run one job of a Slurm array on this machine (what dagrun submits; not for people).
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Benchmark the ML stages' code on a device: one PPO step, reward-model scoring (JSON).
+    #[command(subcommand, hide = true)]
+    Bench(crate::cmd_bench::BenchCommand),
 }
 
 /// Which nodes to run or force.

@@ -1,6 +1,7 @@
 //! The `dagrun` binary: parses the command line and hands off to the `cmd_*` modules.
 
 mod cli;
+mod cmd_bench;
 mod cmd_cache;
 mod cmd_graph;
 mod cmd_inspect;
@@ -59,6 +60,7 @@ fn dispatch(cli: cli::Cli) -> exit::CliResult {
             *model = cmd_inspect::resolve_model(&ctx, model)?;
             model_cmd::run(m).map_err(exit::Failure::Other)
         }
+        Some(Bench(b)) => cmd_bench::run(b).map_err(exit::Failure::Other),
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use dagrun_engine::stage::Registry;
 
+pub mod bench;
 pub mod command;
 pub mod data;
 pub mod kinds;

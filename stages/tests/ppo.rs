@@ -9,8 +9,13 @@ use dagrun_stages::{
     ml::{heads::LinearHeads, reward::RewardModel, Gpt2},
 };
 
+/// The tiny GPT-2 fixture (under `DAGRUN_FIXTURES` when set: a test executable run on another
+/// machine, see scripts/build-for-torch.sh).
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny")
+    match std::env::var_os("DAGRUN_FIXTURES") {
+        Some(dir) => PathBuf::from(dir).join("gpt2-tiny"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny"),
+    }
 }
 
 /// A 3-head reward model on the fixture's backbone, saved in `dir`.

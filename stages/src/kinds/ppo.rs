@@ -13,7 +13,7 @@
 //! Outputs: `policy` (Hugging Face GPT-2 folder) and `curves` (JSON: per-step KL, score,
 //! KL penalty, variance, losses, entropy).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
 use burn::{
     module::Module,
@@ -369,11 +369,22 @@ pub fn run_ppo(
         top_p: p.top_p,
         ..SamplingConfig::default()
     };
-    let gen_cfg = GenerateConfig {
-        max_new_tokens: p.max_new_tokens,
-        sampling,
-        eos_id: eos,
-        pad_id: pad,
+    let models = PpoModels {
+        device: device.clone(),
+        reference,
+        rm,
+        to_rm_ids: Box::new(|s: &[u32]| {
+            let text = tok.decode(s)?;
+            encode_tail(&rm_tok, &text, p.rm_max_len)
+        }),
+        rm_pad: rm_tok.pad_id(),
+        pad,
+        generate: GenerateConfig {
+            max_new_tokens: p.max_new_tokens,
+            sampling,
+            eos_id: eos,
+            pad_id: pad,
+        },
     };
     for step in stats.len()..p.steps {
         if cancel() {
@@ -390,141 +401,9 @@ pub fn run_ppo(
             .map(|&i| prompts[i].clone())
             .collect();
         cursor += p.batch_size;
-        // 2. Responses from the current policy.
-        let current = pv.lm.valid();
-        let generation = generate(&current, &batch_prompts, &gen_cfg, &mut rng)?;
-        // 3. Scores and ensemble variances.
-        let texts: Vec<Vec<u32>> = generation
-            .sequences
-            .iter()
-            .map(|s| {
-                let text = tok.decode(s)?;
-                encode_tail(&rm_tok, &text, p.rm_max_len)
-                    .map_err(|e| crate::ml::MlError::Invalid(e.to_string()))
-            })
-            .collect::<Result<_, crate::ml::MlError>>()?;
-        let rm_batch = TokenBatch::from_rows(&texts, rm_tok.pad_id(), Padding::Right)?;
-        let rewards = to_f32_vec(rm.forward(&rm_batch)?);
-        let b = batch_prompts.len();
-        let mut scores = Vec::with_capacity(b);
-        let mut variances = Vec::with_capacity(b);
-        for r in 0..b {
-            let heads: Vec<f64> = rewards[r * k..(r + 1) * k]
-                .iter()
-                .map(|&x| x as f64)
-                .collect();
-            let (mean, var) = mean_var(&heads, p.ddof);
-            let var = p.variance_override.unwrap_or(var);
-            let s = match p.aggregation {
-                Aggregation::Member => heads[p.member],
-                Aggregation::Mean => mean,
-                Aggregation::Min => heads.iter().copied().fold(f64::INFINITY, f64::min),
-                Aggregation::MeanMinusVar => mean - p.lambda * var,
-                Aggregation::MeanMinusStd => mean - p.lambda * var.sqrt(),
-            };
-            scores.push(s);
-            variances.push(var);
-        }
-        // 4. Log-probs (policy, reference) and values of the response tokens.
-        let seqs = &generation.sequences;
-        let full = TokenBatch::from_rows(seqs, pad, Padding::Right)?;
-        let t = full.len;
-        let pv_eval = pv.valid();
-        let hidden = pv_eval.lm.hidden(&full, None)?;
-        let logits = pv_eval.lm.lm_logits(hidden.clone());
-        let values = to_f32_vec(pv_eval.value.forward(hidden));
-        let ent = {
-            let [bb, tt, v] = logits.dims();
-            let lsm = log_softmax(logits.clone().slice([0..bb, 0..tt - 1, 0..v]), 2);
-            to_f32_vec(
-                (lsm.clone().exp() * lsm)
-                    .sum_dim(2)
-                    .neg()
-                    .reshape([bb, tt - 1]),
-            )
-        };
-        let logp = to_f32_vec(token_logprobs_from_logits(logits, &full));
-        let ref_logp = to_f32_vec(token_logprobs_from_logits(
-            reference.forward(&full, None)?,
-            &full,
-        ));
-        let mut samples = Vec::with_capacity(b);
-        let (mut kl_sum, mut pen_sum, mut ent_sum, mut ent_n, mut len_sum) =
-            (0.0, 0.0, 0.0, 0usize, 0.0);
-        for r in 0..b {
-            let pl = generation.prompt_lens[r];
-            let n = generation.responses[r].len();
-            let idx = |j: usize| r * (t - 1) + pl + j - 1;
-            let old_logp: Vec<f64> = (0..n).map(|j| logp[idx(j)] as f64).collect();
-            let kl: Vec<f64> = (0..n)
-                .map(|j| (logp[idx(j)] - ref_logp[idx(j)]) as f64)
-                .collect();
-            let old_v: Vec<f64> = (0..n).map(|j| values[r * t + pl + j - 1] as f64).collect();
-            for j in 0..n {
-                ent_sum += ent[idx(j)] as f64;
-            }
-            ent_n += n;
-            let w = match p.method {
-                Method::Vanilla => 1.0,
-                Method::VarianceAware => variances[r],
-            };
-            let rewards = token_rewards(&kl, p.beta, w, scores[r]);
-            let (adv, ret) = gae(&rewards, &old_v, p.gamma, p.lam);
-            let kl_total: f64 = kl.iter().sum();
-            kl_sum += kl_total;
-            pen_sum += p.beta * w * kl_total;
-            len_sum += n as f64;
-            samples.push(Sample {
-                ids: seqs[r].clone(),
-                prompt_len: pl,
-                old_logp,
-                old_v,
-                adv,
-                ret,
-            });
-        }
-        let mut advs: Vec<Vec<f64>> = samples.iter().map(|s| s.adv.clone()).collect();
-        whiten(&mut advs);
-        for (s, a) in samples.iter_mut().zip(advs) {
-            s.adv = a;
-        }
-        // 5. PPO epochs over shuffled mini-batches.
-        let (mut pg_sum, mut vf_sum, mut ratio_sum, mut updates, mut skipped) =
-            (0.0, 0.0, 0.0, 0usize, 0usize);
-        for _ in 0..p.ppo_epochs {
-            let mut rows: Vec<usize> = (0..b).collect();
-            rng.shuffle(&mut rows);
-            for mb in rows.chunks(p.mini_batch_size.max(1)) {
-                let (pg, vf, ratio, loss) = minibatch_loss(&pv, &samples, mb, pad, p, &ad)?;
-                if ratio > p.ratio_threshold {
-                    skipped += 1;
-                    continue;
-                }
-                let mut grads = ParamGrads::from_loss(loss, &pv);
-                if let Some(m) = p.max_grad_norm {
-                    grads.clip_global_norm(m);
-                }
-                pv = adam.step(pv, grads, p.lr);
-                pg_sum += pg;
-                vf_sum += vf;
-                ratio_sum += ratio;
-                updates += 1;
-            }
-        }
-        let bf = b as f64;
-        let st = StepStats {
-            step: step + 1,
-            kl: kl_sum / bf,
-            score: scores.iter().sum::<f64>() / bf,
-            kl_penalty: pen_sum / bf,
-            variance: variances.iter().sum::<f64>() / bf,
-            policy_loss: pg_sum / updates.max(1) as f64,
-            value_loss: vf_sum / updates.max(1) as f64,
-            entropy: ent_sum / ent_n.max(1) as f64,
-            mean_ratio: ratio_sum / updates.max(1) as f64,
-            response_length: len_sum / bf,
-            skipped,
-        };
+        let (next, st, _times) =
+            ppo_step(p, &models, pv, &mut adam, &mut rng, &batch_prompts, step)?;
+        pv = next;
         on_step(&st);
         stats.push(st);
         if let Some(dir) = inputs.checkpoint_dir {
@@ -554,6 +433,199 @@ pub fn run_ppo(
         stats,
         resumed_at,
     })
+}
+
+/// The fixed parts of a PPO run that every step reads: the frozen reference policy, the
+/// reward model, how a policy sequence becomes reward-model input, and generation settings.
+pub struct PpoModels<'a> {
+    /// The run's device (without autodiff; the policy lives on its autodiff variant).
+    pub device: Device,
+    /// The frozen reference policy (no autodiff).
+    pub reference: Gpt2,
+    /// The K-head reward model (no autodiff).
+    pub rm: RewardModel,
+    /// A sampled sequence (policy token ids) → the reward model's input ids. `run_ppo`
+    /// decodes with the policy's tokenizer and re-encodes the last `rm_max_len` tokens with
+    /// the reward model's.
+    pub to_rm_ids: Box<dyn Fn(&[u32]) -> Result<Vec<u32>, StageError> + 'a>,
+    /// Padding id of the reward model's batches.
+    pub rm_pad: u32,
+    /// Padding id of the policy's batches.
+    pub pad: u32,
+    /// How responses are sampled.
+    pub generate: GenerateConfig,
+}
+
+/// Wall-clock seconds of the phases of one PPO step. Each phase ends by reading results back
+/// to the host, so on an asynchronous device (CUDA) its kernels are inside its time, except
+/// the last optimizer update's, which the next read (or a `Device::sync`) waits for.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct StepTimes {
+    /// Sampling the responses (KV-cache decoding; sampling on the host).
+    pub generation: f64,
+    /// Reward-model input ids and the reward model's forward pass.
+    pub scoring: f64,
+    /// Policy + value forward (log-probs, values, entropy), the reference forward, and the
+    /// per-token rewards, GAE and whitening on the host.
+    pub forward: f64,
+    /// `ppo_epochs` passes over mini-batches: forward, backward and Adam.
+    pub update: f64,
+}
+
+/// One PPO step on `batch_prompts` (token ids): sample, score, evaluate, and update `pv`
+/// with `adam`. `run_ppo` calls it once per step; `dagrun bench ppo-step` times it.
+pub fn ppo_step(
+    p: &PpoParams,
+    models: &PpoModels,
+    mut pv: PolicyValue,
+    adam: &mut Adam,
+    rng: &mut SeededRng,
+    batch_prompts: &[Vec<u32>],
+    step: usize,
+) -> Result<(PolicyValue, StepStats, StepTimes), StageError> {
+    let ad = models.device.clone().autodiff();
+    let mut times = StepTimes::default();
+    let t0 = Instant::now();
+    // 2. Responses from the current policy (1., the prompts, is the caller's).
+    let current = pv.lm.valid();
+    let generation = generate(&current, batch_prompts, &models.generate, rng)?;
+    times.generation = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    // 3. Scores and ensemble variances.
+    let texts: Vec<Vec<u32>> = generation
+        .sequences
+        .iter()
+        .map(|s| (models.to_rm_ids)(s))
+        .collect::<Result<_, StageError>>()?;
+    let rm_batch = TokenBatch::from_rows(&texts, models.rm_pad, Padding::Right)?;
+    let rewards = to_f32_vec(models.rm.forward(&rm_batch)?);
+    let k = models.rm.heads.num_heads();
+    let b = batch_prompts.len();
+    let mut scores = Vec::with_capacity(b);
+    let mut variances = Vec::with_capacity(b);
+    for r in 0..b {
+        let heads: Vec<f64> = rewards[r * k..(r + 1) * k]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let (mean, var) = mean_var(&heads, p.ddof);
+        let var = p.variance_override.unwrap_or(var);
+        let s = match p.aggregation {
+            Aggregation::Member => heads[p.member],
+            Aggregation::Mean => mean,
+            Aggregation::Min => heads.iter().copied().fold(f64::INFINITY, f64::min),
+            Aggregation::MeanMinusVar => mean - p.lambda * var,
+            Aggregation::MeanMinusStd => mean - p.lambda * var.sqrt(),
+        };
+        scores.push(s);
+        variances.push(var);
+    }
+    times.scoring = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    // 4. Log-probs (policy, reference) and values of the response tokens.
+    let seqs = &generation.sequences;
+    let full = TokenBatch::from_rows(seqs, models.pad, Padding::Right)?;
+    let t = full.len;
+    let pv_eval = pv.valid();
+    let hidden = pv_eval.lm.hidden(&full, None)?;
+    let logits = pv_eval.lm.lm_logits(hidden.clone());
+    let values = to_f32_vec(pv_eval.value.forward(hidden));
+    let ent = {
+        let [bb, tt, v] = logits.dims();
+        let lsm = log_softmax(logits.clone().slice([0..bb, 0..tt - 1, 0..v]), 2);
+        to_f32_vec(
+            (lsm.clone().exp() * lsm)
+                .sum_dim(2)
+                .neg()
+                .reshape([bb, tt - 1]),
+        )
+    };
+    let logp = to_f32_vec(token_logprobs_from_logits(logits, &full));
+    let ref_logp = to_f32_vec(token_logprobs_from_logits(
+        models.reference.forward(&full, None)?,
+        &full,
+    ));
+    let mut samples = Vec::with_capacity(b);
+    let (mut kl_sum, mut pen_sum, mut ent_sum, mut ent_n, mut len_sum) =
+        (0.0, 0.0, 0.0, 0usize, 0.0);
+    for r in 0..b {
+        let pl = generation.prompt_lens[r];
+        let n = generation.responses[r].len();
+        let idx = |j: usize| r * (t - 1) + pl + j - 1;
+        let old_logp: Vec<f64> = (0..n).map(|j| logp[idx(j)] as f64).collect();
+        let kl: Vec<f64> = (0..n)
+            .map(|j| (logp[idx(j)] - ref_logp[idx(j)]) as f64)
+            .collect();
+        let old_v: Vec<f64> = (0..n).map(|j| values[r * t + pl + j - 1] as f64).collect();
+        for j in 0..n {
+            ent_sum += ent[idx(j)] as f64;
+        }
+        ent_n += n;
+        let w = match p.method {
+            Method::Vanilla => 1.0,
+            Method::VarianceAware => variances[r],
+        };
+        let rewards = token_rewards(&kl, p.beta, w, scores[r]);
+        let (adv, ret) = gae(&rewards, &old_v, p.gamma, p.lam);
+        let kl_total: f64 = kl.iter().sum();
+        kl_sum += kl_total;
+        pen_sum += p.beta * w * kl_total;
+        len_sum += n as f64;
+        samples.push(Sample {
+            ids: seqs[r].clone(),
+            prompt_len: pl,
+            old_logp,
+            old_v,
+            adv,
+            ret,
+        });
+    }
+    let mut advs: Vec<Vec<f64>> = samples.iter().map(|s| s.adv.clone()).collect();
+    whiten(&mut advs);
+    for (s, a) in samples.iter_mut().zip(advs) {
+        s.adv = a;
+    }
+    times.forward = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    // 5. PPO epochs over shuffled mini-batches.
+    let (mut pg_sum, mut vf_sum, mut ratio_sum, mut updates, mut skipped) =
+        (0.0, 0.0, 0.0, 0usize, 0usize);
+    for _ in 0..p.ppo_epochs {
+        let mut rows: Vec<usize> = (0..b).collect();
+        rng.shuffle(&mut rows);
+        for mb in rows.chunks(p.mini_batch_size.max(1)) {
+            let (pg, vf, ratio, loss) = minibatch_loss(&pv, &samples, mb, models.pad, p, &ad)?;
+            if ratio > p.ratio_threshold {
+                skipped += 1;
+                continue;
+            }
+            let mut grads = ParamGrads::from_loss(loss, &pv);
+            if let Some(m) = p.max_grad_norm {
+                grads.clip_global_norm(m);
+            }
+            pv = adam.step(pv, grads, p.lr);
+            pg_sum += pg;
+            vf_sum += vf;
+            ratio_sum += ratio;
+            updates += 1;
+        }
+    }
+    let bf = b as f64;
+    let st = StepStats {
+        step: step + 1,
+        kl: kl_sum / bf,
+        score: scores.iter().sum::<f64>() / bf,
+        kl_penalty: pen_sum / bf,
+        variance: variances.iter().sum::<f64>() / bf,
+        policy_loss: pg_sum / updates.max(1) as f64,
+        value_loss: vf_sum / updates.max(1) as f64,
+        entropy: ent_sum / ent_n.max(1) as f64,
+        mean_ratio: ratio_sum / updates.max(1) as f64,
+        response_length: len_sum / bf,
+        skipped,
+    };
+    times.update = t0.elapsed().as_secs_f64();
+    Ok((pv, st, times))
 }
 
 /// The PPO loss of one mini-batch: returns (policy loss, value loss, mean ratio, total loss).

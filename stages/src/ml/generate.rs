@@ -50,6 +50,42 @@ fn last_logits(logits: Tensor<3>) -> Vec<Vec<f32>> {
     values.chunks(v).map(<[f32]>::to_vec).collect()
 }
 
+/// The next token of each row that is not `done` (0 for done rows), as
+/// `SamplingConfig::pick` row by row would choose them: the RNG draws are taken in row order
+/// first, then large batches (a full vocabulary per row) are computed on several threads.
+fn pick_rows(
+    sampling: &SamplingConfig,
+    rows: &[Vec<f32>],
+    done: &[bool],
+    rng: &mut SeededRng,
+) -> Vec<u32> {
+    let draws: Vec<Option<Option<f64>>> = done
+        .iter()
+        .map(|&d| (!d).then(|| sampling.draw(rng)))
+        .collect();
+    let one = |(row, u): (&Vec<f32>, &Option<Option<f64>>)| match u {
+        Some(u) => sampling.pick_with(row, *u),
+        None => 0,
+    };
+    let work: usize = rows.iter().map(Vec::len).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || rows.len() < 2 || work < (1 << 20) {
+        return rows.iter().zip(&draws).map(one).collect();
+    }
+    let chunk = rows.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = rows
+            .chunks(chunk)
+            .zip(draws.chunks(chunk))
+            .map(|(r, d)| s.spawn(move || r.iter().zip(d).map(one).collect::<Vec<u32>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("sampling thread"))
+            .collect()
+    })
+}
+
 /// Generate continuations of `prompts` (token ids, each non-empty) with `model`.
 pub fn generate(
     model: &Gpt2,
@@ -80,15 +116,15 @@ pub fn generate(
     for _ in 0..config.max_new_tokens {
         let logits = model.forward(&batch, Some(&mut cache))?;
         let rows = last_logits(logits);
+        let picks = pick_rows(&config.sampling, &rows, &done, rng);
         let mut ids = Vec::with_capacity(b);
         let mut mask = Vec::with_capacity(b);
-        for (r, row) in rows.iter().enumerate() {
+        for (r, next) in picks.into_iter().enumerate() {
             if done[r] {
                 ids.push(config.pad_id);
                 mask.push(0);
                 continue;
             }
-            let next = config.sampling.pick(row, rng);
             responses[r].push(next);
             done[r] = config.eos_id == Some(next);
             ids.push(next);
@@ -114,4 +150,38 @@ pub fn generate(
         responses,
         prompt_lens: prompts.iter().map(Vec::len).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The threaded path (a batch above the threshold) picks what `pick` picks row by row,
+    /// and leaves the RNG where row-by-row picking leaves it.
+    #[test]
+    fn pick_rows_equals_picking_row_by_row() {
+        let mut gen = SeededRng::new(3);
+        let rows: Vec<Vec<f32>> = (0..48).map(|_| gen.normal_vec(30_000, 2.0)).collect();
+        let done: Vec<bool> = (0..48).map(|r| r % 7 == 3).collect();
+        for sampling in [
+            SamplingConfig::default(),
+            SamplingConfig {
+                top_k: 50,
+                top_p: 0.9,
+                temperature: 0.7,
+                ..SamplingConfig::default()
+            },
+            SamplingConfig::greedy(),
+        ] {
+            let (mut a, mut b) = (SeededRng::new(11), SeededRng::new(11));
+            let got = pick_rows(&sampling, &rows, &done, &mut a);
+            let want: Vec<u32> = rows
+                .iter()
+                .zip(&done)
+                .map(|(row, &d)| if d { 0 } else { sampling.pick(row, &mut b) })
+                .collect();
+            assert_eq!(got, want, "{sampling:?}");
+            assert_eq!(a.uniform(), b.uniform());
+        }
+    }
 }

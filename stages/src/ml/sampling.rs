@@ -76,9 +76,14 @@ impl SamplingConfig {
             .map(|&l| l as f64 / self.temperature)
             .collect();
         let mut keep = vec![true; scaled.len()];
-        let mut order: Vec<usize> = (0..scaled.len()).collect();
-        // Descending by logit; ties broken by lower id first (stable).
-        order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
+        // Descending by logit; ties broken by lower id first (stable). Only top-k and top-p
+        // read the order: plain sampling skips the sort (a vocabulary-sized sort per row and
+        // token dominated generation time).
+        let mut order: Vec<usize> = Vec::new();
+        if (self.top_k > 0 && self.top_k < scaled.len()) || self.top_p < 1.0 {
+            order = (0..scaled.len()).collect();
+            order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
+        }
         if self.top_k > 0 && self.top_k < scaled.len() {
             // Keep every token at least as likely as the k-th (as transformers does on ties).
             let kth = scaled[order[self.top_k - 1]];
@@ -126,7 +131,27 @@ impl SamplingConfig {
             return argmax(logits);
         }
         let p = self.distribution(logits);
-        let u = rng.uniform();
+        Self::pick_at(&p, rng.uniform())
+    }
+
+    /// The uniform draw [`pick`](Self::pick) takes from the RNG for one row: `None` when
+    /// greedy (no draw). Drawing these first, row by row, and then calling
+    /// [`pick_with`](Self::pick_with) gives the same tokens as `pick` in row order, with the
+    /// rows free to be computed in parallel.
+    pub fn draw(&self, rng: &mut SeededRng) -> Option<f64> {
+        (!self.greedy).then(|| rng.uniform())
+    }
+
+    /// [`pick`](Self::pick) with its uniform draw given (from [`draw`](Self::draw)).
+    pub fn pick_with(&self, logits: &[f32], u: Option<f64>) -> u32 {
+        match u {
+            Some(u) if !self.greedy => Self::pick_at(&self.distribution(logits), u),
+            _ => argmax(logits),
+        }
+    }
+
+    /// Inverse-CDF choice from `p` at `u`.
+    fn pick_at(p: &[f64], u: f64) -> u32 {
         let mut cum = 0.0;
         let mut last = 0;
         for (i, &pi) in p.iter().enumerate() {

@@ -5,8 +5,12 @@ use std::path::PathBuf;
 
 use dagrun_stages::ml::DeviceSpec;
 
-/// `tests/fixtures` at the repository root.
+/// `tests/fixtures` at the repository root, or `DAGRUN_FIXTURES` when set (a test executable
+/// run on another machine, see scripts/build-for-torch.sh).
 pub fn fixtures() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DAGRUN_FIXTURES") {
+        return PathBuf::from(dir);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("tests")
@@ -32,6 +36,20 @@ pub fn cpu_devices() -> Vec<DeviceSpec> {
         v.push(DeviceSpec::LibtorchCpu);
     }
     v
+}
+
+/// The CUDA device of the GPU cases: `Some(cuda:0)` when `DAGRUN_TEST_CUDA=1`, else `None`
+/// after printing that the case is skipped. Asking for CUDA in a build without `tch` fails.
+pub fn cuda_device() -> Option<DeviceSpec> {
+    if std::env::var("DAGRUN_TEST_CUDA").as_deref() != Ok("1") {
+        eprintln!("SKIPPED: the CUDA case (set DAGRUN_TEST_CUDA=1 on a GPU machine, tch build)");
+        return None;
+    }
+    assert!(
+        cfg!(feature = "tch"),
+        "DAGRUN_TEST_CUDA=1 needs a build with --features tch"
+    );
+    Some(DeviceSpec::Cuda(0))
 }
 
 /// Python with torch and transformers importable: `DAGRUN_PYTHON` or `python3`; `None` (after

@@ -6,7 +6,7 @@ use dagrun_stages::ml::tokenizer::TextTokenizer;
 use dagrun_stages::ml::weights::{HostTensor, HostTensors};
 use dagrun_stages::ml::{Gpt2, Padding, TokenBatch};
 
-use crate::common::{cpu_devices, max_abs_diff, reference, tiny_hf_dir};
+use crate::common::{cpu_devices, cuda_device, max_abs_diff, reference, tiny_hf_dir};
 
 const TOL: f32 = 1e-4;
 
@@ -54,6 +54,35 @@ fn logprobs_match_transformers_on_every_cpu_device() {
             let diff = max_abs_diff(got, &expected);
             println!("{spec} {text:?}: max |Δ| = {diff:.2e}");
             assert!(diff <= TOL, "{spec} {text:?}: max abs diff {diff}");
+        }
+    }
+}
+
+/// The same parity on CUDA (`DAGRUN_TEST_CUDA=1`; skipped otherwise): unpadded, and padded
+/// on both sides.
+#[test]
+fn logprobs_match_transformers_on_cuda() {
+    let Some(spec) = cuda_device() else {
+        return;
+    };
+    let device = spec.resolve().unwrap();
+    let model = Gpt2::from_hf_dir(&tiny_hf_dir(), &device).unwrap();
+    let texts = ref_texts();
+    for (text, ids, expected) in &texts {
+        let batch = TokenBatch::unpadded(std::slice::from_ref(ids)).unwrap();
+        let got = &token_logprobs_rows(&model, &batch).unwrap()[0];
+        let diff = max_abs_diff(got, expected);
+        println!("{spec} {text:?}: max |Δ| = {diff:.2e}");
+        assert!(diff <= TOL, "{spec} {text:?}: max abs diff {diff}");
+    }
+    let rows: Vec<Vec<u32>> = texts.iter().map(|t| t.1.clone()).collect();
+    for padding in [Padding::Right, Padding::Left] {
+        let batch = TokenBatch::from_rows(&rows, 0, padding).unwrap();
+        let got = token_logprobs_rows(&model, &batch).unwrap();
+        for ((text, _, expected), row) in texts.iter().zip(&got) {
+            let diff = max_abs_diff(row, expected);
+            println!("{spec} {padding:?} {text:?}: max |Δ| = {diff:.2e}");
+            assert!(diff <= TOL, "{spec} {padding:?} {text:?}: {diff}");
         }
     }
 }

@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# The ONE prepared script for a GPU machine that has PyTorch in its Python and no Rust: it
+# builds nothing. Given a dist folder made by scripts/build-for-torch.sh, it
+#   1. runs the test executables: the Hugging Face parity test on cuda (DAGRUN_TEST_CUDA=1)
+#      and the rest of the ML tests (`ml`, `ppo`), which need only the executables + fixtures;
+#   2. benchmarks `dagrun bench ppo-step` and `dagrun bench rm-score` beside
+#      scripts/bench_ppo_torch.py (PyTorch eager, the machine's own torch), same card, one
+#      after the other;
+#   3. runs pipelines/quickstart.yaml with `device: cuda` (a temporary copy of the file) and
+#      compares its judge numbers with the cpu reference in DIST/ref/ (made ahead of time on
+#      a CPU machine by `scripts/gpu-run.sh --make-cpu-ref`), within 3 standard errors;
+#   4. writes everything under OUT (JSON + logs) and prints a short table last.
+# On an H100/H200 it should take about 3-6 minutes (the quickstart is cut at 240 s).
+#
+# Usage:
+#   scripts/gpu-run.sh [--dist DIR] [--out DIR]          # on the GPU machine (device cuda)
+#   scripts/gpu-run.sh --dry-run [--dist DIR] [--out DIR] # here: libtorch-cpu, tiny sizes
+#   scripts/gpu-run.sh --make-cpu-ref [--dist DIR]       # here: the quickstart on cpu ->
+#                                                        # DIST/ref/quickstart-cpu-judge.json
+# Defaults: DIST = the only dist/torch-* folder; OUT = $OUT, else ./gpu-run-out.
+# Env: PYTHON (python with torch; default python3), QUICKSTART_TIMEOUT (s, default 240),
+#      SIZES (paper [gpu default], small-cpu, tiny [dry-run default]), DRY_DEVICE (dry-run's
+#      dagrun device: libtorch-cpu [default] or cpu), BENCH_STEPS (timed PPO steps),
+#      SKIP_QUICKSTART=1, SKIP_TESTS=1.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO="$(pwd)"
+
+MODE=gpu
+DIST=""
+OUTDIR="${OUT:-}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) MODE=dry ;;
+        --make-cpu-ref) MODE=cpuref ;;
+        --dist) DIST="$2"; shift ;;
+        --out) OUTDIR="$2"; shift ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "gpu-run: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -z "$DIST" ]; then
+    set -- dist/torch-*/
+    [ $# -eq 1 ] && [ -d "$1" ] || { echo "gpu-run: give --dist (found: $*)" >&2; exit 2; }
+    DIST="$1"
+fi
+DIST="$(cd "$DIST" && pwd)"
+OUTDIR="${OUTDIR:-$REPO/gpu-run-out}"
+mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+if [ -z "${PYTHON:-}" ]; then # the first of python3, python that imports torch
+    for PYTHON in python3 python; do "$PYTHON" -W ignore -c 'import torch' 2>/dev/null && break; done
+fi
+export PYTHON
+export DAGRUN_PYTHON="${DAGRUN_PYTHON:-$PYTHON}"
+# shellcheck disable=SC1091
+. "$DIST/env.sh" || exit 1
+BIN="$DIST/bin/dagrun"
+T0=$(date +%s)
+log() { echo "[gpu-run +$(( $(date +%s) - T0 ))s] $*" >&2; }
+STATUS="$OUTDIR/status.jsonl"
+: > "$STATUS"
+record() { # name rc seconds note
+    printf '{"check": "%s", "rc": %s, "seconds": %s, "note": "%s"}\n' "$1" "$2" "$3" "$4" >> "$STATUS"
+}
+
+# The quickstart, on DEVICE, in a fresh workspace; judge results -> $2.
+quickstart() { # device out.json log
+    # The workspace (cache and all) stays outside OUT: only the judge JSON and the log go there.
+    local ws="${TMPDIR:-/tmp}/dagrun-gpu-run-quickstart-$1"
+    rm -rf "$ws"
+    mkdir -p "$ws"
+    sed 's/^  device: cpu$/  device: '"$1"'/' pipelines/quickstart.yaml > "$ws/quickstart.yaml"
+    grep -q "^  device: $1\$" "$ws/quickstart.yaml" || { echo "no device param in quickstart.yaml" >&2; return 1; }
+    local t=$(date +%s)
+    timeout "${QUICKSTART_TIMEOUT:-240}" "$BIN" run --workdir "$ws" "$ws/quickstart.yaml" > "$3" 2>&1 || return $?
+    "$BIN" export --workdir "$ws" judge "$ws/export" >> "$3" 2>&1 || return $?
+    "$PYTHON" - "$ws/export" "$2" "$(( $(date +%s) - t ))" "$1" <<'EOF'
+import json, os, sys
+src, dst, secs, device = sys.argv[1:]
+for root, _, files in os.walk(src):
+    for f in files:
+        try:
+            d = json.load(open(os.path.join(root, f)))
+        except ValueError:
+            continue
+        if isinstance(d, dict) and "groups" in d and "reference" in d:
+            d["device"], d["wall_s"] = device, int(secs)
+            json.dump(d, open(dst, "w"), indent=1)
+            sys.exit(0)
+sys.exit("no judge results in " + src)
+EOF
+}
+
+if [ "$MODE" = cpuref ]; then
+    mkdir -p "$DIST/ref"
+    log "quickstart on cpu (reference for the GPU run)"
+    export QUICKSTART_TIMEOUT="${QUICKSTART_TIMEOUT:-1800}"
+    quickstart cpu "$DIST/ref/quickstart-cpu-judge.json" "$OUTDIR/quickstart-cpu.log" ||
+        { log "FAILED, see $OUTDIR/quickstart-cpu.log"; exit 1; }
+    log "wrote $DIST/ref/quickstart-cpu-judge.json"
+    exit 0
+fi
+
+if [ "$MODE" = gpu ]; then
+    DEV=cuda
+    SIZES="${SIZES:-paper}"
+    export DAGRUN_TEST_CUDA=1
+else
+    DEV="${DRY_DEVICE:-libtorch-cpu}"
+    SIZES="${SIZES:-tiny}"
+    export QUICKSTART_TIMEOUT="${QUICKSTART_TIMEOUT:-1800}"
+fi
+case "$SIZES" in
+    paper) # the issue's setting: GPT-2 small, batch 128, 4 epochs, 10 new tokens, K = 10
+        PPO=(--model small --batch 128 --mini-batch 128 --ppo-epochs 4 --min-prompt 2 --max-prompt 7
+             --new-tokens 10 --heads 10 --warmup 1 --steps "${BENCH_STEPS:-3}")
+        RM_LENS=(17 128)
+        RM=(--model small --heads 10 --batch 128 --warmup 3 --iters 20) ;;
+    small-cpu) # GPT-2 small at a batch a CPU finishes: 16 prompts, everything else as paper
+        PPO=(--model small --batch 16 --mini-batch 16 --ppo-epochs 4 --min-prompt 2 --max-prompt 7
+             --new-tokens 10 --heads 10 --warmup 1 --steps "${BENCH_STEPS:-1}")
+        RM_LENS=(17)
+        RM=(--model small --heads 10 --batch 16 --warmup 1 --iters 3) ;;
+    tiny) # smoke test of the script
+        PPO=(--model tiny --batch 16 --mini-batch 8 --ppo-epochs 2 --min-prompt 2 --max-prompt 7
+             --new-tokens 6 --heads 10 --warmup 1 --steps "${BENCH_STEPS:-2}")
+        RM_LENS=(17)
+        RM=(--model tiny --heads 10 --batch 16 --warmup 1 --iters 5) ;;
+    *) echo "gpu-run: SIZES must be paper, small-cpu or tiny" >&2; exit 2 ;;
+esac
+TORCH_DEV=$([ "$DEV" = cuda ] && echo cuda || echo cpu)
+
+# 0. The machine.
+{
+    echo "mode: $MODE, device: $DEV, dist: $DIST"
+    cat "$DIST/manifest.json"
+    "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>/dev/null
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    nproc
+} > "$OUTDIR/machine.txt" 2>&1
+"$BIN" --version >> "$OUTDIR/machine.txt" 2>&1 || { log "the binary does not start:"; cat "$OUTDIR/machine.txt" >&2; exit 1; }
+
+# 2. Tests.
+run_test() { # name executable args...
+    local name="$1"; shift
+    local t=$(date +%s)
+    timeout 240 "$@" > "$OUTDIR/test-$name.log" 2>&1
+    local rc=$?
+    local summary
+    summary="$(grep -E '^test result:' "$OUTDIR/test-$name.log" | tail -1 | sed 's/test result: //; s/; finished.*//')"
+    record "test:$name" "$rc" "$(( $(date +%s) - t ))" "$summary"
+    log "test $name: rc $rc, $summary"
+}
+if [ -z "${SKIP_TESTS:-}" ]; then
+    run_test hf_parity "$DIST/tests/ml" hf_parity --test-threads 1 --nocapture
+    # export_hf reads scripts/hf_logprobs.py at its build-time path: skipped here.
+    run_test ml "$DIST/tests/ml" --skip hf_parity --skip export_hf --test-threads 4
+    run_test ppo "$DIST/tests/ppo" --test-threads 2
+fi
+
+# 3. Benchmarks, one after the other on the same device.
+bench() { # name command...
+    local name="$1"; shift
+    local t=$(date +%s)
+    timeout 300 "$@" > "$OUTDIR/bench-$name.json" 2> "$OUTDIR/bench-$name.log"
+    local rc=$?
+    record "bench:$name" "$rc" "$(( $(date +%s) - t ))" ""
+    log "bench $name: rc $rc"
+}
+bench ppo-dagrun "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
+bench ppo-torch "$PYTHON" scripts/bench_ppo_torch.py ppo-step --device "$TORCH_DEV" "${PPO[@]}"
+for len in "${RM_LENS[@]}"; do
+    bench "rm$len-dagrun" "$BIN" bench rm-score --device "$DEV" "${RM[@]}" --len "$len"
+    bench "rm$len-torch" "$PYTHON" scripts/bench_ppo_torch.py rm-score --device "$TORCH_DEV" "${RM[@]}" --len "$len"
+done
+
+# 4. The quickstart on DEV (last: the benchmarks matter more if time runs short), compared
+#    with the cpu reference.
+if [ -z "${SKIP_QUICKSTART:-}" ] && [ -f "$DIST/ref/quickstart-cpu-judge.json" ]; then
+    log "quickstart with device: $DEV"
+    QS_T=$(date +%s)
+    quickstart "$DEV" "$OUTDIR/quickstart-$DEV-judge.json" "$OUTDIR/quickstart-$DEV.log"
+    rc=$?
+    note=$("$PYTHON" - "$DIST/ref/quickstart-cpu-judge.json" "$OUTDIR/quickstart-$DEV-judge.json" <<'EOF' 2>&1
+import json, math, sys
+try:
+    ref, got = (json.load(open(p)) for p in sys.argv[1:])
+except Exception as e:
+    print(f"no result: {e}"); sys.exit(1)
+# Tolerance: 3 standard errors of the cpu run's own estimate of each group's mean (other
+# float paths change the sampled tokens, so runs agree only statistically). The reference
+# policy's score is reported, not checked.
+ok, parts = True, []
+for g, s in sorted(ref["groups"].items()):
+    n = len([p for p in ref["policies"] if p["group"] == g]) or 1
+    se = math.sqrt(s["distribution"]["variance"] / n)
+    d = got["groups"][g]["distribution"]["mean"] - s["distribution"]["mean"]
+    good = abs(d) <= 3 * se + 1e-9
+    ok &= good
+    parts.append(f"{g} {s['distribution']['mean']:.3f}->{got['groups'][g]['distribution']['mean']:.3f} (tol {3*se:.3f})")
+parts.append(f"reference {ref['reference']:.3f}->{got['reference']:.3f}")
+print(("PASS " if ok else "FAIL ") + "; ".join(parts) + f"; {got.get('wall_s', '?')} s")
+sys.exit(0 if ok else 1)
+EOF
+)
+    crc=$?
+    [ "$rc" = 0 ] || { crc=$rc; note="quickstart rc $rc: $(tail -3 "$OUTDIR/quickstart-$DEV.log" | tr '\n"' ' _')"; }
+    record "quickstart:$DEV-vs-cpu" "$crc" "$(( $(date +%s) - QS_T ))" "$note"
+    log "quickstart: $note"
+else
+    log "quickstart skipped (SKIP_QUICKSTART, or no $DIST/ref/quickstart-cpu-judge.json)"
+fi
+
+# 5. The table (also in OUT/summary.json and OUT/table.txt).
+"$PYTHON" - "$OUTDIR" "$MODE" "$DEV" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUTDIR/table.txt"
+import glob, json, os, sys
+out, mode, dev, wall = sys.argv[1:]
+def load(name):
+    try:
+        with open(os.path.join(out, f"bench-{name}.json")) as f:
+            return json.loads(f.read().strip().splitlines()[-1])
+    except Exception:
+        return None
+status = [json.loads(l) for l in open(os.path.join(out, "status.jsonl"))]
+d, t = load("ppo-dagrun"), load("ppo-torch")
+card = (t or {}).get("device", {}).get("gpu") or dev
+print(f"== dagrun gpu-run ({mode}): {card}, torch {(t or {}).get('device', {}).get('torch', '?')}, {wall} s ==")
+for s in status:
+    if not s["check"].startswith("bench:") or s["rc"] != 0:
+        print(f"{s['check']:<28} {'PASS' if s['rc'] == 0 else 'FAIL rc ' + str(s['rc']):<10} {s['seconds']:>4}s  {s['note']}")
+rows, summary = [], {"mode": mode, "device": dev, "card": card, "status": status}
+if d and t:
+    b = d["bench"]
+    print(f"PPO step, GPT-2 {b['model']}, batch {b['batch']}, mini-batch {b['mini_batch']}, "
+          f"{b['ppo_epochs']} epochs, {b['new_tokens']} new tokens, K={b['heads']} (median of {len(d['steps'])}, s)")
+    print(f"{'phase':<12} {'dagrun':>9} {'torch':>9} {'dagrun/torch':>13}")
+    for k in ("generation", "scoring", "forward", "update", "total"):
+        a_, b_ = d["median"][k], t["median"][k]
+        print(f"{k:<12} {a_:>9.3f} {b_:>9.3f} {a_ / b_:>12.2f}x")
+    summary["ppo_step"] = {"dagrun": d["median"], "torch": t["median"]}
+for f in sorted(glob.glob(os.path.join(out, "bench-rm*-dagrun.json"))):
+    name = os.path.basename(f)[len("bench-"):-len("-dagrun.json")]
+    d, t = load(name + "-dagrun"), load(name + "-torch")
+    if d and t:
+        b = d["bench"]
+        print(f"RM scoring batch {b['batch']} x {b['len']}, K={b['heads']}: dagrun {d['sequences_per_s']:.0f} seq/s, "
+              f"torch {t['sequences_per_s']:.0f} seq/s, dagrun/torch {d['sequences_per_s'] / t['sequences_per_s']:.2f}x throughput")
+        summary[name] = {"dagrun_seq_per_s": d["sequences_per_s"], "torch_seq_per_s": t["sequences_per_s"]}
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
+EOF
