@@ -5,12 +5,12 @@
 //! (the EOS is kept); finished rows are fed padding (masked out) until every row is done or
 //! `max_new_tokens` is reached. For a given seed the result is reproducible.
 
-use burn::module::Module;
 use burn::tensor::Tensor;
 
+use super::attention::KvCache;
+use super::backbone::LanguageModel;
 use super::batch::{Padding, TokenBatch};
 use super::error::{MlError, Result};
-use super::gpt2::{Gpt2, KvCache};
 use super::rng::SeededRng;
 use super::sampling::SamplingConfig;
 use super::weights::to_f32_vec;
@@ -50,9 +50,10 @@ fn last_logits(logits: Tensor<3>) -> Vec<Vec<f32>> {
     values.chunks(v).map(<[f32]>::to_vec).collect()
 }
 
-/// Generate continuations of `prompts` (token ids, each non-empty) with `model`.
+/// Generate continuations of `prompts` (token ids, each non-empty) with `model` (GPT-2, Gemma,
+/// Llama: any [`LanguageModel`]).
 pub fn generate(
-    model: &Gpt2,
+    model: &impl LanguageModel,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
     rng: &mut SeededRng,
@@ -65,10 +66,10 @@ pub fn generate(
     }
     let model = model.valid();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let limit = model.config().n_positions;
+    let limit = model.max_positions();
     if longest + config.max_new_tokens > limit {
         return Err(MlError::Invalid(format!(
-            "prompt ({longest} tokens) + max_new_tokens ({}) exceeds n_positions ({limit})",
+            "prompt ({longest} tokens) + max_new_tokens ({}) exceeds the model's {limit} positions",
             config.max_new_tokens
         )));
     }
@@ -78,7 +79,7 @@ pub fn generate(
     let mut cache = KvCache::new();
     let mut batch = TokenBatch::from_rows(prompts, config.pad_id, Padding::Left)?;
     for _ in 0..config.max_new_tokens {
-        let logits = model.forward(&batch, Some(&mut cache))?;
+        let logits = model.logits_of(&batch, Some(&mut cache))?;
         let rows = last_logits(logits);
         let mut ids = Vec::with_capacity(b);
         let mut mask = Vec::with_capacity(b);
