@@ -42,12 +42,15 @@ pub struct Generation {
     pub prompt_lens: Vec<usize>,
 }
 
-/// The last column of logits `[b, t, v]` as host rows.
-fn last_logits(logits: Tensor<3>) -> Vec<Vec<f32>> {
-    let [b, t, v] = logits.dims();
-    let last = logits.slice([0..b, t - 1..t, 0..v]).reshape([b, v]);
-    let values = to_f32_vec(last);
-    values.chunks(v).map(<[f32]>::to_vec).collect()
+/// The logits of the last column only (the LM head is applied to `[b, 1, hidden]`, not to
+/// every prompt position: with a 256k vocabulary that is most of a prefill's memory), as host
+/// rows.
+fn last_logits(model: &impl LanguageModel, hidden: Tensor<3>) -> Result<Vec<Vec<f32>>> {
+    let [b, t, e] = hidden.dims();
+    let logits = model.logits(hidden.slice([0..b, t - 1..t, 0..e]))?;
+    let v = logits.dims()[2];
+    let values = to_f32_vec(logits.reshape([b, v]));
+    Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
 }
 
 /// Generate continuations of `prompts` (token ids, each non-empty) with `model` (GPT-2, Gemma,
@@ -79,8 +82,8 @@ pub fn generate(
     let mut cache = KvCache::new();
     let mut batch = TokenBatch::from_rows(prompts, config.pad_id, Padding::Left)?;
     for _ in 0..config.max_new_tokens {
-        let logits = model.logits_of(&batch, Some(&mut cache))?;
-        let rows = last_logits(logits);
+        let hidden = model.hidden_states(&batch, Some(&mut cache))?;
+        let rows = last_logits(&model, hidden)?;
         let mut ids = Vec::with_capacity(b);
         let mut mask = Vec::with_capacity(b);
         for (r, row) in rows.iter().enumerate() {
