@@ -80,7 +80,7 @@ fn judge_eval_scores_a_gemma_policy_with_a_llama_sequence_classifier_in_bf16() {
         Arc::new(AtomicBool::new(false)),
     )
     .unwrap();
-    for (_, outcome) in &report.outcomes {
+    for outcome in report.outcomes.values() {
         assert!(matches!(outcome, Outcome::Ran { .. }), "{outcome:?}");
     }
     drop(cache);

@@ -73,8 +73,11 @@ fn logprob_diff(model: &impl LanguageModel, section: &Value) -> f32 {
     let cases = texts(section);
     let mut worst = 0.0f32;
     for (ids, expected) in &cases {
-        let got =
-            &token_logprobs_rows(model, &TokenBatch::unpadded(&[ids.clone()]).unwrap()).unwrap()[0];
+        let got = &token_logprobs_rows(
+            model,
+            &TokenBatch::unpadded(std::slice::from_ref(ids)).unwrap(),
+        )
+        .unwrap()[0];
         worst = worst.max(max_abs_diff(got, expected));
     }
     let rows: Vec<Vec<u32>> = cases.iter().map(|c| c.0.clone()).collect();
@@ -97,7 +100,7 @@ fn score_diff(rm: &RewardModel, section: &Value) -> f32 {
     let mut worst = 0.0f32;
     for (ids, e) in rows.iter().zip(&expected) {
         let got = to_f32_vec(
-            rm.forward(&TokenBatch::unpadded(&[ids.clone()]).unwrap())
+            rm.forward(&TokenBatch::unpadded(std::slice::from_ref(ids)).unwrap())
                 .unwrap(),
         );
         worst = worst.max(max_abs_diff(&got, e));
@@ -269,10 +272,10 @@ fn kv_cache_decoding_equals_recomputation() {
                 let cached = to_f32_vec(model.logits_of(&one, Some(&mut cache)).unwrap());
                 let mut rows_ids = Vec::new();
                 let mut rows_mask = Vec::new();
-                for row in 0..2 {
+                for (row, &id) in ids.iter().enumerate() {
                     let s = row * full.len;
                     rows_ids.extend_from_slice(&full.ids[s..s + full.len]);
-                    rows_ids.push(ids[row]);
+                    rows_ids.push(id);
                     rows_mask.extend_from_slice(&full.mask[s..s + full.len]);
                     rows_mask.push(1);
                 }
