@@ -2,7 +2,9 @@
 //! flags and prints; these load a model folder, run it, and build the answer.
 //!
 //! - [`logprobs`]: `{"ids": [...], "token_logprobs": [...], "sum_logprob": x}` — the log-prob
-//!   of every token after the first, given its prefix.
+//!   of every token after the first, given its prefix. The text is tokenized as transformers'
+//!   `tokenizer(text)` does, with the special tokens its post-processor adds (Gemma's `<bos>`,
+//!   Llama 3's `<|begin_of_text|>`; none for GPT-2); so is a prompt for [`generate`].
 //! - [`generate`]: `{"ids": [...], "text": "..."}` — the prompt's ids followed by the generated
 //!   ones, and the decoded text of all of them.
 //! - [`reward`]: `{"rewards": [...], "mean": x, "variance": y}` — per-head rewards of
@@ -86,7 +88,7 @@ pub fn logprobs(
 ) -> Result<Value> {
     let device = device.resolve()?;
     let tok = load_tokenizer(model_dir)?;
-    let ids = tok.encode(text)?;
+    let ids = tok.encode_with_special_tokens(text)?;
     if ids.is_empty() {
         return Err(MlError::Invalid("the text encodes to no tokens".into()));
     }
@@ -102,7 +104,7 @@ pub fn generate(model_dir: &Path, prompt: &str, opts: &GenerateOptions) -> Resul
     opts.sampling.validate()?;
     let device = opts.device.resolve()?;
     let tok = load_tokenizer(model_dir)?;
-    let ids = tok.encode(prompt)?;
+    let ids = tok.encode_with_special_tokens(prompt)?;
     if ids.is_empty() {
         return Err(MlError::Invalid("the prompt encodes to no tokens".into()));
     }

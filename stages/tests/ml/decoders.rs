@@ -428,3 +428,37 @@ fn broken_folders_are_reported_by_file_and_tensor() {
         "{err}"
     );
 }
+
+/// `dagrun model logprobs` tokenizes as transformers' `tokenizer(text)`: a tokenizer whose
+/// post-processor adds a BOS (Gemma, Llama 3) gets it, and the BOS is scored as context.
+#[test]
+fn logprobs_text_gets_the_bos_its_tokenizer_adds() {
+    let tmp = copy_folder("gemma-tiny");
+    let path = tmp.path().join("tokenizer.json");
+    let mut tok: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let bos = serde_json::json!({"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}});
+    let seq =
+        |id: &str, type_id: u32| serde_json::json!({"Sequence": {"id": id, "type_id": type_id}});
+    tok["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [bos, seq("A", 0)],
+        "pair": [bos, seq("A", 0), seq("B", 1)],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}}
+    });
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let plain = cli::logprobs(
+        &dir("gemma-tiny"),
+        "Hello",
+        DeviceSpec::Cpu,
+        WeightDtype::F32,
+    )
+    .unwrap();
+    let with = cli::logprobs(tmp.path(), "Hello", DeviceSpec::Cpu, WeightDtype::F32).unwrap();
+    let (plain_ids, with_ids) = (u32s(&plain["ids"]), u32s(&with["ids"]));
+    assert_eq!(with_ids[0], 0);
+    assert_eq!(&with_ids[1..], &plain_ids[..]);
+    assert_eq!(
+        with["token_logprobs"].as_array().unwrap().len(),
+        plain_ids.len()
+    );
+}
