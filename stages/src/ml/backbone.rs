@@ -122,7 +122,8 @@ impl Backbone {
             }
             _ => {
                 let config = decoder_config(&value, &config_path)?;
-                let head = if kind.seq_cls_labels.is_some() {
+                // Classifiers and headless `*Model` checkpoints carry no (untied) LM head.
+                let head = if kind.seq_cls_labels.is_some() || kind.headless {
                     LmHead::None
                 } else {
                     LmHead::FromConfig
@@ -152,14 +153,12 @@ impl Backbone {
         }
     }
 
-    /// Write the backbone as a Hugging Face folder (GPT-2 only for now).
+    /// Write the backbone as a Hugging Face folder (GPT-2 in f32; a decoder in its dtype,
+    /// as `*ForCausalLM`, or as `*Model` when it has no LM head).
     pub fn save_hf_dir(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
         match self {
             Backbone::Gpt2(m) => m.save_hf_dir(dir, tokenizer),
-            Backbone::Decoder(d) => Err(MlError::Invalid(format!(
-                "saving a {} backbone is not implemented (only GPT-2 backbones are exported)",
-                d.config().model_type
-            ))),
+            Backbone::Decoder(d) => d.save_hf_dir(dir, tokenizer),
         }
     }
 }

@@ -28,7 +28,7 @@ use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use super::attention::{attend, extend, KvCache, LayerKv};
 use super::batch::TokenBatch;
 use super::error::{MlError, Result};
-use super::hf_weights::WeightDtype;
+use super::hf_weights::{NamedTensor, WeightDtype};
 
 /// Llama 3.1's frequency-dependent rope scaling (`rope_type: "llama3"`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -469,6 +469,54 @@ impl Decoder {
             inv_freq: config.inv_freq(),
             dtype,
         })
+    }
+
+    /// Every weight under its HF name without the `model.` prefix (`embed_tokens.weight`,
+    /// `layers.0.self_attn.q_proj.weight`, ..., `norm.weight`, and `lm_head.weight` if untied).
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        let mut out = vec![NamedTensor::Rank2(
+            "embed_tokens.weight".into(),
+            self.embed_tokens.val(),
+        )];
+        let linear = |out: &mut Vec<NamedTensor>, name: String, l: &Linear| {
+            out.push(NamedTensor::Rank2(format!("{name}.weight"), l.weight.val()));
+            if let Some(b) = &l.bias {
+                out.push(NamedTensor::Rank1(format!("{name}.bias"), b.val()));
+            }
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("layers.{i}");
+            for (name, norm) in [
+                ("input_layernorm", &layer.input_layernorm),
+                ("post_attention_layernorm", &layer.post_attention_layernorm),
+            ] {
+                out.push(NamedTensor::Rank1(
+                    format!("{p}.{name}.weight"),
+                    norm.weight.val(),
+                ));
+            }
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            for (name, l) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                linear(&mut out, format!("{p}.{name}"), l);
+            }
+        }
+        out.push(NamedTensor::Rank1(
+            "norm.weight".into(),
+            self.norm.weight.val(),
+        ));
+        if let Some(head) = &self.lm_head {
+            out.push(NamedTensor::Rank2("lm_head.weight".into(), head.val()));
+        }
+        out
     }
 
     /// The configuration.

@@ -20,7 +20,8 @@ use serde_json::Value;
 
 use super::decoder::{Decoder, DecoderConfig, DecoderWeights, Llama3RopeScaling, LmHead};
 use super::error::{MlError, Result};
-use super::hf_weights::{SafetensorsDir, WeightDtype};
+use super::gpt2_hf::{CONFIG_FILE, TOKENIZER_FILE};
+use super::hf_weights::{write_streaming, NamedTensor, SafetensorsDir, WeightDtype, WEIGHTS_FILE};
 
 /// What a `config.json` describes.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,8 @@ pub struct HfModelKind {
     pub model_type: String,
     /// A `*ForSequenceClassification` checkpoint with this many labels (score rows).
     pub seq_cls_labels: Option<usize>,
+    /// A base `*Model` checkpoint (no LM head), such as a classifier's exported backbone.
+    pub headless: bool,
 }
 
 /// Read `model_type` and whether the checkpoint is a sequence classifier.
@@ -72,10 +75,15 @@ pub fn model_kind(config_path: &Path) -> Result<(HfModelKind, Value)> {
     } else {
         None
     };
+    let headless = !archs.is_empty()
+        && archs
+            .iter()
+            .all(|a| a.ends_with("Model") && !a.ends_with("LMHeadModel"));
     Ok((
         HfModelKind {
             model_type,
             seq_cls_labels: labels,
+            headless,
         },
         value,
     ))
@@ -324,6 +332,90 @@ pub fn read_score_head(
         });
     }
     rest.take("score.weight", [num_labels, hidden], dtype, device)
+}
+
+/// The `config.json` transformers reads for `config` (the inverse of [`decoder_config`]):
+/// `*ForCausalLM` when the model has an LM head, the headless `*Model` otherwise.
+pub fn config_json(config: &DecoderConfig, has_lm_head: bool, dtype: WeightDtype) -> Value {
+    let family = if config.model_type == "gemma" {
+        "Gemma"
+    } else {
+        "Llama"
+    };
+    let arch = if has_lm_head {
+        format!("{family}ForCausalLM")
+    } else {
+        format!("{family}Model")
+    };
+    let rope_scaling = config.rope_scaling.as_ref().map(|s| {
+        serde_json::json!({
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position_embeddings,
+        })
+    });
+    let eos: Value = match config.eos_token_ids.as_slice() {
+        [] => Value::Null,
+        [one] => (*one).into(),
+        many => many.to_vec().into(),
+    };
+    serde_json::json!({
+        "architectures": [arch],
+        "model_type": config.model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": rope_scaling,
+        "hidden_act": config.hidden_act,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "attention_bias": config.attention_bias,
+        "mlp_bias": config.mlp_bias,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": config.pad_token_id,
+        "torch_dtype": match dtype { WeightDtype::F32 => "float32", WeightDtype::Bf16 => "bfloat16" },
+    })
+}
+
+impl Decoder {
+    /// Write `config.json` and `model.safetensors` (in the model's dtype, streamed one tensor
+    /// at a time) into `dir`, and copy `tokenizer` there: a folder transformers loads as
+    /// `*ForCausalLM`, or as the headless `*Model` for a classifier's backbone.
+    pub fn save_hf_dir(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
+        let has_head = self.has_lm_head();
+        let json = config_json(self.config(), has_head, self.dtype());
+        let config_path = dir.join(CONFIG_FILE);
+        let text = serde_json::to_string_pretty(&json).expect("json") + "\n";
+        std::fs::write(&config_path, text).map_err(|e| MlError::io(&config_path, e))?;
+        let prefix = if has_head { "model." } else { "" };
+        let tensors: Vec<NamedTensor> = self
+            .named_tensors()
+            .into_iter()
+            .map(|t| match t {
+                NamedTensor::Rank1(n, t) => NamedTensor::Rank1(format!("{prefix}{n}"), t),
+                NamedTensor::Rank2(n, t) if n == "lm_head.weight" => NamedTensor::Rank2(n, t),
+                NamedTensor::Rank2(n, t) => NamedTensor::Rank2(format!("{prefix}{n}"), t),
+            })
+            .collect();
+        write_streaming(&dir.join(WEIGHTS_FILE), &tensors, self.dtype())?;
+        if let Some(tok) = tokenizer {
+            let dest = dir.join(TOKENIZER_FILE);
+            if tok != dest {
+                std::fs::copy(tok, &dest).map_err(|e| MlError::io(tok, e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

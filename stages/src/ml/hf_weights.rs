@@ -362,3 +362,85 @@ mod tests {
         assert!("f8".parse::<WeightDtype>().is_err());
     }
 }
+
+/// A parameter of rank 1 or 2 (all a decoder has), for [`write_streaming`].
+pub enum NamedTensor {
+    /// A vector (norm gains, biases).
+    Rank1(String, Tensor<1>),
+    /// A matrix (embeddings, projections).
+    Rank2(String, Tensor<2>),
+}
+
+impl NamedTensor {
+    fn name(&self) -> &str {
+        match self {
+            NamedTensor::Rank1(n, _) | NamedTensor::Rank2(n, _) => n,
+        }
+    }
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            NamedTensor::Rank1(_, t) => t.dims().to_vec(),
+            NamedTensor::Rank2(_, t) => t.dims().to_vec(),
+        }
+    }
+    fn data(&self) -> TensorData {
+        match self {
+            NamedTensor::Rank1(_, t) => t.to_data(),
+            NamedTensor::Rank2(_, t) => t.to_data(),
+        }
+    }
+}
+
+/// Write `tensors` as one safetensors file in `dtype`, streaming: the header first, then each
+/// tensor read from its device, converted and written before the next is read (the host holds
+/// one tensor at a time). Written to a temporary name and renamed into place.
+pub fn write_streaming(path: &Path, tensors: &[NamedTensor], dtype: WeightDtype) -> Result<()> {
+    use std::io::Write;
+    let (tag, width) = match dtype {
+        WeightDtype::F32 => ("F32", 4),
+        WeightDtype::Bf16 => ("BF16", 2),
+    };
+    let mut order: Vec<&NamedTensor> = tensors.iter().collect();
+    order.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for t in &order {
+        let shape = t.shape();
+        let len = shape.iter().product::<usize>() * width;
+        header.insert(
+            t.name().to_string(),
+            serde_json::json!({"dtype": tag, "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut header = serde_json::to_vec(&header).expect("json");
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    let io = |e| MlError::io(path, e);
+    let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
+    f.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    f.write_all(&header).map_err(io)?;
+    for t in order {
+        let data = t.data();
+        let bytes: Vec<u8> = match dtype {
+            WeightDtype::F32 => data
+                .convert::<f32>()
+                .iter::<f32>()
+                .flat_map(f32::to_le_bytes)
+                .collect(),
+            WeightDtype::Bf16 => data
+                .convert::<bf16>()
+                .iter::<bf16>()
+                .flat_map(|x| x.to_bits().to_le_bytes())
+                .collect(),
+        };
+        f.write_all(&bytes).map_err(io)?;
+    }
+    let f = f.into_inner().map_err(|e| io(e.into_error()))?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

@@ -462,3 +462,45 @@ fn logprobs_text_gets_the_bos_its_tokenizer_adds() {
         plain_ids.len()
     );
 }
+
+/// A decoder saved by dagrun loads back to the same function, in f32 and bf16, with and
+/// without an LM head (a classifier's backbone is written as the headless `LlamaModel`).
+#[test]
+fn saved_decoders_load_back_to_the_same_outputs() {
+    let device = DeviceSpec::Cpu.resolve().unwrap();
+    let r = reference();
+    for (name, dtype) in [
+        ("gemma-tiny", WeightDtype::F32),
+        ("llama-tiny-bf16", WeightDtype::Bf16),
+    ] {
+        let model = Backbone::from_hf_dir(&dir(name), &device, dtype).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        model.save_hf_dir(tmp.path(), None).unwrap();
+        let back = Backbone::from_hf_dir(tmp.path(), &device, dtype).unwrap();
+        let key = name.trim_end_matches("-bf16");
+        for (ids, _) in texts(&r["models"][key]["f32"]) {
+            let batch = TokenBatch::unpadded(&[ids]).unwrap();
+            assert_eq!(
+                token_logprobs_rows(&model, &batch).unwrap(),
+                token_logprobs_rows(&back, &batch).unwrap(),
+                "{name}"
+            );
+        }
+    }
+    let rm = RewardModel::load(&dir("llama-rm-tiny"), &device).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    rm.save(
+        tmp.path(),
+        Some(&dir("llama-rm-tiny").join("tokenizer.json")),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(tmp.path().join("config.json")).unwrap();
+    assert!(config.contains("\"LlamaModel\""), "{config}");
+    let back = RewardModel::load(tmp.path(), &device).unwrap();
+    let case = &r["models"]["llama-rm-tiny"]["f32"]["cases"][1];
+    let batch = TokenBatch::unpadded(&[u32s(&case["ids"])]).unwrap();
+    assert_eq!(
+        to_f32_vec(back.forward(&batch).unwrap()),
+        to_f32_vec(rm.forward(&batch).unwrap())
+    );
+}
