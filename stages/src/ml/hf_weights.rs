@@ -7,11 +7,19 @@
 //! one tensor's bytes with a positioned read, converts them to the requested [`WeightDtype`],
 //! builds the device tensor and drops the host bytes before the next tensor is read.
 //!
-//! Memory: the host never holds more than one tensor of the checkpoint (its bytes, its typed
-//! values, and a converted copy when the dtype changes: at most 4× the largest tensor — for Llama-3-8B the 128256 × 4096
-//! embedding, 1 GiB in bf16), so loading an 8B judge in bf16 onto a GPU needs about 16 GB of GPU
-//! memory and about 2–4 GB of host memory beyond the page cache; no second copy of the weights
-//! is ever built on the host. On a CPU device the weights themselves live in host memory (once).
+//! Memory: the host never holds more than one tensor of the checkpoint at a time (its bytes,
+//! its typed values, and a converted copy when the dtype changes: at most about 4× the largest
+//! tensor's size in the file — for Llama-3-8B the 128256 × 4096 embedding, 1 GiB in bf16). So
+//! an 8B judge in bf16 loads onto one 80 GB GPU with about 16 GB of GPU memory for the weights
+//! (15 GB without an LM head) and about 2–4 GB of host memory beyond the page cache; no second
+//! copy of the weights is ever built on the host. On a CPU device the weights themselves live
+//! in host memory (once). [`write_streaming`] is the same bound for writing.
+//!
+//! Backends and bf16 (burn 0.22.1): burn-flex (`cpu`) stores bf16 and computes a bf16 matmul by
+//! widening both operands to f32, multiplying in f32 and rounding the result (correct, not
+//! faster than f32); burn-tch (`libtorch-cpu`, `cuda`) hands bf16 tensors to libtorch's native
+//! kernels (cuBLAS on CUDA; not exercised on a GPU by the tests). Both pass the bf16 parity
+//! tests on CPU.
 
 use std::collections::BTreeMap;
 use std::fs::File;
