@@ -9,7 +9,8 @@
 //!    - `reward_model.json`: `{"format": "dagrun-reward-model-v1", "num_heads": K,
 //!      "n_embd": E}`.
 //!
-//!    Features are pooled at each row's last real token (attention mask).
+//!    Features are pooled at each row's last real token (attention mask), or, with
+//!    `"pool_skip_id": P` (written when a sequence classifier is saved), as in format 2.
 //! 2. A Hugging Face `LlamaForSequenceClassification` / `GemmaForSequenceClassification`
 //!    folder (such as the paper's judge, FsfairX-LLaMA3-RM-v0.1): its `score.weight`
 //!    `[num_labels, hidden]` (no bias) becomes K = num_labels heads with zero bias, pooled as
@@ -51,6 +52,10 @@ pub struct RewardModelMeta {
     pub num_heads: usize,
     /// Backbone width (rows of the head matrix).
     pub n_embd: usize,
+    /// Pool at the rightmost token whose id is not this one ([`Pooling::LastNonPad`], kept
+    /// from a Hugging Face sequence classifier); absent: the last real token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_skip_id: Option<u32>,
 }
 
 /// Which token's hidden state a reward model scores.
@@ -193,7 +198,11 @@ impl RewardModel {
         let backbone = Backbone::from_hf_dir(dir, device, dtype)?;
         let mut set = HostTensors::read(&dir.join(HEADS_FILE))?;
         let heads = LinearHeads::from_host(&mut set, meta.n_embd, meta.num_heads, device)?;
-        Self::new(backbone, heads)
+        let pooling = match meta.pool_skip_id {
+            Some(id) => Pooling::LastNonPad(Some(id)),
+            None => Pooling::LastReal,
+        };
+        Ok(Self::new(backbone, heads)?.with_pooling(pooling))
     }
 
     /// A Hugging Face `*ForSequenceClassification` folder (Gemma or Llama).
@@ -225,6 +234,10 @@ impl RewardModel {
             format: FORMAT.to_string(),
             num_heads: self.heads.num_heads(),
             n_embd: self.heads.n_embd(),
+            pool_skip_id: match self.pooling {
+                Pooling::LastNonPad(id) => id,
+                Pooling::LastReal => None,
+            },
         };
         let meta_path = dir.join(META_FILE);
         let json = serde_json::to_string_pretty(&meta).expect("json") + "\n";

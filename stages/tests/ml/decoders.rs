@@ -497,8 +497,15 @@ fn saved_decoders_load_back_to_the_same_outputs() {
     let config = std::fs::read_to_string(tmp.path().join("config.json")).unwrap();
     assert!(config.contains("\"LlamaModel\""), "{config}");
     let back = RewardModel::load(tmp.path(), &device).unwrap();
-    let case = &r["models"]["llama-rm-tiny"]["f32"]["cases"][1];
-    let batch = TokenBatch::unpadded(&[u32s(&case["ids"])]).unwrap();
+    assert_eq!(back.pooling(), Pooling::LastNonPad(Some(0)));
+    // Every case, including the one ending in a real EOS (= pad id), as one padded batch.
+    let rows: Vec<Vec<u32>> = r["models"]["llama-rm-tiny"]["f32"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| u32s(&c["ids"]))
+        .collect();
+    let batch = TokenBatch::from_rows(&rows, 0, Padding::Right).unwrap();
     assert_eq!(
         to_f32_vec(back.forward(&batch).unwrap()),
         to_f32_vec(rm.forward(&batch).unwrap())
