@@ -12,6 +12,11 @@ transformers computes on it:
 
 Per-token log-prob of token t (t >= 1) is log softmax(logits[t-1])[ids[t]], in float32.
 
+With `--only decoders` (or by default, after GPT-2) it also writes the Gemma and Llama fixtures
+of scripts/make_decoder_fixtures.py (tiny random GemmaForCausalLM, LlamaForCausalLM,
+LlamaForSequenceClassification, GemmaForSequenceClassification; sharded; float32 and bfloat16;
+tests/fixtures/decoders-reference.json).
+
 Usage (needs torch, transformers, tokenizers; scripts/torch-venv.sh provides them):
     python3 scripts/make_hf_fixtures.py [--out tests/fixtures]
 
@@ -101,11 +106,7 @@ def token_logprobs(model: GPT2LMHeadModel, ids: list[int]) -> list[float]:
     return [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
-    args = parser.parse_args()
-
+def write_gpt2(args) -> None:
     tok = build_tokenizer()
     eos_id = tok.token_to_id(EOS)
     model = build_model(tok.get_vocab_size(), eos_id)
@@ -153,6 +154,20 @@ def main() -> None:
         json.dump(reference, f, indent=1)
         f.write("\n")
     print(f"wrote {folder} and gpt2-tiny-reference.json (vocab {tok.get_vocab_size()}, eos {eos_id})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
+    parser.add_argument("--only", choices=["all", "gpt2", "decoders"], default="all",
+                        help="write only the GPT-2 fixture or only the Gemma/Llama fixtures")
+    args = parser.parse_args()
+    if args.only in ("all", "gpt2"):
+        write_gpt2(args)
+    if args.only in ("all", "decoders"):
+        import make_decoder_fixtures
+
+        make_decoder_fixtures.write_decoders(args.out, build_tokenizer(), TEXTS, GREEDY_PROMPTS, SEED)
 
 
 if __name__ == "__main__":

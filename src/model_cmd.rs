@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use dagrun_stages::ml::cli::{self, GenerateOptions};
+use dagrun_stages::ml::hf_weights::WeightDtype;
 use dagrun_stages::ml::sampling::SamplingConfig;
 use dagrun_stages::ml::DeviceSpec;
 
@@ -18,8 +19,9 @@ pub enum ModelCommand {
     /// JSON: {"ids": [...], "token_logprobs": [...], "sum_logprob": x}; token_logprobs has one
     /// entry per token after the first.
     Logprobs {
-        /// Model folder (Hugging Face GPT-2 layout: config.json, model.safetensors,
-        /// tokenizer.json).
+        /// Model folder (Hugging Face layout: config.json, model.safetensors or sharded
+        /// model-*.safetensors with model.safetensors.index.json, tokenizer.json); GPT-2,
+        /// Gemma or Llama.
         #[arg(long, value_name = "M")]
         model: PathBuf,
         /// The text to score.
@@ -28,15 +30,18 @@ pub enum ModelCommand {
         /// Where to run: auto, cpu, libtorch-cpu, cuda, cuda:N.
         #[arg(long, value_name = "D", default_value = "auto")]
         device: DeviceSpec,
+        /// Weights and compute dtype: f32, or bf16 (Gemma/Llama).
+        #[arg(long, value_name = "T", default_value = "f32")]
+        dtype: WeightDtype,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Continue a prompt with the model (stops at <|endoftext|>, which is kept).
+    /// Continue a prompt with the model (stops at <|endoftext|> or the config's EOS, kept).
     ///
     /// JSON: {"ids": [...], "text": "..."}; ids include the prompt's.
     Generate {
-        /// Model folder (Hugging Face GPT-2 layout, with tokenizer.json).
+        /// Model folder (Hugging Face GPT-2, Gemma or Llama layout, with tokenizer.json).
         #[arg(long, value_name = "M")]
         model: PathBuf,
         /// The prompt to continue.
@@ -63,6 +68,9 @@ pub enum ModelCommand {
         /// Where to run: auto, cpu, libtorch-cpu, cuda, cuda:N.
         #[arg(long, value_name = "D", default_value = "auto")]
         device: DeviceSpec,
+        /// Weights and compute dtype: f32, or bf16 (Gemma/Llama).
+        #[arg(long, value_name = "T", default_value = "f32")]
+        dtype: WeightDtype,
         /// Print JSON instead of the text.
         #[arg(long)]
         json: bool,
@@ -71,8 +79,8 @@ pub enum ModelCommand {
     ///
     /// JSON: {"rewards": [...], "mean": x, "variance": y} (sample variance over heads).
     Reward {
-        /// Reward model folder: a GPT-2 folder plus reward_heads.safetensors and
-        /// reward_model.json.
+        /// Reward model folder: a model folder plus reward_heads.safetensors and
+        /// reward_model.json, or a Hugging Face Llama/Gemma *ForSequenceClassification folder.
         #[arg(long, value_name = "M")]
         model: PathBuf,
         /// The prompt.
@@ -84,6 +92,9 @@ pub enum ModelCommand {
         /// Where to run: auto, cpu, libtorch-cpu, cuda, cuda:N.
         #[arg(long, value_name = "D", default_value = "auto")]
         device: DeviceSpec,
+        /// Weights and compute dtype: f32, or bf16 (Gemma/Llama).
+        #[arg(long, value_name = "T", default_value = "f32")]
+        dtype: WeightDtype,
         /// Print JSON instead of a summary.
         #[arg(long)]
         json: bool,
@@ -108,9 +119,10 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             model,
             text,
             device,
+            dtype,
             json,
         } => {
-            let v = cli::logprobs(&model, &text, device)
+            let v = cli::logprobs(&model, &text, device, dtype)
                 .with_context(|| format!("scoring with {}", model.display()))?;
             let human = if json {
                 String::new()
@@ -129,6 +141,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             top_p,
             seed,
             device,
+            dtype,
             json,
         } => {
             let opts = GenerateOptions {
@@ -142,6 +155,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 seed,
                 device,
                 stop_at_eos: true,
+                dtype,
             };
             let v = cli::generate(&model, &prompt, &opts)
                 .with_context(|| format!("generating with {}", model.display()))?;
@@ -153,9 +167,10 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             prompt,
             response,
             device,
+            dtype,
             json,
         } => {
-            let v = cli::reward(&model, &prompt, &response, device)
+            let v = cli::reward(&model, &prompt, &response, device, dtype)
                 .with_context(|| format!("scoring with {}", model.display()))?;
             let rewards: Vec<String> = v["rewards"]
                 .as_array()

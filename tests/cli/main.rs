@@ -6,6 +6,7 @@ mod bad_input;
 mod cache_ops;
 mod caching;
 mod faults;
+mod model_hf;
 mod paper;
 mod quickstart;
 mod slurm;

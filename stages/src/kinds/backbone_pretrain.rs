@@ -1,6 +1,8 @@
 //! The `backbone_pretrain` kind (ALGORITHMS.md §2): Bradley–Terry training of a whole
 //! backbone plus one scalar head, stopped early once the running training loss falls
-//! under a threshold (the paper: 0.4). Output: a reward model with one head.
+//! under a threshold (the paper: 0.4). Output: a reward model with one head. The `init`
+//! backbone is any Hugging Face folder `ml::backbone` loads (GPT-2, Gemma, Llama), trained in
+//! float32.
 
 use std::collections::BTreeMap;
 
@@ -17,15 +19,17 @@ use super::{
     parse_params,
 };
 use crate::ml::{
+    backbone::{Backbone, LanguageModel},
     grads::ParamGrads,
     heads::LinearHeads,
+    hf_weights::WeightDtype,
     optim::{Adam, AdamConfig},
     reward::{bradley_terry_loss, RewardModel},
     rng::SeededRng,
     schedule::LrSchedule,
     tokenizer::TextTokenizer,
     weights::to_f32_vec,
-    Gpt2, Padding, TokenBatch,
+    Padding, TokenBatch,
 };
 
 /// Params of `backbone_pretrain` (defaults: the paper's Table 2 where it has one).
@@ -179,8 +183,8 @@ impl StageKind for BackbonePretrainKind {
         let tok_path = init_dir.join("tokenizer.json");
         let tok = TextTokenizer::from_file(&tok_path)?;
         let ad = device.clone().autodiff();
-        let backbone = Gpt2::from_hf_dir(init_dir, &ad)?;
-        let heads = LinearHeads::init(backbone.config().n_embd, &[ctx.derive_seed("head")], &ad)?;
+        let backbone = Backbone::from_hf_dir(init_dir, &ad, WeightDtype::F32)?;
+        let heads = LinearHeads::init(backbone.hidden_size(), &[ctx.derive_seed("head")], &ad)?;
         let mut rm = RewardModel::new(backbone, heads)?;
         let steps_per_epoch = train.len() / p.batch_size;
         let total = ((steps_per_epoch as f64) * p.epochs).ceil().max(1.0) as usize;

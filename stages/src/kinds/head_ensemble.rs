@@ -165,7 +165,7 @@ impl StageKind for HeadEnsembleKind {
         let tok_path = dir.join("tokenizer.json");
         let tok = TextTokenizer::from_file(&tok_path)?;
         let base = RewardModel::load(dir, &device)?;
-        let d = base.backbone.config().n_embd;
+        let d = base.heads.n_embd();
         let data = std::path::Path::new(&p.data);
         let train = read_split(data, "train")?;
         let eval = read_split(data, "eval")?;

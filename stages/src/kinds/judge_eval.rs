@@ -3,8 +3,11 @@
 //! reward, and each method (a matrix key of the policies, `method` by default) gets the
 //! distribution of its policies' scores (Figure 7).
 //!
-//! The judge is a reward model folder (its head `judge_head`, or the mean of its heads),
-//! or, on the built-in task, the world's ground-truth reward (`judge_world`).
+//! The judge is a reward model folder (its head `judge_head`, or the mean of its heads) —
+//! dagrun's heads on any backbone, or a Hugging Face Llama/Gemma `*ForSequenceClassification`
+//! folder such as the paper's FsfairX-LLaMA3-RM, loaded in `judge_dtype` (`f32` or `bf16`) —
+//! or, on the built-in task, the world's ground-truth reward (`judge_world`). Policies are
+//! Hugging Face folders of any architecture `ml::backbone` loads (GPT-2, Gemma, Llama).
 
 use std::collections::BTreeMap;
 
@@ -22,13 +25,15 @@ use super::{
 use crate::{
     data::{read_texts, World},
     ml::{
+        backbone::Backbone,
         generate::{generate, GenerateConfig},
+        hf_weights::WeightDtype,
         reward::RewardModel,
         rng::SeededRng,
         sampling::SamplingConfig,
         tokenizer::TextTokenizer,
         weights::to_f32_vec,
-        Gpt2, Padding, TokenBatch,
+        Padding, TokenBatch,
     },
 };
 
@@ -62,6 +67,10 @@ pub struct JudgeEvalParams {
     /// The head of the judge model to use (default: the mean of its heads).
     #[serde(default)]
     pub judge_head: Option<usize>,
+    /// Dtype the judge model is loaded and run in (`f32` or `bf16`; an 8B judge in bf16
+    /// takes ~16 GB of GPU memory).
+    #[serde(default)]
+    pub judge_dtype: WeightDtype,
     /// The built-in task's world: the ground-truth reward plays the judge.
     #[serde(default)]
     pub judge_world: Option<String>,
@@ -231,7 +240,7 @@ impl StageKind for JudgeEvalKind {
             (_, Some(m)) => {
                 let dir = std::path::Path::new(m);
                 Judge::Model {
-                    rm: RewardModel::load(dir, &device)?,
+                    rm: RewardModel::load_as(dir, &device, p.judge_dtype)?,
                     tok: TextTokenizer::from_file(&dir.join("tokenizer.json"))?,
                     head: p.judge_head,
                 }
@@ -246,7 +255,7 @@ impl StageKind for JudgeEvalKind {
                 ctx.progress(i as u64, total as u64, label.to_string());
                 let dir = std::path::Path::new(path);
                 let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-                let lm = Gpt2::from_hf_dir(dir, &device)?;
+                let lm = Backbone::from_hf_dir(dir, &device, WeightDtype::F32)?;
                 let cfg = GenerateConfig {
                     max_new_tokens: p.max_new_tokens,
                     sampling: SamplingConfig {

@@ -5,17 +5,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use burn::{module::Module, tensor::Device};
+use burn::tensor::Device;
 use dagrun_engine::stage::{Place, StageContext, StageError};
 
 use crate::{
     data::{read_preferences, PreferenceFormat, PreferencePair},
     ml::tokenizer::TextTokenizer,
     ml::{
+        backbone::LanguageModel,
         device::{cuda_device_count, TCH_BUILT},
         reward::last_token_features,
         weights::to_f32_vec,
-        DeviceSpec, Gpt2, Padding, TokenBatch,
+        DeviceSpec, Padding, TokenBatch,
     },
 };
 
@@ -132,14 +133,14 @@ pub fn encode_tail(
 
 /// Last-token features `[n × n_embd]` (row-major, on the host) of texts, by batches.
 pub fn features(
-    model: &Gpt2,
+    model: &impl LanguageModel,
     tok: &TextTokenizer,
     texts: &[String],
     batch: usize,
     max_len: usize,
 ) -> Result<Vec<f32>, StageError> {
     let model = model.valid();
-    let mut out = Vec::with_capacity(texts.len() * model.config().n_embd);
+    let mut out = Vec::with_capacity(texts.len() * model.hidden_size());
     for chunk in texts.chunks(batch.max(1)) {
         let rows = chunk
             .iter()

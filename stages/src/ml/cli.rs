@@ -2,25 +2,31 @@
 //! flags and prints; these load a model folder, run it, and build the answer.
 //!
 //! - [`logprobs`]: `{"ids": [...], "token_logprobs": [...], "sum_logprob": x}` — the log-prob
-//!   of every token after the first, given its prefix.
+//!   of every token after the first, given its prefix. The text is tokenized as transformers'
+//!   `tokenizer(text)` does, with the special tokens its post-processor adds (Gemma's `<bos>`,
+//!   Llama 3's `<|begin_of_text|>`; none for GPT-2); so is a prompt for [`generate`].
 //! - [`generate`]: `{"ids": [...], "text": "..."}` — the prompt's ids followed by the generated
 //!   ones, and the decoded text of all of them.
 //! - [`reward`]: `{"rewards": [...], "mean": x, "variance": y}` — per-head rewards of
 //!   prompt ⊕ response (prompt and response are tokenized separately and their ids joined, as
-//!   when a policy's sampled response is scored), their mean and sample variance (ddof 1).
+//!   when a policy's sampled response is scored; see [`reward_input_ids`]), their mean and
+//!   sample variance (ddof 1).
 //!
-//! A model folder is a Hugging Face GPT-2 folder with a `tokenizer.json`; a reward model
-//! folder adds the heads (see [`super::reward`]).
+//! A model folder is a Hugging Face folder with a `tokenizer.json`: GPT-2, Gemma or Llama
+//! (detected from `config.json`, weights single-file or sharded, loaded in the given
+//! [`WeightDtype`]). A reward model folder is one of those plus dagrun's heads, or a Gemma/Llama
+//! `*ForSequenceClassification` folder (see [`super::reward`]).
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::backbone::{Backbone, LanguageModel};
 use super::device::DeviceSpec;
 use super::error::{MlError, Result};
 use super::generate::{generate as generate_ids, GenerateConfig};
-use super::gpt2::Gpt2;
 use super::gpt2_hf::TOKENIZER_FILE;
+use super::hf_weights::WeightDtype;
 use super::logprobs::token_logprobs_rows;
 use super::reward::{ensemble_stats, RewardModel};
 use super::rng::SeededRng;
@@ -40,8 +46,12 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Device to run on.
     pub device: DeviceSpec,
-    /// Stop at the tokenizer's `<|endoftext|>` (kept in the output).
+    /// Stop at the tokenizer's `<|endoftext|>`, else the config's first `eos_token_id` (kept
+    /// in the output).
     pub stop_at_eos: bool,
+    /// Dtype of the weights and the computation.
+    #[serde(default)]
+    pub dtype: WeightDtype,
 }
 
 impl Default for GenerateOptions {
@@ -52,6 +62,7 @@ impl Default for GenerateOptions {
             seed: 0,
             device: DeviceSpec::Auto,
             stop_at_eos: true,
+            dtype: WeightDtype::F32,
         }
     }
 }
@@ -69,14 +80,19 @@ pub fn load_tokenizer(model_dir: &Path) -> Result<TextTokenizer> {
 }
 
 /// Per-token log-probs of `text` under the model in `model_dir`.
-pub fn logprobs(model_dir: &Path, text: &str, device: DeviceSpec) -> Result<Value> {
+pub fn logprobs(
+    model_dir: &Path,
+    text: &str,
+    device: DeviceSpec,
+    dtype: WeightDtype,
+) -> Result<Value> {
     let device = device.resolve()?;
     let tok = load_tokenizer(model_dir)?;
-    let ids = tok.encode(text)?;
+    let ids = tok.encode_with_special_tokens(text)?;
     if ids.is_empty() {
         return Err(MlError::Invalid("the text encodes to no tokens".into()));
     }
-    let model = Gpt2::from_hf_dir(model_dir, &device)?;
+    let model = Backbone::from_hf_dir(model_dir, &device, dtype)?;
     let lp =
         token_logprobs_rows(&model, &TokenBatch::unpadded(std::slice::from_ref(&ids))?)?.remove(0);
     let sum: f64 = lp.iter().map(|&x| x as f64).sum();
@@ -88,15 +104,16 @@ pub fn generate(model_dir: &Path, prompt: &str, opts: &GenerateOptions) -> Resul
     opts.sampling.validate()?;
     let device = opts.device.resolve()?;
     let tok = load_tokenizer(model_dir)?;
-    let ids = tok.encode(prompt)?;
+    let ids = tok.encode_with_special_tokens(prompt)?;
     if ids.is_empty() {
         return Err(MlError::Invalid("the prompt encodes to no tokens".into()));
     }
-    let model = Gpt2::from_hf_dir(model_dir, &device)?;
+    let model = Backbone::from_hf_dir(model_dir, &device, opts.dtype)?;
+    let eos = tok.eos_id().or(model.config_eos());
     let config = GenerateConfig {
         max_new_tokens: opts.max_new_tokens,
         sampling: opts.sampling.clone(),
-        eos_id: if opts.stop_at_eos { tok.eos_id() } else { None },
+        eos_id: if opts.stop_at_eos { eos } else { None },
         pad_id: tok.pad_id(),
     };
     let out = generate_ids(&model, &[ids], &config, &mut SeededRng::new(opts.seed))?;
@@ -104,10 +121,14 @@ pub fn generate(model_dir: &Path, prompt: &str, opts: &GenerateOptions) -> Resul
     Ok(json!({"ids": all, "text": tok.decode(all)?}))
 }
 
-/// Per-head rewards of `prompt` ⊕ `response` under the reward model in `model_dir`.
-pub fn reward(model_dir: &Path, prompt: &str, response: &str, device: DeviceSpec) -> Result<Value> {
-    let device = device.resolve()?;
-    let tok = load_tokenizer(model_dir)?;
+/// The token ids a reward model scores for `prompt` and `response`: the two texts tokenized
+/// separately (no special tokens) and joined.
+///
+/// This is the seam where a chat template belongs: a chat reward model such as
+/// FsfairX-LLaMA3-RM expects its template's rendering (`<|begin_of_text|>`, role headers,
+/// `<|eot_id|>`), which `ml/chat.rs` (developed on another branch) renders; until it is wired
+/// here, plain text is scored.
+pub fn reward_input_ids(tok: &TextTokenizer, prompt: &str, response: &str) -> Result<Vec<u32>> {
     let mut ids = tok.encode(prompt)?;
     ids.extend(tok.encode(response)?);
     if ids.is_empty() {
@@ -115,7 +136,21 @@ pub fn reward(model_dir: &Path, prompt: &str, response: &str, device: DeviceSpec
             "prompt and response encode to no tokens".into(),
         ));
     }
-    let rm = RewardModel::load(model_dir, &device)?;
+    Ok(ids)
+}
+
+/// Per-head rewards of `prompt` ⊕ `response` under the reward model in `model_dir`.
+pub fn reward(
+    model_dir: &Path,
+    prompt: &str,
+    response: &str,
+    device: DeviceSpec,
+    dtype: WeightDtype,
+) -> Result<Value> {
+    let device = device.resolve()?;
+    let tok = load_tokenizer(model_dir)?;
+    let ids = reward_input_ids(&tok, prompt, response)?;
+    let rm = RewardModel::load_as(model_dir, &device, dtype)?;
     let rewards = to_f32_vec(rm.forward(&TokenBatch::unpadded(&[ids])?)?);
     let (mean, variance) = ensemble_stats(&rewards, 1);
     Ok(json!({"rewards": rewards, "mean": mean, "variance": variance}))

@@ -5,12 +5,12 @@
 //! (the EOS is kept); finished rows are fed padding (masked out) until every row is done or
 //! `max_new_tokens` is reached. For a given seed the result is reproducible.
 
-use burn::module::Module;
 use burn::tensor::Tensor;
 
+use super::attention::KvCache;
+use super::backbone::LanguageModel;
 use super::batch::{Padding, TokenBatch};
 use super::error::{MlError, Result};
-use super::gpt2::{Gpt2, KvCache};
 use super::rng::SeededRng;
 use super::sampling::SamplingConfig;
 use super::weights::to_f32_vec;
@@ -42,12 +42,15 @@ pub struct Generation {
     pub prompt_lens: Vec<usize>,
 }
 
-/// The last column of logits `[b, t, v]` as host rows.
-fn last_logits(logits: Tensor<3>) -> Vec<Vec<f32>> {
-    let [b, t, v] = logits.dims();
-    let last = logits.slice([0..b, t - 1..t, 0..v]).reshape([b, v]);
-    let values = to_f32_vec(last);
-    values.chunks(v).map(<[f32]>::to_vec).collect()
+/// The logits of the last column only (the LM head is applied to `[b, 1, hidden]`, not to
+/// every prompt position: with a 256k vocabulary that is most of a prefill's memory), as host
+/// rows.
+fn last_logits(model: &impl LanguageModel, hidden: Tensor<3>) -> Result<Vec<Vec<f32>>> {
+    let [b, t, e] = hidden.dims();
+    let logits = model.logits(hidden.slice([0..b, t - 1..t, 0..e]))?;
+    let v = logits.dims()[2];
+    let values = to_f32_vec(logits.reshape([b, v]));
+    Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
 }
 
 /// The next token of each row that is not `done` (0 for done rows), as
@@ -86,9 +89,10 @@ fn pick_rows(
     })
 }
 
-/// Generate continuations of `prompts` (token ids, each non-empty) with `model`.
+/// Generate continuations of `prompts` (token ids, each non-empty) with `model` (GPT-2, Gemma,
+/// Llama: any [`LanguageModel`]).
 pub fn generate(
-    model: &Gpt2,
+    model: &impl LanguageModel,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
     rng: &mut SeededRng,
@@ -101,10 +105,10 @@ pub fn generate(
     }
     let model = model.valid();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let limit = model.config().n_positions;
+    let limit = model.max_positions();
     if longest + config.max_new_tokens > limit {
         return Err(MlError::Invalid(format!(
-            "prompt ({longest} tokens) + max_new_tokens ({}) exceeds n_positions ({limit})",
+            "prompt ({longest} tokens) + max_new_tokens ({}) exceeds the model's {limit} positions",
             config.max_new_tokens
         )));
     }
@@ -114,8 +118,8 @@ pub fn generate(
     let mut cache = KvCache::new();
     let mut batch = TokenBatch::from_rows(prompts, config.pad_id, Padding::Left)?;
     for _ in 0..config.max_new_tokens {
-        let logits = model.forward(&batch, Some(&mut cache))?;
-        let rows = last_logits(logits);
+        let hidden = model.hidden_states(&batch, Some(&mut cache))?;
+        let rows = last_logits(&model, hidden)?;
         let picks = pick_rows(&config.sampling, &rows, &done, rng);
         let mut ids = Vec::with_capacity(b);
         let mut mask = Vec::with_capacity(b);

@@ -6,18 +6,16 @@
 //! exporting (`gpt2_hf.rs`) is a rename-free copy.
 //!
 //! Attention is written with explicit matmuls and an additive mask (not a fused kernel), so that
-//! every backend computes the same function, with or without a [`KvCache`].
+//! every backend computes the same function, with or without a [`KvCache`] (`attention.rs`).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::attention::{attend, extend, KvCache, LayerKv};
 use super::batch::TokenBatch;
 use super::error::{MlError, Result};
 use super::rng::SeededRng;
-
-/// The masked-out score added to attention logits (exp underflows to exactly 0).
-const MASKED: f32 = -1.0e9;
 
 /// GPT-2 hyper-parameters, with Hugging Face's `config.json` names: the same struct reads and
 /// writes that file, and serves as a stage's params and fingerprint input.
@@ -219,27 +217,6 @@ impl Conv1D {
     }
 }
 
-/// Cached keys and values of every layer, plus the mask of the tokens they came from.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    /// Per layer: keys and values, `[batch, heads, seen, head_dim]`.
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
-    /// Per row: the mask of every token seen so far (1 real, 0 pad).
-    mask: Vec<Vec<u8>>,
-}
-
-impl KvCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Number of tokens (columns) cached so far.
-    pub fn seen(&self) -> usize {
-        self.mask.first().map_or(0, Vec::len)
-    }
-}
-
 /// Causal multi-head self-attention with GPT-2's fused `c_attn` (q, k, v) projection.
 #[derive(Module, Debug)]
 pub(crate) struct Attention {
@@ -253,12 +230,7 @@ pub(crate) struct Attention {
 
 impl Attention {
     /// `x`: `[b, t, e]`; `bias`: additive mask `[b, 1, t, past + t]`.
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        bias: Tensor<4>,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-    ) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, slot: &mut LayerKv) -> Tensor<3> {
         let [b, t, e] = x.dims();
         let (h, dh) = (self.n_head, e / self.n_head);
         let qkv = self.c_attn.forward(x);
@@ -268,21 +240,11 @@ impl Attention {
                 .reshape([b, t, h, dh])
                 .swap_dims(1, 2)
         };
-        let (q, mut k, mut v) = (split(0), split(1), split(2));
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.take() {
-                k = Tensor::cat(vec![pk, k], 2);
-                v = Tensor::cat(vec![pv, v], 2);
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        let mut scores = q.matmul(k.swap_dims(2, 3));
-        if self.scale {
-            scores = scores * (1.0 / (dh as f64).sqrt());
-        }
-        let scores = scores + bias;
-        let probs = softmax(scores, 3);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, e]);
+        let (k, v) = extend(slot, split(1), split(2));
+        let scale = self.scale.then(|| 1.0 / (dh as f64).sqrt());
+        let out = attend(split(0), k, v, bias, scale)
+            .swap_dims(1, 2)
+            .reshape([b, t, e]);
         self.c_proj.forward(out)
     }
 }
@@ -335,13 +297,8 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        bias: Tensor<4>,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-    ) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), bias, cache);
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, slot: &mut LayerKv) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), bias, slot);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
 }
@@ -494,54 +451,17 @@ impl Gpt2 {
     pub fn hidden(&self, batch: &TokenBatch, cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
         let device = self.device();
         let (b, t) = (batch.rows, batch.len);
-        let mut empty = KvCache::new();
-        let using_cache = cache.is_some();
-        let cache = cache.unwrap_or(&mut empty);
-        if cache.mask.is_empty() {
-            cache.mask = vec![Vec::new(); b];
-            cache.layers = vec![None; self.h.len()];
-        } else if cache.mask.len() != b {
-            return Err(MlError::Invalid(format!(
-                "KV cache holds {} rows, the batch has {b}",
-                cache.mask.len()
-            )));
-        }
-        let past = cache.seen();
-        if past + t > self.config.n_positions {
-            return Err(MlError::Invalid(format!(
-                "sequence of {} tokens exceeds n_positions = {}",
-                past + t,
-                self.config.n_positions
-            )));
-        }
-        // Positions count real tokens only; the additive bias masks the future and padding.
-        let total = past + t;
-        let mut positions = Vec::with_capacity(b * t);
-        let mut bias = vec![MASKED; b * t * total];
-        for r in 0..b {
-            let new = &batch.mask[r * t..(r + 1) * t];
-            let mut seen_real = cache.mask[r].iter().filter(|&&m| m == 1).count();
-            cache.mask[r].extend_from_slice(new);
-            let keys = &cache.mask[r];
-            for (q, &m) in new.iter().enumerate() {
-                positions.push(seen_real.saturating_sub(usize::from(m == 0)) as i64);
-                seen_real += usize::from(m == 1);
-                let row = &mut bias[(r * t + q) * total..(r * t + q + 1) * total];
-                for (k, slot) in row.iter_mut().enumerate().take(past + q + 1) {
-                    if keys[k] == 1 {
-                        *slot = 0.0;
-                    }
-                }
-            }
-        }
-        let bias: Tensor<4> = Tensor::from_data(TensorData::new(bias, [b, 1, t, total]), &device);
+        let mut own = KvCache::new();
+        let cache = cache.unwrap_or(&mut own);
+        let step = cache.begin(batch, self.h.len(), self.config.n_positions, &device)?;
         let ids = batch.ids_tensor(&device).reshape([b * t]);
-        let pos: Tensor<1, Int> = Tensor::from_data(TensorData::new(positions, [b * t]), &device);
+        let pos: Tensor<1, Int> =
+            Tensor::from_data(TensorData::new(step.positions, [b * t]), &device);
         let e = self.config.n_embd;
         let x = self.wte.val().select(0, ids) + self.wpe.val().select(0, pos);
         let mut x = x.reshape([b, t, e]);
-        for (block, slot) in self.h.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(x, bias.clone(), using_cache.then_some(slot));
+        for (block, slot) in self.h.iter().zip(cache.layers_mut()) {
+            x = block.forward(x, step.bias.clone(), slot);
         }
         Ok(self.ln_f.forward(x))
     }

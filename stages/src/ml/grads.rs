@@ -9,6 +9,27 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
+/// The path segment a module level contributes: its field name, or nothing for an enum's
+/// variant (so that a [`super::backbone::Backbone::Gpt2`] keeps GPT-2's paths,
+/// `backbone.h.0...` rather than `backbone.Gpt2.h.0...`).
+pub(crate) fn path_segment(name: &str, container_type: &str) -> String {
+    if container_type.starts_with("Enum:") {
+        String::new()
+    } else {
+        name.to_string()
+    }
+}
+
+/// `stack` joined with dots, skipping empty segments.
+pub(crate) fn join_path(stack: &[String]) -> String {
+    stack
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// Visits a module and records every float parameter's path and id.
 struct PathCollector {
     stack: Vec<String>,
@@ -16,14 +37,14 @@ struct PathCollector {
 }
 
 impl ModuleVisitor for PathCollector {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.push(path_segment(name, container_type));
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.stack.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out.push((self.stack.join("."), param.id));
+        self.out.push((join_path(&self.stack), param.id));
     }
 }
 
@@ -51,8 +72,8 @@ struct GradTaker<'a> {
 }
 
 impl ModuleVisitor for GradTaker<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.push(path_segment(name, container_type));
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.stack.pop();
@@ -60,7 +81,7 @@ impl ModuleVisitor for GradTaker<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.params.remove::<D>(param.id) {
             let n = g.shape().num_elements();
-            self.out.insert(self.stack.join("."), g.reshape([n]));
+            self.out.insert(join_path(&self.stack), g.reshape([n]));
         }
     }
 }

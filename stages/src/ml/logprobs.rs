@@ -1,12 +1,11 @@
 //! Per-token log-probabilities of sequences under a causal LM: `log p(x_t | x_<t)`.
 
-use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::backbone::LanguageModel;
 use super::batch::TokenBatch;
 use super::error::Result;
-use super::gpt2::Gpt2;
 use super::weights::to_f32_vec;
 
 /// Log-probs of each token given its prefix, from logits `[b, t, vocab]` of `batch`:
@@ -32,17 +31,20 @@ pub fn token_logprobs_from_logits(logits: Tensor<3>, batch: &TokenBatch) -> Tens
 }
 
 /// [`token_logprobs_from_logits`] after a forward pass of `model` on `batch`.
-pub fn token_logprobs(model: &Gpt2, batch: &TokenBatch) -> Result<Tensor<2>> {
+pub fn token_logprobs(model: &impl LanguageModel, batch: &TokenBatch) -> Result<Tensor<2>> {
     if batch.len < 2 {
         return Ok(Tensor::zeros([batch.rows, 0], &model.device()));
     }
-    let logits = model.forward(batch, None)?;
+    let logits = model.logits_of(batch, None)?;
     Ok(token_logprobs_from_logits(logits, batch))
 }
 
 /// Per row, the log-probs of its real tokens after its first one (host values): what
 /// `dagrun model logprobs` prints.
-pub fn token_logprobs_rows(model: &Gpt2, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+pub fn token_logprobs_rows(
+    model: &impl LanguageModel,
+    batch: &TokenBatch,
+) -> Result<Vec<Vec<f32>>> {
     let lp = token_logprobs(&model.valid(), batch)?;
     let t = batch.len;
     let values = to_f32_vec(lp);

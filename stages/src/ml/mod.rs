@@ -3,24 +3,34 @@
 //!
 //! Map:
 //! - [`device`]: `auto|cpu|libtorch-cpu|cuda[:N]` → burn device, checked before work starts.
-//! - [`gpt2`]: [`Gpt2Config`] and the [`Gpt2`] model with its [`KvCache`]; [`gpt2_hf`] loads and
-//!   exports Hugging Face folders.
+//! - [`gpt2`]: [`Gpt2Config`] and the [`Gpt2`] model; [`gpt2_hf`] loads and exports Hugging Face
+//!   folders.
+//! - [`decoder`]: the Gemma/Llama [`Decoder`](decoder::Decoder); [`decoder_hf`] reads their
+//!   Hugging Face configs and (sharded) weights through [`hf_weights`], in f32 or bf16.
+//! - [`backbone`]: [`Backbone`](backbone::Backbone) (any of them) and the
+//!   [`LanguageModel`](backbone::LanguageModel) trait that log-probs, generation and reward
+//!   models use; [`attention`]: the [`KvCache`] and causal attention they share.
 //! - [`chat`]: chat templates (`gemma`, `llama3`, `plain`) and their tokenisation.
 //! - [`batch`]: padded [`TokenBatch`]es with attention masks.
 //! - [`weights`]: named host tensors ↔ safetensors files.
 //! - [`rng`]: a checkpointable seeded RNG.
 mod error;
 
+pub mod attention;
+pub mod backbone;
 pub mod batch;
 pub mod chat;
 pub mod checkpoint;
 pub mod cli;
+pub mod decoder;
+pub mod decoder_hf;
 pub mod device;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt2_hf;
 pub mod grads;
 pub mod heads;
+pub mod hf_weights;
 pub mod logprobs;
 pub mod optim;
 pub mod reward;
@@ -32,7 +42,8 @@ pub mod train_lm;
 pub mod value_head;
 pub mod weights;
 
+pub use attention::KvCache;
 pub use batch::{Padding, TokenBatch};
 pub use device::DeviceSpec;
 pub use error::{MlError, Result};
-pub use gpt2::{Gpt2, Gpt2Config, KvCache};
+pub use gpt2::{Gpt2, Gpt2Config};

@@ -94,14 +94,15 @@ struct Apply<'a> {
 }
 
 impl ModuleMapper for Apply<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack
+            .push(super::grads::path_segment(name, container_type));
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.stack.pop();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.stack.join(".");
+        let path = super::grads::join_path(&self.stack);
         let Some(grad) = self.grads.remove(&path) else {
             return param;
         };

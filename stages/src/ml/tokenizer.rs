@@ -138,6 +138,18 @@ impl TextTokenizer {
             .to_vec())
     }
 
+    /// Token ids of `text` with the special tokens the tokenizer's post-processor adds, as
+    /// transformers' `tokenizer(text)` does by default: Gemma's `<bos>`, Llama 3's
+    /// `<|begin_of_text|>`; nothing for a GPT-2 byte-level BPE.
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode(text, true)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
     /// Text of `ids` (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tok_err)
@@ -169,6 +181,31 @@ mod tests {
         .take(40)
         .map(|s| s.to_string())
         .collect()
+    }
+
+    #[test]
+    fn special_tokens_come_from_the_post_processor_only_when_asked() {
+        let config = BpeTrainConfig {
+            vocab_size: 300,
+            min_frequency: 2,
+            special_tokens: vec![EOS_TOKEN.into(), "<bos>".into()],
+        };
+        let mut tok = TextTokenizer::train_bpe(corpus().iter(), &config).unwrap();
+        let plain = tok.encode("the cat").unwrap();
+        // Byte-level post-processing (GPT-2) adds nothing.
+        assert_eq!(tok.encode_with_special_tokens("the cat").unwrap(), plain);
+        let bos = tok.inner.token_to_id("<bos>").unwrap();
+        let template = tokenizers::processors::template::TemplateProcessing::builder()
+            .try_single("<bos> $A")
+            .unwrap()
+            .special_tokens(vec![("<bos>", bos)])
+            .build()
+            .unwrap();
+        tok.inner.with_post_processor(Some(template));
+        let with = tok.encode_with_special_tokens("the cat").unwrap();
+        assert_eq!(with[0], bos);
+        assert_eq!(&with[1..], &plain[..]);
+        assert_eq!(tok.encode("the cat").unwrap(), plain);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use dagrun_stages::ml::cli::{self, GenerateOptions};
 use dagrun_stages::ml::heads::LinearHeads;
+use dagrun_stages::ml::hf_weights::WeightDtype;
 use dagrun_stages::ml::reward::RewardModel;
 use dagrun_stages::ml::sampling::SamplingConfig;
 use dagrun_stages::ml::{DeviceSpec, Gpt2};
@@ -24,6 +25,7 @@ fn logprobs_json_matches_the_transformers_reference() {
         &tiny_hf_dir(),
         case["text"].as_str().unwrap(),
         DeviceSpec::Cpu,
+        WeightDtype::F32,
     )
     .unwrap();
     assert_eq!(v["ids"], case["ids"]);
@@ -52,6 +54,7 @@ fn generate_json_has_prompt_and_new_ids_and_their_text() {
         seed: 0,
         device: DeviceSpec::Cpu,
         stop_at_eos: false,
+        dtype: WeightDtype::F32,
     };
     let v = cli::generate(&tiny_hf_dir(), case["prompt"].as_str().unwrap(), &opts).unwrap();
     let ids: Vec<u32> = serde_json::from_value(v["ids"].clone()).unwrap();
@@ -72,6 +75,7 @@ fn generate_json_has_prompt_and_new_ids_and_their_text() {
         seed: 5,
         device: DeviceSpec::Cpu,
         stop_at_eos: true,
+        dtype: WeightDtype::F32,
     };
     let a = cli::generate(&tiny_hf_dir(), "The movie", &sampled).unwrap();
     let b = cli::generate(&tiny_hf_dir(), "The movie", &sampled).unwrap();
@@ -90,7 +94,14 @@ fn reward_json_has_per_head_rewards_mean_and_variance() {
     let dir = tempfile::tempdir().unwrap();
     rm.save(dir.path(), Some(&tiny_hf_dir().join("tokenizer.json")))
         .unwrap();
-    let v = cli::reward(dir.path(), "This movie was", " wonderful", DeviceSpec::Cpu).unwrap();
+    let v = cli::reward(
+        dir.path(),
+        "This movie was",
+        " wonderful",
+        DeviceSpec::Cpu,
+        WeightDtype::F32,
+    )
+    .unwrap();
     let rewards = floats(&v["rewards"]);
     assert_eq!(rewards.len(), 3);
     let mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / 3.0;
@@ -108,13 +119,25 @@ fn reward_json_has_per_head_rewards_mean_and_variance() {
 fn devices_that_are_not_there_fail_before_any_work() {
     if cfg!(feature = "tch") {
         let n = dagrun_stages::ml::device::cuda_device_count();
-        let err = cli::logprobs(&tiny_hf_dir(), "hi", DeviceSpec::Cuda(n)).unwrap_err();
+        let err =
+            cli::logprobs(&tiny_hf_dir(), "hi", DeviceSpec::Cuda(n), WeightDtype::F32).unwrap_err();
         assert!(err.to_string().contains("CUDA device"), "{err}");
     } else {
-        let err = cli::logprobs(&tiny_hf_dir(), "hi", DeviceSpec::LibtorchCpu).unwrap_err();
+        let err = cli::logprobs(
+            &tiny_hf_dir(),
+            "hi",
+            DeviceSpec::LibtorchCpu,
+            WeightDtype::F32,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--features tch"), "{err}");
     }
-    let err =
-        cli::logprobs(std::path::Path::new("/nonexistent"), "hi", DeviceSpec::Cpu).unwrap_err();
+    let err = cli::logprobs(
+        std::path::Path::new("/nonexistent"),
+        "hi",
+        DeviceSpec::Cpu,
+        WeightDtype::F32,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }

@@ -76,3 +76,47 @@ fn dagrun_trained_export_loads_in_transformers_with_the_same_logprobs() {
         assert!(diff <= 1e-4, "{text:?}: {diff}");
     }
 }
+
+/// Gemma and Llama folders written by dagrun load in transformers (AutoModelForCausalLM) and
+/// give the same log-probs (skipped without python + transformers).
+#[test]
+fn exported_decoders_load_in_transformers_with_the_same_logprobs() {
+    use dagrun_stages::ml::backbone::Backbone;
+    use dagrun_stages::ml::hf_weights::WeightDtype;
+    let Some(python) = python_with_transformers() else {
+        return;
+    };
+    let device = DeviceSpec::Cpu.resolve().unwrap();
+    let texts = ["The quick brown fox", "café 42!"];
+    for name in ["gemma-tiny", "llama-tiny"] {
+        let src = crate::common::fixtures().join(name);
+        let model = Backbone::from_hf_dir(&src, &device, WeightDtype::F32).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        model
+            .save_hf_dir(dir.path(), Some(&src.join("tokenizer.json")))
+            .unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/hf_logprobs.py");
+        let output = std::process::Command::new(&python)
+            .arg(script)
+            .arg(dir.path())
+            .args(texts)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "hf_logprobs.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let hf: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for case in hf["texts"].as_array().unwrap() {
+            let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let hf_lp: Vec<f32> = serde_json::from_value(case["token_logprobs"].clone()).unwrap();
+            let ours = token_logprobs_rows(&model, &TokenBatch::unpadded(&[ids]).unwrap())
+                .unwrap()
+                .remove(0);
+            let diff = max_abs_diff(&ours, &hf_lp);
+            println!("{name} exported: max |Δ| vs transformers = {diff:.2e}");
+            assert!(diff <= 1e-4, "{name}: {diff}");
+        }
+    }
+}

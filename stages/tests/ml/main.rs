@@ -7,6 +7,7 @@ mod common;
 
 mod cli;
 
+mod decoders;
 mod export_hf;
 mod generate;
 mod hf_parity;

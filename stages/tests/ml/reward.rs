@@ -124,3 +124,41 @@ fn reward_model_folder_round_trips() {
     let err = RewardModel::load(&tiny_hf_dir(), &device).unwrap_err();
     assert!(err.to_string().contains("not a reward model"), "{err}");
 }
+
+/// A Gemma/Llama backbone trains like GPT-2's: Bradley–Terry gradients reach every decoder
+/// weight (under HF-style paths, no enum level) and one Adam step lowers the loss.
+#[test]
+fn a_decoder_backbone_gets_gradients_and_learns() {
+    use dagrun_stages::ml::backbone::Backbone;
+    use dagrun_stages::ml::hf_weights::WeightDtype;
+    let device = DeviceSpec::Cpu.resolve().unwrap().autodiff();
+    let dir = crate::common::fixtures().join("llama-tiny");
+    let backbone = Backbone::from_hf_dir(&dir, &device, WeightDtype::F32).unwrap();
+    let heads = LinearHeads::init(32, &[1], &device).unwrap();
+    let rm = RewardModel::new(backbone, heads).unwrap();
+    let chosen = TokenBatch::from_rows(&rows(), 0, Padding::Right).unwrap();
+    let rejected =
+        TokenBatch::from_rows(&[vec![9], vec![8, 8], vec![7, 7, 7]], 0, Padding::Right).unwrap();
+    let loss = |m: &RewardModel| {
+        bradley_terry_loss(m.forward(&chosen).unwrap(), m.forward(&rejected).unwrap())
+    };
+    let before: f32 = loss(&rm).into_scalar();
+    let grads = ParamGrads::from_loss(loss(&rm), &rm);
+    for name in [
+        "backbone.embed_tokens",
+        "backbone.layers.0.self_attn.q_proj.weight",
+        "backbone.layers.1.mlp.down_proj.weight",
+        "backbone.norm.weight",
+        "heads.weight",
+    ] {
+        assert!(
+            grads.grads.contains_key(name),
+            "{name}: {:?}",
+            grads.grads.keys()
+        );
+    }
+    let mut adam = Adam::new(AdamConfig::default());
+    let rm = adam.step(rm, grads, 1e-2);
+    let after: f32 = loss(&rm).into_scalar();
+    assert!(after < before, "{before} -> {after}");
+}
