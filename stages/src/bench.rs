@@ -137,7 +137,9 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
         // Policy and reward model share the vocabulary: the ids go over as they are (the
         // stage decodes and re-encodes text here, a host-side cost these models cannot have:
         // random init comes without a tokenizer).
-        to_rm_ids: Box::new(move |s: &[u32]| Ok(s[s.len().saturating_sub(rm_max_len)..].to_vec())),
+        to_rm_ids: Box::new(move |s: &[u32], _prompt_len: usize| {
+            Ok(s[s.len().saturating_sub(rm_max_len)..].to_vec())
+        }),
         rm_pad: eos,
         pad: eos,
         generate: GenerateConfig {

@@ -15,11 +15,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    ml_util::{backend_env, encode_tail, join_text, node_device, read_split},
+    ml_util::{backend_env, encode_tail, model_template, node_device, read_split},
     parse_params,
 };
 use crate::ml::{
     backbone::{Backbone, LanguageModel},
+    chat::ChatTemplate,
     grads::ParamGrads,
     heads::LinearHeads,
     hf_weights::WeightDtype,
@@ -40,6 +41,10 @@ pub struct BackbonePretrainParams {
     pub data: String,
     /// The backbone to start from: a Hugging Face GPT-2 folder with its tokenizer.json.
     pub init: String,
+    /// How pairs are rendered (`plain`, `gemma`, `llama3`); default: from `init`'s
+    /// `config.json` (GPT-2 → plain, Gemma-2B-it → gemma).
+    #[serde(default)]
+    pub chat_template: Option<ChatTemplate>,
     /// Pairs per step (the paper's effective batch).
     #[serde(default = "b32")]
     pub batch_size: usize,
@@ -100,6 +105,7 @@ pub struct BackbonePretrainKind;
 pub fn pair_accuracy(
     rm: &RewardModel,
     tok: &TextTokenizer,
+    template: ChatTemplate,
     pairs: &[crate::data::PreferencePair],
     max_len: usize,
 ) -> Result<f64, StageError> {
@@ -109,7 +115,7 @@ pub fn pair_accuracy(
     let rm = rm.valid();
     let mut right = 0usize;
     for chunk in pairs.chunks(64) {
-        let (c, r) = encode_pairs(tok, chunk, max_len)?;
+        let (c, r) = encode_pairs(tok, template, chunk, max_len)?;
         let sc = to_f32_vec(rm.forward(&c)?);
         let sr = to_f32_vec(rm.forward(&r)?);
         right += sc.iter().zip(&sr).filter(|(a, b)| a > b).count();
@@ -117,19 +123,25 @@ pub fn pair_accuracy(
     Ok(right as f64 / pairs.len() as f64)
 }
 
-/// Right-padded batches of `prompt ⊕ chosen` and `prompt ⊕ rejected`.
+/// Right-padded batches of `prompt ⊕ chosen` and `prompt ⊕ rejected`, rendered with the
+/// model's chat template.
 pub fn encode_pairs(
     tok: &TextTokenizer,
+    template: ChatTemplate,
     pairs: &[crate::data::PreferencePair],
     max_len: usize,
 ) -> Result<(TokenBatch, TokenBatch), StageError> {
     let mut c = Vec::with_capacity(pairs.len());
     let mut r = Vec::with_capacity(pairs.len());
     for p in pairs {
-        c.push(encode_tail(tok, &join_text(&p.prompt, &p.chosen), max_len)?);
+        c.push(encode_tail(
+            tok,
+            &template.render_pair(&p.prompt, &p.chosen)?,
+            max_len,
+        )?);
         r.push(encode_tail(
             tok,
-            &join_text(&p.prompt, &p.rejected),
+            &template.render_pair(&p.prompt, &p.rejected)?,
             max_len,
         )?);
     }
@@ -182,6 +194,8 @@ impl StageKind for BackbonePretrainKind {
         let init_dir = std::path::Path::new(&p.init);
         let tok_path = init_dir.join("tokenizer.json");
         let tok = TextTokenizer::from_file(&tok_path)?;
+        let template = model_template(init_dir, p.chat_template, &tok)?;
+        ctx.log(format!("chat template: {template}"));
         let ad = device.clone().autodiff();
         let backbone = Backbone::from_hf_dir(init_dir, &ad, WeightDtype::F32)?;
         let heads = LinearHeads::init(backbone.hidden_size(), &[ctx.derive_seed("head")], &ad)?;
@@ -214,7 +228,7 @@ impl StageKind for BackbonePretrainKind {
                 .map(|&i| train[i].clone())
                 .collect();
             cursor += p.batch_size;
-            let (c, r) = encode_pairs(&tok, &batch, p.max_len)?;
+            let (c, r) = encode_pairs(&tok, template, &batch, p.max_len)?;
             let loss = bradley_terry_loss(rm.forward(&c)?, rm.forward(&r)?);
             let value = loss.clone().into_scalar::<f32>() as f64;
             let mut grads = ParamGrads::from_loss(loss, &rm);
@@ -246,7 +260,7 @@ impl StageKind for BackbonePretrainKind {
             }
         }
         let rm = rm.valid();
-        let acc_eval = pair_accuracy(&rm, &tok, &eval, p.max_len)?;
+        let acc_eval = pair_accuracy(&rm, &tok, template, &eval, p.max_len)?;
         ctx.metric("steps", losses.len() as f64);
         ctx.metric("stopped_early", stopped_early as u8 as f64);
         ctx.metric("eval_accuracy", acc_eval);

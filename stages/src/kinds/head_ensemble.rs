@@ -22,10 +22,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    ml_util::{backend_env, features, join_text, node_device, read_split, Distribution},
+    ml_util::{backend_env, features, model_template, node_device, read_split, Distribution},
     parse_params, write_json,
 };
 use crate::{
+    ml::chat::ChatTemplate,
     ml::{heads::LinearHeads, reward::RewardModel, rng::SeededRng, tokenizer::TextTokenizer},
     rl::math::{bt_loss, mean_var},
 };
@@ -36,6 +37,10 @@ use crate::{
 pub struct HeadEnsembleParams {
     /// The reward model whose backbone is frozen (the `backbone_pretrain` output).
     pub backbone: String,
+    /// How pairs are rendered (`plain`, `gemma`, `llama3`); default: from the backbone's
+    /// `config.json`.
+    #[serde(default)]
+    pub chat_template: Option<ChatTemplate>,
     /// Preference data with `train` and `eval` splits.
     pub data: String,
     /// Number of heads K.
@@ -174,10 +179,17 @@ impl StageKind for HeadEnsembleKind {
             train.len(),
             eval.len()
         ));
-        let texts = |pairs: &[crate::data::PreferencePair], chosen: bool| -> Vec<String> {
+        let template = model_template(dir, p.chat_template, &tok)?;
+        ctx.log(format!("chat template: {template}"));
+        let texts = |pairs: &[crate::data::PreferencePair],
+                     chosen: bool|
+         -> Result<Vec<String>, StageError> {
             pairs
                 .iter()
-                .map(|q| join_text(&q.prompt, if chosen { &q.chosen } else { &q.rejected }))
+                .map(|q| {
+                    let response = if chosen { &q.chosen } else { &q.rejected };
+                    Ok(template.render_pair(&q.prompt, response)?)
+                })
                 .collect()
         };
         let feat = |pairs: &[crate::data::PreferencePair],
@@ -185,7 +197,7 @@ impl StageKind for HeadEnsembleKind {
                     what: &str|
          -> Result<Vec<f32>, StageError> {
             ctx.progress(0, 1, format!("backbone features: {what}"));
-            features(&base.backbone, &tok, &texts(pairs, chosen), 64, p.max_len)
+            features(&base.backbone, &tok, &texts(pairs, chosen)?, 64, p.max_len)
         };
         let (tc, tr) = (
             feat(&train, true, "train chosen")?,

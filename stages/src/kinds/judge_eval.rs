@@ -19,13 +19,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    ml_util::{backend_env, encode_tail, node_device, split_file, Distribution},
+    ml_util::{backend_env, encode_tail, model_template, node_device, split_file, Distribution},
     parse_params, write_json,
 };
 use crate::{
     data::{read_texts, World},
     ml::{
         backbone::Backbone,
+        chat::ChatTemplate,
         generate::{generate, GenerateConfig},
         hf_weights::WeightDtype,
         reward::RewardModel,
@@ -64,6 +65,10 @@ pub struct JudgeEvalParams {
     /// A judge reward model folder.
     #[serde(default)]
     pub judge_model: Option<String>,
+    /// How the judge reads a prompt and a response (`plain`, `gemma`, `llama3`); default:
+    /// from its `config.json` (a Llama-3 reward model → llama3).
+    #[serde(default)]
+    pub judge_chat_template: Option<ChatTemplate>,
     /// The head of the judge model to use (default: the mean of its heads).
     #[serde(default)]
     pub judge_head: Option<usize>,
@@ -147,6 +152,7 @@ enum Judge {
     Model {
         rm: RewardModel,
         tok: TextTokenizer,
+        template: ChatTemplate,
         head: Option<usize>,
     },
 }
@@ -165,10 +171,25 @@ impl Judge {
                 .zip(responses)
                 .map(|(p, r)| w.reward(p, r))
                 .collect()),
-            Judge::Model { rm, tok, head } => {
+            Judge::Model {
+                rm,
+                tok,
+                template,
+                head,
+            } => {
                 let k = rm.heads.num_heads();
-                let mut out = Vec::with_capacity(full.len());
-                for chunk in full.chunks(64) {
+                // `plain` reads the policy's text as generated; a chat template gets a user
+                // turn and an assistant turn.
+                let texts: Vec<String> = match template {
+                    ChatTemplate::Plain => full.to_vec(),
+                    t => prompts
+                        .iter()
+                        .zip(responses)
+                        .map(|(p, r)| t.render_pair(p, r))
+                        .collect::<Result<_, _>>()?,
+                };
+                let mut out = Vec::with_capacity(texts.len());
+                for chunk in texts.chunks(64) {
                     let rows = chunk
                         .iter()
                         .map(|t| encode_tail(tok, t, max_len))
@@ -239,9 +260,13 @@ impl StageKind for JudgeEvalKind {
             (Some(w), _) => Judge::World(World::load(std::path::Path::new(w))?),
             (_, Some(m)) => {
                 let dir = std::path::Path::new(m);
+                let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+                let template = model_template(dir, p.judge_chat_template, &tok)?;
+                ctx.log(format!("judge chat template: {template}"));
                 Judge::Model {
                     rm: RewardModel::load_as(dir, &device, p.judge_dtype)?,
-                    tok: TextTokenizer::from_file(&dir.join("tokenizer.json"))?,
+                    tok,
+                    template,
                     head: p.judge_head,
                 }
             }

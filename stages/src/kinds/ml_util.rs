@@ -10,6 +10,7 @@ use dagrun_engine::stage::{Place, StageContext, StageError};
 
 use crate::{
     data::{read_preferences, PreferenceFormat, PreferencePair},
+    ml::chat::ChatTemplate,
     ml::tokenizer::TextTokenizer,
     ml::{
         backbone::LanguageModel,
@@ -74,18 +75,21 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
     Ok([("backend".to_string(), backend.to_string())].into())
 }
 
-/// A prompt and a response as one text: a space between them unless either side
-/// already has whitespace at the join.
+/// A prompt and a response as one text, as dagrun's GPT-2 reward models read them (the
+/// `plain` chat template): a space between them unless either side already has whitespace
+/// at the join.
 pub fn join_text(prompt: &str, response: &str) -> String {
-    if prompt.is_empty()
-        || response.is_empty()
-        || prompt.ends_with(char::is_whitespace)
-        || response.starts_with(char::is_whitespace)
-    {
-        format!("{prompt}{response}")
-    } else {
-        format!("{prompt} {response}")
-    }
+    crate::ml::chat::plain_join(prompt, response)
+}
+
+/// The chat template a model reads prompt/response pairs with: the stage's
+/// `chat_template` param, else the one its folder implies ([`ChatTemplate::for_model`]).
+pub fn model_template(
+    dir: &Path,
+    chosen: Option<ChatTemplate>,
+    tok: &TextTokenizer,
+) -> Result<ChatTemplate, StageError> {
+    Ok(ChatTemplate::for_model(dir, tok, chosen)?)
 }
 
 /// The file of one split in a dataset folder (`train`, `eval`, `test`): Parquet if

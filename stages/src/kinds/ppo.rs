@@ -27,12 +27,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    ml_util::{backend_env, encode_tail, node_device, split_file},
+    ml_util::{backend_env, encode_tail, model_template, node_device, split_file},
     parse_params, write_json,
 };
 use crate::{
     data::read_texts,
     ml::{
+        chat::ChatTemplate,
         checkpoint,
         generate::{generate, GenerateConfig},
         grads::ParamGrads,
@@ -79,6 +80,11 @@ pub struct PpoParams {
     pub policy: String,
     /// The K-head reward model folder.
     pub reward_model: String,
+    /// How the reward model reads a prompt and a sampled response (`plain`, `gemma`,
+    /// `llama3`); default: from its `config.json`. With `plain` it reads the policy's text
+    /// as generated; with a chat template, a user turn and an assistant turn.
+    #[serde(default)]
+    pub rm_chat_template: Option<ChatTemplate>,
     /// Prompts: a folder with `train` rows `{prompt}` (the `prompts` output) or a file.
     pub prompts: String,
     #[serde(default = "vanilla")]
@@ -310,6 +316,7 @@ pub fn run_ppo(
     let rm_dir = std::path::Path::new(&p.reward_model);
     let rm_tok = TextTokenizer::from_file(&rm_dir.join("tokenizer.json"))?;
     let rm = RewardModel::load(rm_dir, &device)?;
+    let rm_template = model_template(rm_dir, p.rm_chat_template, &rm_tok)?;
     let k = rm.heads.num_heads();
     if p.aggregation == Aggregation::Member && p.member >= k {
         return Err(format!("`member` {} but the reward model has {k} heads", p.member).into());
@@ -373,8 +380,14 @@ pub fn run_ppo(
         device: device.clone(),
         reference,
         rm,
-        to_rm_ids: Box::new(|s: &[u32]| {
-            let text = tok.decode(s)?;
+        to_rm_ids: Box::new(|s: &[u32], prompt_len: usize| {
+            let text = match rm_template {
+                ChatTemplate::Plain => tok.decode(s)?,
+                t => t.render_pair(
+                    &tok.decode(&s[..prompt_len])?,
+                    &tok.decode(&s[prompt_len..])?,
+                )?,
+            };
             encode_tail(&rm_tok, &text, p.rm_max_len)
         }),
         rm_pad: rm_tok.pad_id(),
@@ -444,10 +457,10 @@ pub struct PpoModels<'a> {
     pub reference: Gpt2,
     /// The K-head reward model (no autodiff).
     pub rm: RewardModel,
-    /// A sampled sequence (policy token ids) → the reward model's input ids. `run_ppo`
-    /// decodes with the policy's tokenizer and re-encodes the last `rm_max_len` tokens with
-    /// the reward model's.
-    pub to_rm_ids: Box<dyn Fn(&[u32]) -> Result<Vec<u32>, StageError> + 'a>,
+    /// A sampled sequence (policy token ids) and its prompt's length → the reward model's
+    /// input ids. `run_ppo` decodes with the policy's tokenizer, renders with the reward
+    /// model's chat template and re-encodes the last `rm_max_len` tokens with its tokenizer.
+    pub to_rm_ids: Box<dyn Fn(&[u32], usize) -> Result<Vec<u32>, StageError> + 'a>,
     /// Padding id of the reward model's batches.
     pub rm_pad: u32,
     /// Padding id of the policy's batches.
@@ -495,7 +508,8 @@ pub fn ppo_step(
     let texts: Vec<Vec<u32>> = generation
         .sequences
         .iter()
-        .map(|s| (models.to_rm_ids)(s))
+        .zip(&generation.prompt_lens)
+        .map(|(s, &n)| (models.to_rm_ids)(s, n))
         .collect::<Result<_, StageError>>()?;
     let rm_batch = TokenBatch::from_rows(&texts, models.rm_pad, Padding::Right)?;
     let rewards = to_f32_vec(models.rm.forward(&rm_batch)?);

@@ -206,14 +206,10 @@ impl StageKind for RewardBenchKind {
             .map_err(|e| format!("`{}`: {e}", data.display()))?;
 
         let dir = std::path::Path::new(&p.model);
-        let template = match p.chat_template {
-            Some(t) => t,
-            None => ChatTemplate::for_model_dir(dir)?,
-        };
         let device = node_device(ctx)?;
         let rm = RewardModel::load(dir, &device)?;
         let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        template.check_tokenizer(&tok)?;
+        let template = ChatTemplate::for_model(dir, &tok, p.chat_template)?;
         let k = rm.heads.num_heads();
         ctx.log(format!(
             "{} pairs in {} subsets; {k} heads; chat template `{template}`",

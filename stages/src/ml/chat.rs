@@ -112,6 +112,23 @@ impl ChatTemplate {
         }
     }
 
+    /// The template a model reads pairs with: `chosen` when given (checked against the
+    /// tokenizer), else the one its folder's `model_type` implies, or `plain` when the
+    /// tokenizer lacks that template's special tokens (a base model, or a test model with a
+    /// small vocabulary, has no chat format to follow).
+    pub fn for_model(dir: &Path, tok: &TextTokenizer, chosen: Option<Self>) -> Result<Self> {
+        if let Some(t) = chosen {
+            t.check_tokenizer(tok)?;
+            return Ok(t);
+        }
+        let t = Self::for_model_dir(dir)?;
+        Ok(if t.check_tokenizer(tok).is_ok() {
+            t
+        } else {
+            ChatTemplate::Plain
+        })
+    }
+
     /// The BOS text the template writes first, if any.
     pub fn bos_token(&self) -> Option<&'static str> {
         match self {
@@ -245,9 +262,9 @@ impl ChatTemplate {
     }
 }
 
-/// A prompt and a response as one text (the same rule as `kinds::ml_util::join_text`, the
-/// one dagrun's reward models train with).
-fn plain_join(prompt: &str, response: &str) -> String {
+/// A prompt and a response as one text (the rule dagrun's GPT-2 reward models train with;
+/// `kinds::ml_util::join_text`).
+pub fn plain_join(prompt: &str, response: &str) -> String {
     if prompt.is_empty()
         || response.is_empty()
         || prompt.ends_with(char::is_whitespace)
@@ -424,5 +441,24 @@ mod tests {
             .to_string();
         assert!(e.contains("`<bos>`"), "{e}");
         ChatTemplate::Plain.check_tokenizer(&tok).unwrap();
+    }
+
+    #[test]
+    fn a_model_without_chat_tokens_reads_plain_text_unless_a_template_is_named() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        // A tiny Llama classifier whose 320-token vocabulary has no Llama-3 headers.
+        let dir = root.join("llama-rm-tiny");
+        let small = TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        assert_eq!(
+            ChatTemplate::for_model(&dir, &small, None).unwrap(),
+            ChatTemplate::Plain
+        );
+        assert!(ChatTemplate::for_model(&dir, &small, Some(ChatTemplate::Llama3)).is_err());
+        // With Llama-3's special tokens, the folder's `model_type` picks llama3.
+        let full = TextTokenizer::from_file(&fixtures().join("llama3/tokenizer.json")).unwrap();
+        assert_eq!(
+            ChatTemplate::for_model(&dir, &full, None).unwrap(),
+            ChatTemplate::Llama3
+        );
     }
 }

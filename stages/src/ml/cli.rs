@@ -22,6 +22,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::backbone::{Backbone, LanguageModel};
+use super::chat::ChatTemplate;
 use super::device::DeviceSpec;
 use super::error::{MlError, Result};
 use super::generate::{generate as generate_ids, GenerateConfig};
@@ -121,16 +122,20 @@ pub fn generate(model_dir: &Path, prompt: &str, opts: &GenerateOptions) -> Resul
     Ok(json!({"ids": all, "text": tok.decode(all)?}))
 }
 
-/// The token ids a reward model scores for `prompt` and `response`: the two texts tokenized
-/// separately (no special tokens) and joined.
-///
-/// This is the seam where a chat template belongs: a chat reward model such as
-/// FsfairX-LLaMA3-RM expects its template's rendering (`<|begin_of_text|>`, role headers,
-/// `<|eot_id|>`), which `ml/chat.rs` (developed on another branch) renders; until it is wired
-/// here, plain text is scored.
-pub fn reward_input_ids(tok: &TextTokenizer, prompt: &str, response: &str) -> Result<Vec<u32>> {
-    let mut ids = tok.encode(prompt)?;
-    ids.extend(tok.encode(response)?);
+/// The token ids a reward model reads for `prompt` ⊕ `response`: rendered with the chat
+/// template its folder implies ([`ChatTemplate::for_model`]: GPT-2 → plain text with a space
+/// at the join, as dagrun's reward models train; a Llama-3 reward model such as
+/// FsfairX-LLaMA3-RM → `<|begin_of_text|>` and role headers; Gemma → turn markers; plain
+/// when the tokenizer has no such tokens), tokenised without added special tokens, as
+/// transformers' `apply_chat_template(tokenize=True)` does.
+pub fn reward_input_ids(
+    model_dir: &Path,
+    tok: &TextTokenizer,
+    prompt: &str,
+    response: &str,
+) -> Result<Vec<u32>> {
+    let template = ChatTemplate::for_model(model_dir, tok, None)?;
+    let ids = template.encode_text(tok, &template.render_pair(prompt, response)?)?;
     if ids.is_empty() {
         return Err(MlError::Invalid(
             "prompt and response encode to no tokens".into(),
@@ -149,7 +154,7 @@ pub fn reward(
 ) -> Result<Value> {
     let device = device.resolve()?;
     let tok = load_tokenizer(model_dir)?;
-    let ids = reward_input_ids(&tok, prompt, response)?;
+    let ids = reward_input_ids(model_dir, &tok, prompt, response)?;
     let rm = RewardModel::load_as(model_dir, &device, dtype)?;
     let rewards = to_f32_vec(rm.forward(&TokenBatch::unpadded(&[ids])?)?);
     let (mean, variance) = ensemble_stats(&rewards, 1);
