@@ -8,6 +8,7 @@ mod caching;
 mod faults;
 mod model_hf;
 mod paper;
+mod paper_models;
 mod quickstart;
 mod slurm;
 mod sweeps;
