@@ -40,7 +40,8 @@ if ! pgrep -x munged >/dev/null; then
 fi
 
 if ! pgrep -x slurmctld >/dev/null; then
-    slurmctld -f "$CONF"
+    # -c: a fresh controller state (no jobs or node states from an earlier boot).
+    slurmctld -c -f "$CONF"
     log "slurmctld started"
 fi
 if ! pgrep -x slurmd >/dev/null; then
@@ -53,6 +54,7 @@ for _ in $(seq 1 60); do
     state="$(sinfo -h -N -o '%T' 2>/dev/null | head -n1 || true)"
     case "$state" in
         idle*|mixed*|allocated*) log "node $host is $state"; echo "export SLURM_CONF=$CONF"; exit 0 ;;
+        down*|drain*) scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true ;;
     esac
     sleep 1
 done
