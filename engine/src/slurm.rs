@@ -124,7 +124,7 @@ pub struct Submission {
 }
 
 enum Msg {
-    Run(Submission, mpsc::Sender<RemoteOutcome>),
+    Run(Box<Submission>, mpsc::Sender<RemoteOutcome>),
     Stop,
 }
 
@@ -175,7 +175,7 @@ impl Slurm {
             .tx
             .lock()
             .expect("slurm sender")
-            .send(Msg::Run(sub, tx))
+            .send(Msg::Run(Box::new(sub), tx))
             .is_err()
         {
             return RemoteOutcome::Interrupted;
@@ -297,7 +297,7 @@ impl Loop {
                 .chain(std::iter::from_fn(|| rx.try_recv().ok()))
             {
                 match m {
-                    Msg::Run(sub, reply) => self.intake(sub, reply),
+                    Msg::Run(sub, reply) => self.intake(*sub, reply),
                     Msg::Stop => stopping = true,
                 }
             }

@@ -216,7 +216,7 @@ pub fn parse_mem(s: &str) -> Result<u64, String> {
         "T" | "TB" => 1024.0 * 1024.0,
         _ => return Err(format!("`{s}`: the unit must be K, M, G or T")),
     };
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("`{s}`: memory must be positive"));
     }
     Ok((v * mult).ceil() as u64)

@@ -448,6 +448,9 @@ pub fn run_ppo(
     })
 }
 
+/// A sampled sequence and its prompt's length → the reward model's input ids.
+pub type ToRmIds<'a> = Box<dyn Fn(&[u32], usize) -> Result<Vec<u32>, StageError> + 'a>;
+
 /// The fixed parts of a PPO run that every step reads: the frozen reference policy, the
 /// reward model, how a policy sequence becomes reward-model input, and generation settings.
 pub struct PpoModels<'a> {
@@ -460,7 +463,7 @@ pub struct PpoModels<'a> {
     /// A sampled sequence (policy token ids) and its prompt's length → the reward model's
     /// input ids. `run_ppo` decodes with the policy's tokenizer, renders with the reward
     /// model's chat template and re-encodes the last `rm_max_len` tokens with its tokenizer.
-    pub to_rm_ids: Box<dyn Fn(&[u32], usize) -> Result<Vec<u32>, StageError> + 'a>,
+    pub to_rm_ids: ToRmIds<'a>,
     /// Padding id of the reward model's batches.
     pub rm_pad: u32,
     /// Padding id of the policy's batches.

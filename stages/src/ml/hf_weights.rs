@@ -316,61 +316,6 @@ fn read_range(path: &Path, start: u64, end: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ml::weights::{to_f32_vec, HostTensor, HostTensors};
-
-    #[test]
-    fn single_file_tensors_read_back_in_both_dtypes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut set = HostTensors::new(dir.path().join(WEIGHTS_FILE));
-        let values = vec![1.0, -2.5, 0.1, 3.0e-3, 7.0, -0.0];
-        set.tensors.insert(
-            "a.weight".into(),
-            HostTensor {
-                shape: vec![2, 3],
-                values: values.clone(),
-            },
-        );
-        set.write(&dir.path().join(WEIGHTS_FILE)).unwrap();
-        let device = Device::flex();
-        let mut st = SafetensorsDir::open(dir.path()).unwrap();
-        let err = st
-            .take::<2>("a.weight", [3, 2], WeightDtype::F32, &device)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("a.weight") && err.contains("[3, 2]"), "{err}");
-        let mut st = SafetensorsDir::open(dir.path()).unwrap();
-        let t = st
-            .take::<2>("a.weight", [2, 3], WeightDtype::F32, &device)
-            .unwrap();
-        assert_eq!(to_f32_vec(t), values);
-        assert!(st.remaining().is_empty());
-        let err = st
-            .take::<2>("a.weight", [2, 3], WeightDtype::F32, &device)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("missing tensor `a.weight`"), "{err}");
-        let mut st = SafetensorsDir::open(dir.path()).unwrap();
-        let t = st
-            .take::<2>("a.weight", [2, 3], WeightDtype::Bf16, &device)
-            .unwrap();
-        assert_eq!(t.dtype(), DType::BF16);
-        let rounded: Vec<f32> = values.iter().map(|&x| WeightDtype::Bf16.round(x)).collect();
-        assert_eq!(to_f32_vec(t), rounded);
-    }
-
-    #[test]
-    fn a_folder_without_safetensors_says_what_to_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = SafetensorsDir::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("safe_serialization=True"), "{err}");
-        assert_eq!("bf16".parse::<WeightDtype>().unwrap(), WeightDtype::Bf16);
-        assert!("f8".parse::<WeightDtype>().is_err());
-    }
-}
-
 /// A parameter of rank 1 or 2 (all a decoder has), for [`write_streaming`].
 pub enum NamedTensor {
     /// A vector (norm gains, biases).
@@ -451,4 +396,59 @@ pub fn write_streaming(path: &Path, tensors: &[NamedTensor], dtype: WeightDtype)
     let f = f.into_inner().map_err(|e| io(e.into_error()))?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::weights::{to_f32_vec, HostTensor, HostTensors};
+
+    #[test]
+    fn single_file_tensors_read_back_in_both_dtypes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = HostTensors::new(dir.path().join(WEIGHTS_FILE));
+        let values = vec![1.0, -2.5, 0.1, 3.0e-3, 7.0, -0.0];
+        set.tensors.insert(
+            "a.weight".into(),
+            HostTensor {
+                shape: vec![2, 3],
+                values: values.clone(),
+            },
+        );
+        set.write(&dir.path().join(WEIGHTS_FILE)).unwrap();
+        let device = Device::flex();
+        let mut st = SafetensorsDir::open(dir.path()).unwrap();
+        let err = st
+            .take::<2>("a.weight", [3, 2], WeightDtype::F32, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a.weight") && err.contains("[3, 2]"), "{err}");
+        let mut st = SafetensorsDir::open(dir.path()).unwrap();
+        let t = st
+            .take::<2>("a.weight", [2, 3], WeightDtype::F32, &device)
+            .unwrap();
+        assert_eq!(to_f32_vec(t), values);
+        assert!(st.remaining().is_empty());
+        let err = st
+            .take::<2>("a.weight", [2, 3], WeightDtype::F32, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing tensor `a.weight`"), "{err}");
+        let mut st = SafetensorsDir::open(dir.path()).unwrap();
+        let t = st
+            .take::<2>("a.weight", [2, 3], WeightDtype::Bf16, &device)
+            .unwrap();
+        assert_eq!(t.dtype(), DType::BF16);
+        let rounded: Vec<f32> = values.iter().map(|&x| WeightDtype::Bf16.round(x)).collect();
+        assert_eq!(to_f32_vec(t), rounded);
+    }
+
+    #[test]
+    fn a_folder_without_safetensors_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SafetensorsDir::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("safe_serialization=True"), "{err}");
+        assert_eq!("bf16".parse::<WeightDtype>().unwrap(), WeightDtype::Bf16);
+        assert!("f8".parse::<WeightDtype>().is_err());
+    }
 }

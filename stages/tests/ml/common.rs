@@ -45,10 +45,9 @@ pub fn cuda_device() -> Option<DeviceSpec> {
         eprintln!("SKIPPED: the CUDA case (set DAGRUN_TEST_CUDA=1 on a GPU machine, tch build)");
         return None;
     }
-    assert!(
-        cfg!(feature = "tch"),
-        "DAGRUN_TEST_CUDA=1 needs a build with --features tch"
-    );
+    if !cfg!(feature = "tch") {
+        panic!("DAGRUN_TEST_CUDA=1 needs a build with --features tch");
+    }
     Some(DeviceSpec::Cuda(0))
 }
 
