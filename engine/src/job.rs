@@ -302,17 +302,7 @@ pub fn run_worker(
         let _ = std::fs::remove_dir_all(staged.out());
         std::fs::create_dir_all(staged.out())?;
         std::fs::create_dir_all(&spec.scratch)?;
-        for o in &spec.outs {
-            let abs = spec.workdir.join(o);
-            match std::fs::symlink_metadata(&abs) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,
-                Ok(_) => std::fs::remove_file(&abs)?,
-                Err(_) => {}
-            }
-            if let Some(parent) = abs.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-        }
+        crate::run::remove_outs(&spec.workdir, &spec.outs)?;
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -316,55 +316,44 @@ pub fn run(
             if !cancel.load(Ordering::Relaxed) {
                 let mut k = 0;
                 while k < runnable.len() {
-                    let (i, _) = &runnable[k];
-                    let remote = p.nodes[*i].executor == Executor::Slurm;
-                    if remote {
-                        if remote_running >= max_remote {
-                            k += 1;
-                            continue;
-                        }
-                        let (i, e) = runnable.remove(k).expect("in range");
-                        remote_running += 1;
-                        held.insert(i, (0, Vec::new()));
-                        observer.started(&p.nodes[i].id);
-                        executed.push(p.nodes[i].id.clone());
-                        let tx = tx.clone();
-                        let outputs = &outputs;
-                        let obs = observer.clone();
-                        let cancel = cancel.clone();
-                        let slurm = slurm.as_ref();
-                        scope.spawn(move || {
-                            let res =
-                                execute(p, i, e, cache, outputs, Vec::new(), obs, cancel, slurm);
-                            let _ = tx.send(Msg::Done(i, res));
-                        });
+                    let node = &p.nodes[runnable[k].0];
+                    let r = &node.resources;
+                    // A Slurm node holds no local slots; the cluster is bounded by max_jobs.
+                    let remote = node.executor == Executor::Slurm;
+                    let cpus = if remote { 0 } else { r.cpus.min(jobs) };
+                    let fits = if remote {
+                        remote_running < max_remote
+                    } else {
+                        cpus <= free_cpus && (r.gpus as usize) <= free_gpus.len()
+                    };
+                    if !fits {
+                        k += 1;
                         continue;
                     }
-                    let r = &p.nodes[*i].resources;
-                    let cpus = r.cpus.min(jobs);
-                    if cpus <= free_cpus && (r.gpus as usize) <= free_gpus.len() {
-                        let (i, e) = runnable.remove(k).expect("in range");
-                        free_cpus -= cpus;
-                        let gpus: Vec<u32> =
-                            free_gpus.iter().copied().take(r.gpus as usize).collect();
-                        for g in &gpus {
-                            free_gpus.remove(g);
-                        }
-                        tracing::info!(node = %p.nodes[i].id, cpus, gpus = ?gpus, "starting");
-                        held.insert(i, (cpus, gpus.clone()));
-                        observer.started(&p.nodes[i].id);
-                        executed.push(p.nodes[i].id.clone());
-                        let tx = tx.clone();
-                        let outputs = &outputs;
-                        let obs = observer.clone();
-                        let cancel = cancel.clone();
-                        scope.spawn(move || {
-                            let res = execute(p, i, e, cache, outputs, gpus, obs, cancel, None);
-                            let _ = tx.send(Msg::Done(i, res));
-                        });
+                    let (i, e) = runnable.remove(k).expect("in range");
+                    let gpus: Vec<u32> = if remote {
+                        Vec::new()
                     } else {
-                        k += 1;
+                        free_gpus.iter().copied().take(r.gpus as usize).collect()
+                    };
+                    for g in &gpus {
+                        free_gpus.remove(g);
                     }
+                    free_cpus -= cpus;
+                    remote_running += usize::from(remote);
+                    tracing::info!(node = %node.id, cpus, gpus = ?gpus, remote, "starting");
+                    held.insert(i, (cpus, gpus.clone()));
+                    observer.started(&node.id);
+                    executed.push(node.id.clone());
+                    let tx = tx.clone();
+                    let outputs = &outputs;
+                    let obs = observer.clone();
+                    let cancel = cancel.clone();
+                    let slurm = if remote { slurm.as_ref() } else { None };
+                    scope.spawn(move || {
+                        let res = execute(p, i, e, cache, outputs, gpus, obs, cancel, slurm);
+                        let _ = tx.send(Msg::Done(i, res));
+                    });
                 }
             } else {
                 for (i, _) in runnable.drain(..) {
@@ -543,12 +532,7 @@ fn execute(
     let fail = |error: String, log: Option<PathBuf>| Outcome::Failed { error, log };
     let key = e.key.expect("runnable nodes have a key");
     let components = e.components.expect("runnable nodes have components");
-    let keep_log = |log: &std::path::Path| -> Option<PathBuf> {
-        let dest = cache.failure_log_path(&node.id);
-        std::fs::create_dir_all(dest.parent()?).ok()?;
-        std::fs::copy(log, &dest).ok()?;
-        Some(dest)
-    };
+    let keep_log = |log: &std::path::Path| keep_failure_log(cache, &node.id, log);
     let path_of = |t: usize, o: &str| -> Option<String> {
         if p.nodes[t].is_workspace_out(o) {
             return Some(p.workdir.join(o).to_string_lossy().into_owned());
@@ -621,6 +605,14 @@ fn execute(
     Ok(record)
 }
 
+/// Copies a failed node's log to where `dagrun` points users (`<cache>/logs/`).
+fn keep_failure_log(cache: &Cache, node: &str, log: &std::path::Path) -> Option<PathBuf> {
+    let dest = cache.failure_log_path(node);
+    std::fs::create_dir_all(dest.parent()?).ok()?;
+    std::fs::copy(log, &dest).ok()?;
+    Some(dest)
+}
+
 /// Runs a node in this process, in a fresh folder under the cache's `tmp/`.
 #[allow(clippy::too_many_arguments)]
 fn run_here(
@@ -640,16 +632,11 @@ fn run_here(
         .map_err(|err| fail(err.to_string(), None))?;
     let out_dir = tmp.join("out");
     let log_path = tmp.join("log");
-    let keep_log = |log: &std::path::Path| -> Option<PathBuf> {
-        let dest = cache.failure_log_path(&node.id);
-        std::fs::create_dir_all(dest.parent()?).ok()?;
-        std::fs::copy(log, &dest).ok()?;
-        Some(dest)
-    };
+    let keep_log = |log: &std::path::Path| keep_failure_log(cache, &node.id, log);
     let prepare = || -> std::io::Result<std::fs::File> {
         std::fs::create_dir_all(&out_dir)?;
         std::fs::create_dir_all(cache.scratch_dir(key))?;
-        remove_outs(p, i)?;
+        remove_outs(&p.workdir, &node.outs)?;
         std::fs::File::create(&log_path)
     };
     let log_file =
@@ -703,10 +690,11 @@ fn run_here(
     })
 }
 
-/// Removes a node's workspace outputs (and makes their parent folders) before it runs.
-fn remove_outs(p: &Pipeline, i: usize) -> std::io::Result<()> {
-    for o in &p.nodes[i].outs {
-        let abs = p.workdir.join(o);
+/// Removes a node's workspace outputs (and makes their parent folders) before it runs;
+/// a Slurm job's worker does the same on its compute node.
+pub(crate) fn remove_outs(workdir: &std::path::Path, outs: &[String]) -> std::io::Result<()> {
+    for o in outs {
+        let abs = workdir.join(o);
         match std::fs::symlink_metadata(&abs) {
             Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,
             Ok(_) => std::fs::remove_file(&abs)?,
@@ -780,12 +768,7 @@ fn run_remote(
             })
         }
         RemoteOutcome::Failed { error, log } => {
-            let kept = log.and_then(|l| {
-                let dest = cache.failure_log_path(&node.id);
-                std::fs::create_dir_all(dest.parent()?).ok()?;
-                std::fs::copy(&l, &dest).ok()?;
-                Some(dest)
-            });
+            let kept = log.and_then(|l| keep_failure_log(cache, &node.id, &l));
             Err(Outcome::Failed { error, log: kept })
         }
         RemoteOutcome::Interrupted => Err(Outcome::Interrupted),

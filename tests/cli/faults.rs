@@ -22,13 +22,6 @@ stages:
     outs: [slow.txt]
 "#;
 
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: sending a signal to a child we spawned.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
 #[test]
 fn kill_9_then_resume_reuses_finished_nodes_and_restarts_the_interrupted_one() {
     let ws = Ws::new();

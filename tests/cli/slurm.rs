@@ -228,6 +228,26 @@ stages:
     )
 }
 
+/// Writes the pipeline and `hold`, starts `dagrun p.yaml ARGS` and waits until the node's
+/// job has started (and is holding).
+fn hold_and_start(ws: &Ws, yaml: &str, args: &[&str]) -> std::process::Child {
+    ws.write("p.yaml", yaml);
+    ws.write("hold", "");
+    let _ = std::fs::remove_file(ws.p("started"));
+    let child = ws.spawn(&[&["p.yaml"], args].concat());
+    ws.wait_for("started", Duration::from_secs(120));
+    child
+}
+
+/// The Slurm job id the coordinator noted for the workspace's one staged node.
+fn submitted_job_id(ws: &Ws) -> String {
+    let dirs = staged(ws);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let note: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("submitted.json")).unwrap()).unwrap();
+    note["job_id"].as_str().unwrap().to_string()
+}
+
 /// Kills the worker processes of a workspace's Slurm jobs (as a node failure or the
 /// kernel's OOM killer would).
 fn kill_workers(ws: &Ws) {
@@ -245,10 +265,7 @@ fn a_killed_job_fails_with_its_log_and_the_next_run_resumes_from_its_checkpoint(
         return;
     }
     let ws = Ws::new();
-    ws.write("p.yaml", &checkpointing(0));
-    ws.write("hold", "");
-    let child = ws.spawn(&["p.yaml"]);
-    ws.wait_for("started", Duration::from_secs(120));
+    let child = hold_and_start(&ws, &checkpointing(0), &[]);
     kill_workers(&ws);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -272,10 +289,7 @@ fn a_killed_job_is_retried_with_more_memory_and_resumes() {
         return;
     }
     let ws = Ws::new();
-    ws.write("p.yaml", &checkpointing(1));
-    ws.write("hold", "");
-    let child = ws.spawn(&["p.yaml"]);
-    ws.wait_for("started", Duration::from_secs(120));
+    let child = hold_and_start(&ws, &checkpointing(1), &[]);
     std::fs::remove_file(ws.p("started")).unwrap();
     kill_workers(&ws);
     // The retry starts (and finds the checkpoint); let it finish.
@@ -295,20 +309,11 @@ fn an_interrupted_coordinator_adopts_its_jobs_on_the_next_run() {
         return;
     }
     let ws = Ws::new();
-    ws.write("p.yaml", &checkpointing(0));
-    ws.write("hold", "");
-    let mut child = ws.spawn(&["p.yaml"]);
-    ws.wait_for("started", Duration::from_secs(120));
+    let mut child = hold_and_start(&ws, &checkpointing(0), &[]);
     // kill -9: the coordinator cannot cancel anything; the job keeps running.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
-    }
+    kill(child.id(), libc::SIGKILL);
     child.wait().unwrap();
-    let dirs = staged(&ws);
-    assert_eq!(dirs.len(), 1);
-    let note: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dirs[0].join("submitted.json")).unwrap()).unwrap();
-    let id = note["job_id"].as_str().unwrap().to_string();
+    let id = submitted_job_id(&ws);
     assert_eq!(job_state(&id).as_deref(), Some("RUNNING"));
 
     // A new coordinator takes the running job over instead of submitting another.
@@ -326,14 +331,9 @@ fn an_interrupted_coordinator_adopts_its_jobs_on_the_next_run() {
     assert_eq!(job_ids_in_log(&ws, "train"), vec![id.clone()]);
 
     // And a job that finished while no coordinator ran is collected, not rerun.
-    ws.write("p.yaml", &checkpointing(0).replace("step-7", "step-8"));
-    ws.write("hold", "");
-    std::fs::remove_file(ws.p("started")).unwrap();
-    let mut child = ws.spawn(&["p.yaml"]);
-    ws.wait_for("started", Duration::from_secs(120));
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
-    }
+    let yaml = checkpointing(0).replace("step-7", "step-8");
+    let mut child = hold_and_start(&ws, &yaml, &[]);
+    kill(child.id(), libc::SIGKILL);
     child.wait().unwrap();
     std::fs::remove_file(ws.p("hold")).unwrap();
     wait_until("the orphaned job's result", Duration::from_secs(60), || {
@@ -362,20 +362,9 @@ fn ctrl_c_cancels_the_submitted_jobs_or_keeps_them_when_asked() {
         return;
     }
     let ws = Ws::new();
-    ws.write("p.yaml", &checkpointing(0));
-    ws.write("hold", "");
-    let child = ws.spawn(&["p.yaml"]);
-    ws.wait_for("started", Duration::from_secs(120));
-    let id = {
-        let dirs = staged(&ws);
-        let note: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dirs[0].join("submitted.json")).unwrap())
-                .unwrap();
-        note["job_id"].as_str().unwrap().to_string()
-    };
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    let child = hold_and_start(&ws, &checkpointing(0), &[]);
+    let id = submitted_job_id(&ws);
+    kill(child.id(), libc::SIGINT);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     wait_until("the job's cancellation", Duration::from_secs(30), || {
@@ -383,12 +372,8 @@ fn ctrl_c_cancels_the_submitted_jobs_or_keeps_them_when_asked() {
     });
 
     // `--on-interrupt keep`: the job survives Ctrl-C and the next run collects it.
-    std::fs::remove_file(ws.p("started")).unwrap();
-    let child = ws.spawn(&["p.yaml", "--on-interrupt", "keep"]);
-    ws.wait_for("started", Duration::from_secs(120));
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    let child = hold_and_start(&ws, &checkpointing(0), &["--on-interrupt", "keep"]);
+    kill(child.id(), libc::SIGINT);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");

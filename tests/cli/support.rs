@@ -154,3 +154,11 @@ stages:
     deps: [data.txt]
     outs: [model-${matrix.seed}.txt]
 "#;
+
+/// Sends `sig` to a process this test spawned.
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: sending a signal to a child we spawned.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
