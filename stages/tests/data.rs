@@ -1,18 +1,11 @@
 //! The data kinds (`toy_task`, `dataset_mix`, `prompts`) run through the real engine on
 //! temporary workspaces, and the readers on the formats users bring (ALGORITHMS §9).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::{atomic::AtomicBool, Arc},
-};
+mod engine_support;
 
-use dagrun_cache::{Cache, Metrics, OpenOptions};
-use dagrun_engine::{
-    plan::Selection,
-    run::{run, Observer, Outcome, RunOptions},
-    stage::{Progress, ProgressSink, StageKind},
-    Pipeline,
-};
+use std::path::Path;
+
+use dagrun_engine::{run::Outcome, stage::StageKind};
 use dagrun_stages::{
     data::{
         io::{for_each_row, preference_columns},
@@ -22,72 +15,9 @@ use dagrun_stages::{
         write_jsonl, write_parquet, Column, Message, PreferenceFormat, PreferencePair, World,
     },
     kinds::{dataset_mix::DatasetMixKind, prompts::PromptsKind, toy_task::ToyTaskKind},
-    registry,
 };
+use engine_support::{assert_ran, open, output, run_pipeline};
 use serde_json::{json, Value};
-
-struct Quiet;
-impl ProgressSink for Quiet {
-    fn progress(&self, _node: &str, _p: &Progress) {}
-}
-impl Observer for Quiet {
-    fn started(&self, _node: &str) {}
-    fn finished(&self, _node: &str, _outcome: &Outcome) {}
-}
-
-/// Runs `yaml` in `dir`; returns each node's outcome by id.
-fn run_pipeline(dir: &Path, yaml: &str) -> Vec<(String, Outcome)> {
-    let file = dir.join("p.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let p = Pipeline::load(&file, dir, &registry()).unwrap_or_else(|e| panic!("{e}"));
-    let cache = open(dir);
-    let report = run(
-        &p,
-        &cache,
-        &RunOptions {
-            jobs: 1,
-            gpus: 0,
-            selection: Selection::default(),
-            command: "test".into(),
-            ..Default::default()
-        },
-        Arc::new(Quiet),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    report
-        .outcomes
-        .into_iter()
-        .map(|(i, o)| (p.nodes[i].id.clone(), o))
-        .collect()
-}
-
-fn open(dir: &Path) -> Cache {
-    Cache::open(
-        &dir.join(".dagrun"),
-        &OpenOptions {
-            wait: true,
-            holder: "test".into(),
-        },
-        &|_| {},
-    )
-    .unwrap()
-}
-
-/// A node's output (materialised from the cache) and its metrics.
-fn output(dir: &Path, node: &str, name: &str) -> (PathBuf, Metrics) {
-    let cache = open(dir);
-    let latest = cache.latest(node).unwrap().expect("node ran");
-    let rec = cache.record(&latest.key).unwrap().expect("record");
-    let path = cache.materialize(&rec.outputs[name]).unwrap();
-    (path, rec.metrics)
-}
-
-fn assert_ran(outcomes: &[(String, Outcome)]) {
-    for (id, o) in outcomes {
-        assert!(matches!(o, Outcome::Ran { .. }), "{id}: {o:?}");
-    }
-}
 
 fn jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

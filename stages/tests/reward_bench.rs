@@ -2,19 +2,14 @@
 //! RewardBench-format Parquet file, checked against scores recomputed here one sequence at
 //! a time (no batching) with the plain template's text.
 
+mod engine_support;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{atomic::AtomicBool, Arc},
 };
 
-use dagrun_cache::{Cache, OpenOptions};
-use dagrun_engine::{
-    plan::Selection,
-    run::{run, Observer, Outcome, RunOptions},
-    stage::{Progress, ProgressSink},
-    Pipeline,
-};
+use dagrun_engine::run::Outcome;
 use dagrun_stages::{
     data::{write_parquet, Column},
     kinds::{ml_util::join_text, reward_bench::RewardBenchResults},
@@ -22,58 +17,13 @@ use dagrun_stages::{
         heads::LinearHeads, reward::RewardModel, tokenizer::TextTokenizer, weights::to_f32_vec,
         DeviceSpec, Gpt2, TokenBatch,
     },
-    registry,
 };
-
-struct Quiet;
-impl ProgressSink for Quiet {
-    fn progress(&self, _node: &str, _p: &Progress) {}
-}
-impl Observer for Quiet {
-    fn started(&self, _node: &str) {}
-    fn finished(&self, _node: &str, _outcome: &Outcome) {}
-}
-
-fn open(dir: &Path) -> Cache {
-    Cache::open(
-        &dir.join(".dagrun"),
-        &OpenOptions {
-            wait: true,
-            holder: "test".into(),
-        },
-        &|_| {},
-    )
-    .unwrap()
-}
+use engine_support::{output, run_pipeline};
 
 /// Runs `yaml` in `dir`: the outcome of its one node, and the node's `results` when it ran.
 fn run_one(dir: &Path, yaml: &str) -> (Outcome, Option<PathBuf>) {
-    let file = dir.join("p.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let p = Pipeline::load(&file, dir, &registry()).unwrap_or_else(|e| panic!("{e}"));
-    let cache = open(dir);
-    let report = run(
-        &p,
-        &cache,
-        &RunOptions {
-            jobs: 1,
-            gpus: 0,
-            selection: Selection::default(),
-            command: "test".into(),
-            ..Default::default()
-        },
-        Arc::new(Quiet),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    let (i, outcome) = report.outcomes.into_iter().next().unwrap();
-    drop(cache);
-    let path = matches!(outcome, Outcome::Ran { .. }).then(|| {
-        let cache = open(dir);
-        let latest = cache.latest(&p.nodes[i].id).unwrap().unwrap();
-        let rec = cache.record(&latest.key).unwrap().unwrap();
-        cache.materialize(&rec.outputs["results"]).unwrap()
-    });
+    let (id, outcome) = run_pipeline(dir, yaml).into_iter().next().unwrap();
+    let path = matches!(outcome, Outcome::Ran { .. }).then(|| output(dir, &id, "results").0);
     (outcome, path)
 }
 
