@@ -27,12 +27,8 @@ pub enum ModelCommand {
         /// The text to score.
         #[arg(long, value_name = "T")]
         text: String,
-        /// Where to run: auto, cpu, libtorch-cpu, cuda, cuda:N.
-        #[arg(long, value_name = "D", default_value = "auto")]
-        device: DeviceSpec,
-        /// Weights and compute dtype: f32, or bf16 (Gemma/Llama).
-        #[arg(long, value_name = "T", default_value = "f32")]
-        dtype: WeightDtype,
+        #[command(flatten)]
+        compute: Compute,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -65,12 +61,8 @@ pub enum ModelCommand {
         /// Seed of the sampler: the same seed gives the same text.
         #[arg(long, value_name = "S", default_value_t = 0)]
         seed: u64,
-        /// Where to run: auto, cpu, libtorch-cpu, cuda, cuda:N.
-        #[arg(long, value_name = "D", default_value = "auto")]
-        device: DeviceSpec,
-        /// Weights and compute dtype: f32, or bf16 (Gemma/Llama).
-        #[arg(long, value_name = "T", default_value = "f32")]
-        dtype: WeightDtype,
+        #[command(flatten)]
+        compute: Compute,
         /// Print JSON instead of the text.
         #[arg(long)]
         json: bool,
@@ -86,19 +78,26 @@ pub enum ModelCommand {
         /// The prompt.
         #[arg(long, value_name = "P")]
         prompt: String,
-        /// The response to score (appended to the prompt).
+        /// The response to score (after the prompt, in the model's chat template).
         #[arg(long, value_name = "R")]
         response: String,
-        /// Where to run: auto, cpu, libtorch-cpu, cuda, cuda:N.
-        #[arg(long, value_name = "D", default_value = "auto")]
-        device: DeviceSpec,
-        /// Weights and compute dtype: f32, or bf16 (Gemma/Llama).
-        #[arg(long, value_name = "T", default_value = "f32")]
-        dtype: WeightDtype,
+        #[command(flatten)]
+        compute: Compute,
         /// Print JSON instead of a summary.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where and in what dtype a model runs (every `dagrun model` subcommand takes these).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Compute {
+    /// Where to run: auto, cpu, libtorch-cpu, cuda, cuda:N.
+    #[arg(long, value_name = "D", default_value = "auto")]
+    device: DeviceSpec,
+    /// Weights and compute dtype: f32, or bf16 (Gemma/Llama).
+    #[arg(long, value_name = "T", default_value = "f32")]
+    dtype: WeightDtype,
 }
 
 /// Run a `dagrun model` subcommand, printing its result on stdout.
@@ -118,8 +117,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Logprobs {
             model,
             text,
-            device,
-            dtype,
+            compute: Compute { device, dtype },
             json,
         } => {
             let v = cli::logprobs(&model, &text, device, dtype)
@@ -140,8 +138,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             top_k,
             top_p,
             seed,
-            device,
-            dtype,
+            compute: Compute { device, dtype },
             json,
         } => {
             let opts = GenerateOptions {
@@ -166,8 +163,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             model,
             prompt,
             response,
-            device,
-            dtype,
+            compute: Compute { device, dtype },
             json,
         } => {
             let v = cli::reward(&model, &prompt, &response, device, dtype)
@@ -254,7 +250,10 @@ mod tests {
             cmd,
             ModelCommand::Logprobs {
                 json: true,
-                device: DeviceSpec::Cpu,
+                compute: Compute {
+                    device: DeviceSpec::Cpu,
+                    ..
+                },
                 ..
             }
         ));
@@ -321,7 +320,10 @@ mod tests {
             cmd,
             ModelCommand::Reward {
                 json: true,
-                device: DeviceSpec::Auto,
+                compute: Compute {
+                    device: DeviceSpec::Auto,
+                    ..
+                },
                 ..
             }
         ));
