@@ -339,8 +339,8 @@ impl Loop {
             progress_mtime: None,
             batch: None,
         };
-        if let Some(r) = task.sub.staged.read_result() {
-            if r.status == JobStatus::Ok && task.sub.staged.out().is_dir() {
+        match task.sub.staged.read_result() {
+            Some(r) if r.status == JobStatus::Ok && task.sub.staged.out().is_dir() => {
                 tracing::info!(node = %task.sub.node, "adopting the result of an earlier Slurm job");
                 let _ = task.reply.send(RemoteOutcome::Done {
                     result: r,
@@ -348,20 +348,21 @@ impl Loop {
                 });
                 return;
             }
-        }
-        if let Some(prev) = task.sub.staged.read_submitted() {
-            if task.sub.staged.read_result().is_none() {
-                // Possibly still running: watch it; the poll decides.
-                self.say(
-                    &task.sub.node,
-                    format!("watching Slurm job {} from an earlier run", prev.job_id),
-                );
-                task.job_id = Some(prev.job_id);
-                task.slurm_output = Some(prev.slurm_output);
-                task.attempt = prev.attempt;
-                task.adopted = true;
-                self.active.push(task);
-                return;
+            Some(_) => {} // an earlier attempt that did not succeed: submit afresh
+            None => {
+                if let Some(prev) = task.sub.staged.read_submitted() {
+                    // Possibly still running: watch it; the poll decides.
+                    self.say(
+                        &task.sub.node,
+                        format!("watching Slurm job {} from an earlier run", prev.job_id),
+                    );
+                    task.job_id = Some(prev.job_id);
+                    task.slurm_output = Some(prev.slurm_output);
+                    task.attempt = prev.attempt;
+                    task.adopted = true;
+                    self.active.push(task);
+                    return;
+                }
             }
         }
         self.enqueue(task);
