@@ -119,12 +119,17 @@ impl ParamGrads {
 
     /// The global L2 norm `sqrt(Σ_params Σ g²)` (as PyTorch's `clip_grad_norm_`).
     pub fn global_norm(&self) -> f64 {
-        let mut total = 0.0f64;
-        for g in self.grads.values() {
-            let ss: f32 = g.clone().square().sum().into_scalar();
-            total += ss as f64;
+        // One read back for all tensors (a read per tensor is a device sync each on CUDA).
+        let sums: Vec<Tensor<1>> = self
+            .grads
+            .values()
+            .map(|g| g.clone().square().sum())
+            .collect();
+        if sums.is_empty() {
+            return 0.0;
         }
-        total.sqrt()
+        let sums = super::weights::to_f32_vec(Tensor::cat(sums, 0));
+        sums.iter().map(|&s| s as f64).sum::<f64>().sqrt()
     }
 
     /// Scale all gradients by `max_norm / (norm + 1e-6)` when the global norm exceeds

@@ -134,28 +134,18 @@ impl Adam {
         }
     }
 
-    fn update(&mut self, path: &str, p: Tensor<1>, mut g: Tensor<1>, lr: f64) -> Tensor<1> {
-        let c = &self.config;
-        let mut p = p;
-        if c.weight_decay != 0.0 {
-            if c.decoupled_weight_decay {
-                p = p * (1.0 - lr * c.weight_decay);
-            } else {
-                g = g + p.clone() * c.weight_decay;
+    fn update(&mut self, path: &str, p: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
+        let state = self.state.remove(path);
+        let step = state.as_ref().map_or(1, |s| s.step + 1);
+        #[cfg(feature = "tch")]
+        let (p, g, state) = match libtorch::update(&self.config, p, g, state, step, lr) {
+            Ok((p, m, v)) => {
+                self.state.insert(path.to_string(), Moments { step, m, v });
+                return p;
             }
-        }
-        let (step, m, v) = match self.state.remove(path) {
-            Some(s) => (
-                s.step + 1,
-                s.m * c.beta1 + g.clone() * (1.0 - c.beta1),
-                s.v * c.beta2 + g.square() * (1.0 - c.beta2),
-            ),
-            None => (1, g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
+            Err(back) => back,
         };
-        let bc1 = 1.0 - c.beta1.powi(step as i32);
-        let bc2 = 1.0 - c.beta2.powi(step as i32);
-        let denom = v.clone().sqrt() * (1.0 / bc2.sqrt()) + c.eps;
-        let p = p - m.clone() / denom * (lr / bc1);
+        let (p, m, v) = update_tensors(&self.config, p, g, state, step, lr);
         self.state.insert(path.to_string(), Moments { step, m, v });
         p
     }
@@ -210,6 +200,145 @@ impl Adam {
             );
         }
         Ok(())
+    }
+}
+
+/// The update with tensor operations (any backend): returns `(p, m, v)`.
+fn update_tensors(
+    c: &AdamConfig,
+    mut p: Tensor<1>,
+    mut g: Tensor<1>,
+    state: Option<Moments>,
+    step: u64,
+    lr: f64,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    if c.weight_decay != 0.0 {
+        if c.decoupled_weight_decay {
+            p = p * (1.0 - lr * c.weight_decay);
+        } else {
+            g = g + p.clone() * c.weight_decay;
+        }
+    }
+    let (m, v) = match state {
+        Some(s) => (
+            s.m * c.beta1 + g.clone() * (1.0 - c.beta1),
+            s.v * c.beta2 + g.square() * (1.0 - c.beta2),
+        ),
+        None => (g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
+    };
+    let (bc1, bc2) = bias_corrections(c, step);
+    let denom = v.clone().sqrt() * (1.0 / bc2.sqrt()) + c.eps;
+    let p = p - m.clone() / denom * (lr / bc1);
+    (p, m, v)
+}
+
+/// `1 - β1^t`, `1 - β2^t`.
+fn bias_corrections(c: &AdamConfig, step: u64) -> (f64, f64) {
+    let t = step.min(i32::MAX as u64) as i32;
+    (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t))
+}
+
+/// The update on libtorch tensors, in place: seven elementwise kernels per parameter and no
+/// allocation after the first step (the tensor-op version above allocates and makes a dozen
+/// passes; over GPT-2 small's 124M parameters that was a third of a PPO update's Adam time
+/// on the CPU, see docs/benchmarks.md). The arithmetic is PyTorch's `Adam` single-tensor
+/// path: `m.lerp_(g, 1-β1)`, `v.lerp_(g², 1-β2)`, `p.addcdiv_(m, denom)` with the step size
+/// folded into `denom`.
+#[cfg(feature = "tch")]
+#[allow(deprecated)] // burn marks burn-tch deprecated; libtorch is the backend this project names
+mod libtorch {
+    use burn::tensor::Tensor;
+    use burn_tch::{LibTorch, TchTensor};
+
+    use super::{bias_corrections, AdamConfig, Moments};
+
+    /// What [`update`] hands back when it cannot work in place (another backend, or a
+    /// tensor whose storage is shared): the inputs, untouched.
+    type Back = (Tensor<1>, Tensor<1>, Option<Moments>);
+
+    fn unique(t: Tensor<1>) -> Result<TchTensor, Tensor<1>> {
+        if !matches!(
+            t.device().as_dispatch(),
+            burn_dispatch::DispatchDevice::LibTorch(_)
+        ) {
+            return Err(t);
+        }
+        match t.try_into_primitive::<LibTorch>() {
+            Ok(prim) if prim.can_mut() => Ok(prim),
+            // Shared storage (another tensor views it): not ours to write over.
+            Ok(prim) => Err(wrap(prim)),
+            Err(e) => unreachable!("a libtorch device's tensor is a libtorch tensor: {e:?}"),
+        }
+    }
+
+    fn wrap(t: TchTensor) -> Tensor<1> {
+        Tensor::from_primitive::<LibTorch>(t)
+    }
+
+    pub(super) fn update(
+        c: &AdamConfig,
+        p: Tensor<1>,
+        g: Tensor<1>,
+        state: Option<Moments>,
+        step: u64,
+        lr: f64,
+    ) -> Result<(Tensor<1>, Tensor<1>, Tensor<1>), Back> {
+        if lr == 0.0 || (c.weight_decay != 0.0 && !c.decoupled_weight_decay) {
+            return Err((p, g, state));
+        }
+        let p = match unique(p) {
+            Ok(p) => p,
+            Err(p) => return Err((p, g, state)),
+        };
+        let g = match unique(g) {
+            Ok(g) => g,
+            Err(g) => return Err((wrap(p), g, state)),
+        };
+        let (m, v) = match state {
+            Some(s) => match (unique(s.m), unique(s.v)) {
+                (Ok(m), Ok(v)) => (m, v),
+                (m, v) => {
+                    let back = |r: Result<TchTensor, Tensor<1>>| r.map_or_else(|t| t, wrap);
+                    let s = Moments {
+                        step: s.step,
+                        m: back(m),
+                        v: back(v),
+                    };
+                    return Err((wrap(p), wrap(g), Some(s)));
+                }
+            },
+            None => {
+                let zeros = || TchTensor::new(p.tensor.zeros_like());
+                (zeros(), zeros())
+            }
+        };
+        let (mut pt, mut gt, mut mt, mut vt) = (p.tensor, g.tensor, m.tensor, v.tensor);
+        let (bc1, bc2) = bias_corrections(c, step);
+        // denom · k with k = -bc1/lr, so that p += m / (denom · k) is p -= lr/bc1 · m / denom.
+        let k = -bc1 / lr;
+        // In-place ops return a second handle to their tensor; it is dropped at once.
+        let mut run = || -> Result<(), tch::TchError> {
+            if c.weight_decay != 0.0 {
+                let _ = pt.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
+            }
+            let _ = mt.f_lerp_(&gt, 1.0 - c.beta1)?;
+            let _ = gt.f_square_()?;
+            let _ = vt.f_lerp_(&gt, 1.0 - c.beta2)?;
+            let _ = vt.f_sqrt_out(&gt)?;
+            let _ = gt.f_mul_scalar_(k / bc2.sqrt())?;
+            let _ = gt.f_add_scalar_(c.eps * k)?;
+            let _ = pt.f_addcdiv_(&mt, &gt)?;
+            Ok(())
+        };
+        if let Err(e) = run() {
+            // Same shapes, dtypes and device by construction: only a broken libtorch fails.
+            panic!("libtorch's in-place Adam update failed: {e}");
+        }
+        Ok((
+            wrap(TchTensor::new(pt)),
+            wrap(TchTensor::new(mt)),
+            wrap(TchTensor::new(vt)),
+        ))
     }
 }
 
@@ -270,5 +399,52 @@ mod tests {
             (got[0] + 0.1).abs() < 1e-5 && (got[1] - 0.1).abs() < 1e-4,
             "{got:?}"
         );
+    }
+
+    /// libtorch's in-place update (the path the PPO and training stages take on
+    /// `libtorch-cpu`/`cuda`) gives the tensor-op update's parameters and moments, and never
+    /// writes over a tensor whose storage another tensor shares.
+    #[cfg(feature = "tch")]
+    #[test]
+    #[allow(deprecated)] // Device::libtorch: burn marks burn-tch deprecated
+    fn libtorch_in_place_update_matches_and_spares_shared_storage() {
+        let device = Device::libtorch();
+        let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [3]), &device);
+        let host = |x: &Tensor<1>| x.clone().into_data().try_to_vec::<f32>().unwrap();
+        let grads: [[f32; 3]; 3] = [[0.5, -1.0, 0.0], [0.1, 0.2, -0.3], [1.0, 1.0, 1.0]];
+        for wd in [0.0, 0.1] {
+            let config = AdamConfig::adamw(wd);
+            let mut fast = Adam::new(config.clone());
+            let mut p = t(&[1.0, -2.0, 0.5]);
+            let mut reference = (t(&[1.0, -2.0, 0.5]), None::<Moments>);
+            for (i, g) in grads.iter().enumerate() {
+                let step = i as u64 + 1;
+                p = fast.update("w", p, t(g), 0.1);
+                let (rp, rm, rv) =
+                    update_tensors(&config, reference.0, t(g), reference.1, step, 0.1);
+                let s = &fast.state["w"];
+                assert_eq!(s.step, step);
+                for (a, b) in [(&p, &rp), (&s.m, &rm), (&s.v, &rv)] {
+                    let (a, b) = (host(a), host(b));
+                    for k in 0..3 {
+                        assert!(
+                            (a[k] - b[k]).abs() < 1e-6,
+                            "wd {wd} step {step}: {a:?} vs {b:?}"
+                        );
+                    }
+                }
+                reference = (rp, Some(Moments { step, m: rm, v: rv }));
+            }
+        }
+        let mut opt = Adam::new(AdamConfig::default());
+        let p = t(&[1.0, 2.0, 3.0]);
+        let keep = p.clone();
+        let moved = opt.update("w", p, t(&[1.0, 1.0, 1.0]), 0.1);
+        assert_eq!(
+            host(&keep),
+            vec![1.0, 2.0, 3.0],
+            "a shared parameter was written over"
+        );
+        assert!(host(&moved)[0] < 1.0);
     }
 }
