@@ -231,10 +231,21 @@ def ppo_step(a, pv, ref, rm, opt, prompts, eos, device, gen):
 
     t0 = time.perf_counter()
     skipped, ratios = 0, []
+    parts = {"update_forward": 0.0, "update_backward": 0.0, "update_optimizer": 0.0}
+
+    def part(name, since):  # --profile: wait for the device, charge the time to `name`
+        if not a.profile:
+            return since
+        sync(device)
+        now = time.perf_counter()
+        parts[name] += now - since
+        return now
+
     for _ in range(a.ppo_epochs):
         rows = torch.randperm(b, generator=gen, device=device if gen.device.type == "cuda" else "cpu").tolist()
         for s in range(0, b, a.mini_batch):
             mb = rows[s:s + a.mini_batch]
+            t_part = time.perf_counter()
             mb_ids, mb_mask = pad_rows([seqs[r] for r in mb], eos, False, device)
             wm = mb_ids.shape[1] - 1
             sel = torch.tensor(mb, device=device)
@@ -254,13 +265,17 @@ def ppo_step(a, pv, ref, rm, opt, prompts, eos, device, gen):
             if ratio_mean > 10.0:
                 skipped += 1
                 continue
+            t_part = part("update_forward", t_part)
             opt.zero_grad(set_to_none=True)
             (pg + a.vf_coef * vf).backward()
+            t_part = part("update_backward", t_part)
             opt.step()
+            part("update_optimizer", t_part)
             ratios.append(ratio_mean)
     sync(device)
     times["update"] = time.perf_counter() - t0
     times["total"] = sum(times.values())
+    times.update(parts)
     stats.update(score=sum(scores_host) / b, response_length=sum(map(len, responses)) / b,
                  mean_ratio=sum(ratios) / max(len(ratios), 1), skipped=skipped)
     return times, stats
@@ -291,6 +306,8 @@ def main():
             s.add_argument("--new-tokens", type=int, default=10)
             s.add_argument("--warmup", type=int, default=1)
             s.add_argument("--steps", type=int, default=3)
+            s.add_argument("--profile", action="store_true",
+                           help="also time the update's parts (loss forward, backward, Adam)")
         else:
             s.add_argument("--len", type=int, default=64)
             s.add_argument("--warmup", type=int, default=2)

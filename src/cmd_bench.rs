@@ -42,6 +42,10 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Also time the update's parts (loss forward, backward, Adam), waiting for the
+        /// device after each.
+        #[arg(long)]
+        profile: bool,
     },
     /// Reward-model scoring throughput: forward passes of `batch` x `len` tokens through a
     /// GPT-2 backbone (random init) and K heads, rewards read back each time.
@@ -82,6 +86,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             warmup,
             steps,
             seed,
+            profile,
         } => bench_ppo_step(
             device,
             &PpoBench {
@@ -96,6 +101,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 warmup,
                 steps,
                 seed,
+                profile,
             },
         ),
         BenchCommand::RmScore {

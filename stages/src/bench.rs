@@ -75,6 +75,8 @@ pub struct PpoBench {
     pub warmup: usize,
     pub steps: usize,
     pub seed: u64,
+    /// Split `update` into loss forward, backward and Adam (a device wait after each).
+    pub profile: bool,
 }
 
 /// Median of a non-empty list.
@@ -92,6 +94,8 @@ fn phases(t: &StepTimes) -> Value {
     json!({
         "generation": t.generation, "scoring": t.scoring, "forward": t.forward,
         "update": t.update,
+        "update_forward": t.update_forward, "update_backward": t.update_backward,
+        "update_optimizer": t.update_optimizer,
         "total": t.generation + t.scoring + t.forward + t.update,
     })
 }
@@ -148,6 +152,7 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
             eos_id: Some(eos),
             pad_id: eos,
         },
+        profile: b.profile,
     };
     let mut pv = PolicyValue {
         lm: Gpt2::init(&config, b.seed, &ad)?,
@@ -190,6 +195,9 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
         "median": {
             "generation": med(|t| t.generation), "scoring": med(|t| t.scoring),
             "forward": med(|t| t.forward), "update": med(|t| t.update), "total": med(total),
+            "update_forward": med(|t| t.update_forward),
+            "update_backward": med(|t| t.update_backward),
+            "update_optimizer": med(|t| t.update_optimizer),
         },
         "stats": stats,
     }))

@@ -37,7 +37,7 @@ use crate::{
         checkpoint,
         generate::{generate, GenerateConfig},
         grads::ParamGrads,
-        logprobs::token_logprobs_from_logits,
+        logprobs::{next_token_logprobs_from_head, token_logprobs_from_logits},
         optim::{Adam, AdamConfig},
         reward::RewardModel,
         rng::{RngState, SeededRng},
@@ -398,6 +398,7 @@ pub fn run_ppo(
             eos_id: eos,
             pad_id: pad,
         },
+        profile: false,
     };
     for step in stats.len()..p.steps {
         if cancel() {
@@ -470,6 +471,10 @@ pub struct PpoModels<'a> {
     pub pad: u32,
     /// How responses are sampled.
     pub generate: GenerateConfig,
+    /// Split `update` into its parts ([`StepTimes::update_forward`] and the two after it),
+    /// waiting for the device after each part (`dagrun bench ppo-step --profile`). Off in
+    /// the stage: the waits cost a little on an asynchronous device.
+    pub profile: bool,
 }
 
 /// Wall-clock seconds of the phases of one PPO step. Each phase ends by reading results back
@@ -486,6 +491,16 @@ pub struct StepTimes {
     pub forward: f64,
     /// `ppo_epochs` passes over mini-batches: forward, backward and Adam.
     pub update: f64,
+    /// Of `update`, with [`PpoModels::profile`] (else 0): the mini-batches' loss forward
+    /// (ends by reading the losses back).
+    #[serde(default)]
+    pub update_forward: f64,
+    /// Of `update`, with [`PpoModels::profile`] (else 0): the backward passes.
+    #[serde(default)]
+    pub update_backward: f64,
+    /// Of `update`, with [`PpoModels::profile`] (else 0): gradient clipping and Adam.
+    #[serde(default)]
+    pub update_optimizer: f64,
 }
 
 /// One PPO step on `batch_prompts` (token ids): sample, score, evaluate, and update `pv`
@@ -611,16 +626,32 @@ pub fn ppo_step(
         let mut rows: Vec<usize> = (0..b).collect();
         rng.shuffle(&mut rows);
         for mb in rows.chunks(p.mini_batch_size.max(1)) {
+            let t_part = Instant::now();
             let (pg, vf, ratio, loss) = minibatch_loss(&pv, &samples, mb, models.pad, p, &ad)?;
             if ratio > p.ratio_threshold {
                 skipped += 1;
                 continue;
             }
+            let wait = |slot: &mut f64, since: Instant| -> Result<Instant, StageError> {
+                if !models.profile {
+                    return Ok(since);
+                }
+                models
+                    .device
+                    .sync()
+                    .map_err(|e| format!("waiting for the device: {e:?}"))?;
+                let now = Instant::now();
+                *slot += (now - since).as_secs_f64();
+                Ok(now)
+            };
+            let t_part = wait(&mut times.update_forward, t_part)?;
             let mut grads = ParamGrads::from_loss(loss, &pv);
+            let t_part = wait(&mut times.update_backward, t_part)?;
             if let Some(m) = p.max_grad_norm {
                 grads.clip_global_norm(m);
             }
             pv = adam.step(pv, grads, p.lr);
+            wait(&mut times.update_optimizer, t_part)?;
             pg_sum += pg;
             vf_sum += vf;
             ratio_sum += ratio;
@@ -683,9 +714,14 @@ fn minibatch_loss(
     let old_lp = host2(old_lp, b, w, device);
     let old_v = host2(old_v, b, w, device);
     let hidden = pv.lm.hidden(&batch, None)?;
-    let logits = pv.lm.lm_logits(hidden.clone());
+    let e = hidden.dims()[2];
+    // The LM head only for the positions that predict a token (the last predicts none).
+    let logp = next_token_logprobs_from_head(
+        hidden.clone().slice([0..b, 0..w, 0..e]),
+        pv.lm.lm_head_weight(),
+        &batch,
+    );
     let values = pv.value.forward(hidden).slice([0..b, 0..w]);
-    let logp = token_logprobs_from_logits(logits, &batch);
     let ratio = (logp - old_lp).exp();
     let pg1 = adv.clone().neg() * ratio.clone();
     let pg2 = adv.neg() * ratio.clone().clamp(1.0 - p.cliprange, 1.0 + p.cliprange);

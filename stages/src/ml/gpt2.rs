@@ -466,13 +466,18 @@ impl Gpt2 {
         Ok(self.ln_f.forward(x))
     }
 
+    /// The LM head's weight `[vocab, e]`: the token embeddings when tied.
+    pub fn lm_head_weight(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.wte.val(),
+        }
+    }
+
     /// Logits over the vocabulary for hidden states `[b, t, e]` → `[b, t, vocab]`.
     pub fn lm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, t, e] = hidden.dims();
-        let head = match &self.lm_head {
-            Some(w) => w.val(),
-            None => self.wte.val(),
-        };
+        let head = self.lm_head_weight();
         let v = head.dims()[0];
         hidden
             .reshape([b * t, e])
