@@ -156,7 +156,8 @@ impl StageKind for BackbonePretrainKind {
         "backbone_pretrain"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: Adam in place on libtorch (the same update, other float rounding).
+        2
     }
     fn summary(&self) -> &'static str {
         "Bradley–Terry training of a reward backbone with one head, stopped at a loss threshold"

@@ -130,7 +130,9 @@ impl StageKind for LmPretrainKind {
         "lm_pretrain"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: log-probs under autodiff as z[target] - logsumexp(z), Adam in place on
+        // libtorch: the same method, other float rounding.
+        2
     }
     fn summary(&self) -> &'static str {
         "causal-LM training of a GPT-2 on a text corpus (the built-in task's reference policy)"

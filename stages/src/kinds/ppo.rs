@@ -744,7 +744,9 @@ impl StageKind for PpoKind {
         "ppo"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: log-probs in the update as z[target] - logsumexp(z) (vocabulary-major), Adam in
+        // place on libtorch: the same method, other float rounding.
+        2
     }
     fn summary(&self) -> &'static str {
         "PPO of a GPT-2 policy against a reward ensemble, vanilla or variance-aware"
