@@ -130,6 +130,9 @@ case "$SIZES" in
         RM=(--model tiny --heads 10 --batch 16 --warmup 1 --iters 5) ;;
     *) echo "gpu-run: SIZES must be paper, small-cpu or tiny" >&2; exit 2 ;;
 esac
+# Split the update into loss forward, backward and Adam on both sides (a device wait after
+# each part; the issue asks where the time goes where dagrun is slower).
+PPO+=(--profile)
 TORCH_DEV=$([ "$DEV" = cuda ] && echo cuda || echo cpu)
 
 # 0. The machine.
@@ -236,9 +239,13 @@ if d and t:
     print(f"PPO step, GPT-2 {b['model']}, batch {b['batch']}, mini-batch {b['mini_batch']}, "
           f"{b['ppo_epochs']} epochs, {b['new_tokens']} new tokens, K={b['heads']} (median of {len(d['steps'])}, s)")
     print(f"{'phase':<12} {'dagrun':>9} {'torch':>9} {'dagrun/torch':>13}")
-    for k in ("generation", "scoring", "forward", "update", "total"):
-        a_, b_ = d["median"][k], t["median"][k]
-        print(f"{k:<12} {a_:>9.3f} {b_:>9.3f} {a_ / b_:>12.2f}x")
+    for k in ("generation", "scoring", "forward", "update", "update_forward",
+              "update_backward", "update_optimizer", "total"):
+        a_, b_ = d["median"].get(k), t["median"].get(k)
+        if a_ is None or b_ is None:
+            continue
+        label = k.replace("update_", "  ")
+        print(f"{label:<12} {a_:>9.3f} {b_:>9.3f} {a_ / b_ if b_ else float('nan'):>12.2f}x")
     summary["ppo_step"] = {"dagrun": d["median"], "torch": t["median"]}
 for f in sorted(glob.glob(os.path.join(out, "bench-rm*-dagrun.json"))):
     name = os.path.basename(f)[len("bench-"):-len("-dagrun.json")]
