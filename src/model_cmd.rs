@@ -33,7 +33,8 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Continue a prompt with the model (stops at <|endoftext|> or the config's EOS, kept).
+    /// Continue a prompt with the model (stops at an EOS id of generation_config.json or
+    /// config.json, e.g. Llama-3-Instruct's <|eot_id|>, or at <|endoftext|>; kept).
     ///
     /// JSON: {"ids": [...], "text": "..."}; ids include the prompt's.
     Generate {

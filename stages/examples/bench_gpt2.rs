@@ -112,7 +112,7 @@ fn main() {
     let gen = GenerateConfig {
         max_new_tokens: args.gen_tokens,
         sampling: SamplingConfig::greedy(),
-        eos_id: None,
+        stop_ids: Vec::new(),
         pad_id: 0,
     };
     generate(

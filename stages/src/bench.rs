@@ -149,7 +149,7 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
         generate: GenerateConfig {
             max_new_tokens: b.new_tokens,
             sampling: SamplingConfig::default(),
-            eos_id: Some(eos),
+            stop_ids: vec![eos],
             pad_id: eos,
         },
         profile: b.profile,

@@ -70,3 +70,76 @@ fn model_reward_scores_a_llama_sequence_classifier_folder() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["sum_logprob"].as_f64().unwrap() < 0.0);
 }
+
+/// `dagrun model generate` stops where transformers' `generate` stops: at any `eos_token_id`
+/// of the folder's `generation_config.json` (Llama-3-Instruct lists `<|end_of_text|>` and
+/// `<|eot_id|>` there), not only at `config.json`'s.
+#[test]
+fn model_generate_stops_at_any_eos_id_of_the_generation_config() {
+    let ws = Ws::new();
+    let model = ws.p("llama");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("llama-tiny")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let generate = |new_tokens: &str| -> Vec<u64> {
+        let (out, _) = ws.ok(&[
+            "model",
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "the movie was",
+            "--max-new-tokens",
+            new_tokens,
+            "--greedy",
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let prompt_len = generate("1").len() - 1;
+    let free = generate("8");
+    assert_eq!(
+        free.len(),
+        prompt_len + 8,
+        "no early stop without a stop id: {free:?}"
+    );
+    // Stop at the latest generated token that first appears there (greedy decoding of a
+    // random model repeats itself; the first generated token always qualifies).
+    let k = (prompt_len..free.len())
+        .rev()
+        .find(|&i| !free[prompt_len..i].contains(&free[i]))
+        .unwrap();
+    std::fs::write(
+        model.join("generation_config.json"),
+        format!("{{\"eos_token_id\": [1, {}]}}", free[k]),
+    )
+    .unwrap();
+    assert_eq!(generate("8"), free[..=k].to_vec(), "k = {k}, free = {free:?}");
+    // A malformed generation config is an error naming it.
+    std::fs::write(model.join("generation_config.json"), "{ nope").unwrap();
+    let o = ws.dagrun(&[
+        "model",
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "the movie was",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("generation_config.json"), "{err}");
+}

@@ -287,7 +287,7 @@ impl StageKind for JudgeEvalKind {
                         temperature: p.temperature,
                         ..SamplingConfig::default()
                     },
-                    eos_id: tok.eos_id(),
+                    stop_ids: tok.eos_id().into_iter().collect(),
                     pad_id: tok.pad_id(),
                 };
                 // The same sampling stream for every policy: differences come from the policies.

@@ -395,7 +395,7 @@ pub fn run_ppo(
         generate: GenerateConfig {
             max_new_tokens: p.max_new_tokens,
             sampling,
-            eos_id: eos,
+            stop_ids: eos.into_iter().collect(),
             pad_id: pad,
         },
         profile: false,

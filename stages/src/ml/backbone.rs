@@ -36,8 +36,6 @@ pub trait LanguageModel: Module {
     fn hidden_size(&self) -> usize;
     /// Longest sequence accepted.
     fn max_positions(&self) -> usize;
-    /// End-of-sequence id from the model's config, if any.
-    fn config_eos(&self) -> Option<u32>;
 }
 
 impl LanguageModel for Gpt2 {
@@ -56,9 +54,6 @@ impl LanguageModel for Gpt2 {
     fn max_positions(&self) -> usize {
         self.config().n_positions
     }
-    fn config_eos(&self) -> Option<u32> {
-        self.config().eos_token_id
-    }
 }
 
 impl LanguageModel for Decoder {
@@ -76,9 +71,6 @@ impl LanguageModel for Decoder {
     }
     fn max_positions(&self) -> usize {
         self.config().max_position_embeddings
-    }
-    fn config_eos(&self) -> Option<u32> {
-        self.config().eos_token_ids.first().copied()
     }
 }
 
@@ -192,12 +184,6 @@ impl LanguageModel for Backbone {
         match self {
             Backbone::Gpt2(m) => LanguageModel::max_positions(m),
             Backbone::Decoder(m) => LanguageModel::max_positions(m),
-        }
-    }
-    fn config_eos(&self) -> Option<u32> {
-        match self {
-            Backbone::Gpt2(m) => m.config_eos(),
-            Backbone::Decoder(m) => m.config_eos(),
         }
     }
 }

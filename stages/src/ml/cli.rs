@@ -21,8 +21,9 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::backbone::{Backbone, LanguageModel};
+use super::backbone::Backbone;
 use super::chat::ChatTemplate;
+use super::decoder_hf::configured_eos_ids;
 use super::device::DeviceSpec;
 use super::error::{MlError, Result};
 use super::generate::{generate as generate_ids, GenerateConfig};
@@ -47,8 +48,9 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Device to run on.
     pub device: DeviceSpec,
-    /// Stop at the tokenizer's `<|endoftext|>`, else the config's first `eos_token_id` (kept
-    /// in the output).
+    /// Stop at any `eos_token_id` of the folder's `generation_config.json` or `config.json`
+    /// (Llama-3-Instruct: `<|end_of_text|>` and `<|eot_id|>`) or the tokenizer's
+    /// `<|endoftext|>` (kept in the output).
     pub stop_at_eos: bool,
     /// Dtype of the weights and the computation.
     #[serde(default)]
@@ -110,11 +112,20 @@ pub fn generate(model_dir: &Path, prompt: &str, opts: &GenerateOptions) -> Resul
         return Err(MlError::Invalid("the prompt encodes to no tokens".into()));
     }
     let model = Backbone::from_hf_dir(model_dir, &device, opts.dtype)?;
-    let eos = tok.eos_id().or(model.config_eos());
+    let mut stop_ids = configured_eos_ids(model_dir)?;
+    if let Some(eos) = tok.eos_id() {
+        if !stop_ids.contains(&eos) {
+            stop_ids.push(eos);
+        }
+    }
     let config = GenerateConfig {
         max_new_tokens: opts.max_new_tokens,
         sampling: opts.sampling.clone(),
-        eos_id: if opts.stop_at_eos { eos } else { None },
+        stop_ids: if opts.stop_at_eos {
+            stop_ids
+        } else {
+            Vec::new()
+        },
         pad_id: tok.pad_id(),
     };
     let out = generate_ids(&model, &[ids], &config, &mut SeededRng::new(opts.seed))?;

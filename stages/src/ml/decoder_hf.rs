@@ -114,6 +114,30 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// The `eos_token_id`s (one id or a list) that `generation_config.json` and `config.json`
+/// in `dir` name, generation config first, without repeats: what transformers' `generate`
+/// stops at (it reads the generation config, which takes its defaults from the model
+/// config). Llama-3-Instruct lists `<|end_of_text|>` and `<|eot_id|>` there. Missing files
+/// give no ids; unreadable or malformed ones are errors naming the file.
+pub fn configured_eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for name in ["generation_config.json", "config.json"] {
+        let path = dir.join(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(MlError::io(&path, e)),
+        };
+        let value: Value = serde_json::from_str(&text).map_err(|e| MlError::json(&path, e))?;
+        for id in ids(value.get("eos_token_id")) {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Rope base and scaling from `rope_parameters` or `rope_theta` + `rope_scaling`.
 fn rope(v: &Value, path: &Path, default_theta: f64) -> Result<(f64, Option<Llama3RopeScaling>)> {
     let params = v

@@ -23,9 +23,11 @@ pub struct GenerateConfig {
     /// How each token is chosen.
     #[serde(default)]
     pub sampling: SamplingConfig,
-    /// Stop a row after this token (kept in the output); `None` never stops early.
+    /// Stop a row after any of these tokens (kept in the output); empty never stops early.
+    /// Instruction-tuned models end a turn with a token of their own besides EOS
+    /// (Llama-3-Instruct's `<|eot_id|>`), listed in their `generation_config.json`.
     #[serde(default)]
-    pub eos_id: Option<u32>,
+    pub stop_ids: Vec<u32>,
     /// Id fed for finished rows and used for padding (masked, so it does not matter).
     #[serde(default)]
     pub pad_id: u32,
@@ -130,7 +132,7 @@ pub fn generate(
                 continue;
             }
             responses[r].push(next);
-            done[r] = config.eos_id == Some(next);
+            done[r] = config.stop_ids.contains(&next);
             ids.push(next);
             mask.push(1);
         }

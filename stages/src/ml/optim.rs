@@ -245,7 +245,8 @@ fn bias_corrections(c: &AdamConfig, step: u64) -> (f64, f64) {
 /// path: `m.lerp_(g, 1-β1)`, `v.lerp_(g², 1-β2)`, `p.addcdiv_(m, denom)` with the step size
 /// folded into `denom`.
 #[cfg(feature = "tch")]
-#[allow(deprecated)] // burn marks burn-tch deprecated; libtorch is the backend this project names
+#[allow(deprecated)]
+// burn marks burn-tch deprecated; libtorch is the backend this project names
 // The `Err`s hand the caller's own tensors back untouched (the rare path): boxing them would
 // only add an allocation.
 #[allow(clippy::result_large_err)]

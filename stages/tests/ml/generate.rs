@@ -87,7 +87,7 @@ fn greedy_generation_matches_transformers() {
             let config = GenerateConfig {
                 max_new_tokens: expected.len() - prompt.len(),
                 sampling: SamplingConfig::greedy(),
-                eos_id: None,
+                stop_ids: Vec::new(),
                 pad_id: 0,
             };
             let out = generate(&model, &[prompt], &config, &mut SeededRng::new(0)).unwrap();
@@ -106,7 +106,7 @@ fn batched_generation_is_independent_of_batching_and_reproducible() {
     let greedy = GenerateConfig {
         max_new_tokens: 8,
         sampling: SamplingConfig::greedy(),
-        eos_id: None,
+        stop_ids: Vec::new(),
         pad_id: 0,
     };
     let batched = generate(&model, &prompts, &greedy, &mut SeededRng::new(0)).unwrap();
@@ -130,7 +130,7 @@ fn batched_generation_is_independent_of_batching_and_reproducible() {
             top_p: 0.95,
             greedy: false,
         },
-        eos_id: None,
+        stop_ids: Vec::new(),
         pad_id: 0,
     };
     let a = generate(&model, &prompts, &sampled, &mut SeededRng::new(42)).unwrap();
@@ -149,7 +149,7 @@ fn eos_stops_a_row_and_is_kept() {
     let greedy = GenerateConfig {
         max_new_tokens: 6,
         sampling: SamplingConfig::greedy(),
-        eos_id: None,
+        stop_ids: Vec::new(),
         pad_id: 0,
     };
     let free = generate(&model, &prompts, &greedy, &mut SeededRng::new(0)).unwrap();
@@ -157,7 +157,7 @@ fn eos_stops_a_row_and_is_kept() {
     let eos = free.responses[0][2];
     let stops_row1_early = free.responses[1].iter().position(|&t| t == eos);
     let with_eos = GenerateConfig {
-        eos_id: Some(eos),
+        stop_ids: vec![eos],
         ..greedy
     };
     let out = generate(&model, &prompts, &with_eos, &mut SeededRng::new(0)).unwrap();
