@@ -83,21 +83,23 @@ fn model_generate_stops_at_any_eos_id_of_the_generation_config() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
     }
-    let generate = |new_tokens: &str| -> Vec<u64> {
-        let (out, _) = ws.ok(&[
+    let path = model.to_str().unwrap();
+    let args = |new_tokens: &'static str| {
+        let greedy = ["--greedy", "--device", "cpu", "--json"];
+        let mut a = vec![
             "model",
             "generate",
             "--model",
-            model.to_str().unwrap(),
+            path,
             "--prompt",
             "the movie was",
-            "--max-new-tokens",
-            new_tokens,
-            "--greedy",
-            "--device",
-            "cpu",
-            "--json",
-        ]);
+        ];
+        a.extend(["--max-new-tokens", new_tokens]);
+        a.extend(greedy);
+        a
+    };
+    let generate = |new_tokens: &'static str| -> Vec<u64> {
+        let (out, _) = ws.ok(&args(new_tokens));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["ids"]
             .as_array()
@@ -124,21 +126,14 @@ fn model_generate_stops_at_any_eos_id_of_the_generation_config() {
         format!("{{\"eos_token_id\": [1, {}]}}", free[k]),
     )
     .unwrap();
-    assert_eq!(generate("8"), free[..=k].to_vec(), "k = {k}, free = {free:?}");
+    assert_eq!(
+        generate("8"),
+        free[..=k].to_vec(),
+        "k = {k}, free = {free:?}"
+    );
     // A malformed generation config is an error naming it.
     std::fs::write(model.join("generation_config.json"), "{ nope").unwrap();
-    let o = ws.dagrun(&[
-        "model",
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "the movie was",
-        "--max-new-tokens",
-        "2",
-        "--device",
-        "cpu",
-    ]);
+    let o = ws.dagrun(&args("2"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("generation_config.json"), "{err}");
