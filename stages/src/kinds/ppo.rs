@@ -520,6 +520,9 @@ pub fn ppo_step(
     // 2. Responses from the current policy (1., the prompts, is the caller's).
     let current = pv.lm.valid();
     let generation = generate(&current, batch_prompts, &models.generate, rng)?;
+    // The policy's weights are shared with these evaluation copies while they live; dropped,
+    // Adam can update the weights in place (see ml/optim.rs).
+    drop(current);
     times.generation = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     // 3. Scores and ensemble variances.
@@ -577,6 +580,7 @@ pub fn ppo_step(
         models.reference.forward(&full, None)?,
         &full,
     ));
+    drop(pv_eval);
     let mut samples = Vec::with_capacity(b);
     let (mut kl_sum, mut pen_sum, mut ent_sum, mut ent_n, mut len_sum) =
         (0.0, 0.0, 0.0, 0usize, 0.0);

@@ -316,7 +316,25 @@ mod libtorch {
                 (zeros(), zeros())
             }
         };
-        let (mut pt, mut gt, mut mt, mut vt) = (p.tensor, g.tensor, m.tensor, v.tensor);
+        // The results keep their storage handles: a tensor that shares a buffer with another
+        // (a view, an earlier clone) must go on looking shared to burn's in-place checks.
+        let (
+            TchTensor {
+                tensor: mut pt,
+                storage: ps,
+            },
+            mut gt,
+        ) = (p, g.tensor);
+        let (
+            TchTensor {
+                tensor: mut mt,
+                storage: ms,
+            },
+            TchTensor {
+                tensor: mut vt,
+                storage: vs,
+            },
+        ) = (m, v);
         let (bc1, bc2) = bias_corrections(c, step);
         // denom · k with k = -bc1/lr, so that p += m / (denom · k) is p -= lr/bc1 · m / denom.
         let k = -bc1 / lr;
@@ -339,9 +357,9 @@ mod libtorch {
             panic!("libtorch's in-place Adam update failed: {e}");
         }
         Ok((
-            wrap(TchTensor::new(pt)),
-            wrap(TchTensor::new(mt)),
-            wrap(TchTensor::new(vt)),
+            wrap(TchTensor::from_existing(pt, ps)),
+            wrap(TchTensor::from_existing(mt, ms)),
+            wrap(TchTensor::from_existing(vt, vs)),
         ))
     }
 }
@@ -415,6 +433,10 @@ mod tests {
         let device = Device::libtorch();
         let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [3]), &device);
         let host = |x: &Tensor<1>| x.clone().into_data().try_to_vec::<f32>().unwrap();
+        let data_ptr = |x: &Tensor<1>| {
+            let prim = x.clone().try_into_primitive::<burn_tch::LibTorch>().unwrap();
+            prim.tensor.data_ptr() as usize
+        };
         let grads: [[f32; 3]; 3] = [[0.5, -1.0, 0.0], [0.1, 0.2, -0.3], [1.0, 1.0, 1.0]];
         for wd in [0.0, 0.1] {
             let config = AdamConfig::adamw(wd);
@@ -423,7 +445,9 @@ mod tests {
             let mut reference = (t(&[1.0, -2.0, 0.5]), None::<Moments>);
             for (i, g) in grads.iter().enumerate() {
                 let step = i as u64 + 1;
+                let before = data_ptr(&p);
                 p = fast.update("w", p, t(g), 0.1);
+                assert_eq!(data_ptr(&p), before, "step {step} was not in place");
                 let (rp, rm, rv) =
                     update_tensors(&config, reference.0, t(g), reference.1, step, 0.1);
                 let s = &fast.state["w"];
