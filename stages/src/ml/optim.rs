@@ -434,7 +434,10 @@ mod tests {
         let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [3]), &device);
         let host = |x: &Tensor<1>| x.clone().into_data().try_to_vec::<f32>().unwrap();
         let data_ptr = |x: &Tensor<1>| {
-            let prim = x.clone().try_into_primitive::<burn_tch::LibTorch>().unwrap();
+            let prim = x
+                .clone()
+                .try_into_primitive::<burn_tch::LibTorch>()
+                .unwrap();
             prim.tensor.data_ptr() as usize
         };
         let grads: [[f32; 3]; 3] = [[0.5, -1.0, 0.0], [0.1, 0.2, -0.3], [1.0, 1.0, 1.0]];
