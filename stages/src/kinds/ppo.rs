@@ -624,6 +624,19 @@ pub fn ppo_step(
     times.forward = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     // 5. PPO epochs over shuffled mini-batches.
+    // With `profile`: wait for the device, charge the time since `since` to `slot`.
+    let wait = |slot: &mut f64, since: Instant| -> Result<Instant, StageError> {
+        if !models.profile {
+            return Ok(since);
+        }
+        models
+            .device
+            .sync()
+            .map_err(|e| format!("waiting for the device: {e:?}"))?;
+        let now = Instant::now();
+        *slot += (now - since).as_secs_f64();
+        Ok(now)
+    };
     let (mut pg_sum, mut vf_sum, mut ratio_sum, mut updates, mut skipped) =
         (0.0, 0.0, 0.0, 0usize, 0usize);
     for _ in 0..p.ppo_epochs {
@@ -636,18 +649,6 @@ pub fn ppo_step(
                 skipped += 1;
                 continue;
             }
-            let wait = |slot: &mut f64, since: Instant| -> Result<Instant, StageError> {
-                if !models.profile {
-                    return Ok(since);
-                }
-                models
-                    .device
-                    .sync()
-                    .map_err(|e| format!("waiting for the device: {e:?}"))?;
-                let now = Instant::now();
-                *slot += (now - since).as_secs_f64();
-                Ok(now)
-            };
             let t_part = wait(&mut times.update_forward, t_part)?;
             let mut grads = ParamGrads::from_loss(loss, &pv);
             let t_part = wait(&mut times.update_backward, t_part)?;

@@ -13,33 +13,28 @@ use super::weights::to_f32_vec;
 /// token `c` is padding. Differentiable (the policy-gradient losses use it).
 pub fn token_logprobs_from_logits(logits: Tensor<3>, batch: &TokenBatch) -> Tensor<2> {
     let [b, t, v] = logits.dims();
-    next_token_logprobs(logits.slice([0..b, 0..t - 1, 0..v]), batch)
-}
-
-/// [`token_logprobs_from_logits`] from the logits of the first `t - 1` positions only
-/// (`[b, t - 1, vocab]`, position `c` predicting token `c + 1`): a caller that slices the
-/// hidden states before the LM head saves the vocabulary-sized slice and its backward.
-///
-/// Under autodiff the log-prob is computed as `z[target] - logsumexp(z)` (max shift
-/// detached) rather than `log_softmax(z)[target]`: the same value, with two fewer
-/// vocabulary-sized tensors in the graph (burn composes `log_softmax` from elementary ops
-/// under autodiff; the backward then runs through each of them). Without autodiff the
-/// backend's fused `log_softmax` is used.
-pub fn next_token_logprobs(logits: Tensor<3>, batch: &TokenBatch) -> Tensor<2> {
-    let [b, w, _] = logits.dims();
-    assert_eq!(b, batch.rows, "next-token logits do not match the batch");
-    let (targets, valid) = targets_and_valid(batch, w, &logits.device());
+    let logits = logits.slice([0..b, 0..t - 1, 0..v]);
+    let (targets, valid) = targets_and_valid(batch, t - 1, &logits.device());
+    // Under autodiff as `z[target] - logsumexp(z)`: the same value as
+    // `log_softmax(z)[target]` with two fewer vocabulary-sized tensors in the graph (burn
+    // composes `log_softmax` from elementary ops under autodiff and the backward runs through
+    // each of them). Without autodiff the backend's fused `log_softmax`.
     let logp = if logits.is_autodiff() {
-        let max = logits.clone().detach().max_dim(2);
-        let lse = (logits.clone() - max.clone()).exp().sum_dim(2).log() + max;
+        let lse = logsumexp(logits.clone(), 2);
         logits.gather(2, targets) - lse
     } else {
         log_softmax(logits, 2).gather(2, targets)
     };
-    logp.reshape([b, w]) * valid
+    logp.reshape([b, t - 1]) * valid
 }
 
-/// [`next_token_logprobs`] of a training forward, from the hidden states of the first
+/// `log Σ exp(x)` along `dim` (kept as a size-1 dimension), shifted by the detached maximum.
+fn logsumexp<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    let max = x.clone().detach().max_dim(dim);
+    (x - max.clone()).exp().sum_dim(dim).log() + max
+}
+
+/// [`token_logprobs_from_logits`] of a training forward, from the hidden states of the first
 /// `t - 1` positions (`[b, t - 1, e]`) and the LM head's weight `[vocab, e]`, with the
 /// logits computed vocabulary-major: `W hᵀ` (`[vocab, b(t-1)]`), the log-sum-exp taken over
 /// dimension 0. The same numbers as `h Wᵀ` but the backward then produces the weight's
@@ -56,8 +51,7 @@ pub fn next_token_logprobs_from_head(
     let [b, w, e] = hidden.dims();
     let (targets, valid) = targets_and_valid(batch, w, &hidden.device());
     let logits = head.matmul(hidden.reshape([b * w, e]).transpose()); // [vocab, b·w]
-    let max = logits.clone().detach().max_dim(0);
-    let lse = (logits.clone() - max.clone()).exp().sum_dim(0).log() + max;
+    let lse = logsumexp(logits.clone(), 0);
     let targets = targets.reshape([1, b * w]);
     (logits.gather(0, targets) - lse).reshape([b, w]) * valid
 }
