@@ -28,10 +28,51 @@ pub fn token_logprobs_from_logits(logits: Tensor<3>, batch: &TokenBatch) -> Tens
     logp.reshape([b, t - 1]) * valid
 }
 
-/// `log Σ exp(x)` along `dim` (kept as a size-1 dimension), shifted by the detached maximum.
+/// `log Σ exp(x)` along `dim` (kept as a size-1 dimension), shifted by the maximum, which
+/// is taken outside autodiff (a constant for the backward).
 fn logsumexp<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
-    let max = x.clone().detach().max_dim(dim);
+    let max = max_along(x.clone().inner(), dim);
     (x - max.clone()).exp().sum_dim(dim).log() + max
+}
+
+/// The maximum along `dim` (kept), values only. burn's `max_dim` on libtorch is `max.dim`,
+/// which also computes the arg-max indices and, over a strided dimension (the
+/// vocabulary-major logits' dimension 0), runs as a scalar loop: a third of the PPO
+/// update's loss forward at a small width (docs/benchmarks.md). libtorch's `amax` is a
+/// vectorised reduction with the same values.
+fn max_along<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    #[cfg(feature = "tch")]
+    let x = match libtorch::amax(x, dim) {
+        Ok(max) => return max,
+        Err(x) => x,
+    };
+    x.max_dim(dim)
+}
+
+/// Lints: burn marks burn-tch deprecated (libtorch is the backend this project names).
+#[cfg(feature = "tch")]
+#[allow(deprecated)]
+mod libtorch {
+    use burn::tensor::Tensor;
+    use burn_tch::{LibTorch, TchTensor};
+
+    /// `amax(x, dim, keepdim)` for a libtorch tensor without autodiff; any other tensor back.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn amax<const D: usize>(x: Tensor<D>, dim: usize) -> Result<Tensor<D>, Tensor<D>> {
+        if x.is_autodiff()
+            || !matches!(
+                x.device().as_dispatch(),
+                burn_dispatch::DispatchDevice::LibTorch(_)
+            )
+        {
+            return Err(x);
+        }
+        let t = x
+            .try_into_primitive::<LibTorch>()
+            .expect("a libtorch device's tensor without autodiff is a libtorch tensor");
+        let max = t.tensor.amax([dim as i64].as_slice(), true);
+        Ok(Tensor::from_primitive::<LibTorch>(TchTensor::new(max)))
+    }
 }
 
 /// [`token_logprobs_from_logits`] of a training forward, from the hidden states of the first
