@@ -5,13 +5,14 @@
 #      and the rest of the ML tests (`ml`, `ppo`), which need only the executables + fixtures;
 #   2. benchmarks `dagrun bench ppo-step` and `dagrun bench rm-score` beside
 #      scripts/bench_ppo_torch.py (PyTorch eager, the machine's own torch), same card, one
-#      after the other;
+#      after the other, and the PPO step again with burn's composed operations in place of
+#      libtorch's fused kernels (DAGRUN_FUSED_OPS=none), and with only some of them;
 #   3. runs pipelines/quickstart.yaml with `device: cuda` (a temporary copy of the file) and
 #      compares it with the cpu reference in DIST/ref/ (made ahead of time on a CPU machine
 #      by `scripts/gpu-run.sh --make-cpu-ref`): the reference LM's first training losses
-#      number for number (1e-3 relative), the judge means statistically (3 standard errors
-#      of the difference, plus the reference's own shift), and the paper's effect (the
-#      variance-aware policies vary less) on the device as on the cpu;
+#      number for number (1e-3 relative) and the judge means statistically (3 standard
+#      errors of the difference, plus the reference's own shift); it reports the groups'
+#      variances (the quickstart is too small to check the paper's effect on them);
 #   4. writes everything under OUT (JSON + logs) and prints a short table last.
 # On an H100/H200 it should take about 3-6 minutes (the quickstart is cut at 240 s).
 #
@@ -185,6 +186,12 @@ for len in "${RM_LENS[@]}"; do
     bench "rm$len-dagrun" "$BIN" bench rm-score --device "$DEV" "${RM[@]}" --len "$len"
     bench "rm$len-torch" "$PYTHON" scripts/bench_ppo_torch.py rm-score --device "$TORCH_DEV" "${RM[@]}" --len "$len"
 done
+# The PPO step again with burn's composed operations instead of libtorch's fused layer norm,
+# GELU and log-softmax (stages/src/ml/fused.rs), and with the first two fused only (on the
+# CPU the fused log-softmax along the vocabulary-major logits' dimension 0 helped at a small
+# width and cost 3 % at GPT-2 small): what the fused kernels are worth on DEV.
+bench ppo-dagrun-composed env DAGRUN_FUSED_OPS=none "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
+bench ppo-dagrun-ln-gelu env DAGRUN_FUSED_OPS="layer_norm gelu_tanh" "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 
 # 4. The quickstart on DEV (last: the benchmarks matter more if time runs short), compared
 #    with the cpu reference.
@@ -207,8 +214,12 @@ except Exception as e:
 #    statistically, and every policy starts from the (slightly different) reference LM:
 #    each group's mean may differ by 3 standard errors of the difference of the two runs'
 #    means plus the shift of the reference's own score.
-# 3. The paper's effect holds on the device as on the cpu: the variance-aware policies'
-#    judge rewards vary less than the vanilla ones'.
+# 3. Reported, not checked: the paper's effect (the variance-aware policies' judge rewards
+#    vary less than the vanilla ones'). With 8 policies a group, a variance ratio is
+#    significant at 5 % (F(7, 7), two-sided) only beyond about 5; the cpu run's own ratio is
+#    3.9, and libtorch-cpu runs that differ from it only in float rounding gave 1.8 and 0.4
+#    (composed vs fused operations). The quickstart is too small to show the effect
+#    reliably on any device; pipelines/paper.yaml is where it is measured.
 ok, parts = True, []
 ref_loss, got_loss = ref.get("lm_loss"), got.get("lm_loss")
 if not ref_loss or not got_loss:
@@ -232,9 +243,7 @@ for g, s in sorted(ref["groups"].items()):
 parts.append(f"reference {ref['reference']:.3f}->{got['reference']:.3f}")
 var = {w: {g: x["groups"][g]["distribution"]["variance"] for g in x["groups"]} for w, x in (("cpu", ref), ("dev", got))}
 if {"vanilla", "variance_aware"} <= set(var["dev"]):
-    same = var["dev"]["variance_aware"] < var["dev"]["vanilla"]
-    ok &= same
-    parts.append(f"variance va/vanilla {var['dev']['variance_aware']:.3f}/{var['dev']['vanilla']:.3f}"
+    parts.append(f"(not checked) variance va/vanilla {var['dev']['variance_aware']:.3f}/{var['dev']['vanilla']:.3f}"
                  f" (cpu {var['cpu'].get('variance_aware', float('nan')):.3f}/{var['cpu'].get('vanilla', float('nan')):.3f})")
 print(("PASS " if ok else "FAIL ") + "; ".join(parts) + f"; {got.get('wall_s', '?')} s")
 sys.exit(0 if ok else 1)
@@ -260,6 +269,7 @@ def load(name):
         return None
 status = [json.loads(l) for l in open(os.path.join(out, "status.jsonl"))]
 d, t = load("ppo-dagrun"), load("ppo-torch")
+variants = {"composed": load("ppo-dagrun-composed"), "ln+gelu": load("ppo-dagrun-ln-gelu")}
 card = (t or {}).get("device", {}).get("gpu") or dev
 print(f"== dagrun gpu-run ({mode}): {card}, torch {(t or {}).get('device', {}).get('torch', '?')}, {wall} s ==")
 for s in status:
@@ -270,15 +280,21 @@ if d and t:
     b = d["bench"]
     print(f"PPO step, GPT-2 {b['model']}, batch {b['batch']}, mini-batch {b['mini_batch']}, "
           f"{b['ppo_epochs']} epochs, {b['new_tokens']} new tokens, K={b['heads']} (median of {len(d['steps'])}, s)")
-    print(f"{'phase':<12} {'dagrun':>9} {'torch':>9} {'dagrun/torch':>13}")
+    # dagrun with libtorch's fused kernels (the default), PyTorch, then dagrun with burn's
+    # composed operations (DAGRUN_FUSED_OPS=none) and with layer norm and GELU fused only.
+    print(f"{'phase':<12} {'dagrun':>9} {'torch':>9} {'dagrun/torch':>13}"
+          + "".join(f" {v:>9}" for v in variants))
     for k in ("generation", "scoring", "forward", "update", "update_forward",
               "update_backward", "update_optimizer", "total"):
         a_, b_ = d["median"].get(k), t["median"].get(k)
         if a_ is None or b_ is None:
             continue
         label = k.replace("update_", "  ")
-        print(f"{label:<12} {a_:>9.3f} {b_:>9.3f} {a_ / b_ if b_ else float('nan'):>12.2f}x")
-    summary["ppo_step"] = {"dagrun": d["median"], "torch": t["median"]}
+        cols = [(v or {}).get("median", {}).get(k) for v in variants.values()]
+        print(f"{label:<12} {a_:>9.3f} {b_:>9.3f} {a_ / b_ if b_ else float('nan'):>12.2f}x"
+              + "".join(f" {c_:>9.3f}" if c_ is not None else f" {'-':>9}" for c_ in cols))
+    summary["ppo_step"] = {"dagrun": d["median"], "torch": t["median"],
+                           **{f"dagrun_{v}": (r or {}).get("median") for v, r in variants.items()}}
 for f in sorted(glob.glob(os.path.join(out, "bench-rm*-dagrun.json"))):
     name = os.path.basename(f)[len("bench-"):-len("-dagrun.json")]
     d, t = load(name + "-dagrun"), load(name + "-torch")

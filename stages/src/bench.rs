@@ -100,12 +100,22 @@ fn phases(t: &StepTimes) -> Value {
     })
 }
 
-fn device_info(spec: DeviceSpec) -> Value {
-    json!({
-        "device": spec.concrete().to_string(),
+fn device_info(spec: DeviceSpec) -> BenchResult<Value> {
+    let concrete = spec.concrete();
+    // libtorch's fused kernels in use (ml/fused.rs; `DAGRUN_FUSED_OPS` chooses).
+    #[cfg(feature = "tch")]
+    let fused = match concrete {
+        DeviceSpec::Cpu => Value::Null,
+        _ => json!(crate::ml::fused::enabled()?),
+    };
+    #[cfg(not(feature = "tch"))]
+    let fused = Value::Null;
+    Ok(json!({
+        "device": concrete.to_string(),
         "tch_built": crate::ml::device::TCH_BUILT,
         "cuda_devices": crate::ml::device::cuda_device_count(),
-    })
+        "fused_ops": fused,
+    }))
 }
 
 /// One PPO step of the `ppo` kind's own code ([`ppo_step`]), `warmup` untimed then `steps`
@@ -117,6 +127,7 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
         return Err("prompt lengths: need 1 ≤ min ≤ max".into());
     }
     let device = spec.resolve()?;
+    let device_json = device_info(spec)?;
     let ad = device.clone().autodiff();
     let config = model_config(&b.model)?;
     let vocab = config.vocab_size;
@@ -188,7 +199,7 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
     let med = |f: fn(&StepTimes) -> f64| median(timed.iter().map(f).collect());
     let total = |t: &StepTimes| t.generation + t.scoring + t.forward + t.update;
     Ok(json!({
-        "impl": "dagrun", "what": "ppo-step", "device": device_info(spec), "bench": b,
+        "impl": "dagrun", "what": "ppo-step", "device": device_json, "bench": b,
         "params": config.num_params(), "setup_s": setup,
         "warmup_steps": warm,
         "steps": timed.iter().map(phases).collect::<Vec<_>>(),
@@ -221,6 +232,7 @@ pub struct RmBench {
 /// "tokens_per_s"}`.
 pub fn bench_rm_score(spec: DeviceSpec, b: &RmBench) -> BenchResult<Value> {
     let device: Device = spec.resolve()?;
+    let device_json = device_info(spec)?;
     let config = model_config(&b.model)?;
     if b.len == 0 || b.len > config.n_positions {
         return Err(format!("--len must be in 1..={}", config.n_positions).into());
@@ -250,7 +262,7 @@ pub fn bench_rm_score(spec: DeviceSpec, b: &RmBench) -> BenchResult<Value> {
     let secs = t0.elapsed().as_secs_f64();
     let n = (b.batch * b.iters) as f64;
     Ok(json!({
-        "impl": "dagrun", "what": "rm-score", "device": device_info(spec), "bench": b,
+        "impl": "dagrun", "what": "rm-score", "device": device_json, "bench": b,
         "params": config.num_params(), "seconds": secs, "sequences_per_s": n / secs,
         "tokens_per_s": n * b.len as f64 / secs, "checksum": checksum,
     }))

@@ -42,7 +42,8 @@ fn concrete_at(spec: DeviceSpec, place: Place) -> DeviceSpec {
     }
 }
 
-/// The key component of an ML node's environment: the backend its device resolves to.
+/// The key component of an ML node's environment: the backend its device resolves to (and,
+/// on libtorch, which operations run as fused kernels).
 /// Fails (before any work) when the device cannot be had in this build or machine.
 ///
 /// For a Slurm job (`Place::Cluster`) nothing of this machine is probed: `auto` means
@@ -72,7 +73,24 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
             ));
         }
     }
-    Ok([("backend".to_string(), backend.to_string())].into())
+    #[cfg_attr(not(feature = "tch"), allow(unused_mut))]
+    let mut env: BTreeMap<String, String> = [("backend".to_string(), backend.to_string())].into();
+    #[cfg(feature = "tch")]
+    if backend.starts_with("libtorch") {
+        // The operations run as libtorch's fused kernels rather than burn's composed ones
+        // (the same method, other float rounding; ml/fused.rs): a change to the list makes
+        // libtorch results stale, and only those.
+        let ops = crate::ml::fused::enabled()?;
+        env.insert(
+            "fused_ops".into(),
+            if ops.is_empty() {
+                "none".into()
+            } else {
+                ops.join(" ")
+            },
+        );
+    }
+    Ok(env)
 }
 
 /// A prompt and a response as one text, as dagrun's GPT-2 reward models read them (the
@@ -232,5 +250,28 @@ impl Distribution {
             .find(|(l, _)| *l == 0.5)
             .map(|(_, v)| *v)
             .unwrap_or(f64::NAN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_names_the_backend_and_on_libtorch_its_fused_ops() {
+        let cpu = backend_env("cpu", Place::Here).unwrap();
+        assert_eq!(
+            cpu,
+            [("backend".to_string(), "flex-cpu".to_string())].into()
+        );
+        let lt = backend_env("libtorch-cpu", Place::Here);
+        if TCH_BUILT {
+            let lt = lt.unwrap();
+            assert_eq!(lt["backend"], "libtorch-cpu");
+            // Tests run without DAGRUN_FUSED_OPS: all of them.
+            assert_eq!(lt["fused_ops"], "layer_norm gelu_tanh log_softmax");
+        } else {
+            assert!(lt.unwrap_err().contains("--features tch"));
+        }
     }
 }

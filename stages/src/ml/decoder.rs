@@ -22,7 +22,7 @@
 //! float32. Attention is explicit matmuls with an additive mask (`attention.rs`).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use super::attention::{attend, extend, KvCache, LayerKv};
@@ -322,7 +322,7 @@ impl Mlp {
         let dtype = FloatDType::from(gate.dtype());
         let gate = gate.cast(FloatDType::F32);
         let act = if self.gelu {
-            gelu_approximate(gate)
+            super::gpt2::gelu_tanh(gate)
         } else {
             silu(gate)
         };

@@ -185,6 +185,11 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        #[cfg(feature = "tch")]
+        let x = match super::fused::layer_norm(x, self.weight.val(), self.bias.val(), self.eps) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         let mean = x.clone().mean_dim(2);
         let centered = x - mean;
         let var = centered.clone().square().mean_dim(2);
@@ -275,11 +280,22 @@ impl Activation {
     }
 }
 
+/// The tanh-approximated GELU: libtorch's fused kernel there ([`super::fused`]), burn's
+/// composed `gelu_approximate` elsewhere.
+pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "tch")]
+    let x = match super::fused::gelu_tanh(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    gelu_approximate(x)
+}
+
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = self.c_fc.forward(x);
         let hidden = match self.activation {
-            Activation::GeluTanh => gelu_approximate(hidden),
+            Activation::GeluTanh => gelu_tanh(hidden),
             Activation::GeluErf => gelu(hidden),
             Activation::Relu => relu(hidden),
         };

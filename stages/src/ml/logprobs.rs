@@ -15,64 +15,28 @@ pub fn token_logprobs_from_logits(logits: Tensor<3>, batch: &TokenBatch) -> Tens
     let [b, t, v] = logits.dims();
     let logits = logits.slice([0..b, 0..t - 1, 0..v]);
     let (targets, valid) = targets_and_valid(batch, t - 1, &logits.device());
-    // Under autodiff as `z[target] - logsumexp(z)`: the same value as
-    // `log_softmax(z)[target]` with two fewer vocabulary-sized tensors in the graph (burn
-    // composes `log_softmax` from elementary ops under autodiff and the backward runs through
-    // each of them). Without autodiff the backend's fused `log_softmax`.
+    // Under autodiff see `target_logprobs`; without it the backend's `log_softmax`.
     let logp = if logits.is_autodiff() {
-        let lse = logsumexp(logits.clone(), 2);
-        logits.gather(2, targets) - lse
+        target_logprobs(logits, 2, targets)
     } else {
         log_softmax(logits, 2).gather(2, targets)
     };
     logp.reshape([b, t - 1]) * valid
 }
 
-/// `log Σ exp(x)` along `dim` (kept as a size-1 dimension), shifted by the maximum, which
-/// is taken outside autodiff (a constant for the backward).
-fn logsumexp<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
-    let max = max_along(x.clone().inner(), dim);
-    (x - max.clone()).exp().sum_dim(dim).log() + max
-}
-
-/// The maximum along `dim` (kept), values only. burn's `max_dim` on libtorch is `max.dim`,
-/// which also computes the arg-max indices and, over a strided dimension (the
-/// vocabulary-major logits' dimension 0), runs as a scalar loop: a third of the PPO
-/// update's loss forward at a small width (docs/benchmarks.md). libtorch's `amax` is a
-/// vectorised reduction with the same values.
-fn max_along<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+/// `log_softmax(z)[targets]` along `dim` under autodiff. On libtorch the fused kernel and
+/// its backward ([`super::fused`]); elsewhere `z[target] - logsumexp(z)`, which gives the
+/// same values with fewer vocabulary-sized tensors in the graph than burn's composed
+/// `log_softmax`.
+fn target_logprobs<const D: usize>(z: Tensor<D>, dim: usize, targets: Tensor<D, Int>) -> Tensor<D> {
     #[cfg(feature = "tch")]
-    let x = match libtorch::amax(x, dim) {
-        Ok(max) => return max,
-        Err(x) => x,
+    let z = match super::fused::log_softmax(z, dim) {
+        Ok(logp) => return logp.gather(dim, targets),
+        Err(z) => z,
     };
-    x.max_dim(dim)
-}
-
-/// Lints: burn marks burn-tch deprecated (libtorch is the backend this project names).
-#[cfg(feature = "tch")]
-#[allow(deprecated)]
-mod libtorch {
-    use burn::tensor::Tensor;
-    use burn_tch::{LibTorch, TchTensor};
-
-    /// `amax(x, dim, keepdim)` for a libtorch tensor without autodiff; any other tensor back.
-    #[allow(clippy::result_large_err)]
-    pub(super) fn amax<const D: usize>(x: Tensor<D>, dim: usize) -> Result<Tensor<D>, Tensor<D>> {
-        if x.is_autodiff()
-            || !matches!(
-                x.device().as_dispatch(),
-                burn_dispatch::DispatchDevice::LibTorch(_)
-            )
-        {
-            return Err(x);
-        }
-        let t = x
-            .try_into_primitive::<LibTorch>()
-            .expect("a libtorch device's tensor without autodiff is a libtorch tensor");
-        let max = t.tensor.amax([dim as i64].as_slice(), true);
-        Ok(Tensor::from_primitive::<LibTorch>(TchTensor::new(max)))
-    }
+    let max = z.clone().inner().max_dim(dim);
+    let lse = (z.clone() - max.clone()).exp().sum_dim(dim).log() + max;
+    z.gather(dim, targets) - lse
 }
 
 /// [`token_logprobs_from_logits`] of a training forward, from the hidden states of the first
@@ -92,9 +56,7 @@ pub fn next_token_logprobs_from_head(
     let [b, w, e] = hidden.dims();
     let (targets, valid) = targets_and_valid(batch, w, &hidden.device());
     let logits = head.matmul(hidden.reshape([b * w, e]).transpose()); // [vocab, b·w]
-    let lse = logsumexp(logits.clone(), 0);
-    let targets = targets.reshape([1, b * w]);
-    (logits.gather(0, targets) - lse).reshape([b, w]) * valid
+    target_logprobs(logits, 0, targets.reshape([1, b * w])).reshape([b, w]) * valid
 }
 
 /// Next-token ids `[b, w, 1]` of `batch` and the 0/1 mask `[b, w]` of positions whose token

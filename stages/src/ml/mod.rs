@@ -25,6 +25,8 @@ pub mod cli;
 pub mod decoder;
 pub mod decoder_hf;
 pub mod device;
+#[cfg(feature = "tch")]
+pub mod fused;
 pub mod generate;
 pub mod gpt2;
 pub mod gpt2_hf;

@@ -1,0 +1,498 @@
+//! libtorch's fused kernels for three operations burn composes from elementary ones: layer
+//! normalisation, tanh-approximated GELU and log-softmax, forward and backward.
+//!
+//! burn writes `LayerNorm` as nine tensor operations (mean, subtract, square, mean, add,
+//! square root, divide, scale, shift), the tanh GELU as eight, and under autodiff its
+//! `log_softmax` as a chain too; each operation is a kernel launch and a pass over memory,
+//! and the backward roughly doubles them. libtorch has each as one kernel (`layer_norm`,
+//! `gelu(approximate = "tanh")`, `log_softmax`) with a matching backward. On a GPU a GPT-2
+//! step is bound by kernel launches, so this is where burn loses most to PyTorch eager; on
+//! the CPU it is memory passes (docs/benchmarks.md).
+//!
+//! The operations are a burn backend extension ([`FusedOps`]) implemented for libtorch and
+//! for autodiff over libtorch, with the backward written here. Every other backend keeps
+//! the composed operations ([`layer_norm`], [`gelu_tanh`] and [`log_softmax`] hand the
+//! input back): the `cpu` backend's results stay bit for bit what they were.
+//!
+//! Aliasing: burn-tch writes into a tensor in place when its storage is not shared, so the
+//! backward state keeps a clone of every saved tensor's burn handle (the shared storage
+//! count then says "in use" and burn copies instead of writing over what the backward
+//! reads).
+//!
+//! Lints: burn marks burn-tch deprecated (libtorch is the backend this project names).
+#![allow(deprecated)]
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::{backend_extension, tensor::FloatTensor, Backend, Dispatch, LibTorch};
+use burn::tensor::Tensor;
+use burn_tch::TchTensor;
+
+/// Layer norm over the last dimension, tanh GELU and log-softmax as single libtorch kernels.
+#[backend_extension(LibTorch, Autodiff)]
+pub trait FusedOps: Backend {
+    /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension (biased
+    /// variance, as `torch.nn.LayerNorm`).
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self>;
+    /// `0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))` (transformers' `gelu_new`).
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x - log Σ exp(x)` along `dim`.
+    fn log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
+}
+
+const GELU_TANH: &str = "tanh";
+
+impl FusedOps for LibTorch {
+    fn layer_norm(x: TchTensor, weight: TchTensor, bias: TchTensor, eps: f64) -> TchTensor {
+        let e = *x.tensor.size().last().expect("layer norm of a scalar");
+        TchTensor::new(x.tensor.layer_norm(
+            [e].as_slice(),
+            Some(&weight.tensor),
+            Some(&bias.tensor),
+            eps,
+            true,
+        ))
+    }
+
+    fn gelu_tanh(x: TchTensor) -> TchTensor {
+        TchTensor::new(x.tensor.gelu(GELU_TANH))
+    }
+
+    fn log_softmax(x: TchTensor, dim: usize) -> TchTensor {
+        TchTensor::new(x.tensor.log_softmax(dim as i64, x.tensor.kind()))
+    }
+}
+
+/// What the layer norm's backward reads: libtorch's own autograd graph of the forward (its
+/// `native_layer_norm_backward` is not in the C API that tch wraps, so the forward is
+/// recorded by libtorch and differentiated there), and burn handles that keep the storages
+/// the graph saved from being written over.
+#[derive(Debug)]
+struct LayerNormState {
+    /// The forward's output as libtorch's autograd sees it (the graph's root).
+    output: tch::Tensor,
+    /// `x`, `weight`, `bias` as the graph's leaves (they require grad in libtorch's sense).
+    leaves: [tch::Tensor; 3],
+    /// burn handles of the input storages and the output's.
+    _keep: [TchTensor; 4],
+}
+
+impl Clone for LayerNormState {
+    fn clone(&self) -> Self {
+        LayerNormState {
+            output: self.output.shallow_clone(),
+            leaves: self.leaves.each_ref().map(|t| t.shallow_clone()),
+            _keep: self._keep.clone(),
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNorm;
+
+        impl Backward<LibTorch, 3> for LayerNorm {
+            type State = LayerNormState;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let dy = grads.consume::<LibTorch>(&ops.node);
+                let s = ops.state;
+                // libtorch seeds its backward with ones: differentiate `output * dy` to
+                // seed it with `dy` (the product's gradient is `1 * dy`, exact).
+                let root = &s.output * &dy.tensor;
+                let wanted: Vec<usize> = (0..3).filter(|&i| ops.parents[i].is_some()).collect();
+                let inputs: Vec<&tch::Tensor> = wanted.iter().map(|&i| &s.leaves[i]).collect();
+                let got = tch::Tensor::run_backward(&[root], &inputs, false, false);
+                for (&i, g) in wanted.iter().zip(got) {
+                    let parent = ops.parents[i].as_ref().expect("filtered on is_some");
+                    grads.register::<LibTorch>(parent.id, TchTensor::new(g));
+                }
+            }
+        }
+
+        let prep = LayerNorm
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let e = *x.tensor.size().last().expect("layer norm of a scalar");
+                let leaves =
+                    [&x, &weight, &bias].map(|t| t.tensor.detach().set_requires_grad(true));
+                let output = leaves[0].layer_norm(
+                    [e].as_slice(),
+                    Some(&leaves[1]),
+                    Some(&leaves[2]),
+                    eps,
+                    true,
+                );
+                let y = TchTensor::new(output.detach());
+                let state = LayerNormState {
+                    output,
+                    leaves,
+                    _keep: [x, weight, bias, y.clone()],
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(LibTorch::layer_norm(x, weight, bias, eps)),
+        }
+    }
+
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GeluTanh;
+
+        impl Backward<LibTorch, 1> for GeluTanh {
+            /// The input (its burn handle: see the module's note on aliasing).
+            type State = TchTensor;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let x = ops.state;
+                unary::<LibTorch, _>(ops.parents, ops.node, grads, |dy| {
+                    TchTensor::new(x.tensor.gelu_backward(&dy.tensor, GELU_TANH))
+                });
+            }
+        }
+
+        let prep = GeluTanh.prepare::<C>([x.node()]).compute_bound().stateful();
+        let x = x.into_primitive();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let y = LibTorch::gelu_tanh(x.clone());
+                prep.finish(x, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(LibTorch::gelu_tanh(x)),
+        }
+    }
+
+    fn log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LogSoftmax;
+
+        impl Backward<LibTorch, 1> for LogSoftmax {
+            /// The output (its burn handle) and the dimension.
+            type State = (TchTensor, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (y, dim) = ops.state;
+                unary::<LibTorch, _>(ops.parents, ops.node, grads, |dy| {
+                    TchTensor::new(tch::Tensor::internal_log_softmax_backward_data(
+                        &dy.tensor,
+                        &y.tensor,
+                        dim as i64,
+                        y.tensor.kind(),
+                    ))
+                });
+            }
+        }
+
+        let prep = LogSoftmax
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let y = LibTorch::log_softmax(x.into_primitive(), dim);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((y.clone(), dim), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}
+
+/// The operations this module provides, by the names `DAGRUN_FUSED_OPS` takes.
+pub const OPS: [&str; 3] = ["layer_norm", "gelu_tanh", "log_softmax"];
+
+/// The fused operations in use: all of [`OPS`], or those `DAGRUN_FUSED_OPS` names
+/// (space- or comma-separated; `none` for burn's composed operations throughout), read once
+/// per process. For comparing the two on a machine (`dagrun bench ppo-step`) and for
+/// ruling them out when results look wrong; a name not in [`OPS`] is an error.
+pub fn enabled() -> Result<&'static [&'static str], String> {
+    static ENABLED: std::sync::OnceLock<Result<Vec<&'static str>, String>> =
+        std::sync::OnceLock::new();
+    ENABLED
+        .get_or_init(|| match std::env::var("DAGRUN_FUSED_OPS") {
+            Err(_) => Ok(OPS.to_vec()),
+            Ok(list) => parse_ops(&list),
+        })
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+fn parse_ops(list: &str) -> Result<Vec<&'static str>, String> {
+    let mut out = Vec::new();
+    for name in list.split([' ', ',']).filter(|n| !n.is_empty()) {
+        if name == "none" {
+            continue;
+        }
+        match OPS.iter().find(|&&op| op == name) {
+            Some(op) if !out.contains(op) => out.push(*op),
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "DAGRUN_FUSED_OPS: unknown operation `{name}` (known: {}, or none)",
+                    OPS.join(", ")
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `op` runs fused for `x`: `x` lives on a libtorch device (with or without
+/// autodiff) and `op` is [`enabled`] (an invalid `DAGRUN_FUSED_OPS` was reported when the
+/// node's environment was computed; here it counts as none).
+fn use_fused<const D: usize>(op: &str, x: &Tensor<D>) -> bool {
+    matches!(
+        x.device().inner().as_dispatch(),
+        burn_dispatch::DispatchDevice::LibTorch(_)
+    ) && enabled().is_ok_and(|ops| ops.contains(&op))
+}
+
+/// [`FusedOps::layer_norm`] when `x` is on libtorch (and the op is [`enabled`]); otherwise
+/// `x` back, for the caller's composed version.
+#[allow(clippy::result_large_err)]
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<1>,
+    bias: Tensor<1>,
+    eps: f64,
+) -> Result<Tensor<D>, Tensor<D>> {
+    if !use_fused("layer_norm", &x) {
+        return Err(x);
+    }
+    Ok(Tensor::from_dispatch(<Dispatch as FusedOps>::layer_norm(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        eps,
+    )))
+}
+
+/// [`FusedOps::gelu_tanh`] when `x` is on libtorch (and enabled); otherwise `x` back.
+#[allow(clippy::result_large_err)]
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
+    if !use_fused("gelu_tanh", &x) {
+        return Err(x);
+    }
+    Ok(Tensor::from_dispatch(<Dispatch as FusedOps>::gelu_tanh(
+        x.into_dispatch(),
+    )))
+}
+
+/// [`FusedOps::log_softmax`] when `x` is on libtorch (and enabled); otherwise `x` back.
+#[allow(clippy::result_large_err)]
+pub fn log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Result<Tensor<D>, Tensor<D>> {
+    if !use_fused("log_softmax", &x) {
+        return Err(x);
+    }
+    Ok(Tensor::from_dispatch(<Dispatch as FusedOps>::log_softmax(
+        x.into_dispatch(),
+        dim,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::activation::gelu_approximate;
+    use burn::tensor::{Device, TensorData};
+
+    fn device() -> Device {
+        Device::libtorch().autodiff()
+    }
+
+    /// Deterministic values of varied size and sign (some large, so that GELU's tails and the
+    /// log-softmax's shift matter).
+    fn values<const D: usize>(shape: [usize; D], seed: u32, scale: f32) -> Tensor<D> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n as u32)
+            .map(|i| {
+                let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 10_007;
+                (h as f32 / 10_007.0 - 0.5) * scale
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(v, shape), &device())
+    }
+
+    fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a.inner() - b.inner()).abs().max().into_scalar::<f32>()
+    }
+
+    /// burn's composed layer norm, as `gpt2::LayerNorm` writes it for other backends.
+    fn composed_layer_norm(x: Tensor<3>, w: Tensor<1>, b: Tensor<1>, eps: f64) -> Tensor<3> {
+        let centered = x.clone() - x.mean_dim(2);
+        let var = centered.clone().square().mean_dim(2);
+        centered / (var + eps).sqrt() * w.unsqueeze::<3>() + b.unsqueeze::<3>()
+    }
+
+    fn composed_log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+        let max = x.clone().inner().max_dim(dim);
+        let shifted = x - max;
+        shifted.clone() - shifted.exp().sum_dim(dim).log()
+    }
+
+    /// Value and gradients (for every input) of `Σ f(inputs) ⊙ weights`, so that each
+    /// gradient entry is exercised with its own weight.
+    fn value_and_grads<const D: usize, const N: usize>(
+        inputs: [Tensor<D>; N],
+        f: impl Fn([Tensor<D>; N]) -> Tensor<D>,
+    ) -> (Tensor<D>, [Tensor<D>; N]) {
+        let inputs = inputs.map(|t| t.require_grad());
+        let y = f(inputs.clone());
+        let weights = values(y.dims(), 99, 2.0);
+        let grads = (y.clone() * weights).sum().backward();
+        let g = inputs.map(|t| t.grad(&grads).expect("the input has a gradient"));
+        (y, g)
+    }
+
+    fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: Tensor<D>, tol: f32) {
+        let scale = want.clone().inner().abs().max().into_scalar::<f32>();
+        let d = max_diff(got, want);
+        assert!(
+            d <= tol * (1.0 + scale),
+            "{what}: differs by {d} (max {scale})"
+        );
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composed_one_in_values_and_gradients() {
+        let x = values([2, 5, 16], 1, 6.0) + 3.0; // off-centre rows
+        let w = values([16], 2, 2.0) + 1.0;
+        let b = values([16], 3, 1.0);
+        // Inputs as rank-3 tensors so one helper serves all three: w and b are [1, 1, 16].
+        let three = |t: Tensor<1>| t.reshape([1, 1, 16]);
+        let ln = |fused: bool| {
+            value_and_grads(
+                [x.clone(), three(w.clone()), three(b.clone())],
+                |[x, w, b]| {
+                    let (w, b) = (w.reshape([16]), b.reshape([16]));
+                    if fused {
+                        layer_norm(x, w, b, 1e-5).unwrap_or_else(|_| panic!("on libtorch"))
+                    } else {
+                        composed_layer_norm(x, w, b, 1e-5)
+                    }
+                },
+            )
+        };
+        let ((y1, [gx1, gw1, gb1]), (y2, [gx2, gw2, gb2])) = (ln(true), ln(false));
+        assert_close("output", y1, y2, 1e-5);
+        assert_close("grad x", gx1, gx2, 1e-4);
+        assert_close("grad weight", gw1, gw2, 1e-4);
+        assert_close("grad bias", gb1, gb2, 1e-5);
+    }
+
+    #[test]
+    fn gelu_tanh_matches_the_composed_one_in_values_and_gradients() {
+        let x = values([3, 7, 11], 4, 12.0);
+        let run = |fused: bool| {
+            value_and_grads([x.clone()], |[x]| {
+                if fused {
+                    gelu_tanh(x).unwrap_or_else(|_| panic!("on libtorch"))
+                } else {
+                    gelu_approximate(x)
+                }
+            })
+        };
+        let ((y1, [g1]), (y2, [g2])) = (run(true), run(false));
+        assert_close("output", y1, y2, 1e-6);
+        assert_close("grad", g1, g2, 1e-5);
+    }
+
+    #[test]
+    fn log_softmax_matches_the_composed_one_along_either_dimension() {
+        let x = values([37, 6], 5, 40.0);
+        for dim in [0, 1] {
+            let run = |fused: bool| {
+                value_and_grads([x.clone()], |[x]| {
+                    if fused {
+                        log_softmax(x, dim).unwrap_or_else(|_| panic!("on libtorch"))
+                    } else {
+                        composed_log_softmax(x, dim)
+                    }
+                })
+            };
+            let ((y1, [g1]), (y2, [g2])) = (run(true), run(false));
+            assert_close(&format!("output, dim {dim}"), y1, y2, 1e-5);
+            assert_close(&format!("grad, dim {dim}"), g1, g2, 1e-5);
+        }
+    }
+
+    /// burn-tch writes an operation's result into its input's buffer when nothing else holds
+    /// it; the saved tensors of the fused ops' backward must not be written over that way.
+    /// Here the layer norm's and GELU's inputs are consumed by an addition after the fused op
+    /// (a residual connection's shape), and the gradients must stay those of the ops alone.
+    #[test]
+    fn saved_inputs_survive_later_in_place_arithmetic() {
+        let x = values([2, 3, 8], 6, 4.0);
+        let (w, b) = (values([8], 7, 1.0) + 1.0, values([8], 8, 1.0));
+        let grads_of = |residual: bool| {
+            let x = x.clone().require_grad();
+            let h = x.clone() * 2.0; // a non-leaf input, free for burn to reuse in place
+            let y = layer_norm(h.clone(), w.clone(), b.clone(), 1e-5)
+                .unwrap_or_else(|_| panic!("on libtorch"));
+            let g = gelu_tanh(y.clone() * 3.0).unwrap_or_else(|_| panic!("on libtorch"));
+            let mut loss = (g * values([2, 3, 8], 9, 1.0)).sum();
+            if residual {
+                // `h + 100` may be computed in h's buffer, `y * 0` in y's: neither may
+                // change what the backward of the layer norm and GELU read.
+                loss = loss + (h + 100.0).sum() * 0.0 + (y * 0.0).sum();
+            }
+            x.grad(&loss.backward()).unwrap()
+        };
+        assert_close("grad x", grads_of(true), grads_of(false), 1e-6);
+    }
+
+    #[test]
+    fn the_switch_names_known_operations_only() {
+        assert_eq!(parse_ops("none").unwrap(), Vec::<&str>::new());
+        assert_eq!(parse_ops("").unwrap(), Vec::<&str>::new());
+        assert_eq!(
+            parse_ops("log_softmax, layer_norm log_softmax").unwrap(),
+            vec!["log_softmax", "layer_norm"]
+        );
+        let e = parse_ops("layer_norm,softmax").unwrap_err();
+        assert!(e.contains("`softmax`") && e.contains("gelu_tanh"), "{e}");
+    }
+
+    #[test]
+    fn other_backends_get_their_input_back() {
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1f32, 2.0], [1, 2]), &Device::flex());
+        let back = gelu_tanh(x.clone())
+            .err()
+            .expect("flex has no fused kernels");
+        assert_eq!(max_diff(back, x), 0.0);
+    }
+}
