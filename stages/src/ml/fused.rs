@@ -272,8 +272,8 @@ fn parse_ops(list: &str) -> Result<Vec<&'static str>, String> {
 }
 
 /// Whether `op` runs fused for `x`: `x` lives on a libtorch device (with or without
-/// autodiff) and `op` is [`enabled`] (an invalid `DAGRUN_FUSED_OPS` was reported when the
-/// node's environment was computed; here it counts as none).
+/// autodiff) and `op` is [`enabled`] (an invalid `DAGRUN_FUSED_OPS` is an error when a
+/// libtorch device is resolved, `DeviceSpec::resolve`; here it counts as none).
 fn use_fused<const D: usize>(op: &str, x: &Tensor<D>) -> bool {
     matches!(
         x.device().inner().as_dispatch(),
