@@ -243,8 +243,14 @@ impl RmsNorm {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let dtype = FloatDType::from(x.dtype());
         let x = x.cast(FloatDType::F32);
-        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-        let normed = x / rms;
+        #[cfg(feature = "tch")]
+        let normed = super::fused::rms_normalize(x, self.eps);
+        #[cfg(not(feature = "tch"))]
+        let normed: std::result::Result<Tensor<3>, _> = Err(x);
+        let normed = normed.unwrap_or_else(|x| {
+            let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+            x / rms
+        });
         let w = self.weight.val().unsqueeze::<3>();
         if self.offset {
             // Gemma: (x̂ · (1 + w)) in float32, then rounded.

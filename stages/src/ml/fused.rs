@@ -1,18 +1,20 @@
-//! libtorch's fused kernels for three operations burn composes from elementary ones: layer
-//! normalisation, tanh-approximated GELU and log-softmax, forward and backward.
+//! libtorch's fused kernels for operations burn composes from elementary ones: layer
+//! normalisation, tanh-approximated GELU, log-softmax and RMS normalisation (Llama's and
+//! Gemma's norm), forward and backward.
 //!
 //! burn writes `LayerNorm` as nine tensor operations (mean, subtract, square, mean, add,
 //! square root, divide, scale, shift), the tanh GELU as eight, and under autodiff its
 //! `log_softmax` as a chain too; each operation is a kernel launch and a pass over memory,
 //! and the backward roughly doubles them. libtorch has each as one kernel (`layer_norm`,
-//! `gelu(approximate = "tanh")`, `log_softmax`) with a matching backward. On a GPU a GPT-2
+//! `gelu(approximate = "tanh")`, `log_softmax`, `rms_norm`) with a matching backward. On a GPU a GPT-2
 //! step is bound by kernel launches, so this is where burn loses most to PyTorch eager; on
 //! the CPU it is memory passes (docs/benchmarks.md).
 //!
 //! The operations are a burn backend extension ([`FusedOps`]) implemented for libtorch and
 //! for autodiff over libtorch, with the backward written here. Every other backend keeps
-//! the composed operations ([`layer_norm`], [`gelu_tanh`] and [`log_softmax`] hand the
-//! input back): the `cpu` backend's results stay bit for bit what they were.
+//! the composed operations ([`layer_norm`], [`gelu_tanh`], [`log_softmax`] and
+//! [`rms_normalize`] hand the input back): the `cpu` backend's results stay bit for bit
+//! what they were.
 //!
 //! Aliasing: burn-tch writes into a tensor in place when its storage is not shared, so the
 //! backward state keeps a clone of every saved tensor's burn handle (the shared storage
@@ -31,7 +33,7 @@ use burn::backend::{backend_extension, tensor::FloatTensor, Backend, Dispatch, L
 use burn::tensor::Tensor;
 use burn_tch::TchTensor;
 
-/// Layer norm over the last dimension, tanh GELU and log-softmax as single libtorch kernels.
+/// Layer norm, tanh GELU, log-softmax and RMS normalisation as single libtorch kernels.
 #[backend_extension(LibTorch, Autodiff)]
 pub trait FusedOps: Backend {
     /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension (biased
@@ -46,20 +48,15 @@ pub trait FusedOps: Backend {
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x - log Σ exp(x)` along `dim`.
     fn log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
+    /// `x / sqrt(mean(x²) + eps)` over the last dimension (RMS norm without its weight).
+    fn rms_normalize(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
 }
 
 const GELU_TANH: &str = "tanh";
 
 impl FusedOps for LibTorch {
     fn layer_norm(x: TchTensor, weight: TchTensor, bias: TchTensor, eps: f64) -> TchTensor {
-        let e = *x.tensor.size().last().expect("layer norm of a scalar");
-        TchTensor::new(x.tensor.layer_norm(
-            [e].as_slice(),
-            Some(&weight.tensor),
-            Some(&bias.tensor),
-            eps,
-            true,
-        ))
+        TchTensor::new(tch_layer_norm(&x.tensor, &weight.tensor, &bias.tensor, eps))
     }
 
     fn gelu_tanh(x: TchTensor) -> TchTensor {
@@ -69,28 +66,85 @@ impl FusedOps for LibTorch {
     fn log_softmax(x: TchTensor, dim: usize) -> TchTensor {
         TchTensor::new(x.tensor.log_softmax(dim as i64, x.tensor.kind()))
     }
+
+    fn rms_normalize(x: TchTensor, eps: f64) -> TchTensor {
+        TchTensor::new(tch_rms_normalize(&x.tensor, eps))
+    }
 }
 
-/// What the layer norm's backward reads: libtorch's own autograd graph of the forward (its
-/// `native_layer_norm_backward` is not in the C API that tch wraps, so the forward is
-/// recorded by libtorch and differentiated there), and burn handles that keep the storages
-/// the graph saved from being written over.
+fn tch_layer_norm(
+    x: &tch::Tensor,
+    weight: &tch::Tensor,
+    bias: &tch::Tensor,
+    eps: f64,
+) -> tch::Tensor {
+    let e = *x.size().last().expect("layer norm of a scalar");
+    x.layer_norm([e].as_slice(), Some(weight), Some(bias), eps, true)
+}
+
+fn tch_rms_normalize(x: &tch::Tensor, eps: f64) -> tch::Tensor {
+    let e = *x.size().last().expect("RMS norm of a scalar");
+    x.rms_norm([e].as_slice(), None::<&tch::Tensor>, eps)
+}
+
+/// A forward recorded by libtorch's own autograd, for the operations whose backward kernel
+/// is not in the C API that tch wraps (`native_layer_norm_backward`, the RMS norm's): the
+/// graph is differentiated by libtorch when burn's backward reaches the node.
 #[derive(Debug)]
-struct LayerNormState {
+struct Recorded<const N: usize> {
     /// The forward's output as libtorch's autograd sees it (the graph's root).
     output: tch::Tensor,
-    /// `x`, `weight`, `bias` as the graph's leaves (they require grad in libtorch's sense).
-    leaves: [tch::Tensor; 3],
-    /// burn handles of the input storages and the output's.
-    _keep: [TchTensor; 4],
+    /// The inputs as the graph's leaves (they require grad in libtorch's sense).
+    leaves: [tch::Tensor; N],
+    /// burn handles of the inputs and of the output: the storages the graph saved are not
+    /// written over in place while it lives (see the module's note on aliasing).
+    _keep: ([TchTensor; N], TchTensor),
 }
 
-impl Clone for LayerNormState {
+impl<const N: usize> Clone for Recorded<N> {
     fn clone(&self) -> Self {
-        LayerNormState {
+        Recorded {
             output: self.output.shallow_clone(),
             leaves: self.leaves.each_ref().map(|t| t.shallow_clone()),
             _keep: self._keep.clone(),
+        }
+    }
+}
+
+impl<const N: usize> Recorded<N> {
+    /// Runs `f` on leaf copies of `inputs` (same storage, no copy) with libtorch recording;
+    /// returns the state and the output for burn.
+    fn forward(
+        inputs: [TchTensor; N],
+        f: impl FnOnce(&[tch::Tensor; N]) -> tch::Tensor,
+    ) -> (Self, TchTensor) {
+        let leaves = inputs
+            .each_ref()
+            .map(|t| t.tensor.detach().set_requires_grad(true));
+        let output = f(&leaves);
+        let y = TchTensor::new(output.detach());
+        let state = Recorded {
+            output,
+            leaves,
+            _keep: (inputs, y.clone()),
+        };
+        (state, y)
+    }
+
+    /// The backward of the node `ops` describes: libtorch differentiates the recorded graph
+    /// for the inputs burn wants a gradient of, and they are registered with burn.
+    fn backward(ops: Ops<Self, N>, grads: &mut Gradients) {
+        let dy = grads.consume::<LibTorch>(&ops.node);
+        let s = ops.state;
+        // libtorch seeds its backward with ones: differentiate `output * dy` to seed it
+        // with `dy` (the product's gradient is `1 * dy`, exact).
+        let root = &s.output * &dy.tensor;
+        let wanted: Vec<usize> = (0..N).filter(|&i| ops.parents[i].is_some()).collect();
+        let inputs: Vec<&tch::Tensor> = wanted.iter().map(|&i| &s.leaves[i]).collect();
+        let got = tch::Tensor::run_backward(&[root], &inputs, false, false);
+        for (&i, g) in wanted.iter().zip(got) {
+            let parent = ops.parents[i].as_ref().expect("filtered on is_some");
+            grads.register::<LibTorch>(parent.id, TchTensor::new(g));
         }
     }
 }
@@ -106,26 +160,15 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
         struct LayerNorm;
 
         impl Backward<LibTorch, 3> for LayerNorm {
-            type State = LayerNormState;
+            type State = Recorded<3>;
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 3>,
+                ops: Ops<Recorded<3>, 3>,
                 grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
+                _: &mut Checkpointer,
             ) {
-                let dy = grads.consume::<LibTorch>(&ops.node);
-                let s = ops.state;
-                // libtorch seeds its backward with ones: differentiate `output * dy` to
-                // seed it with `dy` (the product's gradient is `1 * dy`, exact).
-                let root = &s.output * &dy.tensor;
-                let wanted: Vec<usize> = (0..3).filter(|&i| ops.parents[i].is_some()).collect();
-                let inputs: Vec<&tch::Tensor> = wanted.iter().map(|&i| &s.leaves[i]).collect();
-                let got = tch::Tensor::run_backward(&[root], &inputs, false, false);
-                for (&i, g) in wanted.iter().zip(got) {
-                    let parent = ops.parents[i].as_ref().expect("filtered on is_some");
-                    grads.register::<LibTorch>(parent.id, TchTensor::new(g));
-                }
+                Recorded::backward(ops, grads)
             }
         }
 
@@ -133,32 +176,48 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful();
-        let (x, weight, bias) = (
-            x.into_primitive(),
-            weight.into_primitive(),
-            bias.into_primitive(),
-        );
+        let inputs = [x, weight, bias].map(|t| t.into_primitive());
         match prep {
             OpsKind::Tracked(prep) => {
-                let e = *x.tensor.size().last().expect("layer norm of a scalar");
-                let leaves =
-                    [&x, &weight, &bias].map(|t| t.tensor.detach().set_requires_grad(true));
-                let output = leaves[0].layer_norm(
-                    [e].as_slice(),
-                    Some(&leaves[1]),
-                    Some(&leaves[2]),
-                    eps,
-                    true,
-                );
-                let y = TchTensor::new(output.detach());
-                let state = LayerNormState {
-                    output,
-                    leaves,
-                    _keep: [x, weight, bias, y.clone()],
-                };
+                let (state, y) =
+                    Recorded::forward(inputs, |[x, w, b]| tch_layer_norm(x, w, b, eps));
                 prep.finish(state, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(LibTorch::layer_norm(x, weight, bias, eps)),
+            OpsKind::UnTracked(prep) => {
+                let [x, w, b] = inputs;
+                prep.finish(LibTorch::layer_norm(x, w, b, eps))
+            }
+        }
+    }
+
+    fn rms_normalize(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct RmsNormalize;
+
+        impl Backward<LibTorch, 1> for RmsNormalize {
+            type State = Recorded<1>;
+
+            fn backward(
+                self,
+                ops: Ops<Recorded<1>, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                Recorded::backward(ops, grads)
+            }
+        }
+
+        let prep = RmsNormalize
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let x = x.into_primitive();
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (state, y) = Recorded::forward([x], |[x]| tch_rms_normalize(x, eps));
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(LibTorch::rms_normalize(x, eps)),
         }
     }
 
@@ -233,7 +292,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
 }
 
 /// The operations this module provides, by the names `DAGRUN_FUSED_OPS` takes.
-pub const OPS: [&str; 3] = ["layer_norm", "gelu_tanh", "log_softmax"];
+pub const OPS: [&str; 4] = ["layer_norm", "gelu_tanh", "log_softmax", "rms_norm"];
 
 /// The fused operations in use: all of [`OPS`], or those `DAGRUN_FUSED_OPS` names
 /// (space- or comma-separated; `none` for burn's composed operations throughout), read once
@@ -322,6 +381,18 @@ pub fn log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Result<Tensor<D>
         x.into_dispatch(),
         dim,
     )))
+}
+
+/// [`FusedOps::rms_normalize`] when `x` is on libtorch (and `rms_norm` is enabled);
+/// otherwise `x` back.
+#[allow(clippy::result_large_err)]
+pub fn rms_normalize<const D: usize>(x: Tensor<D>, eps: f64) -> Result<Tensor<D>, Tensor<D>> {
+    if !use_fused("rms_norm", &x) {
+        return Err(x);
+    }
+    Ok(Tensor::from_dispatch(
+        <Dispatch as FusedOps>::rms_normalize(x.into_dispatch(), eps),
+    ))
 }
 
 #[cfg(test)]
@@ -448,6 +519,25 @@ mod tests {
             assert_close(&format!("output, dim {dim}"), y1, y2, 1e-5);
             assert_close(&format!("grad, dim {dim}"), g1, g2, 1e-5);
         }
+    }
+
+    #[test]
+    fn rms_normalize_matches_the_composed_one_in_values_and_gradients() {
+        let x = values([2, 5, 16], 10, 6.0) + 1.0;
+        let run = |fused: bool| {
+            value_and_grads([x.clone()], |[x]| {
+                if fused {
+                    rms_normalize(x, 1e-6).unwrap_or_else(|_| panic!("on libtorch"))
+                } else {
+                    // As `decoder::RmsNorm` writes it for other backends.
+                    let rms = (x.clone().square().mean_dim(2) + 1e-6).sqrt();
+                    x / rms
+                }
+            })
+        };
+        let ((y1, [g1]), (y2, [g2])) = (run(true), run(false));
+        assert_close("output", y1, y2, 1e-6);
+        assert_close("grad", g1, g2, 1e-5);
     }
 
     /// burn-tch writes an operation's result into its input's buffer when nothing else holds
