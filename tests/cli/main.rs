@@ -6,6 +6,8 @@ mod bad_input;
 mod cache_ops;
 mod caching;
 mod faults;
+#[cfg(feature = "tch")]
+mod fused_ops;
 mod model_hf;
 mod paper;
 mod paper_models;
