@@ -244,13 +244,16 @@ impl RmsNorm {
         let dtype = FloatDType::from(x.dtype());
         let x = x.cast(FloatDType::F32);
         #[cfg(feature = "tch")]
-        let normed = super::fused::rms_normalize(x, self.eps);
-        #[cfg(not(feature = "tch"))]
-        let normed: std::result::Result<Tensor<3>, _> = Err(x);
-        let normed = normed.unwrap_or_else(|x| {
-            let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-            x / rms
-        });
+        let x = match super::fused::rms_normalize(x, self.eps) {
+            Ok(normed) => return self.weigh(normed, dtype),
+            Err(x) => x,
+        };
+        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+        self.weigh(x / rms, dtype)
+    }
+
+    /// The normalised float32 `normed` times the weight, in the input's `dtype`.
+    fn weigh(&self, normed: Tensor<3>, dtype: FloatDType) -> Tensor<3> {
         let w = self.weight.val().unsqueeze::<3>();
         if self.offset {
             // Gemma: (x̂ · (1 + w)) in float32, then rounded.
