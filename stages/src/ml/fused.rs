@@ -6,9 +6,10 @@
 //! square root, divide, scale, shift), the tanh GELU as eight, and under autodiff its
 //! `log_softmax` as a chain too; each operation is a kernel launch and a pass over memory,
 //! and the backward roughly doubles them. libtorch has each as one kernel (`layer_norm`,
-//! `gelu(approximate = "tanh")`, `log_softmax`, `rms_norm`) with a matching backward. On a GPU a GPT-2
-//! step is bound by kernel launches, so this is where burn loses most to PyTorch eager; on
-//! the CPU it is memory passes (docs/benchmarks.md).
+//! `gelu(approximate = "tanh")`, `log_softmax`, `rms_norm`) with a matching backward. On a
+//! GPU a GPT-2 step is expected to be bound by kernel launches more than by arithmetic, so
+//! this is where burn should lose most to PyTorch eager (`scripts/gpu-run.sh` measures it);
+//! on the CPU it is memory passes (docs/benchmarks.md).
 //!
 //! The operations are a burn backend extension ([`FusedOps`]) implemented for libtorch and
 //! for autodiff over libtorch, with the backward written here. Every other backend keeps
