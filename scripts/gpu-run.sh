@@ -186,12 +186,11 @@ for len in "${RM_LENS[@]}"; do
     bench "rm$len-dagrun" "$BIN" bench rm-score --device "$DEV" "${RM[@]}" --len "$len"
     bench "rm$len-torch" "$PYTHON" scripts/bench_ppo_torch.py rm-score --device "$TORCH_DEV" "${RM[@]}" --len "$len"
 done
-# The PPO step again with burn's composed operations instead of libtorch's fused layer norm,
-# GELU and log-softmax (stages/src/ml/fused.rs), and with the first two fused only (on the
-# CPU the fused log-softmax along the vocabulary-major logits' dimension 0 helped at a small
-# width and cost 3 % at GPT-2 small): what the fused kernels are worth on DEV.
+# The PPO step again with burn's composed operations instead of libtorch's fused kernels
+# (stages/src/ml/fused.rs), and with the norms and GELU fused but the loss's LM head and
+# log-softmax composed: what the fused kernels are worth on DEV, and which part.
 bench ppo-dagrun-composed env DAGRUN_FUSED_OPS=none "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
-bench ppo-dagrun-ln-gelu env DAGRUN_FUSED_OPS="layer_norm gelu_tanh" "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
+bench ppo-dagrun-ln-gelu env DAGRUN_FUSED_OPS="layer_norm gelu_tanh rms_norm" "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 
 # 4. The quickstart on DEV (last: the benchmarks matter more if time runs short), compared
 #    with the cpu reference.
@@ -269,7 +268,7 @@ def load(name):
         return None
 status = [json.loads(l) for l in open(os.path.join(out, "status.jsonl"))]
 d, t = load("ppo-dagrun"), load("ppo-torch")
-variants = {"composed": load("ppo-dagrun-composed"), "ln+gelu": load("ppo-dagrun-ln-gelu")}
+variants = {"composed": load("ppo-dagrun-composed"), "norm+gelu": load("ppo-dagrun-ln-gelu")}
 card = (t or {}).get("device", {}).get("gpu") or dev
 print(f"== dagrun gpu-run ({mode}): {card}, torch {(t or {}).get('device', {}).get('torch', '?')}, {wall} s ==")
 for s in status:
@@ -281,7 +280,7 @@ if d and t:
     print(f"PPO step, GPT-2 {b['model']}, batch {b['batch']}, mini-batch {b['mini_batch']}, "
           f"{b['ppo_epochs']} epochs, {b['new_tokens']} new tokens, K={b['heads']} (median of {len(d['steps'])}, s)")
     # dagrun with libtorch's fused kernels (the default), PyTorch, then dagrun with burn's
-    # composed operations (DAGRUN_FUSED_OPS=none) and with layer norm and GELU fused only.
+    # composed operations (DAGRUN_FUSED_OPS=none) and with the norms and GELU fused only.
     print(f"{'phase':<12} {'dagrun':>9} {'torch':>9} {'dagrun/torch':>13}"
           + "".join(f" {v:>9}" for v in variants))
     for k in ("generation", "scoring", "forward", "update", "update_forward",

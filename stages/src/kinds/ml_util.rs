@@ -269,7 +269,10 @@ mod tests {
             let lt = lt.unwrap();
             assert_eq!(lt["backend"], "libtorch-cpu");
             // Tests run without DAGRUN_FUSED_OPS: all of them.
-            assert_eq!(lt["fused_ops"], "layer_norm gelu_tanh log_softmax rms_norm");
+            assert_eq!(
+                lt["fused_ops"],
+                "layer_norm gelu_tanh log_softmax rms_norm lm_head"
+            );
         } else {
             assert!(lt.unwrap_err().contains("--features tch"));
         }

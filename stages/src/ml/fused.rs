@@ -1,6 +1,7 @@
 //! libtorch's fused kernels for operations burn composes from elementary ones: layer
 //! normalisation, tanh-approximated GELU, log-softmax and RMS normalisation (Llama's and
-//! Gemma's norm), forward and backward.
+//! Gemma's norm), forward and backward; and an LM head `h Wᵀ` whose backward gives `W`'s
+//! gradient in `W`'s layout (burn's matmul backward gives it transposed).
 //!
 //! burn writes `LayerNorm` as nine tensor operations (mean, subtract, square, mean, add,
 //! square root, divide, scale, shift), the tanh GELU as eight, and under autodiff its
@@ -13,9 +14,9 @@
 //!
 //! The operations are a burn backend extension ([`FusedOps`]) implemented for libtorch and
 //! for autodiff over libtorch, with the backward written here. Every other backend keeps
-//! the composed operations ([`layer_norm`], [`gelu_tanh`], [`log_softmax`] and
-//! [`rms_normalize`] hand the input back): the `cpu` backend's results stay bit for bit
-//! what they were.
+//! the composed operations ([`layer_norm`], [`gelu_tanh`], [`log_softmax`],
+//! [`rms_normalize`] and [`matmul_nt`] hand the input back): the `cpu` backend's results
+//! stay bit for bit what they were.
 //!
 //! Aliasing: burn-tch writes into a tensor in place when its storage is not shared, so the
 //! backward state keeps a clone of every saved tensor's burn handle (the shared storage
@@ -28,13 +29,13 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::{backend_extension, tensor::FloatTensor, Backend, Dispatch, LibTorch};
 use burn::tensor::Tensor;
 use burn_tch::TchTensor;
 
-/// Layer norm, tanh GELU, log-softmax and RMS normalisation as single libtorch kernels.
+/// Layer norm, tanh GELU, log-softmax, RMS normalisation and `x wᵀ` as libtorch kernels.
 #[backend_extension(LibTorch, Autodiff)]
 pub trait FusedOps: Backend {
     /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension (biased
@@ -51,6 +52,9 @@ pub trait FusedOps: Backend {
     fn log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
     /// `x / sqrt(mean(x²) + eps)` over the last dimension (RMS norm without its weight).
     fn rms_normalize(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+    /// `x wᵀ` for `x` `[n, k]` and `w` `[m, k]` (an LM head: `w` is the `[vocab, e]`
+    /// weight), with `w`'s gradient computed in `w`'s own layout.
+    fn matmul_nt(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 const GELU_TANH: &str = "tanh";
@@ -70,6 +74,10 @@ impl FusedOps for LibTorch {
 
     fn rms_normalize(x: TchTensor, eps: f64) -> TchTensor {
         TchTensor::new(tch_rms_normalize(&x.tensor, eps))
+    }
+
+    fn matmul_nt(x: TchTensor, w: TchTensor) -> TchTensor {
+        TchTensor::new(x.tensor.matmul(&w.tensor.tr()))
     }
 }
 
@@ -222,6 +230,48 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
         }
     }
 
+    fn matmul_nt(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct MatmulNt;
+
+        impl Backward<LibTorch, 2> for MatmulNt {
+            /// `x` and `w` (burn handles: see the module's note on aliasing).
+            type State = (TchTensor, TchTensor);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (x, w) = ops.state;
+                binary::<LibTorch, _, _>(
+                    ops.parents,
+                    ops.node,
+                    grads,
+                    |dy| TchTensor::new(dy.tensor.matmul(&w.tensor)),
+                    // `dyᵀ x` is `[m, k]`, `w`'s layout: burn's matmul backward would give
+                    // `[k, m]` and a transposed (strided) read where it meets another
+                    // gradient of `w` (GPT-2's tied embedding).
+                    |dy| TchTensor::new(dy.tensor.tr().matmul(&x.tensor)),
+                );
+            }
+        }
+
+        let prep = MatmulNt
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful();
+        let (x, w) = (x.into_primitive(), w.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let y = LibTorch::matmul_nt(x.clone(), w.clone());
+                prep.finish((x, w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(LibTorch::matmul_nt(x, w)),
+        }
+    }
+
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct GeluTanh;
@@ -293,7 +343,13 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
 }
 
 /// The operations this module provides, by the names `DAGRUN_FUSED_OPS` takes.
-pub const OPS: [&str; 4] = ["layer_norm", "gelu_tanh", "log_softmax", "rms_norm"];
+pub const OPS: [&str; 5] = [
+    "layer_norm",
+    "gelu_tanh",
+    "log_softmax",
+    "rms_norm",
+    "lm_head",
+];
 
 /// The fused operations in use: all of [`OPS`], or those `DAGRUN_FUSED_OPS` names
 /// (space- or comma-separated; `none` for burn's composed operations throughout), read once
@@ -394,6 +450,19 @@ pub fn rms_normalize<const D: usize>(x: Tensor<D>, eps: f64) -> Result<Tensor<D>
     Ok(Tensor::from_dispatch(
         <Dispatch as FusedOps>::rms_normalize(x.into_dispatch(), eps),
     ))
+}
+
+/// [`FusedOps::matmul_nt`] when `x` is on libtorch (and `lm_head` is enabled); otherwise
+/// the inputs back.
+#[allow(clippy::result_large_err, clippy::type_complexity)]
+pub fn matmul_nt(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>)> {
+    if !use_fused("lm_head", &x) {
+        return Err((x, w));
+    }
+    Ok(Tensor::from_dispatch(<Dispatch as FusedOps>::matmul_nt(
+        x.into_dispatch(),
+        w.into_dispatch(),
+    )))
 }
 
 #[cfg(test)]
@@ -539,6 +608,24 @@ mod tests {
         let ((y1, [g1]), (y2, [g2])) = (run(true), run(false));
         assert_close("output", y1, y2, 1e-6);
         assert_close("grad", g1, g2, 1e-5);
+    }
+
+    #[test]
+    fn matmul_nt_matches_burns_matmul_in_values_and_gradients() {
+        let (x, w) = (values([6, 5], 11, 2.0), values([9, 5], 12, 2.0));
+        let run = |fused: bool| {
+            value_and_grads([x.clone(), w.clone()], |[x, w]| {
+                if fused {
+                    matmul_nt(x, w).unwrap_or_else(|_| panic!("on libtorch"))
+                } else {
+                    x.matmul(w.transpose())
+                }
+            })
+        };
+        let ((y1, [gx1, gw1]), (y2, [gx2, gw2])) = (run(true), run(false));
+        assert_close("output", y1, y2, 1e-6);
+        assert_close("grad x", gx1, gx2, 1e-6);
+        assert_close("grad w", gw1, gw2, 1e-6);
     }
 
     /// burn-tch writes an operation's result into its input's buffer when nothing else holds

@@ -47,7 +47,10 @@ fn target_logprobs<const D: usize>(z: Tensor<D>, dim: usize, targets: Tensor<D, 
 /// and, for GPT-2's tied embeddings, is added to the embedding's gradient through a
 /// transposed (strided) read of 38.6M floats per backward pass. PyTorch avoids that copy by
 /// choosing the gradient's strides in its matmul backward; burn's autodiff does not, so
-/// the layout is chosen here.
+/// the layout is chosen here. On libtorch the head is [`super::fused::matmul_nt`], whose
+/// backward gives the weight's gradient in its layout directly: the logits are then
+/// row-major, `h Wᵀ`, and the log-softmax runs along the last dimension, where libtorch's
+/// kernels are fastest.
 pub fn next_token_logprobs_from_head(
     hidden: Tensor<3>,
     head: Tensor<2>,
@@ -55,7 +58,17 @@ pub fn next_token_logprobs_from_head(
 ) -> Tensor<2> {
     let [b, w, e] = hidden.dims();
     let (targets, valid) = targets_and_valid(batch, w, &hidden.device());
-    let logits = head.matmul(hidden.reshape([b * w, e]).transpose()); // [vocab, b·w]
+    let h = hidden.reshape([b * w, e]);
+    #[cfg(feature = "tch")]
+    let (h, head) = match super::fused::matmul_nt(h, head) {
+        Ok(logits) => {
+            // [b·w, vocab]
+            let logp = target_logprobs(logits, 1, targets.reshape([b * w, 1]));
+            return logp.reshape([b, w]) * valid;
+        }
+        Err(inputs) => inputs,
+    };
+    let logits = head.matmul(h.transpose()); // [vocab, b·w]
     target_logprobs(logits, 0, targets.reshape([1, b * w])).reshape([b, w]) * valid
 }
 
