@@ -216,8 +216,8 @@ except Exception as e:
 # 3. Reported, not checked: the paper's effect (the variance-aware policies' judge rewards
 #    vary less than the vanilla ones'). With 8 policies a group, a variance ratio is
 #    significant at 5 % (F(7, 7), two-sided) only beyond about 5; the cpu run's own ratio is
-#    3.9, and libtorch-cpu runs that differ from it only in float rounding gave 1.8 and 0.4
-#    (composed vs fused operations). The quickstart is too small to show the effect
+#    3.9, and libtorch-cpu runs that differ from it only in float rounding gave 1.8, 0.4
+#    and 0.6 (composed, then fused operations). The quickstart is too small to show the effect
 #    reliably on any device; pipelines/paper.yaml is where it is measured.
 ok, parts = True, []
 ref_loss, got_loss = ref.get("lm_loss"), got.get("lm_loss")
