@@ -158,6 +158,38 @@ impl<const N: usize> Recorded<N> {
     }
 }
 
+/// The burn autodiff node of an operation [`Recorded`] by libtorch's autograd.
+#[derive(Debug)]
+struct RecordedOp;
+
+impl<const N: usize> Backward<LibTorch, N> for RecordedOp {
+    type State = Recorded<N>;
+
+    fn backward(self, ops: Ops<Recorded<N>, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        Recorded::backward(ops, grads)
+    }
+}
+
+/// `f` of `inputs` under burn's autodiff, differentiated by libtorch's autograd when a
+/// gradient is wanted (else plain).
+fn through_libtorch_autograd<C: CheckpointStrategy, const N: usize>(
+    inputs: [FloatTensor<Autodiff<LibTorch, C>>; N],
+    f: impl FnOnce(&[tch::Tensor; N]) -> tch::Tensor,
+) -> FloatTensor<Autodiff<LibTorch, C>> {
+    let prep = RecordedOp
+        .prepare::<C>(inputs.each_ref().map(|t| t.node()))
+        .compute_bound()
+        .stateful();
+    let inputs = inputs.map(|t| t.into_primitive());
+    match prep {
+        OpsKind::Tracked(prep) => {
+            let (state, y) = Recorded::forward(inputs, f);
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(TchTensor::new(f(&inputs.map(|t| t.tensor)))),
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
     fn layer_norm(
         x: FloatTensor<Self>,
@@ -165,69 +197,13 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
         bias: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LayerNorm;
-
-        impl Backward<LibTorch, 3> for LayerNorm {
-            type State = Recorded<3>;
-
-            fn backward(
-                self,
-                ops: Ops<Recorded<3>, 3>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                Recorded::backward(ops, grads)
-            }
-        }
-
-        let prep = LayerNorm
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful();
-        let inputs = [x, weight, bias].map(|t| t.into_primitive());
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let (state, y) =
-                    Recorded::forward(inputs, |[x, w, b]| tch_layer_norm(x, w, b, eps));
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => {
-                let [x, w, b] = inputs;
-                prep.finish(LibTorch::layer_norm(x, w, b, eps))
-            }
-        }
+        through_libtorch_autograd::<C, 3>([x, weight, bias], |[x, w, b]| {
+            tch_layer_norm(x, w, b, eps)
+        })
     }
 
     fn rms_normalize(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct RmsNormalize;
-
-        impl Backward<LibTorch, 1> for RmsNormalize {
-            type State = Recorded<1>;
-
-            fn backward(
-                self,
-                ops: Ops<Recorded<1>, 1>,
-                grads: &mut Gradients,
-                _: &mut Checkpointer,
-            ) {
-                Recorded::backward(ops, grads)
-            }
-        }
-
-        let prep = RmsNormalize
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful();
-        let x = x.into_primitive();
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let (state, y) = Recorded::forward([x], |[x]| tch_rms_normalize(x, eps));
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(LibTorch::rms_normalize(x, eps)),
-        }
+        through_libtorch_autograd::<C, 1>([x], |[x]| tch_rms_normalize(x, eps))
     }
 
     fn matmul_nt(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {

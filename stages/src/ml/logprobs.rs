@@ -58,18 +58,25 @@ pub fn next_token_logprobs_from_head(
 ) -> Tensor<2> {
     let [b, w, e] = hidden.dims();
     let (targets, valid) = targets_and_valid(batch, w, &hidden.device());
-    let h = hidden.reshape([b * w, e]);
+    let (logits, vocab_dim) = head_logits(hidden.reshape([b * w, e]), head);
+    let targets = if vocab_dim == 0 {
+        targets.reshape([1, b * w])
+    } else {
+        targets.reshape([b * w, 1])
+    };
+    target_logprobs(logits, vocab_dim, targets).reshape([b, w]) * valid
+}
+
+/// The logits of hidden states `h` `[n, e]` under the head `[vocab, e]`, and the dimension
+/// that runs over the vocabulary: `[n, vocab]` through [`super::fused::matmul_nt`] on
+/// libtorch, else vocabulary-major `[vocab, n]` (see [`next_token_logprobs_from_head`]).
+fn head_logits(h: Tensor<2>, head: Tensor<2>) -> (Tensor<2>, usize) {
     #[cfg(feature = "tch")]
     let (h, head) = match super::fused::matmul_nt(h, head) {
-        Ok(logits) => {
-            // [b·w, vocab]
-            let logp = target_logprobs(logits, 1, targets.reshape([b * w, 1]));
-            return logp.reshape([b, w]) * valid;
-        }
+        Ok(logits) => return (logits, 1),
         Err(inputs) => inputs,
     };
-    let logits = head.matmul(h.transpose()); // [vocab, b·w]
-    target_logprobs(logits, 0, targets.reshape([1, b * w])).reshape([b, w]) * valid
+    (head.matmul(h.transpose()), 0)
 }
 
 /// Next-token ids `[b, w, 1]` of `batch` and the 0/1 mask `[b, w]` of positions whose token
@@ -145,8 +152,9 @@ mod tests {
         (a - b).abs().max().into_scalar::<f32>()
     }
 
-    /// The training path (vocabulary-major logits, log-sum-exp) gives the log-probs and the
-    /// parameter gradients of `log_softmax(h Wᵀ)[target]`, computed here directly.
+    /// The training path (vocabulary-major logits and log-sum-exp; on libtorch the fused
+    /// head and log-softmax) gives the log-probs and the parameter gradients of
+    /// `log_softmax(h Wᵀ)[target]`, computed here directly.
     #[test]
     fn head_path_matches_log_softmax_in_values_and_gradients() {
         for device in devices() {
