@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The PPO step benchmark with libtorch's fused kernels switched per run (DAGRUN_FUSED_OPS:
-# none, layer norm + GELU, + log-softmax, all (the default: + the LM head)), then PyTorch
+# none, layer norm + GELU, + log-softmax, all (the default: + the LM head and the flat
+# Adam; the other three update per tensor)), then PyTorch
 # eager, on libtorch's CPU device, one thread each; ROUNDS times. One line per run: impl, fused ops, median seconds per phase.
 # docs/benchmarks.md ("libtorch's fused kernels") has its figures.
 #

@@ -6,7 +6,8 @@
 #   2. benchmarks `dagrun bench ppo-step` and `dagrun bench rm-score` beside
 #      scripts/bench_ppo_torch.py (PyTorch eager, the machine's own torch), same card, one
 #      after the other, and the PPO step again with burn's composed operations in place of
-#      libtorch's fused kernels (DAGRUN_FUSED_OPS=none), and with only some of them;
+#      libtorch's fused kernels and Adam per tensor (DAGRUN_FUSED_OPS=none), and with only
+#      some of them;
 #   3. runs pipelines/quickstart.yaml with `device: cuda` (a temporary copy of the file) and
 #      compares it with the cpu reference in DIST/ref/ (made ahead of time on a CPU machine
 #      by `scripts/gpu-run.sh --make-cpu-ref`): the reference LM's first training losses
@@ -187,8 +188,10 @@ for len in "${RM_LENS[@]}"; do
     bench "rm$len-torch" "$PYTHON" scripts/bench_ppo_torch.py rm-score --device "$TORCH_DEV" "${RM[@]}" --len "$len"
 done
 # The PPO step again with burn's composed operations instead of libtorch's fused kernels
-# (stages/src/ml/fused.rs), and with the norms and GELU fused but the loss's LM head and
-# log-softmax composed: what the fused kernels are worth on DEV, and which part.
+# (stages/src/ml/fused.rs) and Adam per tensor instead of over one flat buffer
+# (ml/optim/libtorch.rs), and with the norms and GELU fused but the loss's LM head and
+# log-softmax composed (Adam per tensor too): what each is worth on DEV (the table's Adam
+# row compares the flat and the per-tensor update).
 bench ppo-dagrun-composed env DAGRUN_FUSED_OPS=none "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 bench ppo-dagrun-ln-gelu env DAGRUN_FUSED_OPS="layer_norm gelu_tanh rms_norm" "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 

@@ -77,20 +77,31 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
     let mut env: BTreeMap<String, String> = [("backend".to_string(), backend.to_string())].into();
     #[cfg(feature = "tch")]
     if backend.starts_with("libtorch") {
-        // The operations run as libtorch's fused kernels rather than burn's composed ones
-        // (the same method, other float rounding; ml/fused.rs): a change to the list makes
-        // libtorch results stale, and only those.
-        let ops = crate::ml::fused::enabled()?;
         env.insert(
             "fused_ops".into(),
-            if ops.is_empty() {
-                "none".into()
-            } else {
-                ops.join(" ")
-            },
+            fused_ops_env(crate::ml::fused::enabled()?),
         );
     }
     Ok(env)
+}
+
+/// The `fused_ops` a libtorch node's environment records for the operations in use. They
+/// run as libtorch's fused kernels rather than burn's composed ones (the same method, other
+/// float rounding; ml/fused.rs): a change to the list makes libtorch results stale, and
+/// only those. Not `adam`: the flat update gives the per-tensor one's values bit for bit
+/// (ml/optim), so switching it changes no result.
+#[cfg(feature = "tch")]
+fn fused_ops_env(ops: &[&str]) -> String {
+    let ops: Vec<&str> = ops
+        .iter()
+        .copied()
+        .filter(|&op| op != crate::ml::fused::FLAT_ADAM)
+        .collect();
+    if ops.is_empty() {
+        "none".into()
+    } else {
+        ops.join(" ")
+    }
 }
 
 /// A prompt and a response as one text, as dagrun's GPT-2 reward models read them (the
@@ -276,5 +287,16 @@ mod tests {
         } else {
             assert!(lt.unwrap_err().contains("--features tch"));
         }
+    }
+
+    #[cfg(feature = "tch")]
+    #[test]
+    fn the_flat_adam_switch_changes_no_environment() {
+        assert_eq!(fused_ops_env(&["adam"]), "none");
+        assert_eq!(fused_ops_env(&[]), "none");
+        assert_eq!(
+            fused_ops_env(&["lm_head", "adam", "gelu_tanh"]),
+            "lm_head gelu_tanh"
+        );
     }
 }

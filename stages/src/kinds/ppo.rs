@@ -521,7 +521,7 @@ pub fn ppo_step(
     let current = pv.lm.valid();
     let generation = generate(&current, batch_prompts, &models.generate, rng)?;
     // The policy's weights are shared with these evaluation copies while they live; dropped,
-    // Adam can update the weights in place (see ml/optim.rs).
+    // Adam can update the weights in place (see ml/optim/libtorch.rs).
     drop(current);
     times.generation = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();

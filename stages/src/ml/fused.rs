@@ -318,14 +318,25 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
     }
 }
 
-/// The operations this module provides, by the names `DAGRUN_FUSED_OPS` takes.
-pub const OPS: [&str; 5] = [
+/// The operations this module provides, by the names `DAGRUN_FUSED_OPS` takes, and `adam`:
+/// the optimizer's update over all parameters at once (`ml/optim/libtorch.rs`).
+pub const OPS: [&str; 6] = [
     "layer_norm",
     "gelu_tanh",
     "log_softmax",
     "rms_norm",
     "lm_head",
+    FLAT_ADAM,
 ];
+
+/// Adam over all parameters as one buffer: the one switch in [`OPS`] that changes no value
+/// (the per-tensor update's bit for bit), so not part of a cache node's environment.
+pub const FLAT_ADAM: &str = "adam";
+
+/// Is `op` [`enabled`]? (An invalid `DAGRUN_FUSED_OPS` counts as none.)
+pub fn is_enabled(op: &str) -> bool {
+    enabled().is_ok_and(|ops| ops.contains(&op))
+}
 
 /// The fused operations in use: all of [`OPS`], or those `DAGRUN_FUSED_OPS` names
 /// (space- or comma-separated; `none` for burn's composed operations throughout), read once
@@ -370,7 +381,7 @@ fn use_fused<const D: usize>(op: &str, x: &Tensor<D>) -> bool {
     matches!(
         x.device().inner().as_dispatch(),
         burn_dispatch::DispatchDevice::LibTorch(_)
-    ) && enabled().is_ok_and(|ops| ops.contains(&op))
+    ) && is_enabled(op)
 }
 
 /// [`FusedOps::layer_norm`] when `x` is on libtorch (and the op is [`enabled`]); otherwise
