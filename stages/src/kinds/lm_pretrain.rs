@@ -264,7 +264,7 @@ impl StageKind for LmPretrainKind {
             trainer.losses.first().copied().unwrap_or(f32::NAN)
         ));
         trainer
-            .model
+            .model()
             .valid()
             .save_hf_dir(&ctx.output_path("model"), Some(&tok_path))?;
         Ok(())

@@ -87,16 +87,12 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
 
 /// The `fused_ops` a libtorch node's environment records for the operations in use. They
 /// run as libtorch's fused kernels rather than burn's composed ones (the same method, other
-/// float rounding; ml/fused.rs): a change to the list makes libtorch results stale, and
-/// only those. Not `adam`: the flat update gives the per-tensor one's values bit for bit
-/// (ml/optim), so switching it changes no result.
+/// float rounding; ml/fused.rs), and `adam` updates all parameters at once with in-place
+/// arithmetic where the per-tensor update falls back to tensor operations for a parameter
+/// whose storage is shared (ml/optim): a change to the list makes libtorch results stale,
+/// and only those.
 #[cfg(feature = "tch")]
 fn fused_ops_env(ops: &[&str]) -> String {
-    let ops: Vec<&str> = ops
-        .iter()
-        .copied()
-        .filter(|&op| op != crate::ml::fused::FLAT_ADAM)
-        .collect();
     if ops.is_empty() {
         "none".into()
     } else {
@@ -282,21 +278,10 @@ mod tests {
             // Tests run without DAGRUN_FUSED_OPS: all of them.
             assert_eq!(
                 lt["fused_ops"],
-                "layer_norm gelu_tanh log_softmax rms_norm lm_head"
+                "layer_norm gelu_tanh log_softmax rms_norm lm_head adam"
             );
         } else {
             assert!(lt.unwrap_err().contains("--features tch"));
         }
-    }
-
-    #[cfg(feature = "tch")]
-    #[test]
-    fn the_flat_adam_switch_changes_no_environment() {
-        assert_eq!(fused_ops_env(&["adam"]), "none");
-        assert_eq!(fused_ops_env(&[]), "none");
-        assert_eq!(
-            fused_ops_env(&["lm_head", "adam", "gelu_tanh"]),
-            "lm_head gelu_tanh"
-        );
     }
 }

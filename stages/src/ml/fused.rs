@@ -329,8 +329,7 @@ pub const OPS: [&str; 6] = [
     FLAT_ADAM,
 ];
 
-/// Adam over all parameters as one buffer: the one switch in [`OPS`] that changes no value
-/// (the per-tensor update's bit for bit), so not part of a cache node's environment.
+/// Adam over all parameters as one buffer (`ml/optim/libtorch.rs`).
 pub const FLAT_ADAM: &str = "adam";
 
 /// Is `op` [`enabled`]? (An invalid `DAGRUN_FUSED_OPS` counts as none.)

@@ -68,8 +68,10 @@ struct TrainerState {
 /// A language-model training run in progress.
 #[derive(Debug)]
 pub struct LmTrainer {
-    /// The model being trained (on an autodiff device).
-    pub model: Gpt2,
+    /// The model being trained (on an autodiff device): always `Some` between calls; taken
+    /// out for the optimizer step, so that the optimizer holds the only handle to its
+    /// weights and can update them in place (a clone kept alive would make it copy them).
+    model: Option<Gpt2>,
     /// Optimizer steps completed.
     pub step: usize,
     /// Mean training loss of each completed step.
@@ -141,7 +143,7 @@ impl LmTrainer {
                 }
                 let model = Gpt2::from_tensors(&state.model_config, ck.weights, &ad)?;
                 return Ok(LmTrainer {
-                    model,
+                    model: Some(model),
                     step: ck.step,
                     losses: state.losses,
                     config,
@@ -157,7 +159,7 @@ impl LmTrainer {
         let model = Gpt2::from_tensors(model.config(), weights_of(model), &ad)?;
         let rng = SeededRng::new(config.seed);
         Ok(LmTrainer {
-            model,
+            model: Some(model),
             step: 0,
             losses: Vec::new(),
             config,
@@ -199,16 +201,19 @@ impl LmTrainer {
         let mut loss_sum = 0.0f32;
         for _ in 0..accum {
             let batch = self.next_batch()?;
-            let loss = Self::loss(&self.model, &batch)? / accum as f64;
+            let loss = Self::loss(self.model(), &batch)? / accum as f64;
             loss_sum += loss.clone().into_scalar::<f32>();
-            grads.accumulate(ParamGrads::from_loss(loss, &self.model));
+            grads.accumulate(ParamGrads::from_loss(loss, self.model()));
         }
         if let Some(max) = self.config.max_grad_norm {
             grads.clip_global_norm(max);
         }
         let lr = self.config.schedule.lr(self.step);
-        // Module clones share their tensors; the optimizer returns the updated module.
-        self.model = self.optim.step(self.model.clone(), grads, lr);
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
+        self.model = Some(self.optim.step(model, grads, lr));
         self.step += 1;
         self.losses.push(loss_sum);
         Ok(loss_sum)
@@ -218,7 +223,7 @@ impl LmTrainer {
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         let state = TrainerState {
             config: self.config.clone(),
-            model_config: self.model.config().clone(),
+            model_config: self.model().config().clone(),
             rng: self.rng.state(),
             order: self.order.clone(),
             cursor: self.cursor,
@@ -228,7 +233,7 @@ impl LmTrainer {
         checkpoint::save(
             dir,
             self.step,
-            &weights_of(&self.model),
+            &weights_of(self.model()),
             &self.optim,
             trainer,
         )?;
@@ -256,9 +261,16 @@ impl LmTrainer {
         Ok(())
     }
 
+    /// The model being trained (on an autodiff device).
+    pub fn model(&self) -> &Gpt2 {
+        self.model
+            .as_ref()
+            .expect("the model is back after every step")
+    }
+
     /// The trained model without autodiff (for inference or export).
     pub fn into_model(self) -> Gpt2 {
-        self.model.valid()
+        self.model().valid()
     }
 
     /// The device training runs on (without autodiff).
