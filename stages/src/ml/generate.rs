@@ -45,22 +45,23 @@ pub struct Generation {
 }
 
 /// The logits of the last column only (the LM head is applied to `[b, 1, hidden]`, not to
-/// every prompt position: with a 256k vocabulary that is most of a prefill's memory), as host
-/// rows.
-fn last_logits(model: &impl LanguageModel, hidden: Tensor<3>) -> Result<Vec<Vec<f32>>> {
+/// every prompt position: with a 256k vocabulary that is most of a prefill's memory), on the
+/// host: `b` rows of the returned width, row-major in one buffer.
+fn last_logits(model: &impl LanguageModel, hidden: Tensor<3>) -> Result<(Vec<f32>, usize)> {
     let [b, t, e] = hidden.dims();
     let logits = model.logits(hidden.slice([0..b, t - 1..t, 0..e]))?;
     let v = logits.dims()[2];
-    let values = to_f32_vec(logits.reshape([b, v]));
-    Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
+    Ok((to_f32_vec(logits.reshape([b, v])), v))
 }
 
 /// The next token of each row that is not `done` (0 for done rows), as
 /// `SamplingConfig::pick` row by row would choose them: the RNG draws are taken in row order
 /// first, then large batches (a full vocabulary per row) are computed on several threads.
+/// `logits` holds one row of `width` values per entry of `done`.
 fn pick_rows(
     sampling: &SamplingConfig,
-    rows: &[Vec<f32>],
+    logits: &[f32],
+    width: usize,
     done: &[bool],
     rng: &mut SeededRng,
 ) -> Vec<u32> {
@@ -68,21 +69,20 @@ fn pick_rows(
         .iter()
         .map(|&d| (!d).then(|| sampling.draw(rng)))
         .collect();
-    let one = |(row, u): (&Vec<f32>, &Option<Option<f64>>)| match u {
+    let one = |(row, u): (&[f32], &Option<Option<f64>>)| match u {
         Some(u) => sampling.pick_with(row, *u),
         None => 0,
     };
-    let work: usize = rows.iter().map(Vec::len).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 || rows.len() < 2 || work < (1 << 20) {
-        return rows.iter().zip(&draws).map(one).collect();
+    if threads < 2 || done.len() < 2 || logits.len() < (1 << 20) {
+        return logits.chunks(width).zip(&draws).map(one).collect();
     }
-    let chunk = rows.len().div_ceil(threads);
+    let rows_per = done.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let handles: Vec<_> = rows
-            .chunks(chunk)
-            .zip(draws.chunks(chunk))
-            .map(|(r, d)| s.spawn(move || r.iter().zip(d).map(one).collect::<Vec<u32>>()))
+        let handles: Vec<_> = logits
+            .chunks(rows_per * width)
+            .zip(draws.chunks(rows_per))
+            .map(|(r, d)| s.spawn(move || r.chunks(width).zip(d).map(one).collect::<Vec<u32>>()))
             .collect();
         handles
             .into_iter()
@@ -121,8 +121,8 @@ pub fn generate(
     let mut batch = TokenBatch::from_rows(prompts, config.pad_id, Padding::Left)?;
     for _ in 0..config.max_new_tokens {
         let hidden = model.hidden_states(&batch, Some(&mut cache))?;
-        let rows = last_logits(&model, hidden)?;
-        let picks = pick_rows(&config.sampling, &rows, &done, rng);
+        let (logits, width) = last_logits(&model, hidden)?;
+        let picks = pick_rows(&config.sampling, &logits, width, &done, rng);
         let mut ids = Vec::with_capacity(b);
         let mut mask = Vec::with_capacity(b);
         for (r, next) in picks.into_iter().enumerate() {
@@ -180,7 +180,8 @@ mod tests {
             SamplingConfig::greedy(),
         ] {
             let (mut a, mut b) = (SeededRng::new(11), SeededRng::new(11));
-            let got = pick_rows(&sampling, &rows, &done, &mut a);
+            let flat: Vec<f32> = rows.concat();
+            let got = pick_rows(&sampling, &flat, 30_000, &done, &mut a);
             let want: Vec<u32> = rows
                 .iter()
                 .zip(&done)
