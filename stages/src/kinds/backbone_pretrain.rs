@@ -41,7 +41,7 @@ pub struct BackbonePretrainParams {
     pub data: String,
     /// The backbone to start from: a Hugging Face GPT-2 folder with its tokenizer.json.
     pub init: String,
-    /// How pairs are rendered (`plain`, `gemma`, `llama3`); default: from `init`'s
+    /// How pairs are rendered (`plain`, `gemma`, `llama3`, `llama3.1`); default: from `init`'s
     /// `config.json` (GPT-2 → plain, Gemma-2B-it → gemma).
     #[serde(default)]
     pub chat_template: Option<ChatTemplate>,

@@ -37,7 +37,7 @@ use crate::{
 pub struct HeadEnsembleParams {
     /// The reward model whose backbone is frozen (the `backbone_pretrain` output).
     pub backbone: String,
-    /// How pairs are rendered (`plain`, `gemma`, `llama3`); default: from the backbone's
+    /// How pairs are rendered (`plain`, `gemma`, `llama3`, `llama3.1`); default: from the backbone's
     /// `config.json`.
     #[serde(default)]
     pub chat_template: Option<ChatTemplate>,

@@ -65,8 +65,8 @@ pub struct JudgeEvalParams {
     /// A judge reward model folder.
     #[serde(default)]
     pub judge_model: Option<String>,
-    /// How the judge reads a prompt and a response (`plain`, `gemma`, `llama3`); default:
-    /// from its `config.json` (a Llama-3 reward model → llama3).
+    /// How the judge reads a prompt and a response (`plain`, `gemma`, `llama3`, `llama3.1`); default:
+    /// from its `config.json` (a Llama-3 reward model → llama3, a Llama-3.1 one → llama3.1).
     #[serde(default)]
     pub judge_chat_template: Option<ChatTemplate>,
     /// The head of the judge model to use (default: the mean of its heads).

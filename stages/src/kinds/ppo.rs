@@ -81,7 +81,7 @@ pub struct PpoParams {
     /// The K-head reward model folder.
     pub reward_model: String,
     /// How the reward model reads a prompt and a sampled response (`plain`, `gemma`,
-    /// `llama3`); default: from its `config.json`. With `plain` it reads the policy's text
+    /// `llama3`, `llama3.1`); default: from its `config.json`. With `plain` it reads the policy's text
     /// as generated; with a chat template, a user turn and an assistant turn.
     #[serde(default)]
     pub rm_chat_template: Option<ChatTemplate>,

@@ -12,7 +12,7 @@
 //! |-------------------|-------|
 //! | `model`           | a reward model folder (`${stages.head_ensemble.model}`, `${stages.backbone.model}`, or an exported one) |
 //! | `data`            | RewardBench rows `prompt, chosen, rejected, subset`: a `.parquet`/`.jsonl` file or a folder of them |
-//! | `chat_template`   | `gemma`, `llama3` or `plain`; default: from the `model_type` of the model's `config.json` (gpt2 → plain) |
+//! | `chat_template`   | `gemma`, `llama3`, `llama3.1` or `plain`; default: from the `model_type` of the model's `config.json` (gpt2 → plain) |
 //! | `batch_size`      | sequences per forward pass (default 32) |
 //! | `max_len`         | tokens kept per sequence, the last ones (default 512) |
 //! | `weighting`       | `counts` (default, §8: rows per subset) or `rewardbench` (the leaderboard's constants) |

@@ -6,18 +6,26 @@
 //! |----------|------------------------------------------|------|
 //! | `gemma`  | `gemma`, `gemma2`, `gemma3`, `gemma3_text` | `<bos><start_of_turn>user\n…<end_of_turn>\n<start_of_turn>model\n…<end_of_turn>\n` |
 //! | `llama3` | `llama`                                  | `<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n…<|eot_id|>…` |
+//! | `llama3.1` | `llama` whose `tokenizer_config.json` template writes a knowledge-cutoff header | `llama3`'s, after a system turn that always comes first: `Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n` + the system message, if any |
 //! | `plain`  | `gpt2`                                   | no markup: the texts dagrun's GPT-2 reward models train on |
 //!
-//! As in the published templates (google/gemma-2b-it, meta-llama/Meta-Llama-3-8B-Instruct),
+//! As in the published templates (google/gemma-2b-it, meta-llama/Meta-Llama-3-8B-Instruct,
+//! meta-llama/Llama-3.1-8B-Instruct),
 //! message contents are trimmed of surrounding whitespace, and nothing follows the last
 //! message (no generation prompt: a reward model reads a finished conversation).
 //!
 //! - **System messages.** Gemma has no system role: the template of Gemma 1 and 2 raises an
 //!   error on one. dagrun follows Gemma 3's template instead, for every Gemma: a leading
 //!   system message becomes a prefix of the first user turn, followed by a blank line
-//!   (`<start_of_turn>user\nSYSTEM\n\nUSER<end_of_turn>`). Llama-3 has a `system` turn. A
-//!   system message anywhere but first is an error for both; `plain` writes it as
-//!   `System: …`.
+//!   (`<start_of_turn>user\nSYSTEM\n\nUSER<end_of_turn>`). Llama-3 has a `system` turn;
+//!   Llama-3.1's template always writes one, its dated header followed by the (trimmed)
+//!   system message or nothing. A system message anywhere but first is an error for all;
+//!   `plain` writes it as `System: …`.
+//! - **Llama-3.1's date.** Its template writes `Today Date: ` and a `date_string` that
+//!   defaults to `26 Jul 2024`; dagrun writes that default (a rendering must not change with
+//!   the day it runs: cached results depend on it). Llama-3.2's and 3.3's templates put
+//!   today's date there instead when the renderer offers one (`strftime_now`, which
+//!   transformers does): `llama3.1` matches them as rendered with `date_string="26 Jul 2024"`.
 //! - **Alternation.** Gemma's template requires user/assistant/user/… (after the optional
 //!   system message) and so does dagrun's; Llama-3's does not check, nor does dagrun.
 //! - **BOS.** `gemma` and `llama3` write the BOS token as text at the start, as Hugging Face's
@@ -48,6 +56,9 @@ pub enum ChatTemplate {
     Gemma,
     /// Llama-3 instruct models.
     Llama3,
+    /// Llama-3.1 (and later) instruct models: a dated system turn first.
+    #[serde(rename = "llama3.1")]
+    Llama31,
     /// No markup (GPT-2 and the built-in task).
     Plain,
 }
@@ -64,20 +75,22 @@ impl std::str::FromStr for ChatTemplate {
         match s {
             "gemma" => Ok(ChatTemplate::Gemma),
             "llama3" => Ok(ChatTemplate::Llama3),
+            "llama3.1" => Ok(ChatTemplate::Llama31),
             "plain" => Ok(ChatTemplate::Plain),
             _ => Err(MlError::Invalid(format!(
-                "unknown chat template `{s}` (known: gemma, llama3, plain)"
+                "unknown chat template `{s}` (known: gemma, llama3, llama3.1, plain)"
             ))),
         }
     }
 }
 
 impl ChatTemplate {
-    /// The template's name (`gemma`, `llama3`, `plain`).
+    /// The template's name (`gemma`, `llama3`, `llama3.1`, `plain`).
     pub fn name(&self) -> &'static str {
         match self {
             ChatTemplate::Gemma => "gemma",
             ChatTemplate::Llama3 => "llama3",
+            ChatTemplate::Llama31 => "llama3.1",
             ChatTemplate::Plain => "plain",
         }
     }
@@ -96,15 +109,20 @@ impl ChatTemplate {
         }
     }
 
-    /// The template of a model folder, from the `model_type` of its `config.json`.
+    /// The template of a model folder, from the `model_type` of its `config.json`; for
+    /// `llama`, `llama3.1` when the folder's `tokenizer_config.json` has a chat template with
+    /// Llama-3.1's dated system header.
     pub fn for_model_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| MlError::io(&path, e))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| MlError::json(&path, e))?;
         match v.get("model_type").and_then(serde_json::Value::as_str) {
-            Some(t) => Self::for_model_type(t)
-                .map_err(|e| MlError::Invalid(format!("{}: {e}", path.display()))),
+            Some(t) => match Self::for_model_type(t) {
+                Ok(ChatTemplate::Llama3) if dated_llama_template(dir)? => Ok(ChatTemplate::Llama31),
+                Ok(t) => Ok(t),
+                Err(e) => Err(MlError::Invalid(format!("{}: {e}", path.display()))),
+            },
             None => Err(MlError::Invalid(format!(
                 "{}: no `model_type`; name the chat template explicitly",
                 path.display()
@@ -133,7 +151,7 @@ impl ChatTemplate {
     pub fn bos_token(&self) -> Option<&'static str> {
         match self {
             ChatTemplate::Gemma => Some("<bos>"),
-            ChatTemplate::Llama3 => Some("<|begin_of_text|>"),
+            ChatTemplate::Llama3 | ChatTemplate::Llama31 => Some("<|begin_of_text|>"),
             ChatTemplate::Plain => None,
         }
     }
@@ -142,7 +160,7 @@ impl ChatTemplate {
     pub fn special_tokens(&self) -> &'static [&'static str] {
         match self {
             ChatTemplate::Gemma => &["<bos>", "<start_of_turn>", "<end_of_turn>"],
-            ChatTemplate::Llama3 => &[
+            ChatTemplate::Llama3 | ChatTemplate::Llama31 => &[
                 "<|begin_of_text|>",
                 "<|start_header_id|>",
                 "<|end_header_id|>",
@@ -207,9 +225,23 @@ impl ChatTemplate {
                 }
                 out
             }
-            ChatTemplate::Llama3 => {
+            ChatTemplate::Llama3 | ChatTemplate::Llama31 => {
                 let mut out = String::from("<|begin_of_text|>");
-                for m in messages {
+                let mut turns = messages;
+                if *self == ChatTemplate::Llama31 {
+                    let system = match messages.split_first() {
+                        Some((s, rest)) if s.role == "system" => {
+                            turns = rest;
+                            s.content.trim()
+                        }
+                        _ => "",
+                    };
+                    out += "<|start_header_id|>system<|end_header_id|>\n\n";
+                    out += "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n";
+                    out += system;
+                    out += "<|eot_id|>";
+                }
+                for m in turns {
                     out += "<|start_header_id|>";
                     out += &m.role;
                     out += "<|end_header_id|>\n\n";
@@ -260,6 +292,27 @@ impl ChatTemplate {
     pub fn encode(&self, tok: &TextTokenizer, messages: &[Message]) -> Result<Vec<u32>> {
         self.encode_text(tok, &self.render(messages)?)
     }
+}
+
+/// Does the folder's `tokenizer_config.json` carry a chat template with Llama-3.1's dated
+/// system header? (No file or no template: no.) The template is a string, or a list of
+/// named ones of which `default` is the chat template.
+fn dated_llama_template(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(false);
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| MlError::json(&path, e))?;
+    let template = match v.get("chat_template") {
+        Some(serde_json::Value::String(t)) => Some(t.as_str()),
+        Some(serde_json::Value::Array(named)) => named
+            .iter()
+            .find(|t| t.get("name").and_then(serde_json::Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(serde_json::Value::as_str),
+        _ => None,
+    };
+    Ok(template.is_some_and(|t| t.contains("Cutting Knowledge Date")))
 }
 
 /// A prompt and a response as one text (the rule dagrun's GPT-2 reward models train with;
@@ -314,6 +367,22 @@ mod tests {
             ChatTemplate::Plain.render(&s).unwrap(),
             "System: Be brief.\n\nUser: Hi Yo"
         );
+        // Llama-3.1: the dated system turn, with the system message or empty.
+        let header = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n\
+                      Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n";
+        assert_eq!(
+            ChatTemplate::Llama31.render(&s).unwrap(),
+            format!(
+                "{header}Be brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi\
+                 <|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nYo<|eot_id|>"
+            )
+        );
+        assert!(ChatTemplate::Llama31
+            .render(&c)
+            .unwrap()
+            .starts_with(&format!("{header}<|eot_id|><|start_header_id|>user")));
+        let late = conv(&[("user", "Hi"), ("system", "Be brief.")]);
+        assert!(ChatTemplate::Llama31.render(&late).is_err());
     }
 
     #[test]
@@ -381,12 +450,59 @@ mod tests {
             ChatTemplate::Llama3
         );
         assert!("chatml".parse::<ChatTemplate>().is_err());
+        assert_eq!(
+            "llama3.1".parse::<ChatTemplate>().unwrap(),
+            ChatTemplate::Llama31
+        );
+        assert_eq!(
+            serde_json::to_string(&ChatTemplate::Llama31).unwrap(),
+            r#""llama3.1""#
+        );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gemma"}"#).unwrap();
         assert_eq!(
             ChatTemplate::for_model_dir(dir.path()).unwrap(),
             ChatTemplate::Gemma
         );
+        // Llama: 3.1 when the tokenizer's chat template writes the dated header (as a
+        // string, or as the `default` of named templates), else 3.
+        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+        let config = dir.path().join("tokenizer_config.json");
+        let dated = "{{- \"Cutting Knowledge Date: December 2023\\n\" }}";
+        for (text, want) in [
+            (None, ChatTemplate::Llama3),
+            (
+                Some(r#"{"chat_template": "{{ bos_token }}"}"#.to_string()),
+                ChatTemplate::Llama3,
+            ),
+            (
+                Some(serde_json::json!({"chat_template": dated}).to_string()),
+                ChatTemplate::Llama31,
+            ),
+            (
+                Some(
+                    serde_json::json!({"chat_template": [
+                        {"name": "tool_use", "template": "x"},
+                        {"name": "default", "template": dated}
+                    ]})
+                    .to_string(),
+                ),
+                ChatTemplate::Llama31,
+            ),
+        ] {
+            match &text {
+                Some(t) => std::fs::write(&config, t).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&config);
+                }
+            }
+            assert_eq!(
+                ChatTemplate::for_model_dir(dir.path()).unwrap(),
+                want,
+                "{text:?}"
+            );
+        }
+        std::fs::remove_file(&config).unwrap();
         std::fs::write(dir.path().join("config.json"), r#"{"n_embd": 8}"#).unwrap();
         let e = ChatTemplate::for_model_dir(dir.path())
             .unwrap_err()
@@ -405,9 +521,11 @@ mod tests {
         for (name, t) in [
             ("gemma", ChatTemplate::Gemma),
             ("llama3", ChatTemplate::Llama3),
+            ("llama3.1", ChatTemplate::Llama31),
         ] {
+            let folder = expected[name]["tokenizer"].as_str().unwrap();
             let tok =
-                TextTokenizer::from_file(&fixtures().join(name).join("tokenizer.json")).unwrap();
+                TextTokenizer::from_file(&fixtures().join(folder).join("tokenizer.json")).unwrap();
             t.check_tokenizer(&tok).unwrap();
             let bos = tok.encode(t.bos_token().unwrap()).unwrap()[0];
             let cases = expected[name]["cases"].as_object().unwrap();

@@ -10,7 +10,7 @@
 //! - [`backbone`]: [`Backbone`](backbone::Backbone) (any of them) and the
 //!   [`LanguageModel`](backbone::LanguageModel) trait that log-probs, generation and reward
 //!   models use; [`attention`]: the [`KvCache`] and causal attention they share.
-//! - [`chat`]: chat templates (`gemma`, `llama3`, `plain`) and their tokenisation.
+//! - [`chat`]: chat templates (`gemma`, `llama3`, `llama3.1`, `plain`) and their tokenisation.
 //! - [`batch`]: padded [`TokenBatch`]es with attention masks.
 //! - [`weights`]: named host tensors ↔ safetensors files.
 //! - [`rng`]: a checkpointable seeded RNG.
