@@ -158,31 +158,51 @@ def sync(device):
 
 
 @torch.no_grad()
-def generate(lm, prompts, new_tokens, eos, device, gen):
+def generate(lm, prompts, new_tokens, eos, device, gen, parts=None):
+    """Sampling as transformers' generate does it (on the device). With `parts` (--profile),
+    waits for the device after the model and after the sampling, and adds the seconds to
+    parts["generation_model"], ["generation_sampling"] and ["generation_to_host"] (the
+    per-step stop check and the final copy of the ids), dagrun's split of the phase."""
     ids, mask = pad_rows(prompts, eos, True, device)
     b = ids.shape[0]
     cache = {}
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out = []
+
+    def lap(name, since):
+        if parts is None:
+            return since
+        sync(device)
+        now = time.perf_counter()
+        parts[name] += now - since
+        return now
+
+    t = time.perf_counter()
     for _ in range(new_tokens):
         logits = lm.logits(lm.hidden(ids, mask, cache)[:, -1])
+        t = lap("generation_model", t)
         nxt = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen).squeeze(1)
         nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
         out.append(torch.where(done, torch.full_like(nxt, -1), nxt))
         mask = (~done).long()[:, None]
         done = done | (nxt == eos)
         ids = nxt[:, None]
+        t = lap("generation_sampling", t)
         if bool(done.all()):
             break
+        t = lap("generation_to_host", t)
     gen_ids = torch.stack(out, 1).tolist()  # host: the sequences, as dagrun returns them
+    lap("generation_to_host", t)
     responses = [[x for x in row if x >= 0] for row in gen_ids]
     return [p + r for p, r in zip(prompts, responses)], responses
 
 
 def ppo_step(a, pv, ref, rm, opt, prompts, eos, device, gen):
     times = {}
+    gen_parts = dict.fromkeys(("generation_model", "generation_to_host", "generation_sampling"), 0.0)
     t0 = time.perf_counter()
-    seqs, responses = generate(pv.lm, prompts, a.new_tokens, eos, device, gen)
+    seqs, responses = generate(pv.lm, prompts, a.new_tokens, eos, device, gen,
+                               gen_parts if a.profile else None)
     sync(device)
     times["generation"] = time.perf_counter() - t0
 
@@ -276,6 +296,7 @@ def ppo_step(a, pv, ref, rm, opt, prompts, eos, device, gen):
     times["update"] = time.perf_counter() - t0
     times["total"] = sum(times.values())
     times.update(parts)
+    times.update(gen_parts)
     stats.update(score=sum(scores_host) / b, response_length=sum(map(len, responses)) / b,
                  mean_ratio=sum(ratios) / max(len(ratios), 1), skipped=skipped)
     return times, stats

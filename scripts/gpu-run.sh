@@ -286,12 +286,13 @@ if d and t:
     # composed operations (DAGRUN_FUSED_OPS=none) and with the norms and GELU fused only.
     print(f"{'phase':<12} {'dagrun':>9} {'torch':>9} {'dagrun/torch':>13}"
           + "".join(f" {v:>9}" for v in variants))
-    for k in ("generation", "scoring", "forward", "update", "update_forward",
+    for k in ("generation", "generation_model", "generation_to_host", "generation_sampling",
+              "scoring", "forward", "update", "update_forward",
               "update_backward", "update_optimizer", "total"):
         a_, b_ = d["median"].get(k), t["median"].get(k)
         if a_ is None or b_ is None:
             continue
-        label = k.replace("update_", "  ")
+        label = k.replace("update_", "  ").replace("generation_", "  ").replace("to_host", "to host")
         cols = [(v or {}).get("median", {}).get(k) for v in variants.values()]
         print(f"{label:<12} {a_:>9.3f} {b_:>9.3f} {a_ / b_ if b_ else float('nan'):>12.2f}x"
               + "".join(f" {c_:>9.3f}" if c_ is not None else f" {'-':>9}" for c_ in cols))

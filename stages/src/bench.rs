@@ -92,7 +92,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn phases(t: &StepTimes) -> Value {
     json!({
-        "generation": t.generation, "scoring": t.scoring, "forward": t.forward,
+        "generation": t.generation, "generation_model": t.generation_model,
+        "generation_to_host": t.generation_to_host,
+        "generation_sampling": t.generation_sampling,
+        "scoring": t.scoring, "forward": t.forward,
         "update": t.update,
         "update_forward": t.update_forward, "update_backward": t.update_backward,
         "update_optimizer": t.update_optimizer,
@@ -204,7 +207,11 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
         "warmup_steps": warm,
         "steps": timed.iter().map(phases).collect::<Vec<_>>(),
         "median": {
-            "generation": med(|t| t.generation), "scoring": med(|t| t.scoring),
+            "generation": med(|t| t.generation),
+            "generation_model": med(|t| t.generation_model),
+            "generation_to_host": med(|t| t.generation_to_host),
+            "generation_sampling": med(|t| t.generation_sampling),
+            "scoring": med(|t| t.scoring),
             "forward": med(|t| t.forward), "update": med(|t| t.update), "total": med(total),
             "update_forward": med(|t| t.update_forward),
             "update_backward": med(|t| t.update_backward),

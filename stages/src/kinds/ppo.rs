@@ -35,7 +35,7 @@ use crate::{
     ml::{
         chat::ChatTemplate,
         checkpoint,
-        generate::{generate, GenerateConfig},
+        generate::{generate_timed, GenerateConfig},
         grads::ParamGrads,
         logprobs::{next_token_logprobs_from_head, token_logprobs_from_logits},
         optim::{Adam, AdamConfig},
@@ -484,6 +484,16 @@ pub struct PpoModels<'a> {
 pub struct StepTimes {
     /// Sampling the responses (KV-cache decoding; sampling on the host).
     pub generation: f64,
+    /// Of `generation`, with [`PpoModels::profile`] (else 0): the model's forward passes and
+    /// LM head.
+    #[serde(default)]
+    pub generation_model: f64,
+    /// Of `generation`, with [`PpoModels::profile`] (else 0): the logits' copies to the host.
+    #[serde(default)]
+    pub generation_to_host: f64,
+    /// Of `generation`, with [`PpoModels::profile`] (else 0): choosing the tokens on the host.
+    #[serde(default)]
+    pub generation_sampling: f64,
     /// Reward-model input ids and the reward model's forward pass.
     pub scoring: f64,
     /// Policy + value forward (log-probs, values, entropy), the reference forward, and the
@@ -519,7 +529,14 @@ pub fn ppo_step(
     let t0 = Instant::now();
     // 2. Responses from the current policy (1., the prompts, is the caller's).
     let current = pv.lm.valid();
-    let generation = generate(&current, batch_prompts, &models.generate, rng)?;
+    let wait_for = models.profile.then_some(&models.device);
+    let (generation, gen_times) =
+        generate_timed(&current, batch_prompts, &models.generate, rng, wait_for)?;
+    if models.profile {
+        times.generation_model = gen_times.model;
+        times.generation_to_host = gen_times.to_host;
+        times.generation_sampling = gen_times.sampling;
+    }
     // The policy's weights are shared with these evaluation copies while they live; dropped,
     // Adam can update the weights in place (see ml/optim/libtorch.rs).
     drop(current);

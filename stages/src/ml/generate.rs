@@ -5,7 +5,9 @@
 //! (the EOS is kept); finished rows are fed padding (masked out) until every row is done or
 //! `max_new_tokens` is reached. For a given seed the result is reproducible.
 
-use burn::tensor::Tensor;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor};
 
 use super::attention::KvCache;
 use super::backbone::LanguageModel;
@@ -44,14 +46,14 @@ pub struct Generation {
     pub prompt_lens: Vec<usize>,
 }
 
-/// The logits of the last column only (the LM head is applied to `[b, 1, hidden]`, not to
-/// every prompt position: with a 256k vocabulary that is most of a prefill's memory), on the
-/// host: `b` rows of the returned width, row-major in one buffer.
-fn last_logits(model: &impl LanguageModel, hidden: Tensor<3>) -> Result<(Vec<f32>, usize)> {
+/// The logits of the last column only, `[b, vocabulary]` (the LM head is applied to
+/// `[b, 1, hidden]`, not to every prompt position: with a 256k vocabulary that is most of a
+/// prefill's memory).
+fn last_logits(model: &impl LanguageModel, hidden: Tensor<3>) -> Result<Tensor<2>> {
     let [b, t, e] = hidden.dims();
     let logits = model.logits(hidden.slice([0..b, t - 1..t, 0..e]))?;
     let v = logits.dims()[2];
-    Ok((to_f32_vec(logits.reshape([b, v])), v))
+    Ok(logits.reshape([b, v]))
 }
 
 /// The next token of each row that is not `done` (0 for done rows), as
@@ -91,6 +93,18 @@ fn pick_rows(
     })
 }
 
+/// Where [`generate_timed`]'s time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerateTimes {
+    /// The model: each step's forward pass and the LM head on the last column (measured to
+    /// the device's completion only when a device to wait for is given).
+    pub model: f64,
+    /// Copying each step's last-column logits to the host.
+    pub to_host: f64,
+    /// Choosing the tokens on the host (and the step's bookkeeping).
+    pub sampling: f64,
+}
+
 /// Generate continuations of `prompts` (token ids, each non-empty) with `model` (GPT-2, Gemma,
 /// Llama: any [`LanguageModel`]).
 pub fn generate(
@@ -99,6 +113,19 @@ pub fn generate(
     config: &GenerateConfig,
     rng: &mut SeededRng,
 ) -> Result<Generation> {
+    Ok(generate_timed(model, prompts, config, rng, None)?.0)
+}
+
+/// [`generate`], and where its time went. With `wait_for`, each step waits for that device
+/// after the model's work, so that the model's time is its own rather than part of the copy
+/// to the host that would otherwise wait for it (profiling only: a wait per step).
+pub fn generate_timed(
+    model: &impl LanguageModel,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+    rng: &mut SeededRng,
+    wait_for: Option<&Device>,
+) -> Result<(Generation, GenerateTimes)> {
     config.sampling.validate()?;
     if prompts.iter().any(Vec::is_empty) {
         return Err(MlError::Invalid(
@@ -119,9 +146,20 @@ pub fn generate(
     let mut done = vec![false; b];
     let mut cache = KvCache::new();
     let mut batch = TokenBatch::from_rows(prompts, config.pad_id, Padding::Left)?;
+    let mut times = GenerateTimes::default();
     for _ in 0..config.max_new_tokens {
+        let t0 = Instant::now();
         let hidden = model.hidden_states(&batch, Some(&mut cache))?;
-        let (logits, width) = last_logits(&model, hidden)?;
+        let logits = last_logits(&model, hidden)?;
+        if let Some(device) = wait_for {
+            device
+                .sync()
+                .map_err(|e| MlError::Invalid(format!("waiting for the device: {e:?}")))?;
+        }
+        let t1 = Instant::now();
+        let width = logits.dims()[1];
+        let logits = to_f32_vec(logits);
+        let t2 = Instant::now();
         let picks = pick_rows(&config.sampling, &logits, width, &done, rng);
         let mut ids = Vec::with_capacity(b);
         let mut mask = Vec::with_capacity(b);
@@ -136,6 +174,9 @@ pub fn generate(
             ids.push(next);
             mask.push(1);
         }
+        times.model += (t1 - t0).as_secs_f64();
+        times.to_host += (t2 - t1).as_secs_f64();
+        times.sampling += t2.elapsed().as_secs_f64();
         if done.iter().all(|&d| d) {
             break;
         }
@@ -151,11 +192,12 @@ pub fn generate(
         .zip(&responses)
         .map(|(p, r)| p.iter().chain(r).copied().collect())
         .collect();
-    Ok(Generation {
+    let generation = Generation {
         sequences,
         responses,
         prompt_lens: prompts.iter().map(Vec::len).collect(),
-    })
+    };
+    Ok((generation, times))
 }
 
 #[cfg(test)]

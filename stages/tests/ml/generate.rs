@@ -1,7 +1,7 @@
 //! KV-cache decoding and generation.
 
 use burn::tensor::Tensor;
-use dagrun_stages::ml::generate::{generate, GenerateConfig};
+use dagrun_stages::ml::generate::{generate, generate_timed, GenerateConfig};
 use dagrun_stages::ml::rng::SeededRng;
 use dagrun_stages::ml::sampling::SamplingConfig;
 use dagrun_stages::ml::weights::to_f32_vec;
@@ -138,6 +138,33 @@ fn batched_generation_is_independent_of_batching_and_reproducible() {
     let c = generate(&model, &prompts, &sampled, &mut SeededRng::new(43)).unwrap();
     assert_eq!(a, b);
     assert_ne!(a.responses, c.responses);
+
+    // Timed, waiting for the device after each step's model work: the same tokens (plain
+    // sampling too, which takes its own path), and the parts add up to no more than the call.
+    for sampling in [sampled.sampling.clone(), SamplingConfig::default()] {
+        let config = GenerateConfig {
+            sampling,
+            ..sampled.clone()
+        };
+        let plain = generate(&model, &prompts, &config, &mut SeededRng::new(42)).unwrap();
+        let t0 = std::time::Instant::now();
+        let (timed, times) = generate_timed(
+            &model,
+            &prompts,
+            &config,
+            &mut SeededRng::new(42),
+            Some(&device),
+        )
+        .unwrap();
+        let whole = t0.elapsed().as_secs_f64();
+        assert_eq!(timed, plain);
+        let parts = [times.model, times.to_host, times.sampling];
+        assert!(
+            parts.iter().all(|&p| p >= 0.0) && times.model > 0.0,
+            "{times:?}"
+        );
+        assert!(parts.iter().sum::<f64>() <= whole, "{times:?} vs {whole}");
+    }
 }
 
 /// A row stops right after its EOS (kept); other rows go on.
