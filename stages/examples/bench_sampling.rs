@@ -1,0 +1,66 @@
+//! Host-side token sampling over a PPO batch's logits, on one thread: plain sampling (what
+//! the `ppo` kind does, `SamplingConfig::pick_with`) against the general path it replaced for
+//! plain settings (the full distribution, then the inverse CDF), same rows and draws.
+//!
+//! ```text
+//! cargo run --release -p dagrun-stages --example bench_sampling -- [ROWS] [VOCAB] [ITERS]
+//! ```
+//! Defaults: 128 rows (the paper's batch), 50,257 logits (GPT-2's vocabulary), 5 iterations.
+//! Prints one JSON object: milliseconds per token step (all rows) for each path, and whether
+//! the two chose the same tokens (they must).
+
+use std::time::Instant;
+
+use dagrun_stages::ml::rng::SeededRng;
+use dagrun_stages::ml::sampling::SamplingConfig;
+
+fn arg(i: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(i)
+        .map(|a| a.parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+/// The general path: the distribution over the vocabulary, then the first token whose
+/// cumulative probability exceeds `u`.
+fn general(cfg: &SamplingConfig, row: &[f32], u: f64) -> u32 {
+    let p = cfg.distribution(row);
+    let mut cum = 0.0;
+    let mut last = 0;
+    for (i, &pi) in p.iter().enumerate() {
+        if pi > 0.0 {
+            cum += pi;
+            last = i;
+            if u < cum {
+                return i as u32;
+            }
+        }
+    }
+    last as u32
+}
+
+fn main() {
+    let (rows, vocab, iters) = (arg(1, 128), arg(2, 50_257), arg(3, 5));
+    let mut gen = SeededRng::new(3);
+    let logits: Vec<Vec<f32>> = (0..rows).map(|_| gen.normal_vec(vocab, 3.0)).collect();
+    let draws: Vec<f64> = (0..rows).map(|_| gen.uniform()).collect();
+    let cfg = SamplingConfig::default();
+    let time = |f: &dyn Fn(&[f32], f64) -> u32| {
+        let mut picks = Vec::new();
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            picks = logits.iter().zip(&draws).map(|(r, &u)| f(r, u)).collect();
+        }
+        (t0.elapsed().as_secs_f64() * 1e3 / iters as f64, picks)
+    };
+    let (plain_ms, plain) = time(&|r, u| cfg.pick_with(r, Some(u)));
+    let (general_ms, reference) = time(&|r, u| general(&cfg, r, u));
+    println!(
+        "{}",
+        serde_json::json!({
+            "rows": rows, "vocab": vocab, "iters": iters, "threads": 1,
+            "plain_ms_per_step": plain_ms, "general_ms_per_step": general_ms,
+            "same_tokens": plain == reference,
+        })
+    );
+}
