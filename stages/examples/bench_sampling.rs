@@ -21,22 +21,9 @@ fn arg(i: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The general path: the distribution over the vocabulary, then the first token whose
-/// cumulative probability exceeds `u`.
+/// The general path: the distribution over the vocabulary, then the inverse CDF.
 fn general(cfg: &SamplingConfig, row: &[f32], u: f64) -> u32 {
-    let p = cfg.distribution(row);
-    let mut cum = 0.0;
-    let mut last = 0;
-    for (i, &pi) in p.iter().enumerate() {
-        if pi > 0.0 {
-            cum += pi;
-            last = i;
-            if u < cum {
-                return i as u32;
-            }
-        }
-    }
-    last as u32
+    SamplingConfig::pick_from(cfg.distribution(row), u)
 }
 
 fn main() {

@@ -142,7 +142,7 @@ impl SamplingConfig {
     pub fn pick_with(&self, logits: &[f32], u: Option<f64>) -> u32 {
         match u {
             Some(u) if !self.greedy && self.is_plain(logits.len()) => self.pick_plain(logits, u),
-            Some(u) if !self.greedy => Self::pick_at(&self.distribution(logits), u),
+            Some(u) if !self.greedy => Self::pick_from(self.distribution(logits), u),
             _ => argmax(logits),
         }
     }
@@ -152,7 +152,7 @@ impl SamplingConfig {
         !(self.top_k > 0 && self.top_k < n) && self.top_p >= 1.0
     }
 
-    /// `pick_at(&distribution(logits), u)` for plain sampling, in one buffer instead of four
+    /// `pick_from(distribution(logits), u)` for plain sampling, in one buffer instead of four
     /// and three passes instead of six (a PPO batch samples 128 rows of 50,257 logits per
     /// token on the host): the same operations on the same values in the same order, so the
     /// same token bit for bit (tested against the general path).
@@ -164,26 +164,16 @@ impl SamplingConfig {
             .fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = logits.iter().map(|&l| (l as f64 / t - max).exp()).collect();
         let z: f64 = e.iter().sum();
-        let mut cum = 0.0;
-        let mut last = 0;
-        for (i, &ei) in e.iter().enumerate() {
-            let pi = ei / z;
-            if pi > 0.0 {
-                cum += pi;
-                last = i;
-                if u < cum {
-                    return i as u32;
-                }
-            }
-        }
-        last as u32
+        Self::pick_from(e.iter().map(|&ei| ei / z), u)
     }
 
-    /// Inverse-CDF choice from `p` at `u`.
-    fn pick_at(p: &[f64], u: f64) -> u32 {
+    /// Inverse-CDF choice at `u` from probabilities `p` (in token order): the first token
+    /// whose cumulative probability exceeds `u`, the last possible one if rounding leaves the
+    /// total below it.
+    pub fn pick_from(p: impl IntoIterator<Item = f64>, u: f64) -> u32 {
         let mut cum = 0.0;
         let mut last = 0;
-        for (i, &pi) in p.iter().enumerate() {
+        for (i, pi) in p.into_iter().enumerate() {
             if pi > 0.0 {
                 cum += pi;
                 last = i;
@@ -300,7 +290,7 @@ mod tests {
                     draws.extend([cum, cum - 1e-16, cum + 1e-16].map(|u| u.clamp(0.0, 0.999_999)));
                 }
                 for u in draws {
-                    let want = SamplingConfig::pick_at(&p, u);
+                    let want = SamplingConfig::pick_from(p.iter().copied(), u);
                     assert_eq!(cfg.pick_plain(&row, u), want, "n {n} t {t} u {u}");
                     assert_eq!(cfg.pick_with(&row, Some(u)), want);
                     checked += 1;
