@@ -26,7 +26,8 @@
 # Env: PYTHON (python with torch; default python3), QUICKSTART_TIMEOUT (s, default 240),
 #      SIZES (paper [gpu default], small-cpu, tiny [dry-run default]), DRY_DEVICE (dry-run's
 #      dagrun device: libtorch-cpu [default] or cpu), BENCH_STEPS (timed PPO steps),
-#      SKIP_QUICKSTART=1, SKIP_TESTS=1.
+#      SKIP_QUICKSTART=1, SKIP_TESTS=1, NVIDIA_SMI (the nvidia-smi that samples the card's
+#      memory during each benchmark; default nvidia-smi, where there is one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
@@ -173,13 +174,28 @@ if [ -z "${SKIP_TESTS:-}" ]; then
 fi
 
 # 3. Benchmarks, one after the other on the same device.
+# The card's used memory every 100 ms while a benchmark runs (the first sample, taken
+# before it starts, is the baseline): peak minus baseline is what the benchmark's process
+# held at most, CUDA context and allocator cache included, the same measure for both sides.
+NVIDIA_SMI="${NVIDIA_SMI:-nvidia-smi}"
 bench() { # name command...
     local name="$1"; shift
-    local t=$(date +%s)
+    local t=$(date +%s) sampler="" mem="$OUTDIR/mem-$name.txt" note=""
+    if command -v "$NVIDIA_SMI" > /dev/null; then
+        "$NVIDIA_SMI" --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 100 \
+            > "$mem" 2> /dev/null &
+        sampler=$!
+        sleep 0.3
+    fi
     timeout 300 "$@" > "$OUTDIR/bench-$name.json" 2> "$OUTDIR/bench-$name.log"
     local rc=$?
-    record "bench:$name" "$rc" "$(( $(date +%s) - t ))" ""
-    log "bench $name: rc $rc"
+    if [ -n "$sampler" ]; then
+        kill "$sampler" 2> /dev/null; wait "$sampler" 2> /dev/null
+        note=$(awk 'NR == 1 { base = $1 } $1 > peak { peak = $1 }
+                    END { if (NR) printf "peak GPU memory %d MiB over a baseline of %d", peak - base, base }' "$mem")
+    fi
+    record "bench:$name" "$rc" "$(( $(date +%s) - t ))" "$note"
+    log "bench $name: rc $rc${note:+, $note}"
 }
 bench ppo-dagrun "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 bench ppo-torch "$PYTHON" scripts/bench_ppo_torch.py ppo-step --device "$TORCH_DEV" "${PPO[@]}"
@@ -306,5 +322,11 @@ for f in sorted(glob.glob(os.path.join(out, "bench-rm*-dagrun.json"))):
         print(f"RM scoring batch {b['batch']} x {b['len']}, K={b['heads']}: dagrun {d['sequences_per_s']:.0f} seq/s, "
               f"torch {t['sequences_per_s']:.0f} seq/s, dagrun/torch {d['sequences_per_s'] / t['sequences_per_s']:.2f}x throughput")
         summary[name] = {"dagrun_seq_per_s": d["sequences_per_s"], "torch_seq_per_s": t["sequences_per_s"]}
+mem = {s["check"][len("bench:"):]: s["note"] for s in status
+       if s["check"].startswith("bench:") and s["note"].startswith("peak GPU memory")}
+if mem:
+    print("peak GPU memory over the baseline (MiB, nvidia-smi every 100 ms): "
+          + ", ".join(f"{k} {v.split()[3]}" for k, v in mem.items()))
+    summary["peak_gpu_memory_mib"] = {k: int(v.split()[3]) for k, v in mem.items()}
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 EOF
