@@ -7,7 +7,8 @@
 #      scripts/bench_ppo_torch.py (PyTorch eager, the machine's own torch), same card, one
 #      after the other, and the PPO step again with burn's composed operations in place of
 #      libtorch's fused kernels and Adam per tensor (DAGRUN_FUSED_OPS=none), and with only
-#      some of them;
+#      some of them, and once more as it was to check that a seed repeats its numbers on the
+#      card; the card's peak memory during each (nvidia-smi);
 #   3. runs pipelines/quickstart.yaml with `device: cuda` (a temporary copy of the file) and
 #      compares it with the cpu reference in DIST/ref/ (made ahead of time on a CPU machine
 #      by `scripts/gpu-run.sh --make-cpu-ref`): the reference LM's first training losses
@@ -210,6 +211,35 @@ done
 # row compares the flat and the per-tensor update).
 bench ppo-dagrun-composed env DAGRUN_FUSED_OPS=none "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 bench ppo-dagrun-ln-gelu env DAGRUN_FUSED_OPS="layer_norm gelu_tanh rms_norm" "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
+# Repeatability: the PPO step benchmark again, same seed, one timed step after the warm-up.
+# Sampling is drawn on the host from a seeded generator, so the first two steps' statistics
+# (KL, score, mean ratio, response length) match the first run's exactly unless a kernel on
+# DEV is not deterministic (atomics in a backward, say): the status line says which.
+PPO_AGAIN=()
+for ((i = 0; i < ${#PPO[@]}; i++)); do
+    if [ "${PPO[i]}" = --steps ]; then PPO_AGAIN+=(--steps 1); i=$((i + 1)); else PPO_AGAIN+=("${PPO[i]}"); fi
+done
+bench ppo-dagrun-again "$BIN" bench ppo-step --device "$DEV" "${PPO_AGAIN[@]}"
+t_rep=$(date +%s)
+rep_note=$("$PYTHON" - "$OUTDIR/bench-ppo-dagrun.json" "$OUTDIR/bench-ppo-dagrun-again.json" <<'EOF'
+import json, sys
+try:
+    a, b = ({s["step"]: s for s in json.loads(open(f).read().strip().splitlines()[-1])["stats"]}
+            for f in sys.argv[1:])
+except Exception as e:
+    print(f"no result: {e}"); sys.exit(2)
+keys = ("kl", "score", "mean_ratio", "response_length")
+steps = sorted(set(a) & set(b))
+diff = {k: max(abs(a[s][k] - b[s][k]) for s in steps) for k in keys} if steps else {}
+if steps and not any(diff.values()):
+    print(f"steps {steps[0]}-{steps[-1]} identical in {', '.join(keys)}"); sys.exit(0)
+print(f"steps {steps}: max differences " + ", ".join(f"{k} {v:.3g}" for k, v in diff.items()))
+sys.exit(1)
+EOF
+)
+rep_rc=$?
+record "repeat:ppo-dagrun" "$rep_rc" "$(( $(date +%s) - t_rep ))" "$rep_note"
+log "repeat ppo-dagrun: rc $rep_rc, $rep_note"
 
 # 4. The quickstart on DEV (last: the benchmarks matter more if time runs short), compared
 #    with the cpu reference.
