@@ -232,11 +232,8 @@ impl StageKind for BackbonePretrainKind {
             let (c, r) = encode_pairs(&tok, template, &batch, p.max_len)?;
             let loss = bradley_terry_loss(rm.forward(&c)?, rm.forward(&r)?);
             let value = loss.clone().into_scalar::<f32>() as f64;
-            let mut grads = ParamGrads::from_loss(loss, &rm);
-            if let Some(m) = p.max_grad_norm {
-                grads.clip_global_norm(m);
-            }
-            rm = adam.step(rm, grads, schedule.lr(step));
+            let grads = ParamGrads::from_loss(loss, &rm);
+            rm = adam.step_clipped(rm, grads, schedule.lr(step), p.max_grad_norm);
             losses.push(value);
             ctx.series("loss", (step + 1) as f64, value);
             let w = &losses[losses.len().saturating_sub(p.running_window)..];

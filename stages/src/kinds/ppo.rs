@@ -667,12 +667,9 @@ pub fn ppo_step(
                 continue;
             }
             let t_part = wait(&mut times.update_forward, t_part)?;
-            let mut grads = ParamGrads::from_loss(loss, &pv);
+            let grads = ParamGrads::from_loss(loss, &pv);
             let t_part = wait(&mut times.update_backward, t_part)?;
-            if let Some(m) = p.max_grad_norm {
-                grads.clip_global_norm(m);
-            }
-            pv = adam.step(pv, grads, p.lr);
+            pv = adam.step_clipped(pv, grads, p.lr, p.max_grad_norm);
             wait(&mut times.update_optimizer, t_part)?;
             pg_sum += pg;
             vf_sum += vf;

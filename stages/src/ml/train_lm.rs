@@ -205,15 +205,13 @@ impl LmTrainer {
             loss_sum += loss.clone().into_scalar::<f32>();
             grads.accumulate(ParamGrads::from_loss(loss, self.model()));
         }
-        if let Some(max) = self.config.max_grad_norm {
-            grads.clip_global_norm(max);
-        }
         let lr = self.config.schedule.lr(self.step);
         let model = self
             .model
             .take()
             .expect("the model is back after every step");
-        self.model = Some(self.optim.step(model, grads, lr));
+        let max_norm = self.config.max_grad_norm;
+        self.model = Some(self.optim.step_clipped(model, grads, lr, max_norm));
         self.step += 1;
         self.losses.push(loss_sum);
         Ok(loss_sum)

@@ -269,14 +269,15 @@ impl<F: FnMut(usize, TchTensor) -> TchTensor> ModuleMapper for EachParam<'_, F> 
     }
 }
 
-/// One step over all parameters in `grads` at once; `Err` hands module and gradients back
-/// untouched when the flat path does not apply (see the module's doc), and the caller
-/// updates per tensor.
+/// One step over all parameters in `grads` at once, the gradients first clipped to a global
+/// L2 norm of `max_norm` if given; `Err` hands module and gradients back untouched when the
+/// flat path does not apply (see the module's doc), and the caller updates per tensor.
 pub(super) fn flat_step<M: Module>(
     opt: &mut Adam,
     module: M,
     grads: ParamGrads,
     lr: f64,
+    max_norm: Option<f64>,
 ) -> Result<M, (M, ParamGrads)> {
     if !crate::ml::fused::is_enabled(crate::ml::fused::FLAT_ADAM)
         || !in_place_ok(&opt.config, lr)
@@ -434,6 +435,15 @@ pub(super) fn flat_step<M: Module>(
     );
     drop(g_parts);
     drop(grads);
+    if let Some(max_norm) = max_norm {
+        // PyTorch's `clip_grad_norm_`: scale by max_norm / (norm + 1e-6) when that is below 1.
+        // One reduction over all gradients (per tensor it would be two kernels each).
+        let norm = g.norm().double_value(&[]);
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            run("clipping", g.f_mul_scalar_(coef).map(drop));
+        }
+    }
     run(
         "flat",
         kernels(

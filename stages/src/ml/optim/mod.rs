@@ -179,11 +179,29 @@ impl Adam {
     /// gradient in `grads`; returns the updated module. On libtorch all parameters are
     /// updated together in one flat buffer (see `optim/libtorch.rs`).
     pub fn step<M: Module>(&mut self, module: M, grads: ParamGrads, lr: f64) -> M {
+        self.step_clipped(module, grads, lr, None)
+    }
+
+    /// [`Adam::step`] with the gradients first scaled to a global L2 norm of at most
+    /// `max_norm` when one is given (PyTorch's `clip_grad_norm_`,
+    /// [`ParamGrads::clip_global_norm`]). On libtorch's flat path the norm is one reduction
+    /// over all gradients.
+    pub fn step_clipped<M: Module>(
+        &mut self,
+        module: M,
+        grads: ParamGrads,
+        lr: f64,
+        max_norm: Option<f64>,
+    ) -> M {
         #[cfg(feature = "tch")]
-        let (module, grads) = match libtorch::flat_step(self, module, grads, lr) {
+        let (module, grads) = match libtorch::flat_step(self, module, grads, lr, max_norm) {
             Ok(module) => return module,
             Err(back) => back,
         };
+        let mut grads = grads;
+        if let Some(max_norm) = max_norm {
+            grads.clip_global_norm(max_norm);
+        }
         self.step_each(module, grads, lr)
     }
 
@@ -543,6 +561,59 @@ mod tests {
             assert_eq!(host(&z), host(&x));
             assert_eq!(host(&x), host(&y));
             assert_eq!(moments(&resumed), moments(&each));
+        }
+
+        /// Clipping on the flat path (one norm over the buffer) gives the per-tensor clip's
+        /// update to float rounding, and a bound above the norm leaves the step bit for bit
+        /// what it is without one.
+        #[test]
+        fn clipping_on_the_flat_path_matches_the_per_tensor_clip() {
+            let config = AdamConfig::adamw(0.1);
+            // The test gradients' norm is about 2: 0.5 clips, 100 does not.
+            let norm = grads(1, ALL).global_norm();
+            assert!(norm > 1.0 && norm < 3.0, "{norm}");
+            for max_norm in [0.5, 100.0] {
+                let (mut fast, mut each) = (Adam::new(config.clone()), Adam::new(config.clone()));
+                let mut unclipped = Adam::new(config.clone());
+                let (mut x, mut y, mut z) = (toy(), toy(), toy());
+                for k in 1..=3 {
+                    x = fast.step_clipped(x, grads(k, ALL), 0.05, Some(max_norm));
+                    let mut g = grads(k, ALL);
+                    g.clip_global_norm(max_norm);
+                    y = each.step_each(y, g, 0.05);
+                    z = unclipped.step(z, grads(k, ALL), 0.05);
+                    assert!(fast.flat.is_some());
+                    for (p, q) in host(&x).iter().zip(host(&y)) {
+                        for (u, w) in p.iter().zip(&q) {
+                            assert!((u - w).abs() < 1e-6, "max {max_norm} step {k}: {u} vs {w}");
+                        }
+                    }
+                    if max_norm > norm {
+                        assert_eq!(host(&x), host(&z), "step {k}: a bound above the norm");
+                    }
+                    // The first moments carry the gradients' scale (Adam's step nearly does
+                    // not): equal to the per-tensor clip's, and after the first step the
+                    // unclipped ones times max_norm / norm when clipping.
+                    let (mf, me, mu) = (moments(&fast).0, moments(&each).0, moments(&unclipped).0);
+                    for (name, a) in &mf {
+                        for (u, w) in a.iter().zip(&me[name]) {
+                            assert!(
+                                (u - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                                "{name}: {u} vs {w}"
+                            );
+                        }
+                        if k == 1 && name.starts_with("m.") {
+                            let scale = (max_norm / (norm + 1e-6)).min(1.0) as f32;
+                            for (u, w) in a.iter().zip(&mu[name]) {
+                                assert!(
+                                    (u - w * scale).abs() <= 1e-6,
+                                    "{name}: {u} vs {w} x {scale}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
 
         #[test]
