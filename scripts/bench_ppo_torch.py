@@ -157,6 +157,19 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def lapper(parts, device):
+    """With `parts` (--profile): lap(name, since) waits for the device, adds the seconds since
+    `since` to parts[name] and returns now; without, it returns `since` and waits for nothing."""
+    def lap(name, since):
+        if parts is None:
+            return since
+        sync(device)
+        now = time.perf_counter()
+        parts[name] += now - since
+        return now
+    return lap
+
+
 @torch.no_grad()
 def generate(lm, prompts, new_tokens, eos, device, gen, parts=None):
     """Sampling as transformers' generate does it (on the device). With `parts` (--profile),
@@ -169,14 +182,7 @@ def generate(lm, prompts, new_tokens, eos, device, gen, parts=None):
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out = []
 
-    def lap(name, since):
-        if parts is None:
-            return since
-        sync(device)
-        now = time.perf_counter()
-        parts[name] += now - since
-        return now
-
+    lap = lapper(parts, device)
     t = time.perf_counter()
     for _ in range(new_tokens):
         logits = lm.logits(lm.hidden(ids, mask, cache)[:, -1])
@@ -253,13 +259,7 @@ def ppo_step(a, pv, ref, rm, opt, prompts, eos, device, gen):
     skipped, ratios = 0, []
     parts = {"update_forward": 0.0, "update_backward": 0.0, "update_optimizer": 0.0}
 
-    def part(name, since):  # --profile: wait for the device, charge the time to `name`
-        if not a.profile:
-            return since
-        sync(device)
-        now = time.perf_counter()
-        parts[name] += now - since
-        return now
+    part = lapper(parts if a.profile else None, device)
 
     for _ in range(a.ppo_epochs):
         rows = torch.randperm(b, generator=gen, device=device if gen.device.type == "cuda" else "cpu").tolist()

@@ -33,7 +33,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 use burn_tch::{LibTorch, Storage, TchTensor};
 
-use super::{bias_corrections, Adam, AdamConfig, Moments};
+use super::{bias_corrections, map_plain, Adam, AdamConfig, Moments};
 use crate::ml::grads::{join_path, path_segment, ParamGrads};
 
 /// What [`update`] hands back when it cannot work in place (another backend, or a tensor
@@ -248,24 +248,14 @@ impl<F: FnMut(usize, TchTensor) -> TchTensor> ModuleMapper for EachParam<'_, F> 
         let Some(&i) = self.index.get(&join_path(&self.stack)) else {
             return param;
         };
-        let (id, tensor, mapper) = param.consume();
-        let autodiff = tensor.is_autodiff();
-        let require_grad = tensor.is_require_grad();
-        let inner = if autodiff { tensor.inner() } else { tensor };
-        let out = if on_libtorch(&inner) {
-            wrap((self.f)(i, primitive(inner)))
-        } else {
-            inner
-        };
-        let mut out = if autodiff {
-            Tensor::from_inner(out)
-        } else {
-            out
-        };
-        if require_grad {
-            out = out.require_grad();
-        }
-        Param::from_mapped_value(id, out, mapper)
+        let f = &mut self.f;
+        map_plain(param, |tensor| {
+            if on_libtorch(&tensor) {
+                wrap(f(i, primitive(tensor)))
+            } else {
+                tensor
+            }
+        })
     }
 }
 

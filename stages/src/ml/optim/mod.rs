@@ -110,23 +110,36 @@ impl ModuleMapper for Apply<'_> {
         let Some(grad) = self.grads.remove(&path) else {
             return param;
         };
-        let (id, tensor, mapper) = param.consume();
-        let autodiff = tensor.is_autodiff();
-        let require_grad = tensor.is_require_grad();
-        let shape = tensor.dims();
-        let n = tensor.shape().num_elements();
-        let flat = tensor.inner().reshape([n]);
-        let updated = self.optim.update(&path, flat, grad, self.lr).reshape(shape);
-        let mut updated = if autodiff {
-            Tensor::from_inner(updated)
-        } else {
-            updated
-        };
-        if require_grad {
-            updated = updated.require_grad();
-        }
-        Param::from_mapped_value(id, updated, mapper)
+        let (optim, lr) = (&mut *self.optim, self.lr);
+        map_plain(param, |tensor| {
+            let shape = tensor.dims();
+            let n = tensor.shape().num_elements();
+            optim
+                .update(&path, tensor.reshape([n]), grad, lr)
+                .reshape(shape)
+        })
     }
+}
+
+/// A parameter with its value replaced by `f` of its plain (non-autodiff) tensor, keeping its
+/// id, its autodiff wrapping and whether it requires a gradient.
+fn map_plain<const D: usize>(
+    param: Param<Tensor<D>>,
+    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Param<Tensor<D>> {
+    let (id, tensor, mapper) = param.consume();
+    let autodiff = tensor.is_autodiff();
+    let require_grad = tensor.is_require_grad();
+    let out = f(if autodiff { tensor.inner() } else { tensor });
+    let mut out = if autodiff {
+        Tensor::from_inner(out)
+    } else {
+        out
+    };
+    if require_grad {
+        out = out.require_grad();
+    }
+    Param::from_mapped_value(id, out, mapper)
 }
 
 impl Adam {
