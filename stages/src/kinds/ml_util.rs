@@ -77,27 +77,20 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
     let mut env: BTreeMap<String, String> = [("backend".to_string(), backend.to_string())].into();
     #[cfg(feature = "tch")]
     if backend.starts_with("libtorch") {
-        env.insert(
-            "fused_ops".into(),
-            fused_ops_env(crate::ml::fused::enabled()?),
-        );
+        // The operations in use run as libtorch's fused kernels rather than burn's composed
+        // ones (the same method, other float rounding; ml/fused.rs), and `adam` updates all
+        // parameters at once with in-place arithmetic where the per-tensor update falls back
+        // to tensor operations for a parameter whose storage is shared (ml/optim): a change
+        // to the list makes libtorch results stale, and only those.
+        let ops = crate::ml::fused::enabled()?;
+        let ops = if ops.is_empty() {
+            "none".to_string()
+        } else {
+            ops.join(" ")
+        };
+        env.insert("fused_ops".into(), ops);
     }
     Ok(env)
-}
-
-/// The `fused_ops` a libtorch node's environment records for the operations in use. They
-/// run as libtorch's fused kernels rather than burn's composed ones (the same method, other
-/// float rounding; ml/fused.rs), and `adam` updates all parameters at once with in-place
-/// arithmetic where the per-tensor update falls back to tensor operations for a parameter
-/// whose storage is shared (ml/optim): a change to the list makes libtorch results stale,
-/// and only those.
-#[cfg(feature = "tch")]
-fn fused_ops_env(ops: &[&str]) -> String {
-    if ops.is_empty() {
-        "none".into()
-    } else {
-        ops.join(" ")
-    }
 }
 
 /// A prompt and a response as one text, as dagrun's GPT-2 reward models read them (the
