@@ -7,8 +7,9 @@
 #      scripts/bench_ppo_torch.py (PyTorch eager, the machine's own torch), same card, one
 #      after the other, and the PPO step again with burn's composed operations in place of
 #      libtorch's fused kernels and Adam per tensor (DAGRUN_FUSED_OPS=none), and with only
-#      some of them, and once more as it was to check that a seed repeats its numbers on the
-#      card; the card's peak memory during each (nvidia-smi);
+#      some of them, and with generation's tokens sampled on the host instead of the card
+#      (DAGRUN_SAMPLING=host), and once more as it was to check that a seed repeats its
+#      numbers on the card; the card's peak memory during each (nvidia-smi);
 #   3. runs pipelines/quickstart.yaml with `device: cuda` (a temporary copy of the file) and
 #      compares it with the cpu reference in DIST/ref/ (made ahead of time on a CPU machine
 #      by `scripts/gpu-run.sh --make-cpu-ref`): the reference LM's first training losses
@@ -211,10 +212,16 @@ done
 # row compares the flat and the per-tensor update).
 bench ppo-dagrun-composed env DAGRUN_FUSED_OPS=none "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 bench ppo-dagrun-ln-gelu env DAGRUN_FUSED_OPS="layer_norm gelu_tanh rms_norm" "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
+# And with generation's tokens chosen at the other place (ml/sampling.rs): on the host
+# where DEV is cuda (which samples on the card by default), on the device in a dry run
+# (libtorch-cpu samples on the host by default). The table's "sampling" column.
+ALT_SAMPLING=$([ "$DEV" = cuda ] && echo host || echo device)
+bench ppo-dagrun-sampling env DAGRUN_SAMPLING=$ALT_SAMPLING "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 # Repeatability: the PPO step benchmark again, same seed, one timed step after the warm-up.
-# Sampling is drawn on the host from a seeded generator, so the first two steps' statistics
-# (KL, score, mean ratio, response length) match the first run's exactly unless a kernel on
-# DEV is not deterministic (atomics in a backward, say): the status line says which.
+# The uniform draws come from a seeded generator on the host, so the first two steps'
+# statistics (KL, score, mean ratio, response length) match the first run's exactly unless
+# a kernel on DEV is not deterministic (atomics in a backward, say): the status line says
+# which.
 PPO_AGAIN=()
 for ((i = 0; i < ${#PPO[@]}; i++)); do
     if [ "${PPO[i]}" = --steps ]; then PPO_AGAIN+=(--steps 1); i=$((i + 1)); else PPO_AGAIN+=("${PPO[i]}"); fi
@@ -317,7 +324,8 @@ def load(name):
         return None
 status = [json.loads(l) for l in open(os.path.join(out, "status.jsonl"))]
 d, t = load("ppo-dagrun"), load("ppo-torch")
-variants = {"composed": load("ppo-dagrun-composed"), "norm+gelu": load("ppo-dagrun-ln-gelu")}
+variants = {"composed": load("ppo-dagrun-composed"), "norm+gelu": load("ppo-dagrun-ln-gelu"),
+            "sampling": load("ppo-dagrun-sampling")}
 card = (t or {}).get("device", {}).get("gpu") or dev
 print(f"== dagrun gpu-run ({mode}): {card}, torch {(t or {}).get('device', {}).get('torch', '?')}, {wall} s ==")
 for s in status:
@@ -329,7 +337,8 @@ if d and t:
     print(f"PPO step, GPT-2 {b['model']}, batch {b['batch']}, mini-batch {b['mini_batch']}, "
           f"{b['ppo_epochs']} epochs, {b['new_tokens']} new tokens, K={b['heads']} (median of {len(d['steps'])}, s)")
     # dagrun with libtorch's fused kernels (the default), PyTorch, then dagrun with burn's
-    # composed operations (DAGRUN_FUSED_OPS=none) and with the norms and GELU fused only.
+    # composed operations (DAGRUN_FUSED_OPS=none), with the norms and GELU fused only, and
+    # with the tokens sampled at the other place (host on cuda, device in a dry run).
     print(f"{'phase':<12} {'dagrun':>9} {'torch':>9} {'dagrun/torch':>13}"
           + "".join(f" {v:>9}" for v in variants))
     for k in ("generation", "generation_model", "generation_to_host", "generation_sampling",

@@ -113,11 +113,15 @@ fn device_info(spec: DeviceSpec) -> BenchResult<Value> {
     };
     #[cfg(not(feature = "tch"))]
     let fused = Value::Null;
+    // Where generation picks its tokens (ml/sampling.rs; `DAGRUN_SAMPLING` chooses).
+    let sampling =
+        crate::ml::sampling::SamplingPlace::resolve(matches!(concrete, DeviceSpec::Cuda(_)))?;
     Ok(json!({
         "device": concrete.to_string(),
         "tch_built": crate::ml::device::TCH_BUILT,
         "cuda_devices": crate::ml::device::cuda_device_count(),
         "fused_ops": fused,
+        "sampling": format!("{sampling:?}").to_lowercase(),
     }))
 }
 

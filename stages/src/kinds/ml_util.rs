@@ -16,6 +16,7 @@ use crate::{
         backbone::LanguageModel,
         device::{cuda_device_count, TCH_BUILT},
         reward::last_token_features,
+        sampling::SamplingPlace,
         weights::to_f32_vec,
         DeviceSpec, Padding, TokenBatch,
     },
@@ -43,7 +44,8 @@ fn concrete_at(spec: DeviceSpec, place: Place) -> DeviceSpec {
 }
 
 /// The key component of an ML node's environment: the backend its device resolves to (and,
-/// on libtorch, which operations run as fused kernels).
+/// on libtorch, which operations run as fused kernels; and whether generation samples on
+/// the device).
 /// Fails (before any work) when the device cannot be had in this build or machine.
 ///
 /// For a Slurm job (`Place::Cluster`) nothing of this machine is probed: `auto` means
@@ -89,6 +91,14 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
             ops.join(" ")
         };
         env.insert("fused_ops".into(), ops);
+    }
+    // Generation's tokens chosen on the device (the default on CUDA, `DAGRUN_SAMPLING`
+    // otherwise; ml/sampling.rs): the host's tokens up to the rounding of a sum of f64
+    // probabilities taken in another order, recorded so that the key says how a result was
+    // made. Absent for the host, so that `cpu` and `libtorch-cpu` keys are unchanged.
+    let on_cuda = matches!(concrete, DeviceSpec::Cuda(_));
+    if SamplingPlace::resolve(on_cuda)? == SamplingPlace::Device {
+        env.insert("sampling".into(), "device".into());
     }
     Ok(env)
 }
@@ -273,6 +283,14 @@ mod tests {
                 lt["fused_ops"],
                 "layer_norm gelu_tanh log_softmax rms_norm lm_head adam"
             );
+            assert!(
+                !lt.contains_key("sampling"),
+                "libtorch-cpu samples on the host"
+            );
+            // A Slurm job with GPUs: `auto` is CUDA there, which samples on the device.
+            let job = backend_env("auto", Place::Cluster { gpus: 1 }).unwrap();
+            assert_eq!(job["backend"], "libtorch-cuda");
+            assert_eq!(job["sampling"], "device");
         } else {
             assert!(lt.unwrap_err().contains("--features tch"));
         }

@@ -530,8 +530,14 @@ pub fn ppo_step(
     // 2. Responses from the current policy (1., the prompts, is the caller's).
     let current = pv.lm.valid();
     let wait_for = models.profile.then_some(&models.device);
-    let (generation, gen_times) =
-        generate_timed(&current, batch_prompts, &models.generate, rng, wait_for)?;
+    let (generation, gen_times) = generate_timed(
+        &current,
+        batch_prompts,
+        &models.generate,
+        rng,
+        wait_for,
+        None,
+    )?;
     if models.profile {
         times.generation_model = gen_times.model;
         times.generation_to_host = gen_times.to_host;

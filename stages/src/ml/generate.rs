@@ -14,7 +14,7 @@ use super::backbone::LanguageModel;
 use super::batch::{Padding, TokenBatch};
 use super::error::{MlError, Result};
 use super::rng::SeededRng;
-use super::sampling::SamplingConfig;
+use super::sampling::{SamplingConfig, SamplingPlace};
 use super::weights::to_f32_vec;
 
 /// What to generate.
@@ -56,30 +56,74 @@ fn last_logits(model: &impl LanguageModel, hidden: Tensor<3>) -> Result<Tensor<2
     Ok(logits.reshape([b, v]))
 }
 
-/// The next token of each row that is not `done` (0 for done rows), as
-/// `SamplingConfig::pick` row by row would choose them: the RNG draws are taken in row order
-/// first, then large batches (a full vocabulary per row) are computed on several threads.
-/// `logits` holds one row of `width` values per entry of `done`.
+/// The next token of each row that is not `done` (0 for done rows), chosen at `place`: on
+/// the host ([`pick_rows`]), or where the logits are ([`SamplingConfig::pick_on_device`],
+/// which hands top-k / top-p back to the host). Returns the picks and the seconds spent
+/// copying logits to the host (0 when they stayed on the device).
+fn pick_step(
+    sampling: &SamplingConfig,
+    logits: Tensor<2>,
+    done: &[bool],
+    rng: &mut SeededRng,
+    place: SamplingPlace,
+) -> (Vec<u32>, f64) {
+    let drawn = draws(sampling, done, rng);
+    let logits = match place {
+        SamplingPlace::Device => {
+            let us: Vec<Option<f64>> = drawn.iter().map(|d| d.flatten()).collect();
+            match sampling.pick_on_device(logits, &us) {
+                Ok(mut picks) => {
+                    picks
+                        .iter_mut()
+                        .zip(done)
+                        .filter(|(_, &d)| d)
+                        .for_each(|(p, _)| *p = 0);
+                    return (picks, 0.0);
+                }
+                Err(logits) => logits,
+            }
+        }
+        SamplingPlace::Host => logits,
+    };
+    let t0 = Instant::now();
+    let width = logits.dims()[1];
+    let logits = to_f32_vec(logits);
+    let copy = t0.elapsed().as_secs_f64();
+    (pick_rows(sampling, &logits, width, &drawn), copy)
+}
+
+/// The RNG draws for one token step, taken in row order: `None` for a done row (no draw),
+/// `Some(None)` for a greedy one.
+fn draws(
+    sampling: &SamplingConfig,
+    done: &[bool],
+    rng: &mut SeededRng,
+) -> Vec<Option<Option<f64>>> {
+    done.iter()
+        .map(|&d| (!d).then(|| sampling.draw(rng)))
+        .collect()
+}
+
+/// The next token of each row with a draw (0 for done rows), as `SamplingConfig::pick` row
+/// by row would choose them: the draws are taken in row order first ([`draws`]), then large
+/// batches (a full vocabulary per row) are computed on several threads. `logits` holds one
+/// row of `width` values per draw.
 fn pick_rows(
     sampling: &SamplingConfig,
     logits: &[f32],
     width: usize,
-    done: &[bool],
-    rng: &mut SeededRng,
+    draws: &[Option<Option<f64>>],
 ) -> Vec<u32> {
-    let draws: Vec<Option<Option<f64>>> = done
-        .iter()
-        .map(|&d| (!d).then(|| sampling.draw(rng)))
-        .collect();
+    let done_len = draws.len();
     let one = |(row, u): (&[f32], &Option<Option<f64>>)| match u {
         Some(u) => sampling.pick_with(row, *u),
         None => 0,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 || done.len() < 2 || logits.len() < (1 << 20) {
-        return logits.chunks(width).zip(&draws).map(one).collect();
+    if threads < 2 || done_len < 2 || logits.len() < (1 << 20) {
+        return logits.chunks(width).zip(draws).map(one).collect();
     }
-    let rows_per = done.len().div_ceil(threads);
+    let rows_per = done_len.div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = logits
             .chunks(rows_per * width)
@@ -99,9 +143,11 @@ pub struct GenerateTimes {
     /// The model: each step's forward pass and the LM head on the last column (measured to
     /// the device's completion only when a device to wait for is given).
     pub model: f64,
-    /// Copying each step's last-column logits to the host.
+    /// Copying each step's last-column logits to the host (0 when the tokens are chosen on
+    /// the device: [`SamplingPlace`]).
     pub to_host: f64,
-    /// Choosing the tokens on the host (and the step's bookkeeping).
+    /// Choosing the tokens — on the host, or on the device including the copy of the ids
+    /// back — and the step's bookkeeping.
     pub sampling: f64,
 }
 
@@ -113,18 +159,21 @@ pub fn generate(
     config: &GenerateConfig,
     rng: &mut SeededRng,
 ) -> Result<Generation> {
-    Ok(generate_timed(model, prompts, config, rng, None)?.0)
+    Ok(generate_timed(model, prompts, config, rng, None, None)?.0)
 }
 
 /// [`generate`], and where its time went. With `wait_for`, each step waits for that device
 /// after the model's work, so that the model's time is its own rather than part of the copy
-/// to the host that would otherwise wait for it (profiling only: a wait per step).
+/// to the host that would otherwise wait for it (profiling only: a wait per step). `place`
+/// says where to choose the tokens; `None` is [`SamplingPlace::for_device`] (the device for
+/// logits on a GPU, `DAGRUN_SAMPLING` to override).
 pub fn generate_timed(
     model: &impl LanguageModel,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
     rng: &mut SeededRng,
     wait_for: Option<&Device>,
+    place: Option<SamplingPlace>,
 ) -> Result<(Generation, GenerateTimes)> {
     config.sampling.validate()?;
     if prompts.iter().any(Vec::is_empty) {
@@ -147,6 +196,7 @@ pub fn generate_timed(
     let mut cache = KvCache::new();
     let mut batch = TokenBatch::from_rows(prompts, config.pad_id, Padding::Left)?;
     let mut times = GenerateTimes::default();
+    let mut place = place;
     for _ in 0..config.max_new_tokens {
         let t0 = Instant::now();
         let hidden = model.hidden_states(&batch, Some(&mut cache))?;
@@ -157,10 +207,11 @@ pub fn generate_timed(
                 .map_err(|e| MlError::Invalid(format!("waiting for the device: {e:?}")))?;
         }
         let t1 = Instant::now();
-        let width = logits.dims()[1];
-        let logits = to_f32_vec(logits);
-        let t2 = Instant::now();
-        let picks = pick_rows(&config.sampling, &logits, width, &done, rng);
+        let place = match place {
+            Some(p) => p,
+            None => *place.insert(SamplingPlace::for_device(&logits.device())?),
+        };
+        let (picks, copy) = pick_step(&config.sampling, logits, &done, rng, place);
         let mut ids = Vec::with_capacity(b);
         let mut mask = Vec::with_capacity(b);
         for (r, next) in picks.into_iter().enumerate() {
@@ -175,8 +226,8 @@ pub fn generate_timed(
             mask.push(1);
         }
         times.model += (t1 - t0).as_secs_f64();
-        times.to_host += (t2 - t1).as_secs_f64();
-        times.sampling += t2.elapsed().as_secs_f64();
+        times.to_host += copy;
+        times.sampling += t1.elapsed().as_secs_f64() - copy;
         if done.iter().all(|&d| d) {
             break;
         }
@@ -223,7 +274,7 @@ mod tests {
         ] {
             let (mut a, mut b) = (SeededRng::new(11), SeededRng::new(11));
             let flat: Vec<f32> = rows.concat();
-            let got = pick_rows(&sampling, &flat, 30_000, &done, &mut a);
+            let got = pick_rows(&sampling, &flat, 30_000, &draws(&sampling, &done, &mut a));
             let want: Vec<u32> = rows
                 .iter()
                 .zip(&done)

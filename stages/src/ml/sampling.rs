@@ -1,10 +1,92 @@
 //! Choosing the next token from a row of logits: greedy, or sampling with temperature, top-k
-//! and top-p (nucleus), applied in that order as transformers' `generate` does. Computed on the
-//! host in f64 from a [`SeededRng`], so a seed gives the same choices on every backend that
-//! gives the same logits.
+//! and top-p (nucleus), applied in that order as transformers' `generate` does. Computed in
+//! f64 from a [`SeededRng`]'s uniform draws, so a seed gives the same choices on every
+//! backend that gives the same logits.
+//!
+//! Where: on the host ([`SamplingConfig::pick_with`]), or, for plain sampling and greedy, on
+//! the device that holds the logits ([`SamplingConfig::pick_on_device`]: the same
+//! arithmetic as tensor operations, so that a GPU sends back one id per row instead of a
+//! vocabulary of logits). [`SamplingPlace`] says which; `DAGRUN_SAMPLING` overrides it.
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 
 use super::error::{MlError, Result};
 use super::rng::SeededRng;
+
+/// Where generation picks its tokens.
+///
+/// The default (`DAGRUN_SAMPLING` unset or `auto`) is [`Device`](SamplingPlace::Device) for
+/// logits on a libtorch CUDA device and [`Host`](SamplingPlace::Host) otherwise: on a GPU
+/// the host path copies `rows × vocabulary` floats per token (25 MB for a PPO batch of
+/// GPT-2) and then waits for the CPU, while on a CPU backend it is the fastest path and the
+/// one every cached `cpu` result was computed with. `DAGRUN_SAMPLING=host` or `device`
+/// forces one for every device. Both give the same tokens up to the rounding of a sum of f64
+/// probabilities in a different order (a draw within ~1e-13 of a cumulative boundary), and
+/// top-k / top-p always run on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplingPlace {
+    /// Logits copied to the host, tokens chosen there ([`SamplingConfig::pick_with`]).
+    Host,
+    /// Tokens chosen where the logits are ([`SamplingConfig::pick_on_device`]).
+    Device,
+}
+
+impl SamplingPlace {
+    /// The `DAGRUN_SAMPLING` setting, read once per process: `None` for `auto` or unset.
+    pub fn setting() -> std::result::Result<Option<SamplingPlace>, String> {
+        static SETTING: std::sync::OnceLock<std::result::Result<Option<SamplingPlace>, String>> =
+            std::sync::OnceLock::new();
+        SETTING
+            .get_or_init(|| match std::env::var("DAGRUN_SAMPLING") {
+                Err(_) => Ok(None),
+                Ok(v) => Self::parse(&v),
+            })
+            .clone()
+    }
+
+    fn parse(value: &str) -> std::result::Result<Option<SamplingPlace>, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(None),
+            "host" => Ok(Some(SamplingPlace::Host)),
+            "device" => Ok(Some(SamplingPlace::Device)),
+            other => Err(format!(
+                "DAGRUN_SAMPLING: `{other}` is not a place to sample (auto, host or device)"
+            )),
+        }
+    }
+
+    /// Where to sample for a device that is (`on_cuda`) or is not a libtorch CUDA device.
+    pub fn resolve(on_cuda: bool) -> std::result::Result<SamplingPlace, String> {
+        Ok(Self::setting()?.unwrap_or(if on_cuda {
+            SamplingPlace::Device
+        } else {
+            SamplingPlace::Host
+        }))
+    }
+
+    /// Where to sample logits that live on `device`.
+    pub fn for_device(device: &Device) -> Result<SamplingPlace> {
+        Self::resolve(is_libtorch_cuda(device)).map_err(MlError::Invalid)
+    }
+}
+
+/// Is `device` (or the device it wraps for autodiff) a libtorch CUDA device?
+fn is_libtorch_cuda(device: &Device) -> bool {
+    #[cfg(feature = "tch")]
+    {
+        #[allow(deprecated)]
+        let cuda = matches!(
+            device.clone().inner().as_dispatch(),
+            burn_dispatch::DispatchDevice::LibTorch(burn_tch::LibTorchDevice::Cuda(_))
+        );
+        cuda
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = device;
+        false
+    }
+}
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -167,6 +249,51 @@ impl SamplingConfig {
         Self::pick_from(e.iter().map(|&ei| ei / z), u)
     }
 
+    /// The tokens [`pick_with`](Self::pick_with) would choose for each row of `logits`
+    /// (`[rows, vocabulary]`) at the row's draw (`draws[r]`, `None` for a row whose choice
+    /// is not wanted: it gets an arbitrary id), computed where the logits are; one id per
+    /// row comes back to the host. Greedy is an `argmax`; plain sampling is the host's
+    /// arithmetic as tensor operations in f64 — `exp(l/t - max)`, divided by its sum, a
+    /// cumulative sum, and the count of entries at or below the draw, which is the index of
+    /// the first one above it. A row whose draw is at or above its whole total (rounding
+    /// left it below 1) is picked on the host from that row alone, as `pick_with` does.
+    /// Top-k and top-p hand the logits back (`Err`) for the host.
+    #[allow(clippy::result_large_err)]
+    pub fn pick_on_device(
+        &self,
+        logits: Tensor<2>,
+        draws: &[Option<f64>],
+    ) -> std::result::Result<Vec<u32>, Tensor<2>> {
+        let [rows, width] = logits.dims();
+        assert_eq!(draws.len(), rows, "one draw (or None) per row");
+        if self.greedy {
+            return Ok(int_values(logits.argmax(1)));
+        }
+        if !self.is_plain(width) {
+            return Err(logits);
+        }
+        let device = logits.device();
+        let scaled = logits.clone().cast(DType::F64).div_scalar(self.temperature);
+        let max = scaled.clone().max_dim(1);
+        let e = (scaled - max).exp();
+        let z = e.clone().sum_dim(1);
+        let cum = (e / z).cumsum(1);
+        let us: Vec<f64> = draws.iter().map(|u| u.unwrap_or(0.0)).collect();
+        let u = Tensor::<2>::from_data(
+            TensorData::new(us.clone(), [rows, 1]),
+            TensorCreationOptions::new(device).with_dtype(DType::F64),
+        );
+        let below = cum.lower_equal(u.expand([rows, width])).int().sum_dim(1);
+        let mut picks = int_values(below);
+        for (r, pick) in picks.iter_mut().enumerate() {
+            if *pick as usize >= width && draws[r].is_some() {
+                let row = logits.clone().slice([r..r + 1, 0..width]);
+                *pick = self.pick_plain(&super::weights::to_f32_vec(row), us[r]);
+            }
+        }
+        Ok(picks)
+    }
+
     /// Inverse-CDF choice at `u` from probabilities `p` (in token order): the first token
     /// whose cumulative probability exceeds `u`, the last possible one if rounding leaves the
     /// total below it.
@@ -184,6 +311,15 @@ impl SamplingConfig {
         }
         last as u32
     }
+}
+
+/// The values of an integer tensor of ids, as `u32`.
+fn int_values<const D: usize>(t: Tensor<D, Int>) -> Vec<u32> {
+    t.into_data()
+        .convert::<i64>()
+        .iter::<i64>()
+        .map(|v| u32::try_from(v).expect("a token id fits in u32"))
+        .collect()
 }
 
 /// Index of the largest value (the first one on ties).
@@ -306,6 +442,101 @@ mod tests {
         };
         assert!(cfg(0, 1.0).is_plain(10) && cfg(10, 1.0).is_plain(10));
         assert!(!cfg(9, 1.0).is_plain(10) && !cfg(0, 0.9).is_plain(10));
+    }
+
+    fn devices() -> Vec<Device> {
+        #[allow(unused_mut)]
+        let mut out = vec![Device::flex()];
+        #[cfg(feature = "tch")]
+        #[allow(deprecated)]
+        out.push(Device::libtorch());
+        out
+    }
+
+    /// The device path picks the host path's token for every row: random draws (a draw
+    /// within ~1e-13 of a boundary could differ; none of these is), several temperatures,
+    /// masked (-inf) logits, greedy, rows left out; and a draw at or above the row's total
+    /// (1.0, never drawn, reachable only through rounding) takes the host's last possible
+    /// token, which the masked tail makes other than the last id.
+    #[test]
+    fn device_picks_what_the_host_picks() {
+        let mut gen = SeededRng::new(5);
+        let (rows, width) = (24, 3_001);
+        let mut flat = gen.normal_vec(rows * width, 3.0);
+        for r in 0..rows {
+            flat[r * width + 11] = f32::NEG_INFINITY;
+            if r % 3 == 0 {
+                flat[r * width + width - 5..(r + 1) * width].fill(f32::NEG_INFINITY);
+            }
+        }
+        for device in devices() {
+            let logits =
+                Tensor::<2>::from_data(TensorData::new(flat.clone(), [rows, width]), &device);
+            for cfg in [
+                SamplingConfig::default(),
+                SamplingConfig {
+                    temperature: 0.6,
+                    ..Default::default()
+                },
+                SamplingConfig {
+                    temperature: 1.7,
+                    top_k: width,
+                    ..Default::default()
+                },
+                SamplingConfig::greedy(),
+            ] {
+                for round in 0..5 {
+                    let mut draws: Vec<Option<f64>> = (0..rows)
+                        .map(|r| (r % 5 != 4).then(|| gen.uniform()))
+                        .collect();
+                    if round == 4 {
+                        draws.iter_mut().step_by(3).for_each(|u| *u = Some(1.0));
+                    }
+                    let got = cfg.pick_on_device(logits.clone(), &draws).unwrap();
+                    for (r, u) in draws.iter().enumerate() {
+                        let Some(u) = *u else { continue };
+                        let row = &flat[r * width..(r + 1) * width];
+                        let want = cfg.pick_with(row, (!cfg.greedy).then_some(u));
+                        assert_eq!(got[r], want, "{device:?} {cfg:?} row {r} u {u}");
+                    }
+                }
+            }
+            // u = 1.0 on a row with a masked tail: the last finite token, not the last id.
+            let cfg = SamplingConfig::default();
+            assert_eq!(cfg.pick_with(&flat[..width], Some(1.0)) as usize, width - 6);
+            // Top-k and top-p stay on the host.
+            for cfg in [
+                SamplingConfig {
+                    top_k: 40,
+                    ..Default::default()
+                },
+                SamplingConfig {
+                    top_p: 0.9,
+                    ..Default::default()
+                },
+            ] {
+                assert!(cfg
+                    .pick_on_device(logits.clone(), &vec![Some(0.5); rows])
+                    .is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn the_place_setting_names_auto_host_or_device() {
+        assert_eq!(SamplingPlace::parse("auto"), Ok(None));
+        assert_eq!(SamplingPlace::parse(""), Ok(None));
+        assert_eq!(SamplingPlace::parse(" Host"), Ok(Some(SamplingPlace::Host)));
+        assert_eq!(
+            SamplingPlace::parse("device"),
+            Ok(Some(SamplingPlace::Device))
+        );
+        let err = SamplingPlace::parse("gpu").unwrap_err();
+        assert!(
+            err.contains("DAGRUN_SAMPLING") && err.contains("auto, host or device"),
+            "{err}"
+        );
+        assert!(!is_libtorch_cuda(&Device::flex()));
     }
 
     #[test]

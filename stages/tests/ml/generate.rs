@@ -3,11 +3,11 @@
 use burn::tensor::Tensor;
 use dagrun_stages::ml::generate::{generate, generate_timed, GenerateConfig};
 use dagrun_stages::ml::rng::SeededRng;
-use dagrun_stages::ml::sampling::SamplingConfig;
+use dagrun_stages::ml::sampling::{SamplingConfig, SamplingPlace};
 use dagrun_stages::ml::weights::to_f32_vec;
 use dagrun_stages::ml::{Gpt2, KvCache, Padding, TokenBatch};
 
-use crate::common::{cpu_devices, max_abs_diff, reference, tiny_hf_dir};
+use crate::common::{cpu_devices, cuda_device, max_abs_diff, reference, tiny_hf_dir};
 
 fn logits_at(logits: &Tensor<3>, row: usize, col: usize) -> Vec<f32> {
     let [_, _, v] = logits.dims();
@@ -139,31 +139,51 @@ fn batched_generation_is_independent_of_batching_and_reproducible() {
     assert_eq!(a, b);
     assert_ne!(a.responses, c.responses);
 
-    // Timed, waiting for the device after each step's model work: the same tokens (plain
-    // sampling too, which takes its own path), and the parts add up to no more than the call.
-    for sampling in [sampled.sampling.clone(), SamplingConfig::default()] {
-        let config = GenerateConfig {
-            sampling,
-            ..sampled.clone()
-        };
-        let plain = generate(&model, &prompts, &config, &mut SeededRng::new(42)).unwrap();
-        let t0 = std::time::Instant::now();
-        let (timed, times) = generate_timed(
-            &model,
-            &prompts,
-            &config,
-            &mut SeededRng::new(42),
-            Some(&device),
-        )
-        .unwrap();
-        let whole = t0.elapsed().as_secs_f64();
-        assert_eq!(timed, plain);
-        let parts = [times.model, times.to_host, times.sampling];
-        assert!(
-            parts.iter().all(|&p| p >= 0.0) && times.model > 0.0,
-            "{times:?}"
-        );
-        assert!(parts.iter().sum::<f64>() <= whole, "{times:?} vs {whole}");
+    // Timed, waiting for the device after each step's model work, with the tokens chosen on
+    // the host or on the device (plain sampling and greedy there; top-k/top-p handed back):
+    // the same tokens, rows that stop early included, and the parts add up to no more than
+    // the call. On every CPU backend, and on CUDA when asked for.
+    for spec in cpu_devices().into_iter().chain(cuda_device()) {
+        let device = spec.resolve().unwrap();
+        let model = Gpt2::from_hf_dir(&tiny_hf_dir(), &device).unwrap();
+        for sampling in [
+            sampled.sampling.clone(),
+            SamplingConfig::default(),
+            SamplingConfig::greedy(),
+        ] {
+            let free = GenerateConfig {
+                sampling,
+                ..sampled.clone()
+            };
+            let free_run = generate(&model, &prompts, &free, &mut SeededRng::new(42)).unwrap();
+            // Row 0's second token ends a row: row 0 stops early, the others may go on.
+            let config = GenerateConfig {
+                stop_ids: vec![free_run.responses[0][1]],
+                ..free
+            };
+            let auto = generate(&model, &prompts, &config, &mut SeededRng::new(42)).unwrap();
+            assert!(auto.responses[0].len() <= 2, "{:?}", auto.responses);
+            for place in [SamplingPlace::Host, SamplingPlace::Device] {
+                let t0 = std::time::Instant::now();
+                let (timed, times) = generate_timed(
+                    &model,
+                    &prompts,
+                    &config,
+                    &mut SeededRng::new(42),
+                    Some(&device),
+                    Some(place),
+                )
+                .unwrap();
+                let whole = t0.elapsed().as_secs_f64();
+                assert_eq!(timed, auto, "{spec} {place:?} {config:?}");
+                let parts = [times.model, times.to_host, times.sampling];
+                assert!(
+                    parts.iter().all(|&p| p >= 0.0) && times.model > 0.0,
+                    "{times:?}"
+                );
+                assert!(parts.iter().sum::<f64>() <= whole, "{times:?} vs {whole}");
+            }
+        }
     }
 }
 
