@@ -136,7 +136,13 @@ pub(crate) fn attend(
         scores = scores * scale;
     }
     let scores = scores.reshape([b, h, t, s]).cast(FloatDType::F32) + bias;
-    let probs = softmax(scores, 3).cast(FloatDType::from(dtype));
+    // libtorch's softmax kernel and its backward there (ml/fused.rs), burn's composed one
+    // elsewhere.
+    #[cfg(feature = "tch")]
+    let probs = super::fused::softmax(scores, 3).unwrap_or_else(|scores| softmax(scores, 3));
+    #[cfg(not(feature = "tch"))]
+    let probs = softmax(scores, 3);
+    let probs = probs.cast(FloatDType::from(dtype));
     probs
         .reshape([b, kv, g * t, s])
         .matmul(v)

@@ -1,20 +1,20 @@
 //! libtorch's fused kernels for operations burn composes from elementary ones: layer
-//! normalisation, tanh-approximated GELU, log-softmax and RMS normalisation (Llama's and
-//! Gemma's norm), forward and backward; and an LM head `h Wᵀ` whose backward gives `W`'s
+//! normalisation, tanh-approximated GELU, log-softmax, softmax (attention's probabilities)
+//! and RMS normalisation (Llama's and Gemma's norm), forward and backward; and an LM head `h Wᵀ` whose backward gives `W`'s
 //! gradient in `W`'s layout (burn's matmul backward gives it transposed).
 //!
 //! burn writes `LayerNorm` as nine tensor operations (mean, subtract, square, mean, add,
 //! square root, divide, scale, shift), the tanh GELU as eight, and under autodiff its
-//! `log_softmax` as a chain too; each operation is a kernel launch and a pass over memory,
+//! `log_softmax` and `softmax` (max, subtract, exp, sum, divide) as chains too; each operation is a kernel launch and a pass over memory,
 //! and the backward roughly doubles them. libtorch has each as one kernel (`layer_norm`,
-//! `gelu(approximate = "tanh")`, `log_softmax`, `rms_norm`) with a matching backward. On a
+//! `gelu(approximate = "tanh")`, `log_softmax`, `softmax`, `rms_norm`) with a matching backward. On a
 //! GPU a GPT-2 step is expected to be bound by kernel launches more than by arithmetic, so
 //! this is where burn should lose most to PyTorch eager (`scripts/gpu-run.sh` measures it);
 //! on the CPU it is memory passes (docs/benchmarks.md).
 //!
 //! The operations are a burn backend extension ([`FusedOps`]) implemented for libtorch and
 //! for autodiff over libtorch, with the backward written here. Every other backend keeps
-//! the composed operations ([`layer_norm`], [`gelu_tanh`], [`log_softmax`],
+//! the composed operations ([`layer_norm`], [`gelu_tanh`], [`log_softmax`], [`softmax`],
 //! [`rms_normalize`] and [`matmul_nt`] hand the input back): the `cpu` backend's results
 //! stay bit for bit what they were.
 //!
@@ -35,7 +35,8 @@ use burn::backend::{backend_extension, tensor::FloatTensor, Backend, Dispatch, L
 use burn::tensor::Tensor;
 use burn_tch::TchTensor;
 
-/// Layer norm, tanh GELU, log-softmax, RMS normalisation and `x wᵀ` as libtorch kernels.
+/// Layer norm, tanh GELU, log-softmax, softmax, RMS normalisation and `x wᵀ` as libtorch
+/// kernels.
 #[backend_extension(LibTorch, Autodiff)]
 pub trait FusedOps: Backend {
     /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension (biased
@@ -50,6 +51,8 @@ pub trait FusedOps: Backend {
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x - log Σ exp(x)` along `dim`.
     fn log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
+    /// `exp(x) / Σ exp(x)` along `dim` (attention's probabilities).
+    fn softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self>;
     /// `x / sqrt(mean(x²) + eps)` over the last dimension (RMS norm without its weight).
     fn rms_normalize(x: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
     /// `x wᵀ` for `x` `[n, k]` and `w` `[m, k]` (an LM head: `w` is the `[vocab, e]`
@@ -70,6 +73,10 @@ impl FusedOps for LibTorch {
 
     fn log_softmax(x: TchTensor, dim: usize) -> TchTensor {
         TchTensor::new(x.tensor.log_softmax(dim as i64, x.tensor.kind()))
+    }
+
+    fn softmax(x: TchTensor, dim: usize) -> TchTensor {
+        TchTensor::new(x.tensor.softmax(dim as i64, x.tensor.kind()))
     }
 
     fn rms_normalize(x: TchTensor, eps: f64) -> TchTensor {
@@ -316,14 +323,50 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
+
+    fn softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Softmax;
+
+        impl Backward<LibTorch, 1> for Softmax {
+            /// The output (its burn handle) and the dimension.
+            type State = (TchTensor, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (y, dim) = ops.state;
+                // `y (dy - Σ dy y)` along `dim`, one kernel.
+                unary::<LibTorch, _>(ops.parents, ops.node, grads, |dy| {
+                    TchTensor::new(tch::Tensor::internal_softmax_backward_data(
+                        &dy.tensor,
+                        &y.tensor,
+                        dim as i64,
+                        y.tensor.kind(),
+                    ))
+                });
+            }
+        }
+
+        let prep = Softmax.prepare::<C>([x.node()]).compute_bound().stateful();
+        let y = LibTorch::softmax(x.into_primitive(), dim);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((y.clone(), dim), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
 }
 
 /// The operations this module provides, by the names `DAGRUN_FUSED_OPS` takes, and `adam`:
 /// the optimizer's update over all parameters at once (`ml/optim/libtorch.rs`).
-pub const OPS: [&str; 6] = [
+pub const OPS: [&str; 7] = [
     "layer_norm",
     "gelu_tanh",
     "log_softmax",
+    "softmax",
     "rms_norm",
     "lm_head",
     FLAT_ADAM,
@@ -421,6 +464,18 @@ pub fn log_softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Result<Tensor<D>
         return Err(x);
     }
     Ok(Tensor::from_dispatch(<Dispatch as FusedOps>::log_softmax(
+        x.into_dispatch(),
+        dim,
+    )))
+}
+
+/// [`FusedOps::softmax`] when `x` is on libtorch (and enabled); otherwise `x` back.
+#[allow(clippy::result_large_err)]
+pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Result<Tensor<D>, Tensor<D>> {
+    if !use_fused("softmax", &x) {
+        return Err(x);
+    }
+    Ok(Tensor::from_dispatch(<Dispatch as FusedOps>::softmax(
         x.into_dispatch(),
         dim,
     )))
@@ -577,6 +632,35 @@ mod tests {
         }
     }
 
+    /// Attention's probabilities: scores with masked (-1e9) entries, as `attend` builds
+    /// them, along the last dimension and along another one.
+    #[test]
+    fn softmax_matches_the_composed_one_with_masked_entries() {
+        let mut mask = vec![0f32; 2 * 3 * 5 * 5];
+        for (i, m) in mask.iter_mut().enumerate() {
+            if i % 5 > (i / 5) % 5 {
+                *m = -1.0e9; // causal: key after query
+            }
+        }
+        let bias = Tensor::<4>::from_data(TensorData::new(mask, [2, 3, 5, 5]), &device());
+        let x = values([2, 3, 5, 5], 6, 8.0);
+        for dim in [3, 1] {
+            let run = |fused: bool| {
+                value_and_grads([x.clone()], |[x]| {
+                    let x = x + bias.clone();
+                    if fused {
+                        softmax(x, dim).unwrap_or_else(|_| panic!("on libtorch"))
+                    } else {
+                        burn::tensor::activation::softmax(x, dim)
+                    }
+                })
+            };
+            let ((y1, [g1]), (y2, [g2])) = (run(true), run(false));
+            assert_close(&format!("output, dim {dim}"), y1, y2, 1e-6);
+            assert_close(&format!("grad, dim {dim}"), g1, g2, 1e-6);
+        }
+    }
+
     #[test]
     fn rms_normalize_matches_the_composed_one_in_values_and_gradients() {
         let x = values([2, 5, 16], 10, 6.0) + 1.0;
@@ -647,8 +731,8 @@ mod tests {
             parse_ops("log_softmax, layer_norm log_softmax").unwrap(),
             vec!["log_softmax", "layer_norm"]
         );
-        let e = parse_ops("layer_norm,softmax").unwrap_err();
-        assert!(e.contains("`softmax`") && e.contains("gelu_tanh"), "{e}");
+        let e = parse_ops("layer_norm,attention").unwrap_err();
+        assert!(e.contains("`attention`") && e.contains("gelu_tanh"), "{e}");
     }
 
     #[test]
