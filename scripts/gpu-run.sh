@@ -13,9 +13,10 @@
 #   3. runs pipelines/quickstart.yaml with `device: cuda` (a temporary copy of the file) and
 #      compares it with the cpu reference in DIST/ref/ (made ahead of time on a CPU machine
 #      by `scripts/gpu-run.sh --make-cpu-ref`): the reference LM's first training losses
-#      number for number (1e-3 relative) and the judge means statistically (3 standard
-#      errors of the difference, plus the reference's own shift); it reports the groups'
-#      variances (the quickstart is too small to check the paper's effect on them);
+#      number for number (1e-3 relative); PPO's policies above the reference on the device
+#      (3 standard errors); the gap between the two groups as on the cpu (3 standard errors
+#      of the difference); it reports the shift of the means and the groups' variances (the
+#      quickstart is too small to check the paper's effect on them);
 #   4. writes everything under OUT (JSON + logs) and prints a short table last.
 # On an H100/H200 it should take about 3-6 minutes (the quickstart is cut at 240 s).
 #
@@ -265,10 +266,18 @@ except Exception as e:
 # 1. The reference LM's first 20 training losses, within 1e-3 relative: the same data, init
 #    and arithmetic on both devices; only float rounding differs, and it has not compounded
 #    yet (cpu vs libtorch-cpu agree to ~1e-6 there, then drift apart by ~1 %).
-# 2. Past that, sampling turns rounding into other tokens, so the judge numbers agree only
-#    statistically, and every policy starts from the (slightly different) reference LM:
-#    each group's mean may differ by 3 standard errors of the difference of the two runs'
-#    means plus the shift of the reference's own score.
+# 2. Past that, sampling turns rounding into other tokens, and what the policies are made
+#    from — the reference LM they start at, the reward ensemble PPO trains them against —
+#    is itself retrained on the device (the judge is the task's true reward, the same on
+#    both), so the level of every policy's judge score can move together (the dry runs on
+#    libtorch-cpu moved both groups' means by -0.4 to +0.6 while the groups stayed within
+#    their own noise of each other). What is checked on the device:
+#    a. PPO learned there: each group's judge mean is above the run's reference score by
+#       more than 3 standard errors of the group's mean (a backend with broken gradients or
+#       sampling leaves the policies where the reference was);
+#    b. the groups relate as on the cpu: the gap between them (variance-aware minus
+#       vanilla) agrees with the cpu run's within 3 standard errors of the difference.
+#    The common shift of the two groups' means is reported, not checked.
 # 3. Reported, not checked: the paper's effect (the variance-aware policies' judge rewards
 #    vary less than the vanilla ones'). With 8 policies a group, a variance ratio is
 #    significant at 5 % (F(7, 7), two-sided) only beyond about 5; the cpu run's own ratio is
@@ -285,16 +294,24 @@ else:
     rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(ref_loss[:k], got_loss[:k]))
     ok &= rel <= 1e-3
     parts.append(f"lm loss, first {k} steps: max rel diff {rel:.1e} (tol 1e-3)")
-shift = abs(got["reference"] - ref["reference"])
-for g, s in sorted(ref["groups"].items()):
-    n = len([p for p in ref["policies"] if p["group"] == g]) or 1
-    o = got["groups"][g]["distribution"]
-    se = math.sqrt((s["distribution"]["variance"] + o["variance"]) / n)
-    d = o["mean"] - s["distribution"]["mean"]
-    tol = 3 * se + shift
-    good = abs(d) <= tol + 1e-9
+def stats(run, g):
+    d = run["groups"][g]["distribution"]
+    return d["mean"], d["variance"] / max(d["n"], 1)  # the mean and its squared standard error
+for g in sorted(got["groups"]):
+    m, se2 = stats(got, g)
+    lift, tol = m - got["reference"], 3 * math.sqrt(se2)
+    good = math.isfinite(m) and lift > tol
     ok &= good
-    parts.append(f"{g} {s['distribution']['mean']:.3f}->{o['mean']:.3f} (tol {tol:.3f})")
+    parts.append(f"{g} {m:.3f} above the reference by {lift:.3f} (need > {tol:.3f})")
+if {"vanilla", "variance_aware"} <= set(got["groups"]) and {"vanilla", "variance_aware"} <= set(ref["groups"]):
+    (cv, cv2), (ca, ca2) = stats(ref, "vanilla"), stats(ref, "variance_aware")
+    (dv, dv2), (da, da2) = stats(got, "vanilla"), stats(got, "variance_aware")
+    gap_cpu, gap_dev = ca - cv, da - dv
+    tol = 3 * math.sqrt(cv2 + ca2 + dv2 + da2)
+    good = abs(gap_dev - gap_cpu) <= tol + 1e-9
+    ok &= good
+    parts.append(f"gap va-vanilla {gap_cpu:.3f}->{gap_dev:.3f} (tol {tol:.3f})")
+    parts.append(f"(not checked) shift of the means vanilla {cv:.3f}->{dv:.3f}, va {ca:.3f}->{da:.3f}")
 parts.append(f"reference {ref['reference']:.3f}->{got['reference']:.3f}")
 var = {w: {g: x["groups"][g]["distribution"]["variance"] for g in x["groups"]} for w, x in (("cpu", ref), ("dev", got))}
 if {"vanilla", "variance_aware"} <= set(var["dev"]):
