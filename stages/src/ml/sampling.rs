@@ -537,6 +537,15 @@ mod tests {
             "{err}"
         );
         assert!(!is_libtorch_cuda(&Device::flex()));
+        #[cfg(feature = "tch")]
+        #[allow(deprecated)]
+        {
+            // Naming a CUDA device touches no GPU: this runs on any machine.
+            assert!(is_libtorch_cuda(&Device::libtorch_cuda(0)));
+            assert!(is_libtorch_cuda(&Device::libtorch_cuda(1).autodiff()));
+            assert!(!is_libtorch_cuda(&Device::libtorch()));
+            assert!(!is_libtorch_cuda(&Device::libtorch().autodiff()));
+        }
     }
 
     #[test]
