@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The PPO step benchmark with libtorch's fused kernels switched per run (DAGRUN_FUSED_OPS:
-# none, layer norm + GELU, + log-softmax, + softmax and the LM head (all but Adam), all (the default:
-# + the flat Adam; the others update per tensor)), then PyTorch
-# eager, on libtorch's CPU device, one thread each; ROUNDS times. One line per run: impl, fused ops, median seconds per phase.
+# none; layer norm + GELU; + log-softmax; + softmax, the LM head and the linear layers (all
+# but Adam); all (the default: + the flat Adam; the others update per tensor)), then
+# PyTorch eager, on libtorch's CPU device, one thread each; ROUNDS times. One line per run:
+# impl, fused ops, median seconds per phase.
 # docs/benchmarks.md ("libtorch's fused kernels") has its figures.
 #
 #   scripts/bench-fused.sh [DIST]      # DIST: a folder from scripts/build-for-torch.sh
@@ -25,7 +26,7 @@ print(d["impl"], d["device"].get("fused_ops"), {k: round(v, 3) for k, v in d["me
 uptime
 for _ in $(seq "${ROUNDS:-2}"); do
     for ops in none "layer_norm gelu_tanh" "layer_norm gelu_tanh log_softmax" \
-               "layer_norm gelu_tanh log_softmax softmax rms_norm lm_head" all; do
+               "layer_norm gelu_tanh log_softmax softmax rms_norm lm_head linear" all; do
         if [ "$ops" = all ]; then unset DAGRUN_FUSED_OPS; else export DAGRUN_FUSED_OPS="$ops"; fi
         "$DIST/bin/dagrun" bench ppo-step --device libtorch-cpu "${ARGS[@]}" 2>/dev/null |
             python3 -c "$line"

@@ -7,9 +7,10 @@
 #      scripts/bench_ppo_torch.py (PyTorch eager, the machine's own torch), same card, one
 #      after the other, and the PPO step again with burn's composed operations in place of
 #      libtorch's fused kernels and Adam per tensor (DAGRUN_FUSED_OPS=none), and with only
-#      some of them, and with generation's tokens sampled on the host instead of the card
-#      (DAGRUN_SAMPLING=host), and once more as it was to check that a seed repeats its
-#      numbers on the card; the card's peak memory during each (nvidia-smi);
+#      some of them, and with all but the linear layers' `addmm`, and with generation's
+#      tokens sampled on the host instead of the card (DAGRUN_SAMPLING=host), and once more
+#      as it was to check that a seed repeats its numbers on the card; the card's peak
+#      memory during each (nvidia-smi);
 #   3. runs pipelines/quickstart.yaml with `device: cuda` (a temporary copy of the file) and
 #      compares it with the cpu reference in DIST/ref/ (made ahead of time on a CPU machine
 #      by `scripts/gpu-run.sh --make-cpu-ref`): the reference LM's first training losses
@@ -213,6 +214,9 @@ done
 # row compares the flat and the per-tensor update).
 bench ppo-dagrun-composed env DAGRUN_FUSED_OPS=none "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 bench ppo-dagrun-ln-gelu env DAGRUN_FUSED_OPS="layer_norm gelu_tanh rms_norm" "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
+# Everything fused but the linear layers' `addmm` (a matmul and a separate bias add): on
+# the CPU the two were level, on the card one launch and one pass per layer are at stake.
+bench ppo-dagrun-no-linear env DAGRUN_FUSED_OPS="layer_norm gelu_tanh log_softmax softmax rms_norm lm_head adam" "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"
 # And with generation's tokens chosen at the other place (ml/sampling.rs): on the host
 # where DEV is cuda (which samples on the card by default), on the device in a dry run
 # (libtorch-cpu samples on the host by default). The table's "sampling" column.
@@ -342,7 +346,7 @@ def load(name):
 status = [json.loads(l) for l in open(os.path.join(out, "status.jsonl"))]
 d, t = load("ppo-dagrun"), load("ppo-torch")
 variants = {"composed": load("ppo-dagrun-composed"), "norm+gelu": load("ppo-dagrun-ln-gelu"),
-            "sampling": load("ppo-dagrun-sampling")}
+            "no-linear": load("ppo-dagrun-no-linear"), "sampling": load("ppo-dagrun-sampling")}
 card = (t or {}).get("device", {}).get("gpu") or dev
 print(f"== dagrun gpu-run ({mode}): {card}, torch {(t or {}).get('device', {}).get('torch', '?')}, {wall} s ==")
 for s in status:
@@ -354,8 +358,9 @@ if d and t:
     print(f"PPO step, GPT-2 {b['model']}, batch {b['batch']}, mini-batch {b['mini_batch']}, "
           f"{b['ppo_epochs']} epochs, {b['new_tokens']} new tokens, K={b['heads']} (median of {len(d['steps'])}, s)")
     # dagrun with libtorch's fused kernels (the default), PyTorch, then dagrun with burn's
-    # composed operations (DAGRUN_FUSED_OPS=none), with the norms and GELU fused only, and
-    # with the tokens sampled at the other place (host on cuda, device in a dry run).
+    # composed operations (DAGRUN_FUSED_OPS=none), with the norms and GELU fused only, with
+    # all but the linear layers' addmm, and with the tokens sampled at the other place (host
+    # on cuda, device in a dry run).
     print(f"{'phase':<12} {'dagrun':>9} {'torch':>9} {'dagrun/torch':>13}"
           + "".join(f" {v:>9}" for v in variants))
     for k in ("generation", "generation_model", "generation_to_host", "generation_sampling",

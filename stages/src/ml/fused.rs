@@ -1,7 +1,9 @@
 //! libtorch's fused kernels for operations burn composes from elementary ones: layer
 //! normalisation, tanh-approximated GELU, log-softmax, softmax (attention's probabilities)
-//! and RMS normalisation (Llama's and Gemma's norm), forward and backward; and an LM head `h Wᵀ` whose backward gives `W`'s
-//! gradient in `W`'s layout (burn's matmul backward gives it transposed).
+//! and RMS normalisation (Llama's and Gemma's norm), forward and backward; GPT-2's linear
+//! layers as one `addmm` (bias added by the matrix product's kernel); and an LM head `h Wᵀ`
+//! whose backward gives `W`'s gradient in `W`'s layout (burn's matmul backward gives it
+//! transposed).
 //!
 //! burn writes `LayerNorm` as nine tensor operations (mean, subtract, square, mean, add,
 //! square root, divide, scale, shift), the tanh GELU as eight, and under autodiff its
@@ -15,7 +17,7 @@
 //! The operations are a burn backend extension ([`FusedOps`]) implemented for libtorch and
 //! for autodiff over libtorch, with the backward written here. Every other backend keeps
 //! the composed operations ([`layer_norm`], [`gelu_tanh`], [`log_softmax`], [`softmax`],
-//! [`rms_normalize`] and [`matmul_nt`] hand the input back): the `cpu` backend's results
+//! [`rms_normalize`], [`matmul_nt`] and [`linear`] hand the input back): the `cpu` backend's results
 //! stay bit for bit what they were.
 //!
 //! Aliasing: burn-tch writes into a tensor in place when its storage is not shared, so the
@@ -35,8 +37,8 @@ use burn::backend::{backend_extension, tensor::FloatTensor, Backend, Dispatch, L
 use burn::tensor::Tensor;
 use burn_tch::TchTensor;
 
-/// Layer norm, tanh GELU, log-softmax, softmax, RMS normalisation and `x wᵀ` as libtorch
-/// kernels.
+/// Layer norm, tanh GELU, log-softmax, softmax, RMS normalisation, `x wᵀ` and `x w + b` as
+/// libtorch kernels.
 #[backend_extension(LibTorch, Autodiff)]
 pub trait FusedOps: Backend {
     /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension (biased
@@ -58,6 +60,14 @@ pub trait FusedOps: Backend {
     /// `x wᵀ` for `x` `[n, k]` and `w` `[m, k]` (an LM head: `w` is the `[vocab, e]`
     /// weight), with `w`'s gradient computed in `w`'s own layout.
     fn matmul_nt(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x w + b` for `x` `[n, k]`, `w` `[k, m]` (GPT-2's `Conv1D` layout) and `b` `[m]`: one
+    /// `addmm`, the bias added by the matrix product's kernel (on CUDA, cuBLASLt's bias
+    /// epilogue) instead of a second pass over the output.
+    fn linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 const GELU_TANH: &str = "tanh";
@@ -85,6 +95,10 @@ impl FusedOps for LibTorch {
 
     fn matmul_nt(x: TchTensor, w: TchTensor) -> TchTensor {
         TchTensor::new(x.tensor.matmul(&w.tensor.tr()))
+    }
+
+    fn linear(x: TchTensor, w: TchTensor, b: TchTensor) -> TchTensor {
+        TchTensor::new(b.tensor.addmm(&x.tensor, &w.tensor))
     }
 }
 
@@ -255,6 +269,62 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
         }
     }
 
+    fn linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Linear;
+
+        impl Backward<LibTorch, 3> for Linear {
+            /// `x` and `w` (burn handles: see the module's note on aliasing).
+            type State = (TchTensor, TchTensor);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let dy = grads.consume::<LibTorch>(&ops.node);
+                let (x, w) = ops.state;
+                let [px, pw, pb] = ops.parents;
+                if let Some(p) = px {
+                    grads.register::<LibTorch>(
+                        p.id,
+                        TchTensor::new(dy.tensor.matmul(&w.tensor.tr())),
+                    );
+                }
+                if let Some(p) = pw {
+                    grads.register::<LibTorch>(
+                        p.id,
+                        TchTensor::new(x.tensor.tr().matmul(&dy.tensor)),
+                    );
+                }
+                if let Some(p) = pb {
+                    let db = dy
+                        .tensor
+                        .sum_dim_intlist([0i64].as_slice(), false, dy.tensor.kind());
+                    grads.register::<LibTorch>(p.id, TchTensor::new(db));
+                }
+            }
+        }
+
+        let prep = Linear
+            .prepare::<C>([x.node(), w.node(), b.node()])
+            .compute_bound()
+            .stateful();
+        let (x, w, b) = (x.into_primitive(), w.into_primitive(), b.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let y = LibTorch::linear(x.clone(), w.clone(), b);
+                prep.finish((x, w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(LibTorch::linear(x, w, b)),
+        }
+    }
+
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct GeluTanh;
@@ -362,13 +432,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
 
 /// The operations this module provides, by the names `DAGRUN_FUSED_OPS` takes, and `adam`:
 /// the optimizer's update over all parameters at once (`ml/optim/libtorch.rs`).
-pub const OPS: [&str; 7] = [
+pub const OPS: [&str; 8] = [
     "layer_norm",
     "gelu_tanh",
     "log_softmax",
     "softmax",
     "rms_norm",
     "lm_head",
+    "linear",
     FLAT_ADAM,
 ];
 
@@ -503,6 +574,24 @@ pub fn matmul_nt(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>, Te
     Ok(Tensor::from_dispatch(<Dispatch as FusedOps>::matmul_nt(
         x.into_dispatch(),
         w.into_dispatch(),
+    )))
+}
+
+/// [`FusedOps::linear`] when `x` is on libtorch (and `linear` is enabled); otherwise the
+/// inputs back.
+#[allow(clippy::result_large_err, clippy::type_complexity)]
+pub fn linear(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    b: Tensor<1>,
+) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>, Tensor<1>)> {
+    if !use_fused("linear", &x) {
+        return Err((x, w, b));
+    }
+    Ok(Tensor::from_dispatch(<Dispatch as FusedOps>::linear(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        b.into_dispatch(),
     )))
 }
 
@@ -696,6 +785,59 @@ mod tests {
         assert_close("output", y1, y2, 1e-6);
         assert_close("grad x", gx1, gx2, 1e-6);
         assert_close("grad w", gw1, gw2, 1e-6);
+    }
+
+    /// `x w + b` as one `addmm` against burn's matmul and broadcast addition, in values and
+    /// in the gradients of all three; with and without gradients wanted for the weights (a
+    /// frozen layer), and untracked.
+    #[test]
+    fn linear_matches_burns_matmul_and_add_in_values_and_gradients() {
+        let x = values([7, 5], 21, 2.0).require_grad();
+        let w = values([5, 9], 22, 2.0);
+        let b = Tensor::<1>::from_data(
+            TensorData::new(
+                (0..9).map(|i| i as f32 * 0.3 - 1.0).collect::<Vec<f32>>(),
+                [9],
+            ),
+            &device(),
+        );
+        let out_w = values([7, 9], 23, 2.0);
+        for train_weights in [true, false] {
+            let (w, b) = if train_weights {
+                (w.clone().require_grad(), b.clone().require_grad())
+            } else {
+                (w.clone(), b.clone())
+            };
+            let run = |fused: bool| {
+                let y = if fused {
+                    linear(x.clone(), w.clone(), b.clone())
+                        .unwrap_or_else(|_| panic!("on libtorch"))
+                } else {
+                    x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>()
+                };
+                let grads = (y.clone() * out_w.clone()).sum().backward();
+                let gw = train_weights.then(|| (w.grad(&grads).unwrap(), b.grad(&grads).unwrap()));
+                (y, x.grad(&grads).unwrap(), gw)
+            };
+            let ((y1, gx1, g1), (y2, gx2, g2)) = (run(true), run(false));
+            assert_close("output", y1, y2, 1e-6);
+            assert_close("grad x", gx1, gx2, 1e-6);
+            match (g1, g2) {
+                (Some((gw1, gb1)), Some((gw2, gb2))) => {
+                    assert_close("grad w", gw1, gw2, 1e-6);
+                    assert_close("grad b", gb1, gb2, 1e-6);
+                }
+                (None, None) => {}
+                _ => panic!("gradients wanted on one side only"),
+            }
+        }
+        let plain = linear(x.clone().inner(), w.clone().inner(), b.clone().inner()).unwrap();
+        assert_close(
+            "untracked",
+            plain,
+            x.inner().matmul(w.inner()) + b.inner().unsqueeze::<2>(),
+            1e-6,
+        );
     }
 
     /// burn-tch writes an operation's result into its input's buffer when nothing else holds

@@ -217,7 +217,14 @@ impl Conv1D {
         let [b, t, d_in] = x.dims();
         let w = self.weight.val();
         let d_out = w.dims()[1];
-        let y = x.reshape([b * t, d_in]).matmul(w) + self.bias.val().unsqueeze::<2>();
+        let x = x.reshape([b * t, d_in]);
+        // One `addmm` on libtorch ([`super::fused::linear`]), a matmul and an add elsewhere.
+        #[cfg(feature = "tch")]
+        let (x, w) = match super::fused::linear(x, w, self.bias.val()) {
+            Ok(y) => return y.reshape([b, t, d_out]),
+            Err((x, w, _)) => (x, w),
+        };
+        let y = x.matmul(w) + self.bias.val().unsqueeze::<2>();
         y.reshape([b, t, d_out])
     }
 }
