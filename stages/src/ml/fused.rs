@@ -211,6 +211,44 @@ fn through_libtorch_autograd<C: CheckpointStrategy, const N: usize>(
     }
 }
 
+/// libtorch's backward of an operation along a dimension that needs only its output:
+/// `(dy, y, dim, input kind) -> dx` (log-softmax's and softmax's).
+type FromOutputBackward = fn(&tch::Tensor, &tch::Tensor, i64, tch::Kind) -> tch::Tensor;
+
+/// The burn autodiff node of such an operation.
+#[derive(Debug)]
+struct AlongDim(FromOutputBackward);
+
+impl Backward<LibTorch, 1> for AlongDim {
+    /// The output (its burn handle: see the module's note on aliasing) and the dimension.
+    type State = (TchTensor, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (y, dim) = ops.state;
+        unary::<LibTorch, _>(ops.parents, ops.node, grads, |dy| {
+            TchTensor::new((self.0)(&dy.tensor, &y.tensor, dim as i64, y.tensor.kind()))
+        });
+    }
+}
+
+/// `forward(x, dim)` under burn's autodiff with `backward` as its gradient.
+fn along_dim<C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<LibTorch, C>>,
+    dim: usize,
+    forward: fn(TchTensor, usize) -> TchTensor,
+    backward: FromOutputBackward,
+) -> FloatTensor<Autodiff<LibTorch, C>> {
+    let prep = AlongDim(backward)
+        .prepare::<C>([x.node()])
+        .compute_bound()
+        .stateful();
+    let y = forward(x.into_primitive(), dim);
+    match prep {
+        OpsKind::Tracked(prep) => prep.finish((y.clone(), dim), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
     fn layer_norm(
         x: FloatTensor<Self>,
@@ -358,75 +396,22 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
     }
 
     fn log_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LogSoftmax;
-
-        impl Backward<LibTorch, 1> for LogSoftmax {
-            /// The output (its burn handle) and the dimension.
-            type State = (TchTensor, usize);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let (y, dim) = ops.state;
-                unary::<LibTorch, _>(ops.parents, ops.node, grads, |dy| {
-                    TchTensor::new(tch::Tensor::internal_log_softmax_backward_data(
-                        &dy.tensor,
-                        &y.tensor,
-                        dim as i64,
-                        y.tensor.kind(),
-                    ))
-                });
-            }
-        }
-
-        let prep = LogSoftmax
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful();
-        let y = LibTorch::log_softmax(x.into_primitive(), dim);
-        match prep {
-            OpsKind::Tracked(prep) => prep.finish((y.clone(), dim), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        along_dim::<C>(
+            x,
+            dim,
+            <LibTorch as FusedOps>::log_softmax,
+            tch::Tensor::internal_log_softmax_backward_data,
+        )
     }
 
     fn softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Softmax;
-
-        impl Backward<LibTorch, 1> for Softmax {
-            /// The output (its burn handle) and the dimension.
-            type State = (TchTensor, usize);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let (y, dim) = ops.state;
-                // `y (dy - Σ dy y)` along `dim`, one kernel.
-                unary::<LibTorch, _>(ops.parents, ops.node, grads, |dy| {
-                    TchTensor::new(tch::Tensor::internal_softmax_backward_data(
-                        &dy.tensor,
-                        &y.tensor,
-                        dim as i64,
-                        y.tensor.kind(),
-                    ))
-                });
-            }
-        }
-
-        let prep = Softmax.prepare::<C>([x.node()]).compute_bound().stateful();
-        let y = LibTorch::softmax(x.into_primitive(), dim);
-        match prep {
-            OpsKind::Tracked(prep) => prep.finish((y.clone(), dim), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        // Backward `y (dy - Σ dy y)` along `dim`, one kernel.
+        along_dim::<C>(
+            x,
+            dim,
+            <LibTorch as FusedOps>::softmax,
+            tch::Tensor::internal_softmax_backward_data,
+        )
     }
 }
 
