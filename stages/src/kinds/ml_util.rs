@@ -281,7 +281,7 @@ mod tests {
             // Tests run without DAGRUN_FUSED_OPS: all of them.
             assert_eq!(
                 lt["fused_ops"],
-                "layer_norm gelu_tanh log_softmax softmax rms_norm lm_head linear adam"
+                "layer_norm gelu_tanh log_softmax softmax rms_norm lm_head linear attention adam"
             );
             assert!(
                 !lt.contains_key("sampling"),

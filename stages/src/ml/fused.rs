@@ -68,6 +68,18 @@ pub trait FusedOps: Backend {
         w: FloatTensor<Self>,
         b: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+    /// GPT-2's attention without a KV cache, from the `c_attn` output `qkv` `[b, t, 3e]`
+    /// (q, k, v side by side, `n_head` heads each) and the additive mask `bias` `[b, 1, t,
+    /// t]`: `softmax(q kᵀ · scale + bias) v` with the heads merged, `[b, t, e]` — what
+    /// `attention::attend` computes from q, k and v sliced out of `qkv`. The backward gives
+    /// `qkv`'s gradient as one concatenation, where burn's three slices each give a
+    /// zero-filled `[b, t, 3e]` tensor with their part copied in, then added up.
+    fn self_attention(
+        qkv: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        n_head: usize,
+        scale: Option<f64>,
+    ) -> FloatTensor<Self>;
 }
 
 const GELU_TANH: &str = "tanh";
@@ -100,6 +112,15 @@ impl FusedOps for LibTorch {
     fn linear(x: TchTensor, w: TchTensor, b: TchTensor) -> TchTensor {
         TchTensor::new(b.tensor.addmm(&x.tensor, &w.tensor))
     }
+
+    fn self_attention(
+        qkv: TchTensor,
+        bias: TchTensor,
+        n_head: usize,
+        scale: Option<f64>,
+    ) -> TchTensor {
+        TchTensor::new(tch_self_attention(&qkv.tensor, &bias.tensor, n_head, scale).0)
+    }
 }
 
 fn tch_layer_norm(
@@ -110,6 +131,36 @@ fn tch_layer_norm(
 ) -> tch::Tensor {
     let e = *x.size().last().expect("layer norm of a scalar");
     x.layer_norm([e].as_slice(), Some(weight), Some(bias), eps, true)
+}
+
+/// q, k and v of `qkv` `[b, t, 3e]` as `[b, h, t, dh]` views (no copy).
+fn tch_qkv_heads(qkv: &tch::Tensor, n_head: usize) -> [tch::Tensor; 3] {
+    let (b, t, e3) = qkv.size3().expect("qkv is [b, t, 3e]");
+    let (e, h) = (e3 / 3, n_head as i64);
+    [0, 1, 2].map(|i| {
+        qkv.narrow(2, i * e, e)
+            .reshape([b, t, h, e / h])
+            .transpose(1, 2)
+    })
+}
+
+/// [`FusedOps::self_attention`]'s output `[b, t, e]` and the attention probabilities
+/// `[b, h, t, t]` (kept for the backward), in `attend`'s order of operations.
+fn tch_self_attention(
+    qkv: &tch::Tensor,
+    bias: &tch::Tensor,
+    n_head: usize,
+    scale: Option<f64>,
+) -> (tch::Tensor, tch::Tensor) {
+    let (b, t, e3) = qkv.size3().expect("qkv is [b, t, 3e]");
+    let [q, k, v] = tch_qkv_heads(qkv, n_head);
+    let mut scores = q.matmul(&k.transpose(2, 3));
+    if let Some(scale) = scale {
+        scores *= scale;
+    }
+    let p = (scores + bias).softmax(3, qkv.kind());
+    let out = p.matmul(&v).transpose(1, 2).reshape([b, t, e3 / 3]);
+    (out, p)
 }
 
 fn tch_rms_normalize(x: &tch::Tensor, eps: f64) -> tch::Tensor {
@@ -363,6 +414,66 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
         }
     }
 
+    fn self_attention(
+        qkv: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        n_head: usize,
+        scale: Option<f64>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SelfAttention;
+
+        impl Backward<LibTorch, 2> for SelfAttention {
+            /// `qkv` and the probabilities (burn handles: see the module's note on
+            /// aliasing), the heads and the scale.
+            type State = (TchTensor, TchTensor, usize, Option<f64>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let dy = grads.consume::<LibTorch>(&ops.node);
+                let (qkv, p, n_head, scale) = ops.state;
+                let [parent, _bias] = ops.parents;
+                let Some(parent) = parent else { return };
+                let (b, t, e3) = qkv.tensor.size3().expect("qkv is [b, t, 3e]");
+                let h = n_head as i64;
+                let [q, k, v] = tch_qkv_heads(&qkv.tensor, n_head);
+                let p = &p.tensor;
+                let d_out = dy.tensor.reshape([b, t, h, e3 / 3 / h]).transpose(1, 2);
+                let dv = p.transpose(2, 3).matmul(&d_out);
+                let dp = d_out.matmul(&v.transpose(2, 3));
+                let mut ds = tch::Tensor::internal_softmax_backward_data(&dp, p, 3, p.kind());
+                if let Some(scale) = scale {
+                    ds *= scale;
+                }
+                let dq = ds.matmul(&k);
+                let dk = ds.transpose(2, 3).matmul(&q);
+                // [b, t, 3h, dh]: q's heads, then k's, then v's, as `qkv` holds them.
+                let dqkv = tch::Tensor::cat(&[dq, dk, dv].map(|g| g.transpose(1, 2)), 2)
+                    .reshape([b, t, e3]);
+                grads.register::<LibTorch>(parent.id, TchTensor::new(dqkv));
+            }
+        }
+
+        let prep = SelfAttention
+            .prepare::<C>([qkv.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let (qkv, bias) = (qkv.into_primitive(), bias.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let (out, p) = tch_self_attention(&qkv.tensor, &bias.tensor, n_head, scale);
+                prep.finish((qkv, TchTensor::new(p), n_head, scale), TchTensor::new(out))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(LibTorch::self_attention(qkv, bias, n_head, scale))
+            }
+        }
+    }
+
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct GeluTanh;
@@ -417,7 +528,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<LibTorch, C> {
 
 /// The operations this module provides, by the names `DAGRUN_FUSED_OPS` takes, and `adam`:
 /// the optimizer's update over all parameters at once (`ml/optim/libtorch.rs`).
-pub const OPS: [&str; 8] = [
+pub const OPS: [&str; 9] = [
     "layer_norm",
     "gelu_tanh",
     "log_softmax",
@@ -425,6 +536,7 @@ pub const OPS: [&str; 8] = [
     "rms_norm",
     "lm_head",
     "linear",
+    "attention",
     FLAT_ADAM,
 ];
 
@@ -578,6 +690,28 @@ pub fn linear(
         w.into_dispatch(),
         b.into_dispatch(),
     )))
+}
+
+/// [`FusedOps::self_attention`] when `qkv` is float32 on libtorch (and `attention` is
+/// enabled); otherwise `qkv` back.
+#[allow(clippy::result_large_err)]
+pub fn self_attention(
+    qkv: Tensor<3>,
+    bias: Tensor<4>,
+    n_head: usize,
+    scale: Option<f64>,
+) -> Result<Tensor<3>, Tensor<3>> {
+    if !use_fused("attention", &qkv) || qkv.dtype() != burn::tensor::DType::F32 {
+        return Err(qkv);
+    }
+    Ok(Tensor::from_dispatch(
+        <Dispatch as FusedOps>::self_attention(
+            qkv.into_dispatch(),
+            bias.into_dispatch(),
+            n_head,
+            scale,
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -825,6 +959,46 @@ mod tests {
         );
     }
 
+    /// GPT-2's attention from `qkv` against `attention::attend` on q, k and v sliced out of
+    /// it (what `gpt2::Attention` does elsewhere), with a causal mask that also hides a
+    /// padded key of one row: output and `qkv`'s gradient, with and without the scale.
+    #[test]
+    fn self_attention_matches_attend_on_slices() {
+        let (b, t, h, dh) = (2, 5, 3, 4);
+        let e = h * dh;
+        let mut mask = vec![0f32; b * t * t];
+        for (i, m) in mask.iter_mut().enumerate() {
+            let (row, q, k) = (i / (t * t), (i / t) % t, i % t);
+            if k > q || (row == 1 && k == 0) {
+                *m = -1.0e9;
+            }
+        }
+        let bias = Tensor::<4>::from_data(TensorData::new(mask, [b, 1, t, t]), &device());
+        let qkv = values([b, t, 3 * e], 31, 3.0);
+        for scale in [Some(1.0 / (dh as f64).sqrt()), None] {
+            let run = |fused: bool| {
+                value_and_grads([qkv.clone()], |[qkv]| {
+                    if fused {
+                        return self_attention(qkv, bias.clone(), h, scale)
+                            .unwrap_or_else(|_| panic!("on libtorch"));
+                    }
+                    let split = |i: usize| {
+                        qkv.clone()
+                            .slice([0..b, 0..t, i * e..(i + 1) * e])
+                            .reshape([b, t, h, dh])
+                            .swap_dims(1, 2)
+                    };
+                    crate::ml::attention::attend(split(0), split(1), split(2), bias.clone(), scale)
+                        .swap_dims(1, 2)
+                        .reshape([b, t, e])
+                })
+            };
+            let ((y1, [g1]), (y2, [g2])) = (run(true), run(false));
+            assert_close(&format!("output, scale {scale:?}"), y1, y2, 1e-6);
+            assert_close(&format!("grad, scale {scale:?}"), g1, g2, 1e-6);
+        }
+    }
+
     /// burn-tch writes an operation's result into its input's buffer when nothing else holds
     /// it; the saved tensors of the fused ops' backward must not be written over that way.
     /// Here the layer norm's and GELU's inputs are consumed by an addition after the fused op
@@ -858,8 +1032,8 @@ mod tests {
             parse_ops("log_softmax, layer_norm log_softmax").unwrap(),
             vec!["log_softmax", "layer_norm"]
         );
-        let e = parse_ops("layer_norm,attention").unwrap_err();
-        assert!(e.contains("`attention`") && e.contains("gelu_tanh"), "{e}");
+        let e = parse_ops("layer_norm,flash").unwrap_err();
+        assert!(e.contains("`flash`") && e.contains("gelu_tanh"), "{e}");
     }
 
     #[test]

@@ -241,11 +241,25 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    /// `x`: `[b, t, e]`; `bias`: additive mask `[b, 1, t, past + t]`.
-    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, slot: &mut LayerKv) -> Tensor<3> {
+    /// `x`: `[b, t, e]`; `bias`: additive mask `[b, 1, t, past + t]`; `slot`: this layer's
+    /// keys and values in a KV cache, `None` without one.
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, slot: Option<&mut LayerKv>) -> Tensor<3> {
         let [b, t, e] = x.dims();
         let (h, dh) = (self.n_head, e / self.n_head);
         let qkv = self.c_attn.forward(x);
+        let scale = self.scale.then(|| 1.0 / (dh as f64).sqrt());
+        // Without a cache, on libtorch: straight from `qkv` ([`super::fused::self_attention`],
+        // whose backward does not go through three slices).
+        #[cfg(feature = "tch")]
+        let qkv = match slot {
+            None => match super::fused::self_attention(qkv, bias.clone(), h, scale) {
+                Ok(out) => return self.c_proj.forward(out),
+                Err(qkv) => qkv,
+            },
+            Some(_) => qkv,
+        };
+        let mut own = None;
+        let slot = slot.unwrap_or(&mut own);
         let split = |i: usize| {
             qkv.clone()
                 .slice([0..b, 0..t, i * e..(i + 1) * e])
@@ -253,7 +267,6 @@ impl Attention {
                 .swap_dims(1, 2)
         };
         let (k, v) = extend(slot, split(1), split(2));
-        let scale = self.scale.then(|| 1.0 / (dh as f64).sqrt());
         let out = attend(split(0), k, v, bias, scale)
             .swap_dims(1, 2)
             .reshape([b, t, e]);
@@ -320,7 +333,7 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, slot: &mut LayerKv) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, bias: Tensor<4>, slot: Option<&mut LayerKv>) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), bias, slot);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
@@ -474,6 +487,7 @@ impl Gpt2 {
     pub fn hidden(&self, batch: &TokenBatch, cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
         let device = self.device();
         let (b, t) = (batch.rows, batch.len);
+        let cached = cache.is_some();
         let mut own = KvCache::new();
         let cache = cache.unwrap_or(&mut own);
         let step = cache.begin(batch, self.h.len(), self.config.n_positions, &device)?;
@@ -484,7 +498,7 @@ impl Gpt2 {
         let x = self.wte.val().select(0, ids) + self.wpe.val().select(0, pos);
         let mut x = x.reshape([b, t, e]);
         for (block, slot) in self.h.iter().zip(cache.layers_mut()) {
-            x = block.forward(x, step.bias.clone(), slot);
+            x = block.forward(x, step.bias.clone(), cached.then_some(slot));
         }
         Ok(self.ln_f.forward(x))
     }
