@@ -1,8 +1,9 @@
 //! libtorch's fused kernels for operations burn composes from elementary ones: layer
 //! normalisation, tanh-approximated GELU, log-softmax, softmax (attention's probabilities)
 //! and RMS normalisation (Llama's and Gemma's norm), forward and backward; GPT-2's linear
-//! layers as one `addmm` (bias added by the matrix product's kernel); and an LM head `h Wᵀ`
-//! whose backward gives `W`'s gradient in `W`'s layout (burn's matmul backward gives it
+//! layers as one `addmm` (bias added by the matrix product's kernel) and its attention from
+//! the q/k/v projection (the gradient as one concatenation); and an LM head `h Wᵀ` whose
+//! backward gives `W`'s gradient in `W`'s layout (burn's matmul backward gives it
 //! transposed).
 //!
 //! burn writes `LayerNorm` as nine tensor operations (mean, subtract, square, mean, add,
@@ -17,8 +18,8 @@
 //! The operations are a burn backend extension ([`FusedOps`]) implemented for libtorch and
 //! for autodiff over libtorch, with the backward written here. Every other backend keeps
 //! the composed operations ([`layer_norm`], [`gelu_tanh`], [`log_softmax`], [`softmax`],
-//! [`rms_normalize`], [`matmul_nt`] and [`linear`] hand the input back): the `cpu` backend's results
-//! stay bit for bit what they were.
+//! [`rms_normalize`], [`matmul_nt`], [`linear`] and [`self_attention`] hand the input
+//! back): the `cpu` backend's results stay bit for bit what they were.
 //!
 //! Aliasing: burn-tch writes into a tensor in place when its storage is not shared, so the
 //! backward state keeps a clone of every saved tensor's burn handle (the shared storage
