@@ -114,16 +114,16 @@ fn pick_rows(
     width: usize,
     draws: &[Option<Option<f64>>],
 ) -> Vec<u32> {
-    let done_len = draws.len();
+    let rows = draws.len();
     let one = |(row, u): (&[f32], &Option<Option<f64>>)| match u {
         Some(u) => sampling.pick_with(row, *u),
         None => 0,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 || done_len < 2 || logits.len() < (1 << 20) {
+    if threads < 2 || rows < 2 || logits.len() < (1 << 20) {
         return logits.chunks(width).zip(draws).map(one).collect();
     }
-    let rows_per = done_len.div_ceil(threads);
+    let rows_per = rows.div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = logits
             .chunks(rows_per * width)
