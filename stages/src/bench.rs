@@ -114,14 +114,13 @@ fn device_info(spec: DeviceSpec) -> BenchResult<Value> {
     #[cfg(not(feature = "tch"))]
     let fused = Value::Null;
     // Where generation picks its tokens (ml/sampling.rs; `DAGRUN_SAMPLING` chooses).
-    let sampling =
-        crate::ml::sampling::SamplingPlace::resolve(matches!(concrete, DeviceSpec::Cuda(_)))?;
+    let sampling = crate::ml::sampling::SamplingPlace::for_spec(concrete)?;
     Ok(json!({
         "device": concrete.to_string(),
         "tch_built": crate::ml::device::TCH_BUILT,
         "cuda_devices": crate::ml::device::cuda_device_count(),
         "fused_ops": fused,
-        "sampling": format!("{sampling:?}").to_lowercase(),
+        "sampling": sampling.name(),
     }))
 }
 

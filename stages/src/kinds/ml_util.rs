@@ -96,9 +96,9 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
     // otherwise; ml/sampling.rs): the host's tokens up to the rounding of a sum of f64
     // probabilities taken in another order, recorded so that the key says how a result was
     // made. Absent for the host, so that `cpu` and `libtorch-cpu` keys are unchanged.
-    let on_cuda = matches!(concrete, DeviceSpec::Cuda(_));
-    if SamplingPlace::resolve(on_cuda)? == SamplingPlace::Device {
-        env.insert("sampling".into(), "device".into());
+    let sampling = SamplingPlace::for_spec(concrete)?;
+    if sampling == SamplingPlace::Device {
+        env.insert("sampling".into(), sampling.name().into());
     }
     Ok(env)
 }

@@ -10,6 +10,7 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 
+use super::device::DeviceSpec;
 use super::error::{MlError, Result};
 use super::rng::SeededRng;
 
@@ -67,6 +68,19 @@ impl SamplingPlace {
     /// Where to sample logits that live on `device`.
     pub fn for_device(device: &Device) -> Result<SamplingPlace> {
         Self::resolve(is_libtorch_cuda(device)).map_err(MlError::Invalid)
+    }
+
+    /// Where to sample on the device a concrete spec names (`auto` resolved by the caller).
+    pub fn for_spec(spec: DeviceSpec) -> std::result::Result<SamplingPlace, String> {
+        Self::resolve(matches!(spec, DeviceSpec::Cuda(_)))
+    }
+
+    /// `host` or `device`, as `DAGRUN_SAMPLING` spells them.
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplingPlace::Host => "host",
+            SamplingPlace::Device => "device",
+        }
     }
 }
 
