@@ -6,8 +6,15 @@
 //! so each head learns `w` by logistic regression on feature differences, with Adam. The
 //! bias, which Bradley–Terry does not identify, is then set so that the head's mean reward
 //! over the training responses is 0: a head's random offset would otherwise add a
-//! text-independent spread to the ensemble variance and hide real disagreement. Heads differ by their initialisation seed (and, if asked, by data
-//! order or a bootstrap resample); each stops when its running loss reaches its target.
+//! text-independent spread to the ensemble variance and hide real disagreement. Heads differ
+//! by their initialisation seed (and, if asked, by data order or a bootstrap resample); each
+//! stops when its running loss reaches its target.
+//!
+//! The optimiser differs from the paper's Table 4 (AdamW, learning rate 1e-5, weight decay
+//! 0.001, cosine schedule, 0.5 epochs), on purpose: that recipe trains through the model
+//! stack, while here a head is a logistic regression on fixed features, which plain Adam at
+//! 1e-2 brings to the paper's stopping point (running loss ≈ 0.2, the part ALGORITHMS.md §3
+//! specifies) in a few epochs. `lr`, `max_epochs` and `target_loss` are params.
 //!
 //! Outputs: `model` (the K-head reward model) and `stats` (JSON: per-head accuracy and
 //! loss curves, and the Figure 6 variance statistics with histograms).
