@@ -1,11 +1,12 @@
-//! PPO: the variance-aware variant with σ² ≡ 1 is vanilla PPO exactly, and a killed run
-//! resumes from its checkpoint to the same end.
+//! PPO: the variance-aware variant with σ² ≡ 1 is vanilla PPO exactly, an ensemble too
+//! small for a variance is refused where one is needed, and a killed run resumes from its
+//! checkpoint to the same end.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use dagrun_stages::{
-    kinds::ppo::{run_ppo, Method, PpoInputs, PpoParams, StepStats},
+    kinds::ppo::{run_ppo, Aggregation, Method, PpoInputs, PpoParams, StepStats},
     ml::{heads::LinearHeads, reward::RewardModel, Gpt2},
 };
 
@@ -111,22 +112,54 @@ fn variance_aware_with_unit_variance_is_vanilla_exactly() {
         sv.iter().skip(1).any(|s| s.kl != 0.0),
         "the policy moved: {sv:?}"
     );
-    // Everything but the reported variance (the override itself) is identical.
-    let strip = |s: &[StepStats]| {
-        s.iter()
-            .map(|x| StepStats {
-                variance: 0.0,
-                ..x.clone()
-            })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(strip(&sv), strip(&sa));
-    assert!(sa.iter().all(|s| s.variance == 1.0));
+    // Everything is identical, the reported variance too (the ensemble's own, not the
+    // override, which only replaces the KL weight).
+    assert_eq!(sv, sa);
+    assert!(sa.iter().all(|s| s.variance > 0.0 && s.variance != 1.0));
     assert_eq!(wv, wa, "the policies are bit-identical");
     // With the real ensemble variance the run differs.
     let va_real = params(&rm, Method::VarianceAware);
     let (wr, _) = run(&va_real, None, None);
     assert_ne!(wv, wr);
+}
+
+#[test]
+fn a_variance_of_one_head_is_refused_where_it_matters() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let backbone = Gpt2::from_hf_dir(&fixture(), &device).unwrap();
+    let heads = LinearHeads::init(backbone.config().n_embd, &[11], &device).unwrap();
+    let rm = dir.path().join("rm1");
+    RewardModel::new(backbone, heads)
+        .unwrap()
+        .save(&rm, Some(&fixture().join("tokenizer.json")))
+        .unwrap();
+    let err = |p: &PpoParams| match run_ppo(
+        p,
+        PpoInputs {
+            prompts: prompts(),
+            device: Device::flex(),
+            checkpoint_dir: None,
+        },
+        &|| false,
+        &mut |_| {},
+    ) {
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    };
+    let mut p = params(&rm, Method::VarianceAware);
+    p.steps = 1;
+    let e = err(&p).expect("variance-aware PPO on one head has no KL penalty");
+    assert!(e.contains("1 head(s)") && e.contains("ddof 1"), "{e}");
+    p.method = Method::Vanilla;
+    p.aggregation = Aggregation::MeanMinusStd;
+    assert!(err(&p).is_some());
+    // Vanilla PPO against the one head, and variance-aware with an override, need no variance.
+    p.aggregation = Aggregation::Member;
+    assert_eq!(err(&p), None);
+    p.method = Method::VarianceAware;
+    p.variance_override = Some(1.0);
+    assert_eq!(err(&p), None);
 }
 
 #[test]

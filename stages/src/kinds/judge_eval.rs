@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    ml_util::{backend_env, encode_tail, model_template, node_device, split_file, Distribution},
+    ml_util::{
+        backend_env, encode_tail, model_template, node_device, split_file, without_stop,
+        Distribution,
+    },
     parse_params, write_json,
 };
 use crate::{
@@ -219,7 +222,9 @@ impl StageKind for JudgeEvalKind {
         "judge_eval"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: a `plain` judge model reads the sequence without the response's closing EOS, as
+        // a chat-template judge already did.
+        2
     }
     fn summary(&self) -> &'static str {
         "mean judge reward of every policy and the reference on held-out prompts; per-method distributions"
@@ -306,20 +311,18 @@ impl StageKind for JudgeEvalKind {
                         })
                         .collect::<Result<_, _>>()?;
                     let g = generate(&lm, &ids, &cfg, &mut rng)?;
-                    let eos = tok.eos_id();
+                    // The judge reads responses without their closing EOS, as `ppo`'s reward
+                    // model does (see `without_stop`).
                     let responses: Vec<String> = g
                         .responses
                         .iter()
-                        .map(|r| {
-                            let r: Vec<u32> =
-                                r.iter().copied().filter(|&t| Some(t) != eos).collect();
-                            tok.decode(&r)
-                        })
+                        .map(|r| tok.decode(without_stop(r, 0, &cfg.stop_ids)))
                         .collect::<Result<_, _>>()?;
                     let full: Vec<String> = g
                         .sequences
                         .iter()
-                        .map(|s| tok.decode(s))
+                        .zip(&g.prompt_lens)
+                        .map(|(s, &n)| tok.decode(without_stop(s, n, &cfg.stop_ids)))
                         .collect::<Result<_, _>>()?;
                     scores.extend(judge.score(chunk, &responses, &full, p.judge_max_len)?);
                 }

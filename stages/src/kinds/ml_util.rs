@@ -147,6 +147,19 @@ pub fn read_split(dir: &Path, split: &str) -> Result<Vec<PreferencePair>, StageE
     )?)
 }
 
+/// What a reward model reads of a sampled sequence (prompt ⊕ response): the sequence
+/// without the stop token that closed the response. Generation cuts a response after its
+/// first stop token and keeps it (the policy's log-probs and the KL include it), but reward
+/// models are trained on preference text, which has none: scored with it, the reward would
+/// be read at a token the model never saw in that place (TRL, where GPT-2's pad is its
+/// EOS, reads the reward at the token before it too). `prompt_len` protects the prompt.
+pub fn without_stop<'a>(seq: &'a [u32], prompt_len: usize, stop_ids: &[u32]) -> &'a [u32] {
+    match seq.split_last() {
+        Some((last, rest)) if seq.len() > prompt_len && stop_ids.contains(last) => rest,
+        _ => seq,
+    }
+}
+
 /// Token ids of a text, keeping its last `max_len` tokens (the reward is read at the end).
 pub fn encode_tail(
     tok: &TextTokenizer,
@@ -266,6 +279,21 @@ impl Distribution {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reward_model_reads_a_response_without_its_closing_stop_token() {
+        let stop = [50256, 7];
+        // prompt [1, 2], response [3, 4, stop]
+        assert_eq!(without_stop(&[1, 2, 3, 4, 50256], 2, &stop), &[1, 2, 3, 4]);
+        assert_eq!(without_stop(&[1, 2, 3, 7], 2, &stop), &[1, 2, 3]);
+        // a response cut by the length limit keeps its last token
+        assert_eq!(without_stop(&[1, 2, 3, 4], 2, &stop), &[1, 2, 3, 4]);
+        // an empty response: the prompt is never cut, even when it ends in a stop id
+        assert_eq!(without_stop(&[1, 7], 2, &stop), &[1, 7]);
+        // only the last token goes
+        assert_eq!(without_stop(&[1, 7, 7], 1, &stop), &[1, 7]);
+        assert_eq!(without_stop(&[], 0, &stop), &[] as &[u32]);
+    }
 
     #[test]
     fn the_environment_names_the_backend_and_on_libtorch_its_fused_ops() {

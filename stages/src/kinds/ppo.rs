@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    ml_util::{backend_env, encode_tail, model_template, node_device, split_file},
+    ml_util::{backend_env, encode_tail, model_template, node_device, split_file, without_stop},
     parse_params, write_json,
 };
 use crate::{
@@ -82,7 +82,8 @@ pub struct PpoParams {
     pub reward_model: String,
     /// How the reward model reads a prompt and a sampled response (`plain`, `gemma`,
     /// `llama3`, `llama3.1`); default: from its `config.json`. With `plain` it reads the policy's text
-    /// as generated; with a chat template, a user turn and an assistant turn.
+    /// as generated; with a chat template, a user turn and an assistant turn. Either way
+    /// without the EOS that ended the response (see `ml_util::without_stop`).
     #[serde(default)]
     pub rm_chat_template: Option<ChatTemplate>,
     /// Prompts: a folder with `train` rows `{prompt}` (the `prompts` output) or a file.
@@ -122,7 +123,9 @@ pub struct PpoParams {
     /// Delta degrees of freedom of the ensemble variance (1: sample variance).
     #[serde(default = "one_usize")]
     pub ddof: usize,
-    /// Replace the ensemble variance by this constant (1.0 makes variance-aware PPO vanilla PPO).
+    /// Replace the ensemble variance in variance-aware PPO's KL weight by this constant (1.0
+    /// makes it vanilla PPO). The `mean_minus_*` aggregations and the reported variance keep
+    /// the ensemble's own.
     #[serde(default)]
     pub variance_override: Option<f64>,
     #[serde(default = "clip")]
@@ -217,7 +220,8 @@ pub struct StepStats {
     pub score: f64,
     /// Mean of `β·w·Σ_t kl_t`.
     pub kl_penalty: f64,
-    /// Mean ensemble variance σ² of the samples.
+    /// Mean ensemble variance σ² of the samples (the ensemble's, also under
+    /// `variance_override`).
     pub variance: f64,
     pub policy_loss: f64,
     pub value_loss: f64,
@@ -320,6 +324,21 @@ pub fn run_ppo(
     let k = rm.heads.num_heads();
     if p.aggregation == Aggregation::Member && p.member >= k {
         return Err(format!("`member` {} but the reward model has {k} heads", p.member).into());
+    }
+    // With K ≤ ddof the variance is 0 for every sample: variance-aware PPO would run without
+    // a KL penalty and the `mean_minus_*` aggregations would be the mean.
+    let needs_variance = (p.method == Method::VarianceAware && p.variance_override.is_none())
+        || matches!(
+            p.aggregation,
+            Aggregation::MeanMinusVar | Aggregation::MeanMinusStd
+        );
+    if needs_variance && k <= p.ddof {
+        return Err(format!(
+            "the reward model has {k} head(s): an ensemble variance with ddof {} needs at least {}",
+            p.ddof,
+            p.ddof + 1
+        )
+        .into());
     }
     let reference = Gpt2::from_hf_dir(policy_dir, &device)?;
     let config = reference.config().clone();
@@ -461,8 +480,8 @@ pub struct PpoModels<'a> {
     pub reference: Gpt2,
     /// The K-head reward model (no autodiff).
     pub rm: RewardModel,
-    /// A sampled sequence (policy token ids) and its prompt's length → the reward model's
-    /// input ids. `run_ppo` decodes with the policy's tokenizer, renders with the reward
+    /// A sampled sequence (policy token ids, without the stop token that ended the
+    /// response) and its prompt's length → the reward model's input ids. `run_ppo` decodes with the policy's tokenizer, renders with the reward
     /// model's chat template and re-encodes the last `rm_max_len` tokens with its tokenizer.
     pub to_rm_ids: ToRmIds<'a>,
     /// Padding id of the reward model's batches.
@@ -526,125 +545,16 @@ pub fn ppo_step(
 ) -> Result<(PolicyValue, StepStats, StepTimes), StageError> {
     let ad = models.device.clone().autodiff();
     let mut times = StepTimes::default();
-    let t0 = Instant::now();
-    // 2. Responses from the current policy (1., the prompts, is the caller's).
-    let current = pv.lm.valid();
-    let wait_for = models.profile.then_some(&models.device);
-    let (generation, gen_times) = generate_timed(
-        &current,
-        batch_prompts,
-        &models.generate,
-        rng,
-        wait_for,
-        None,
-    )?;
-    if models.profile {
-        times.generation_model = gen_times.model;
-        times.generation_to_host = gen_times.to_host;
-        times.generation_sampling = gen_times.sampling;
-    }
-    // The policy's weights are shared with these evaluation copies while they live; dropped,
-    // Adam can update the weights in place (see ml/optim/libtorch.rs).
-    drop(current);
-    times.generation = t0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
-    // 3. Scores and ensemble variances.
-    let texts: Vec<Vec<u32>> = generation
-        .sequences
-        .iter()
-        .zip(&generation.prompt_lens)
-        .map(|(s, &n)| (models.to_rm_ids)(s, n))
-        .collect::<Result<_, StageError>>()?;
-    let rm_batch = TokenBatch::from_rows(&texts, models.rm_pad, Padding::Right)?;
-    let rewards = to_f32_vec(models.rm.forward(&rm_batch)?);
-    let k = models.rm.heads.num_heads();
-    let b = batch_prompts.len();
-    let mut scores = Vec::with_capacity(b);
-    let mut variances = Vec::with_capacity(b);
-    for r in 0..b {
-        let heads: Vec<f64> = rewards[r * k..(r + 1) * k]
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        let (mean, var) = mean_var(&heads, p.ddof);
-        let var = p.variance_override.unwrap_or(var);
-        let s = match p.aggregation {
-            Aggregation::Member => heads[p.member],
-            Aggregation::Mean => mean,
-            Aggregation::Min => heads.iter().copied().fold(f64::INFINITY, f64::min),
-            Aggregation::MeanMinusVar => mean - p.lambda * var,
-            Aggregation::MeanMinusStd => mean - p.lambda * var.sqrt(),
-        };
-        scores.push(s);
-        variances.push(var);
-    }
-    times.scoring = t0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
-    // 4. Log-probs (policy, reference) and values of the response tokens.
-    let seqs = &generation.sequences;
-    let full = TokenBatch::from_rows(seqs, models.pad, Padding::Right)?;
-    let t = full.len;
-    let pv_eval = pv.valid();
-    let hidden = pv_eval.lm.hidden(&full, None)?;
-    let logits = pv_eval.lm.lm_logits(hidden.clone());
-    let values = to_f32_vec(pv_eval.value.forward(hidden));
-    let ent = {
-        let [bb, tt, v] = logits.dims();
-        let lsm = log_softmax(logits.clone().slice([0..bb, 0..tt - 1, 0..v]), 2);
-        to_f32_vec(
-            (lsm.clone().exp() * lsm)
-                .sum_dim(2)
-                .neg()
-                .reshape([bb, tt - 1]),
-        )
-    };
-    let logp = to_f32_vec(token_logprobs_from_logits(logits, &full));
-    let ref_logp = to_f32_vec(token_logprobs_from_logits(
-        models.reference.forward(&full, None)?,
-        &full,
-    ));
-    drop(pv_eval);
-    let mut samples = Vec::with_capacity(b);
-    let (mut kl_sum, mut pen_sum, mut ent_sum, mut ent_n, mut len_sum) =
-        (0.0, 0.0, 0.0, 0usize, 0.0);
-    for r in 0..b {
-        let pl = generation.prompt_lens[r];
-        let n = generation.responses[r].len();
-        let idx = |j: usize| r * (t - 1) + pl + j - 1;
-        let old_logp: Vec<f64> = (0..n).map(|j| logp[idx(j)] as f64).collect();
-        let kl: Vec<f64> = (0..n)
-            .map(|j| (logp[idx(j)] - ref_logp[idx(j)]) as f64)
-            .collect();
-        let old_v: Vec<f64> = (0..n).map(|j| values[r * t + pl + j - 1] as f64).collect();
-        for j in 0..n {
-            ent_sum += ent[idx(j)] as f64;
-        }
-        ent_n += n;
-        let w = match p.method {
-            Method::Vanilla => 1.0,
-            Method::VarianceAware => variances[r],
-        };
-        let rewards = token_rewards(&kl, p.beta, w, scores[r]);
-        let (adv, ret) = gae(&rewards, &old_v, p.gamma, p.lam);
-        let kl_total: f64 = kl.iter().sum();
-        kl_sum += kl_total;
-        pen_sum += p.beta * w * kl_total;
-        len_sum += n as f64;
-        samples.push(Sample {
-            ids: seqs[r].clone(),
-            prompt_len: pl,
-            old_logp,
-            old_v,
-            adv,
-            ret,
-        });
-    }
-    let mut advs: Vec<Vec<f64>> = samples.iter().map(|s| s.adv.clone()).collect();
-    whiten(&mut advs);
-    for (s, a) in samples.iter_mut().zip(advs) {
-        s.adv = a;
-    }
-    times.forward = t0.elapsed().as_secs_f64();
+    let Rollout {
+        samples,
+        scores,
+        variances,
+        weights,
+        kl,
+        entropy_sum,
+        entropy_tokens,
+    } = rollout(p, models, &pv, rng, batch_prompts, &mut times)?;
+    let b = samples.len();
     let t0 = Instant::now();
     // 5. PPO epochs over shuffled mini-batches.
     // With `profile`: wait for the device, charge the time since `since` to `slot`.
@@ -683,22 +593,178 @@ pub fn ppo_step(
             updates += 1;
         }
     }
-    let bf = b as f64;
+    let mean = |xs: &mut dyn Iterator<Item = f64>| xs.sum::<f64>() / b as f64;
     let st = StepStats {
         step: step + 1,
-        kl: kl_sum / bf,
-        score: scores.iter().sum::<f64>() / bf,
-        kl_penalty: pen_sum / bf,
-        variance: variances.iter().sum::<f64>() / bf,
+        kl: mean(&mut kl.iter().copied()),
+        score: mean(&mut scores.iter().copied()),
+        kl_penalty: mean(&mut kl.iter().zip(&weights).map(|(k, w)| p.beta * w * k)),
+        variance: mean(&mut variances.iter().copied()),
         policy_loss: pg_sum / updates.max(1) as f64,
         value_loss: vf_sum / updates.max(1) as f64,
-        entropy: ent_sum / ent_n.max(1) as f64,
+        entropy: entropy_sum / entropy_tokens.max(1) as f64,
         mean_ratio: ratio_sum / updates.max(1) as f64,
-        response_length: len_sum / bf,
+        response_length: mean(&mut samples.iter().map(|s| s.adv.len() as f64)),
         skipped,
     };
     times.update = t0.elapsed().as_secs_f64();
     Ok((pv, st, times))
+}
+
+/// A batch of responses, scored and evaluated: what the PPO epochs train on.
+struct Rollout {
+    /// Per response: its tokens, old log-probs and values, whitened advantages, returns.
+    samples: Vec<Sample>,
+    /// Per response: the score (the reward the policy maximises).
+    scores: Vec<f64>,
+    /// Per response: the ensemble's variance σ²(x, y).
+    variances: Vec<f64>,
+    /// Per response: the KL weight w (1 for vanilla PPO).
+    weights: Vec<f64>,
+    /// Per response: `Σ_t kl_t`.
+    kl: Vec<f64>,
+    /// The policy's entropy summed over the response tokens, and their count.
+    entropy_sum: f64,
+    entropy_tokens: usize,
+}
+
+/// Steps 2–4 of a PPO step: sample responses from `pv`, score them, evaluate log-probs
+/// (policy and reference) and values, and turn them into whitened advantages and returns.
+/// Charges its phases to `times`.
+fn rollout(
+    p: &PpoParams,
+    models: &PpoModels,
+    pv: &PolicyValue,
+    rng: &mut SeededRng,
+    batch_prompts: &[Vec<u32>],
+    times: &mut StepTimes,
+) -> Result<Rollout, StageError> {
+    let t0 = Instant::now();
+    // 2. Responses from the current policy (1., the prompts, is the caller's).
+    let current = pv.lm.valid();
+    let wait_for = models.profile.then_some(&models.device);
+    let (generation, gen_times) = generate_timed(
+        &current,
+        batch_prompts,
+        &models.generate,
+        rng,
+        wait_for,
+        None,
+    )?;
+    if models.profile {
+        times.generation_model = gen_times.model;
+        times.generation_to_host = gen_times.to_host;
+        times.generation_sampling = gen_times.sampling;
+    }
+    // The policy's weights are shared with these evaluation copies while they live; dropped,
+    // Adam can update the weights in place (see ml/optim/libtorch.rs).
+    drop(current);
+    times.generation = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    // 3. Scores and ensemble variances.
+    let texts: Vec<Vec<u32>> = generation
+        .sequences
+        .iter()
+        .zip(&generation.prompt_lens)
+        .map(|(s, &n)| (models.to_rm_ids)(without_stop(s, n, &models.generate.stop_ids), n))
+        .collect::<Result<_, StageError>>()?;
+    let rm_batch = TokenBatch::from_rows(&texts, models.rm_pad, Padding::Right)?;
+    let rewards = to_f32_vec(models.rm.forward(&rm_batch)?);
+    let k = models.rm.heads.num_heads();
+    let b = batch_prompts.len();
+    let mut scores = Vec::with_capacity(b);
+    let mut variances = Vec::with_capacity(b);
+    for r in 0..b {
+        let heads: Vec<f64> = rewards[r * k..(r + 1) * k]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        // The ensemble's own variance: `variance_override` replaces only the KL weight.
+        let (mean, var) = mean_var(&heads, p.ddof);
+        let s = match p.aggregation {
+            Aggregation::Member => heads[p.member],
+            Aggregation::Mean => mean,
+            Aggregation::Min => heads.iter().copied().fold(f64::INFINITY, f64::min),
+            Aggregation::MeanMinusVar => mean - p.lambda * var,
+            Aggregation::MeanMinusStd => mean - p.lambda * var.sqrt(),
+        };
+        scores.push(s);
+        variances.push(var);
+    }
+    times.scoring = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    // 4. Log-probs (policy, reference) and values of the response tokens.
+    let seqs = &generation.sequences;
+    let full = TokenBatch::from_rows(seqs, models.pad, Padding::Right)?;
+    let t = full.len;
+    let pv_eval = pv.valid();
+    let hidden = pv_eval.lm.hidden(&full, None)?;
+    let logits = pv_eval.lm.lm_logits(hidden.clone());
+    let values = to_f32_vec(pv_eval.value.forward(hidden));
+    let ent = {
+        let [bb, tt, v] = logits.dims();
+        let lsm = log_softmax(logits.clone().slice([0..bb, 0..tt - 1, 0..v]), 2);
+        to_f32_vec(
+            (lsm.clone().exp() * lsm)
+                .sum_dim(2)
+                .neg()
+                .reshape([bb, tt - 1]),
+        )
+    };
+    let logp = to_f32_vec(token_logprobs_from_logits(logits, &full));
+    let ref_logp = to_f32_vec(token_logprobs_from_logits(
+        models.reference.forward(&full, None)?,
+        &full,
+    ));
+    drop(pv_eval);
+    let mut samples = Vec::with_capacity(b);
+    let (mut kls, mut weights) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    let (mut ent_sum, mut ent_n) = (0.0, 0usize);
+    for r in 0..b {
+        let pl = generation.prompt_lens[r];
+        let n = generation.responses[r].len();
+        let idx = |j: usize| r * (t - 1) + pl + j - 1;
+        let old_logp: Vec<f64> = (0..n).map(|j| logp[idx(j)] as f64).collect();
+        let kl: Vec<f64> = (0..n)
+            .map(|j| (logp[idx(j)] - ref_logp[idx(j)]) as f64)
+            .collect();
+        let old_v: Vec<f64> = (0..n).map(|j| values[r * t + pl + j - 1] as f64).collect();
+        for j in 0..n {
+            ent_sum += ent[idx(j)] as f64;
+        }
+        ent_n += n;
+        let w = match p.method {
+            Method::Vanilla => 1.0,
+            Method::VarianceAware => p.variance_override.unwrap_or(variances[r]),
+        };
+        let rewards = token_rewards(&kl, p.beta, w, scores[r]);
+        let (adv, ret) = gae(&rewards, &old_v, p.gamma, p.lam);
+        kls.push(kl.iter().sum::<f64>());
+        weights.push(w);
+        samples.push(Sample {
+            ids: seqs[r].clone(),
+            prompt_len: pl,
+            old_logp,
+            old_v,
+            adv,
+            ret,
+        });
+    }
+    let mut advs: Vec<Vec<f64>> = samples.iter().map(|s| s.adv.clone()).collect();
+    whiten(&mut advs);
+    for (s, a) in samples.iter_mut().zip(advs) {
+        s.adv = a;
+    }
+    times.forward = t0.elapsed().as_secs_f64();
+    Ok(Rollout {
+        samples,
+        scores,
+        variances,
+        weights,
+        kl: kls,
+        entropy_sum: ent_sum,
+        entropy_tokens: ent_n,
+    })
 }
 
 /// The PPO loss of one mini-batch: returns (policy loss, value loss, mean ratio, total loss).
@@ -771,7 +837,9 @@ impl StageKind for PpoKind {
     fn version(&self) -> u32 {
         // 2: log-probs in the update as z[target] - logsumexp(z) (vocabulary-major), Adam in
         // place on libtorch: the same method, other float rounding.
-        2
+        // 3: the reward model reads a response without its closing EOS (`without_stop`);
+        // `variance_override` no longer changes the `mean_minus_*` aggregations.
+        3
     }
     fn summary(&self) -> &'static str {
         "PPO of a GPT-2 policy against a reward ensemble, vanilla or variance-aware"
@@ -875,5 +943,202 @@ impl StageKind for PpoKind {
             .valid()
             .save_hf_dir(&ctx.output_path("policy"), Some(&tok_path))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The step's wiring, checked against a recomputation that shares none of its batching:
+    //! each response alone through the models, log-softmax on the host in f64, the rewards,
+    //! GAE and whitening of ALGORITHMS.md §4–5 written out here. An off-by-one between
+    //! log-probs, values and tokens, the score on the wrong token, whitening per row, the
+    //! KL weight or the stop token in the reward model's input would each show.
+    use super::*;
+    use crate::ml::heads::LinearHeads;
+
+    fn fixture() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny")
+    }
+
+    /// Log-probs (f64, from the logits on the host) of `ids[1..]` given the tokens before.
+    fn logprobs_alone(lm: &Gpt2, ids: &[u32]) -> Vec<f64> {
+        let batch = TokenBatch::from_rows(&[ids.to_vec()], 0, Padding::Right).unwrap();
+        let logits = to_f32_vec(lm.forward(&batch, None).unwrap());
+        let v = logits.len() / ids.len();
+        (1..ids.len())
+            .map(|i| {
+                let row: Vec<f64> = logits[(i - 1) * v..i * v]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect();
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                row[ids[i] as usize] - lse
+            })
+            .collect()
+    }
+
+    fn close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
+        }
+    }
+
+    fn check(method: Method) {
+        let device = Device::flex();
+        let ad = device.clone().autodiff();
+        let reference = Gpt2::from_hf_dir(&fixture(), &device).unwrap();
+        let config = reference.config().clone();
+        let vocab = config.vocab_size as u32;
+        let rm = RewardModel::new(
+            Gpt2::init(&config, 5, &device).unwrap(),
+            LinearHeads::init(config.n_embd, &[21, 22, 23], &device).unwrap(),
+        )
+        .unwrap();
+        // A quarter of the vocabulary stops a response: some end on a stop token, others
+        // at the length limit.
+        let stop_ids: Vec<u32> = (0..vocab / 4).collect();
+        let models = PpoModels {
+            device: device.clone(),
+            reference,
+            rm,
+            to_rm_ids: Box::new(|s: &[u32], _| Ok(s.to_vec())),
+            rm_pad: 0,
+            pad: 0,
+            generate: GenerateConfig {
+                max_new_tokens: 6,
+                sampling: SamplingConfig::default(),
+                stop_ids: stop_ids.clone(),
+                pad_id: 0,
+            },
+            profile: false,
+        };
+        let p: PpoParams = serde_json::from_value(serde_json::json!({
+            "policy": "", "reward_model": "", "prompts": "", "method": method,
+            "beta": 0.3, "member": 1, "gamma": 0.9, "lam": 0.8,
+        }))
+        .unwrap();
+        // The policy differs from the reference (else every KL is 0).
+        let pv = PolicyValue {
+            lm: Gpt2::init(&config, 9, &ad).unwrap(),
+            value: ValueHead::init(config.n_embd, 3, &ad).unwrap(),
+        };
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![300, 301],
+            vec![5, 200, 201, 202],
+            vec![160],
+            vec![170, 7],
+        ];
+        let mut rng = SeededRng::new(11);
+        let ro = rollout(
+            &p,
+            &models,
+            &pv,
+            &mut rng,
+            &prompts,
+            &mut StepTimes::default(),
+        )
+        .unwrap();
+        assert_eq!(ro.samples.len(), prompts.len());
+        let ends: Vec<bool> = ro
+            .samples
+            .iter()
+            .map(|s| stop_ids.contains(s.ids.last().unwrap()))
+            .collect();
+        assert!(
+            ends.contains(&true),
+            "a response ends on a stop token: {ends:?}"
+        );
+
+        let policy = pv.lm.valid();
+        let value = pv.value.valid();
+        let (mut raw_adv, mut want_ret) = (Vec::new(), Vec::new());
+        for (r, s) in ro.samples.iter().enumerate() {
+            assert_eq!(&s.ids[..s.prompt_len], &prompts[r][..]);
+            let n = s.ids.len() - s.prompt_len;
+            let resp = s.prompt_len - 1..s.ids.len() - 1; // log-prob i predicts ids[i + 1]
+            let logp = &logprobs_alone(&policy, &s.ids)[resp.clone()];
+            let ref_logp = &logprobs_alone(&models.reference, &s.ids)[resp.clone()];
+            close("old log-probs", &s.old_logp, logp, 1e-4);
+            let batch = TokenBatch::from_rows(&[s.ids.clone()], 0, Padding::Right).unwrap();
+            let v: Vec<f64> = to_f32_vec(value.forward(policy.hidden(&batch, None).unwrap()))
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            let v = &v[resp];
+            close("old values", &s.old_v, v, 1e-4);
+            // The reward model reads the sequence without a closing stop token.
+            let scored = if ends[r] {
+                &s.ids[..s.ids.len() - 1]
+            } else {
+                &s.ids[..]
+            };
+            let rm_batch = TokenBatch::from_rows(&[scored.to_vec()], 0, Padding::Right).unwrap();
+            let heads: Vec<f64> = to_f32_vec(models.rm.forward(&rm_batch).unwrap())
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            let mean = heads.iter().sum::<f64>() / 3.0;
+            let var = heads.iter().map(|h| (h - mean).powi(2)).sum::<f64>() / 2.0;
+            assert!((ro.scores[r] - heads[1]).abs() < 1e-4, "member 1's score");
+            assert!((ro.variances[r] - var).abs() < 1e-4, "sample variance");
+            let w = if method == Method::Vanilla { 1.0 } else { var };
+            assert!((ro.weights[r] - w).abs() < 1e-4);
+            // R_j = −β·w·(log π − log π_ref), the score added at the last token.
+            let kl: Vec<f64> = logp.iter().zip(ref_logp).map(|(a, b)| a - b).collect();
+            assert!((ro.kl[r] - kl.iter().sum::<f64>()).abs() < 1e-4);
+            let mut rew: Vec<f64> = kl.iter().map(|k| -0.3 * w * k).collect();
+            rew[n - 1] += heads[1];
+            // GAE with γ 0.9, λ 0.8, V after the end 0; returns before whitening.
+            let mut adv = vec![0.0; n];
+            let mut next = (0.0, 0.0); // (A_{t+1}, V_{t+1})
+            for t in (0..n).rev() {
+                adv[t] = rew[t] + 0.9 * next.1 - v[t] + 0.9 * 0.8 * next.0;
+                next = (adv[t], v[t]);
+            }
+            want_ret.push(adv.iter().zip(v).map(|(a, v)| a + v).collect::<Vec<_>>());
+            raw_adv.push(adv);
+        }
+        // Whitened over every token of the batch (unbiased variance, mean not added back).
+        let all: Vec<f64> = raw_adv.iter().flatten().copied().collect();
+        let m = all.iter().sum::<f64>() / all.len() as f64;
+        let sd = (all.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (all.len() - 1) as f64 + 1e-8)
+            .sqrt();
+        for (r, s) in ro.samples.iter().enumerate() {
+            let want: Vec<f64> = raw_adv[r].iter().map(|a| (a - m) / sd).collect();
+            close("advantages", &s.adv, &want, 1e-3);
+            close("returns", &s.ret, &want_ret[r], 1e-3);
+        }
+
+        // The loss of the whole batch before any update: every ratio is 1, so the policy
+        // loss is −mean(A) and the value loss ½·mean((V − G)²), over response tokens only.
+        let rows: Vec<usize> = (0..ro.samples.len()).collect();
+        let (pg, vf, ratio, _) = minibatch_loss(&pv, &ro.samples, &rows, 0, &p, &ad).unwrap();
+        let tokens: Vec<&Sample> = ro.samples.iter().collect();
+        let count = tokens.iter().map(|s| s.adv.len()).sum::<usize>() as f64;
+        let want_pg = -tokens.iter().flat_map(|s| s.adv.iter()).sum::<f64>() / count;
+        let want_vf = 0.5
+            * tokens
+                .iter()
+                .flat_map(|s| s.old_v.iter().zip(&s.ret).map(|(v, g)| (v - g).powi(2)))
+                .sum::<f64>()
+            / count;
+        assert!((ratio - 1.0).abs() < 1e-5, "mean ratio {ratio}");
+        assert!((pg - want_pg).abs() < 1e-4, "policy loss {pg} vs {want_pg}");
+        assert!(
+            (vf - want_vf).abs() < 1e-4 * want_vf.max(1.0),
+            "value loss {vf} vs {want_vf}"
+        );
+    }
+
+    #[test]
+    fn a_vanilla_rollout_matches_the_method_recomputed_response_by_response() {
+        check(Method::Vanilla);
+    }
+
+    #[test]
+    fn a_variance_aware_rollout_matches_the_method_recomputed_response_by_response() {
+        check(Method::VarianceAware);
     }
 }
