@@ -99,7 +99,8 @@ impl Ctx {
         } else {
             file.as_path()
         };
-        Pipeline::load(named, &self.workdir, &self.registry).map_err(|e| Failure::Usage(e.into()))
+        Pipeline::load_with_cache(named, &self.workdir, &self.cache_dir, &self.registry)
+            .map_err(|e| Failure::Usage(e.into()))
     }
 
     /// The pipeline named, or the one of the last run in this workspace.

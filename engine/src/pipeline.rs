@@ -119,6 +119,8 @@ pub struct Pipeline {
     pub by_id: HashMap<String, usize>,
     /// The `slurm:` section (checked).
     pub slurm: SlurmSpec,
+    /// The cache folder (absolute); outputs may not contain it and folder inputs skip it.
+    pub cache_dir: PathBuf,
 }
 
 impl Pipeline {
@@ -130,9 +132,19 @@ impl Pipeline {
         }
     }
 
-    /// Reads and checks a pipeline. `workdir` is the workspace; `cache_dir` is excluded
-    /// from output paths.
+    /// Reads and checks a pipeline whose cache is the workspace's `.dagrun/`.
     pub fn load(file: &Path, workdir: &Path, registry: &Registry) -> Result<Pipeline, SpecErrors> {
+        Self::load_with_cache(file, workdir, &workdir.join(".dagrun"), registry)
+    }
+
+    /// Reads and checks a pipeline. `workdir` is the workspace; no output may be, hold
+    /// or lie inside `cache_dir`.
+    pub fn load_with_cache(
+        file: &Path,
+        workdir: &Path,
+        cache_dir: &Path,
+        registry: &Registry,
+    ) -> Result<Pipeline, SpecErrors> {
         let src = std::fs::read_to_string(file).map_err(|e| {
             SpecError::new(
                 Location {
@@ -142,7 +154,7 @@ impl Pipeline {
                 format!("cannot read pipeline: {e}"),
             )
         })?;
-        Self::parse(&src, file, workdir, registry)
+        Self::parse_with_cache(&src, file, workdir, cache_dir, registry)
     }
 
     pub fn parse(
@@ -151,8 +163,26 @@ impl Pipeline {
         workdir: &Path,
         registry: &Registry,
     ) -> Result<Pipeline, SpecErrors> {
+        Self::parse_with_cache(src, file, workdir, &workdir.join(".dagrun"), registry)
+    }
+
+    pub fn parse_with_cache(
+        src: &str,
+        file: &Path,
+        workdir: &Path,
+        cache_dir: &Path,
+        registry: &Registry,
+    ) -> Result<Pipeline, SpecErrors> {
         let src = &interp::protect(src);
         let mut b = Builder::new(src, file, registry)?;
+        b.workdir = absolute_clean(workdir);
+        b.cache_dir = absolute_clean(cache_dir);
+        b.cache_rel = b
+            .cache_dir
+            .strip_prefix(&b.workdir)
+            .ok()
+            .map(|r| r.to_string_lossy().into_owned())
+            .filter(|r| !r.is_empty());
         let spec: PipelineFile = serde_yaml::from_str(src).map_err(|e| b.yaml_error(e))?;
         b.check_duplicates()?;
         b.build(spec, file, workdir)
@@ -242,6 +272,11 @@ impl Pipeline {
 
 struct Builder<'a> {
     file: PathBuf,
+    /// The workspace and the cache folder, absolute and without `.`/`..`.
+    workdir: PathBuf,
+    cache_dir: PathBuf,
+    /// The cache folder relative to the workspace, when it is inside it.
+    cache_rel: Option<String>,
     pos: Positions,
     registry: &'a Registry,
     errors: Vec<SpecError>,
@@ -251,6 +286,9 @@ impl<'a> Builder<'a> {
     fn new(src: &str, file: &Path, registry: &'a Registry) -> Result<Self, SpecErrors> {
         let mut b = Builder {
             file: file.to_path_buf(),
+            workdir: PathBuf::new(),
+            cache_dir: PathBuf::new(),
+            cache_rel: None,
             pos: Positions::default(),
             registry,
             errors: Vec::new(),
@@ -456,6 +494,7 @@ impl<'a> Builder<'a> {
             env_keys: spec.fingerprint.env.clone(),
             by_id,
             slurm: spec.slurm.clone(),
+            cache_dir: self.cache_dir.clone(),
         })
     }
 
@@ -709,9 +748,29 @@ impl<'a> Builder<'a> {
         let mut outs = Vec::new();
         for (i, (o, loc)) in outs_raw.iter().enumerate() {
             match normalize(o) {
-                Ok(p) if p == ".dagrun" || p.starts_with(".dagrun/") => self.err(
+                // Removed before the stage runs: the workspace itself, the cache folder or
+                // a folder holding it would be deleted with everything in it.
+                Ok(p) if p == "." => self.err(
                     &item("outs", i),
-                    format!("output `{o}` is inside the cache folder"),
+                    format!("output path `{o}` is the whole workspace"),
+                ),
+                Ok(p)
+                    if self
+                        .cache_rel
+                        .as_deref()
+                        .is_some_and(|c| p == c || is_inside(&p, c)) =>
+                {
+                    self.err(
+                        &item("outs", i),
+                        format!("output `{o}` is inside the cache folder"),
+                    )
+                }
+                Ok(p) if self.cache_rel.as_deref().is_some_and(|c| is_inside(c, &p)) => self.err(
+                    &item("outs", i),
+                    format!(
+                        "output `{o}` contains the cache folder `{}`",
+                        self.cache_rel.as_deref().unwrap_or_default()
+                    ),
                 ),
                 Ok(p) => outs.push(p),
                 Err(why) => self.errors.push(SpecError::new(
@@ -1229,6 +1288,41 @@ pub fn normalize(p: &str) -> Result<String, &'static str> {
 /// Whether `inner` is strictly inside folder `outer`.
 pub fn is_inside(inner: &str, outer: &str) -> bool {
     inner.len() > outer.len() && inner.starts_with(outer) && inner.as_bytes()[outer.len()] == b'/'
+}
+
+/// `p` made absolute (against the current directory) and cleaned of `.`/`..`
+/// lexically, with the symlinks of its longest existing ancestor resolved.
+pub fn absolute_clean(p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut lexical = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::Normal(s) => lexical.push(s),
+            _ => {}
+        }
+    }
+    let mut base = lexical.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut c) = std::fs::canonicalize(&base) {
+            c.extend(rest.iter().rev());
+            return c;
+        }
+        match (base.file_name().map(|n| n.to_os_string()), base.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                base = parent.to_path_buf();
+            }
+            _ => return lexical,
+        }
+    }
 }
 
 fn relative_name(file: &Path, workdir: &Path) -> String {

@@ -104,7 +104,8 @@ impl<'a> Evaluator<'a> {
         Evaluator {
             pipeline,
             cache,
-            ws: Workspace::new(&pipeline.workdir, cache, write_stats),
+            ws: Workspace::new(&pipeline.workdir, cache, write_stats)
+                .skipping(dagrun_folders(pipeline, cache)),
             env_vars,
         }
     }
@@ -355,6 +356,17 @@ impl<'a> Evaluator<'a> {
         }
         Ok(evals)
     }
+}
+
+/// Folders dagrun itself writes that may lie inside the workspace (the cache, the Slurm
+/// staging folder): a folder input never includes them.
+fn dagrun_folders(p: &Pipeline, cache: Option<&Cache>) -> Vec<std::path::PathBuf> {
+    let mut v = vec![p.cache_dir.clone()];
+    if let Some(c) = cache {
+        v.push(c.dir().to_path_buf());
+    }
+    v.push(crate::slurm::SlurmSettings::new(&p.slurm, &p.workdir, &p.cache_dir).staging);
+    v
 }
 
 /// Renders a node's parameters for running: each reference becomes its artifact's path

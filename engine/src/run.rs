@@ -694,6 +694,12 @@ fn run_here(
 /// a Slurm job's worker does the same on its compute node.
 pub(crate) fn remove_outs(workdir: &std::path::Path, outs: &[String]) -> std::io::Result<()> {
     for o in outs {
+        // The pipeline refuses these; never remove the workspace itself.
+        if o.is_empty() || o == "." || o.starts_with('/') || o.split('/').any(|c| c == "..") {
+            return Err(std::io::Error::other(format!(
+                "refusing to remove output `{o}`: not a path inside the workspace"
+            )));
+        }
         let abs = workdir.join(o);
         match std::fs::symlink_metadata(&abs) {
             Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,

@@ -19,6 +19,10 @@ pub struct Workspace<'a> {
     /// Whether newly computed hashes may be written to the stat cache (not in a dry run).
     write: bool,
     memo: RefCell<HashMap<String, Option<Hash>>>,
+    /// Folders never part of a folder's hash (the cache folder, Slurm staging): by path,
+    /// and by device and inode where they exist.
+    skip: Vec<PathBuf>,
+    skip_ids: Vec<(u64, u64)>,
 }
 
 impl<'a> Workspace<'a> {
@@ -28,7 +32,26 @@ impl<'a> Workspace<'a> {
             cache,
             write,
             memo: RefCell::new(HashMap::new()),
+            skip: Vec::new(),
+            skip_ids: Vec::new(),
         }
+    }
+
+    /// Leaves these folders out of every folder hash.
+    pub fn skipping(mut self, dirs: Vec<PathBuf>) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        for d in dirs {
+            if let Ok(m) = std::fs::metadata(&d) {
+                self.skip_ids.push((m.dev(), m.ino()));
+            }
+            self.skip.push(d);
+        }
+        self
+    }
+
+    fn skipped(&self, path: &Path, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.skip.iter().any(|s| s == path) || self.skip_ids.contains(&(meta.dev(), meta.ino()))
     }
 
     pub fn abs(&self, rel: &str) -> PathBuf {
@@ -147,7 +170,9 @@ impl<'a> Workspace<'a> {
             let path = entry.path();
             let meta = std::fs::metadata(&path).map_err(Error::io("cannot stat", &path))?;
             if meta.is_dir() {
-                self.walk(root, &path, out)?;
+                if !self.skipped(&path, &meta) {
+                    self.walk(root, &path, out)?;
+                }
             } else {
                 let rel = path.strip_prefix(root).expect("under root");
                 let rel = rel

@@ -15,3 +15,4 @@ mod quickstart;
 mod slurm;
 mod sweeps;
 mod theory;
+mod workspace_safety;

@@ -1,0 +1,47 @@
+//! Outputs and inputs that touch the workspace itself or dagrun's own folders, and
+//! outputs of other stages inside input folders.
+
+use crate::support::*;
+
+#[test]
+fn an_output_holding_a_cache_folder_inside_the_workspace_is_refused() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        "stages:\n  a:\n    kind: command\n    cmd: mkdir -p state && echo a > state/x\n    outs: [state]\n",
+    );
+    for args in [
+        ["plan", "p.yaml", "--cache", "state/cache"],
+        ["run", "p.yaml", "--cache", "state/cache"],
+    ] {
+        let o = ws.dagrun(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o)
+                .contains("p.yaml:5:12: output `state` contains the cache folder `state/cache`"),
+            "{}",
+            text(&o)
+        );
+    }
+    assert!(ws.p("p.yaml").exists());
+    assert!(!ws.p("state").exists());
+    // With the cache elsewhere, the same output is fine.
+    ws.run(&["p.yaml"]);
+    assert_eq!(ws.read("state/x"), "a\n");
+}
+
+#[test]
+fn the_workspace_as_an_input_leaves_the_cache_folder_out() {
+    let ws = Ws::new();
+    ws.write("in/a.txt", "a\n");
+    ws.write(
+        "p.yaml",
+        "stages:\n  count:\n    kind: command\n    cmd: ls in > /dev/null\n    deps: [.]\n",
+    );
+    assert_eq!(ws.run(&["p.yaml"]), set(&["count"]));
+    // The cache folder changes on every run (its lock, its database): not an input.
+    assert!(ws.run(&["p.yaml"]).is_empty());
+    assert!(ws.run(&["p.yaml"]).is_empty());
+    ws.write("in/a.txt", "b\n");
+    assert_eq!(ws.run(&["p.yaml"]), set(&["count"]));
+}
