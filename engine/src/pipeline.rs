@@ -781,7 +781,22 @@ impl<'a> Builder<'a> {
         }
         let mut deps = Vec::new();
         for (i, (d, loc)) in deps_raw.iter().enumerate() {
-            // Inputs may live anywhere (model weights, datasets): absolute paths are kept.
+            // Inputs may live anywhere (model weights, datasets): absolute paths are kept,
+            // unless they point into the workspace (then they are workspace paths, and
+            // one another stage writes makes an edge).
+            let inside = Path::new(d)
+                .is_absolute()
+                .then(|| absolute_clean(Path::new(d)))
+                .and_then(|a| {
+                    a.strip_prefix(&self.workdir)
+                        .ok()
+                        .map(|r| r.to_string_lossy().into_owned())
+                });
+            let d = &match inside {
+                Some(r) if r.is_empty() => ".".to_string(),
+                Some(r) => r,
+                None => d.clone(),
+            };
             if Path::new(d).is_absolute() {
                 deps.push(Dep {
                     path: d.clone(),
@@ -999,12 +1014,19 @@ impl<'a> Builder<'a> {
         let mut all_outs: Vec<(String, usize)> =
             producers.iter().map(|(k, v)| (k.clone(), *v)).collect();
         all_outs.sort();
-        for w in all_outs.windows(2) {
-            if is_inside(&w[1].0, &w[0].0) {
-                out_errors.push((
-                    nodes[w[1].1].loc.clone(),
-                    format!("output `{}` is inside output `{}`", w[1].0, w[0].0),
-                ));
+        // An output inside another: look each output's ancestors up (O(depth)). Sorted
+        // neighbours are not enough: `d`, `d.txt`, `d/f` sort in that order.
+        for (o, i) in &all_outs {
+            let mut cut = o.as_str();
+            while let Some(k) = cut.rfind('/') {
+                cut = &cut[..k];
+                if producers.contains_key(cut) {
+                    out_errors.push((
+                        nodes[*i].loc.clone(),
+                        format!("output `{o}` is inside output `{cut}`"),
+                    ));
+                    break;
+                }
             }
         }
         for (loc, m) in out_errors {

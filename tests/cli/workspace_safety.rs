@@ -45,3 +45,22 @@ fn the_workspace_as_an_input_leaves_the_cache_folder_out() {
     ws.write("in/a.txt", "b\n");
     assert_eq!(ws.run(&["p.yaml"]), set(&["count"]));
 }
+
+#[test]
+fn an_absolute_input_inside_the_workspace_is_a_workspace_input() {
+    let ws = Ws::new();
+    let abs = std::fs::canonicalize(ws.path()).unwrap();
+    ws.write(
+        "p.yaml",
+        &format!(
+            "stages:\n  a:\n    kind: command\n    cmd: echo a > data.txt\n    outs: [data.txt]\n  b:\n    kind: command\n    cmd: cat {0}/data.txt > b.txt\n    deps: [{0}/./data.txt]\n    outs: [b.txt]\n",
+            abs.display()
+        ),
+    );
+    // The input is `a`'s output: an edge, so `b` runs after `a`.
+    assert_eq!(ws.run(&["p.yaml"]), set(&["a", "b"]));
+    assert_eq!(ws.read("b.txt"), "a\n");
+    let (out, _) = ws.ok(&["graph", "p.yaml"]);
+    assert!(out.contains("a") && out.contains("b"), "{out}");
+    assert!(ws.run(&["p.yaml"]).is_empty());
+}
