@@ -171,6 +171,26 @@ pub fn run(
     let mut plan = ev.plan(&opts.selection)?;
     preflight(p, &plan, opts)?;
     let slurm = start_slurm(p, &plan, cache, opts, &observer, &cancel)?;
+    // Cached nodes outside the selection (`--only`) that selected nodes read: put their
+    // missing or modified workspace outputs back first, as a run of everything would,
+    // so that what the selected nodes read is what their keys say.
+    for &i in &p.order {
+        if opts.selection.includes(i) {
+            continue;
+        }
+        if let Some(Evaluation {
+            state: State::Cached { restore },
+            record: Some(rec),
+            ..
+        }) = &plan[i]
+        {
+            for o in restore {
+                tracing::info!(node = %p.nodes[i].id, output = %o, "restoring an upstream output");
+                cache.restore(&rec.outputs[o], &ev.ws.abs(o))?;
+                ev.ws.remember_artifact(o, &rec.outputs[o])?;
+            }
+        }
+    }
     let included: Vec<usize> = p
         .order
         .iter()

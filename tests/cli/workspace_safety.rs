@@ -64,3 +64,22 @@ fn an_absolute_input_inside_the_workspace_is_a_workspace_input() {
     assert!(out.contains("a") && out.contains("b"), "{out}");
     assert!(ws.run(&["p.yaml"]).is_empty());
 }
+
+#[test]
+fn only_restores_the_cached_upstream_outputs_it_reads() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SWEEP);
+    ws.run(&["p.yaml"]);
+    ws.write("data.txt", "bad\n");
+    let (_, err) = ws.ok(&["p.yaml", "--only", "train", "--rerun", "train"]);
+    assert_eq!(
+        executed(&err),
+        set(&["train[seed=0]", "train[seed=1]", "train[seed=2]"])
+    );
+    // The node read what its key says: the cached `data.txt`, put back first.
+    assert_eq!(ws.read("data.txt"), "hello\n");
+    assert_eq!(ws.read("model-1.txt"), "hello\n1\n");
+    std::fs::remove_file(ws.p("model-1.txt")).unwrap();
+    ws.run(&["p.yaml"]);
+    assert_eq!(ws.read("model-1.txt"), "hello\n1\n");
+}
