@@ -226,7 +226,27 @@ impl<'a> Evaluator<'a> {
                         None => Some(a.hash),
                         Some(s) => sub_hash(a, s),
                     }),
-                DepSource::Workspace { .. } => self.ws.hash(&d.path)?,
+                // A folder holding other nodes' outputs is hashed as it will be once
+                // they are in place (restored from the cache or just written), not as
+                // the workspace has it before they are restored.
+                DepSource::Workspace { contains } => {
+                    let mut overlays = Vec::new();
+                    for c in contains {
+                        for o in &self.pipeline.nodes[*c].outs {
+                            let inner = if d.path == "." {
+                                Some(o.as_str())
+                            } else {
+                                o.strip_prefix(&format!("{}/", d.path))
+                            };
+                            if let (Some(inner), Some(a)) =
+                                (inner, ups.get(c).and_then(|m| m.get(o)))
+                            {
+                                overlays.push((inner.to_string(), a));
+                            }
+                        }
+                    }
+                    self.ws.hash_with(&d.path, &overlays)?
+                }
             };
             match h {
                 Some(h) => {

@@ -100,6 +100,52 @@ impl<'a> Workspace<'a> {
         Ok(h)
     }
 
+    /// The hash of a workspace folder as it will be once other nodes' outputs inside it
+    /// are in place: `overlays` are (path inside the folder, artifact) pairs that replace
+    /// whatever the workspace holds there now. `None` if the folder is missing and
+    /// nothing is overlaid.
+    pub fn hash_with(&self, rel: &str, overlays: &[(String, &Artifact)]) -> Result<Option<Hash>> {
+        if overlays.is_empty() {
+            return self.hash(rel);
+        }
+        let p = self.abs(rel);
+        let mut entries = Vec::new();
+        match std::fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    context: "cannot stat",
+                    path: p,
+                    source: e,
+                })
+            }
+            Ok(m) if m.is_dir() => self.walk(&p, &p, &mut entries)?,
+            // A file cannot hold outputs; it is what it is.
+            Ok(m) => return Ok(Some(self.file_hash(&p, &m)?)),
+        }
+        entries.retain(|e| {
+            !overlays
+                .iter()
+                .any(|(o, _)| e.path == *o || e.path.starts_with(&format!("{o}/")))
+        });
+        for (o, art) in overlays {
+            match &art.entries {
+                None => entries.push(ArtifactEntry {
+                    path: o.clone(),
+                    hash: art.hash,
+                    size: art.size,
+                    exec: art.exec,
+                }),
+                Some(inner) => entries.extend(inner.iter().map(|e| ArtifactEntry {
+                    path: format!("{o}/{}", e.path),
+                    ..e.clone()
+                })),
+            }
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Some(Artifact::tree_hash(&entries)))
+    }
+
     fn file_hash(&self, p: &Path, meta: &std::fs::Metadata) -> Result<Hash> {
         if let Some(cache) = self.cache {
             if let Some(st) = cache.stat_get(p)? {

@@ -83,3 +83,35 @@ fn only_restores_the_cached_upstream_outputs_it_reads() {
     ws.run(&["p.yaml"]);
     assert_eq!(ws.read("model-1.txt"), "hello\n1\n");
 }
+
+const FOLDER: &str = "stages:
+  a:
+    kind: command
+    cmd: mkdir -p data && echo a > data/a.txt
+    outs: [data/a.txt]
+  b:
+    kind: command
+    cmd: cat data/* > b.txt
+    deps: [data]
+    outs: [b.txt]
+";
+
+#[test]
+fn an_input_folder_holding_cached_outputs_is_hashed_as_restored() {
+    let ws = Ws::new();
+    ws.write("p.yaml", FOLDER);
+    assert_eq!(ws.run(&["p.yaml"]), set(&["a", "b"]));
+    std::fs::remove_dir_all(ws.p("data")).unwrap();
+    let (out, _) = ws.ok(&["plan", "p.yaml"]);
+    assert!(!out.contains("missing"), "{out}");
+    assert!(ws.run(&["p.yaml"]).is_empty());
+    assert_eq!(ws.read("data/a.txt"), "a\n");
+    // Another file in the folder is an input change.
+    ws.write("data/extra.txt", "x\n");
+    assert_eq!(ws.run(&["p.yaml"]), set(&["b"]));
+    assert_eq!(ws.read("b.txt"), "a\nx\n");
+    // A modified output inside it is restored, and `b` stays cached.
+    ws.write("data/a.txt", "tampered\n");
+    assert!(ws.run(&["p.yaml"]).is_empty());
+    assert_eq!(ws.read("data/a.txt"), "a\n");
+}
