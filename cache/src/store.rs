@@ -320,7 +320,18 @@ impl Cache {
         }
         std::fs::create_dir_all(root.parent().unwrap())
             .map_err(Error::io("cannot create", &root))?;
-        std::fs::rename(&tmp, &root).map_err(Error::io("cannot rename into", &root))?;
+        if let Err(e) = std::fs::rename(&tmp, &root) {
+            // Another thread made the same view meanwhile (views are content-addressed,
+            // so it is the same): keep theirs, drop ours.
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !root.exists() {
+                return Err(Error::Io {
+                    context: "cannot rename into",
+                    path: root,
+                    source: e,
+                });
+            }
+        }
         Ok(if artifact.is_dir() {
             root
         } else {
@@ -668,6 +679,34 @@ mod tests {
         assert_ne!(art.hash, art2.hash);
         let view = cache.materialize(&art).unwrap();
         assert_eq!(std::fs::read(view.join("sub/b.txt")).unwrap(), b"b");
+    }
+
+    #[test]
+    fn threads_materializing_the_same_folder_all_get_the_view() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        let d = ws.path().join("out");
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..200 {
+            std::fs::write(d.join(format!("f{i}.txt")), format!("{i}")).unwrap();
+        }
+        let art = cache.ingest(&d, ArtifactType::Dataset).unwrap();
+        let barrier = std::sync::Barrier::new(8);
+        let results: Vec<Result<PathBuf>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        cache.materialize(&art)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            let view = r.expect("every thread gets the view");
+            assert_eq!(std::fs::read(view.join("f7.txt")).unwrap(), b"7");
+        }
     }
 
     #[test]

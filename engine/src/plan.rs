@@ -390,20 +390,28 @@ fn dagrun_folders(p: &Pipeline, cache: Option<&Cache>) -> Vec<std::path::PathBuf
 }
 
 /// Renders a node's parameters for running: each reference becomes its artifact's path
-/// (a list of `{node, matrix, path}` for a sweep).
+/// (a list of `{node, matrix, path}` for a sweep). The first error of `path_of` (an
+/// artifact that cannot be handed over) is returned rather than rendered as `null`.
 pub fn runtime_params(
     pipeline: &Pipeline,
     i: usize,
-    path_of: &dyn Fn(usize, &str) -> Option<String>,
-) -> Value {
+    path_of: &dyn Fn(usize, &str) -> std::result::Result<Option<String>, String>,
+) -> std::result::Result<Value, String> {
     let node = &pipeline.nodes[i];
-    interp::render(&node.params, &|bi| {
+    let error: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
+    let rendered = interp::render(&node.params, &|bi| {
         let b = &node.bindings[bi];
         let items: Vec<Value> = b
             .targets
             .iter()
             .map(|(t, o)| {
-                let path = path_of(*t, o).map(Value::String).unwrap_or(Value::Null);
+                let path = match path_of(*t, o) {
+                    Ok(p) => p.map(Value::String).unwrap_or(Value::Null),
+                    Err(e) => {
+                        error.borrow_mut().get_or_insert(e);
+                        Value::Null
+                    }
+                };
                 if b.many {
                     let n = &pipeline.nodes[*t];
                     let matrix: serde_json::Map<String, Value> =
@@ -419,5 +427,9 @@ pub fn runtime_params(
         } else {
             items.into_iter().next().unwrap_or(Value::Null)
         }
-    })
+    });
+    match error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(rendered),
+    }
 }

@@ -553,17 +553,23 @@ fn execute(
     let key = e.key.expect("runnable nodes have a key");
     let components = e.components.expect("runnable nodes have components");
     let keep_log = |log: &std::path::Path| keep_failure_log(cache, &node.id, log);
-    let path_of = |t: usize, o: &str| -> Option<String> {
+    let path_of = |t: usize, o: &str| -> std::result::Result<Option<String>, String> {
         if p.nodes[t].is_workspace_out(o) {
-            return Some(p.workdir.join(o).to_string_lossy().into_owned());
+            return Ok(Some(p.workdir.join(o).to_string_lossy().into_owned()));
         }
-        let art = outputs.lock().unwrap()[t].as_ref()?.get(o)?.clone();
+        let Some(art) = outputs.lock().unwrap()[t]
+            .as_ref()
+            .and_then(|m| m.get(o))
+            .cloned()
+        else {
+            return Ok(None);
+        };
         cache
             .materialize(&art)
-            .ok()
-            .map(|pb| pb.to_string_lossy().into_owned())
+            .map(|pb| Some(pb.to_string_lossy().into_owned()))
+            .map_err(|e| format!("cannot hand over `{}.{o}`: {e}", p.nodes[t].id))
     };
-    let params = runtime_params(p, i, &path_of);
+    let params = runtime_params(p, i, &path_of).map_err(|e| fail(e, None))?;
     let ran = match slurm {
         Some(slurm) => run_remote(p, i, &key, params, cache, slurm)?,
         None => run_here(p, i, &key, params, cache, gpus, observer, cancel.clone())?,
