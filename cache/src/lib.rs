@@ -21,6 +21,7 @@
 //! | `tmp/`            | files being written; emptied whenever the cache is opened   |
 //! | `scratch/<key>/`  | per-node scratch folders that survive an interruption       |
 //! | `logs/`           | logs of failed nodes (failed nodes have no record)          |
+//! | `groups/`         | process groups of running commands ([`procs`]): killed on the next open if their dagrun died |
 //!
 //! Invariants:
 //! - An object is visible under its name only once its bytes are durable (temp file,
@@ -33,6 +34,7 @@ mod error;
 mod hash;
 pub mod lock;
 mod objects;
+pub mod procs;
 mod record;
 mod stat;
 mod store;
@@ -40,7 +42,7 @@ mod store;
 pub use artifact::{Artifact, ArtifactEntry, ArtifactType};
 pub use error::{Error, Result};
 pub use hash::{hash_bytes, hash_file, Hash, Hasher};
-pub use objects::SMALL_OBJECT_LIMIT;
+pub use objects::{is_restore_temp, SMALL_OBJECT_LIMIT};
 pub use record::{Latest, Metrics, Record, RecordHead, RunSummary, Timing};
 pub use stat::FileStat;
 pub use store::{Cache, GcReport, OpenOptions, VerifyReport};

@@ -136,14 +136,22 @@ impl Objects {
     }
 
     /// Writes the object's bytes at `dest` (atomically: temp file beside it, then rename).
+    /// Temp files of `dest` left by an interrupted restore are removed first.
     pub(crate) fn copy_to(&self, hash: &Hash, dest: &Path, exec: bool) -> Result<()> {
         let parent = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(Error::io("cannot create", parent))?;
-        let tmp = parent.join(format!(
-            ".{}.dagrun-tmp-{}",
-            dest.file_name().and_then(|s| s.to_str()).unwrap_or("out"),
-            std::process::id()
-        ));
+        let name = dest.file_name().and_then(|s| s.to_str()).unwrap_or("out");
+        let stale_prefix = format!(".{name}.dagrun-tmp-");
+        if let Ok(rd) = std::fs::read_dir(parent) {
+            for e in rd.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with(&stale_prefix) && is_restore_temp(&n) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = parent.join(format!("{stale_prefix}{}", std::process::id()));
         let file_src = self.file_path(hash);
         if let Some(v) = self.blobs.get(hash.0).map_err(db_err)? {
             std::fs::write(&tmp, &v).map_err(Error::io("cannot write", &tmp))?;
@@ -166,6 +174,16 @@ impl Objects {
         let (h, _) = crate::hash_file(path)?;
         Ok(h == *expected)
     }
+}
+
+/// Whether a file name is a temp file that restoring writes beside its destination
+/// (`.NAME.dagrun-tmp-PID`). One left by an interrupted restore is not part of a folder's
+/// content, and the next restore of NAME removes it.
+pub fn is_restore_temp(name: &str) -> bool {
+    name.starts_with('.')
+        && name.rsplit_once(".dagrun-tmp-").is_some_and(|(head, pid)| {
+            head.len() > 1 && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 pub(crate) fn db_err(e: sled::Error) -> Error {

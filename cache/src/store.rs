@@ -60,6 +60,9 @@ impl Cache {
             std::fs::remove_dir_all(&tmp).map_err(Error::io("cannot clean", &tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(Error::io("cannot create", &tmp))?;
+        // Commands a dagrun that died (`kill -9`) left running: we hold the lock, so they
+        // belong to nobody; stop them before anything reruns in their place.
+        crate::procs::kill_leftovers(dir);
         let db_path = dir.join("db");
         let db = sled::Config::new()
             .path(&db_path)
@@ -562,6 +565,8 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         let ft = entry.file_type().map_err(Error::io("cannot stat", &path))?;
         if ft.is_dir() {
             walk(root, &path, out)?;
+        } else if crate::is_restore_temp(&entry.file_name().to_string_lossy()) {
+            // Left by an interrupted restore: not content.
         } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
             let rel = path.strip_prefix(root).expect("under root");
             out.push(

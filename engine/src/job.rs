@@ -345,6 +345,7 @@ pub fn run_worker(
             last: Mutex::new(None),
         }),
         cancel: cancel.clone(),
+        cache_dir: None,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)));
     let metrics = std::mem::take(&mut ctx.metrics);

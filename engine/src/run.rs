@@ -683,6 +683,7 @@ fn run_here(
         metrics: Metrics::default(),
         sink: observer.clone(),
         cancel: cancel.clone(),
+        cache_dir: Some(cache.dir().to_path_buf()),
     };
     let t0 = std::time::Instant::now();
     let start = Utc::now();

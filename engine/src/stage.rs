@@ -147,6 +147,8 @@ pub struct StageContext {
     pub(crate) metrics: Metrics,
     pub(crate) sink: Arc<dyn ProgressSink>,
     pub(crate) cancel: Arc<AtomicBool>,
+    /// The cache folder, where running process groups are recorded (not in a Slurm job).
+    pub(crate) cache_dir: Option<PathBuf>,
 }
 
 impl StageContext {
@@ -159,6 +161,22 @@ impl StageContext {
     /// runs again (for checkpoints), removed once the node commits.
     pub fn scratch(&self) -> &Path {
         &self.scratch
+    }
+
+    /// Records a process group the stage started (its leader `pgid`, whose processes
+    /// carry `token` in [`dagrun_cache::procs::GROUP_ENV`]) while it runs, so that if
+    /// dagrun dies (`kill -9`) the next dagrun kills it before anything reruns. The
+    /// record goes when the returned guard is dropped. `None` where nothing records it (a
+    /// Slurm job: Slurm ends the job's processes).
+    pub fn track_group(&self, pgid: i32, token: &str) -> Option<dagrun_cache::procs::TrackedGroup> {
+        let dir = self.cache_dir.as_ref()?;
+        match dagrun_cache::procs::track(dir, pgid, token) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(node = %self.node, error = %e, "cannot record a process group");
+                None
+            }
+        }
     }
 
     /// The seed: the `seed` parameter (0 if absent).

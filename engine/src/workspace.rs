@@ -214,6 +214,11 @@ impl<'a> Workspace<'a> {
         for entry in std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))? {
             let entry = entry.map_err(Error::io("cannot list", dir))?;
             let path = entry.path();
+            if dagrun_cache::is_restore_temp(&entry.file_name().to_string_lossy()) {
+                // Left by an interrupted restore: not content (the cache ingests folders
+                // the same way).
+                continue;
+            }
             let meta = std::fs::metadata(&path).map_err(Error::io("cannot stat", &path))?;
             if meta.is_dir() {
                 if !self.skipped(&path, &meta) {

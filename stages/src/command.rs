@@ -86,9 +86,14 @@ impl StageKind for CommandKind {
             let ids: Vec<String> = ctx.gpus.iter().map(|g| g.to_string()).collect();
             c.env("CUDA_VISIBLE_DEVICES", ids.join(","));
         }
+        // Its own process group, which Ctrl-C signals as a whole; its processes carry a
+        // token so that, should dagrun die (`kill -9`), the next dagrun finds and kills
+        // what is left of the group (PR_SET_PDEATHSIG below reaches `sh` only, not the
+        // processes it starts).
+        let token = dagrun_cache::procs::new_token();
+        c.env(dagrun_cache::procs::GROUP_ENV, &token);
         c.process_group(0);
-        // SAFETY: prctl is async-signal-safe; the child dies with the thread that
-        // spawned it, so `kill -9` of dagrun leaves no command running behind it.
+        // SAFETY: prctl is async-signal-safe; `sh` dies with the thread that spawned it.
         unsafe {
             c.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -97,6 +102,7 @@ impl StageKind for CommandKind {
         }
         let mut child = c.spawn().map_err(|e| format!("cannot start `sh`: {e}"))?;
         let pid = child.id() as i32;
+        let _tracked = ctx.track_group(pid, &token);
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let ctx_ref: &StageContext = ctx;

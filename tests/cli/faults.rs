@@ -106,3 +106,52 @@ fn a_second_invocation_names_the_holder_or_waits() {
     let rest = reader.join().unwrap();
     assert!(executed(&rest).is_empty(), "{rest}");
 }
+
+/// A command whose subshell (not `sh` itself) writes after a while.
+const LINGER: &str = r#"
+stages:
+  slow:
+    kind: command
+    cmd: >-
+      touch slow-started;
+      (sleep 2; echo line >> late.txt);
+      echo done > slow.txt
+    outs: [slow.txt]
+"#;
+
+#[test]
+fn kill_9_leaves_no_command_writing_behind_the_resumed_run() {
+    let ws = Ws::new();
+    ws.write("p.yaml", LINGER);
+    let mut child = ws.spawn(&["p.yaml"]);
+    ws.wait_for("slow-started", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(200));
+    kill(child.id(), libc::SIGKILL);
+    child.wait().unwrap();
+    // The resumed run kills the subshell the dead one left, then reruns the node.
+    assert_eq!(ws.run(&["p.yaml"]), set(&["slow"]));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        ws.read("late.txt"),
+        "line\n",
+        "only the resumed run's command wrote"
+    );
+}
+
+#[test]
+fn temp_files_of_an_interrupted_restore_are_not_content_and_are_removed() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        "stages:\n  a:\n    kind: command\n    cmd: mkdir -p data && echo a > data/a.txt\n    outs: [data/a.txt]\n  b:\n    kind: command\n    cmd: cat data/* > b.txt\n    deps: [data]\n    outs: [b.txt]\n",
+    );
+    assert_eq!(ws.run(&["p.yaml"]), set(&["a", "b"]));
+    // A restore of data/a.txt killed between writing its temp file and the rename.
+    std::fs::remove_file(ws.p("data/a.txt")).unwrap();
+    ws.write("data/.a.txt.dagrun-tmp-4242", "a\n");
+    let (run, _) = ws.predicted("p.yaml");
+    assert!(run.is_empty(), "{run:?}");
+    assert!(ws.run(&["p.yaml"]).is_empty());
+    assert_eq!(ws.read("data/a.txt"), "a\n");
+    assert!(!ws.p("data/.a.txt.dagrun-tmp-4242").exists());
+}
