@@ -430,11 +430,15 @@ impl Cache {
     pub fn gc(&self, keep: &HashSet<Hash>, dry_run: bool) -> Result<GcReport> {
         let mut report = GcReport::default();
         let mut live: HashSet<Hash> = HashSet::new();
+        // Artifacts of kept records: their views stay (a Slurm job left running may be
+        // reading one).
+        let mut live_views: HashSet<String> = HashSet::new();
         let mut dead_nodes: BTreeMap<String, ()> = BTreeMap::new();
         for rec in self.records()? {
             if keep.contains(&rec.key) {
                 report.records_kept += 1;
                 live.extend(rec.objects());
+                live_views.extend(rec.outputs.values().map(|a| a.hash.to_hex()));
             } else {
                 report.records_removed += 1;
                 dead_nodes.insert(rec.node.clone(), ());
@@ -474,11 +478,30 @@ impl Cache {
             }
         }
         if !dry_run {
-            for extra in ["views-v1", "scratch"] {
+            // Scratch folders are named by key: those of keys still referenced hold the
+            // checkpoints of interrupted nodes (or of Slurm jobs still running) and stay.
+            let kept_keys: HashSet<String> = keep.iter().map(|k| k.to_hex()).collect();
+            for (extra, kept) in [("views-v1", &live_views), ("scratch", &kept_keys)] {
                 let d = self.dir.join(extra);
-                if d.exists() {
-                    report.bytes_freed += dir_size(&d);
-                    std::fs::remove_dir_all(&d).map_err(Error::io("cannot remove", &d))?;
+                let Ok(rd) = std::fs::read_dir(&d) else {
+                    continue;
+                };
+                for e in rd.flatten() {
+                    if kept.contains(e.file_name().to_string_lossy().as_ref()) {
+                        continue;
+                    }
+                    let path = e.path();
+                    report.bytes_freed += if path.is_dir() {
+                        dir_size(&path)
+                    } else {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    };
+                    let r = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    r.map_err(Error::io("cannot remove", &path))?;
                 }
             }
             self.flush()?;
@@ -712,6 +735,35 @@ mod tests {
             let view = r.expect("every thread gets the view");
             assert_eq!(std::fs::read(view.join("f7.txt")).unwrap(), b"7");
         }
+    }
+
+    #[test]
+    fn gc_keeps_scratch_folders_and_views_still_referenced() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        let d = ws.path().join("out");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a"), b"a").unwrap();
+        let art = cache.ingest(&d, ArtifactType::Dataset).unwrap();
+        let (kept, gone) = (crate::hash_bytes(b"kept"), crate::hash_bytes(b"gone"));
+        let mut outs = BTreeMap::new();
+        outs.insert("out".to_string(), art.clone());
+        cache.commit(&record_for("up", kept, outs)).unwrap();
+        let view = cache.materialize(&art).unwrap();
+        // An interrupted node with a referenced key, and one with an old key.
+        let interrupted = crate::hash_bytes(b"interrupted");
+        for k in [interrupted, gone] {
+            std::fs::create_dir_all(cache.scratch_dir(&k)).unwrap();
+            std::fs::write(cache.scratch_dir(&k).join("ckpt"), b"x").unwrap();
+        }
+        let keep: HashSet<Hash> = [kept, interrupted].into_iter().collect();
+        cache.gc(&keep, false).unwrap();
+        assert!(cache.scratch_dir(&interrupted).join("ckpt").exists());
+        assert!(!cache.scratch_dir(&gone).exists());
+        assert!(view.join("a").exists());
+        cache.gc(&HashSet::new(), false).unwrap();
+        assert!(!cache.scratch_dir(&interrupted).exists());
+        assert!(!view.exists());
     }
 
     #[test]
