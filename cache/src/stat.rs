@@ -3,25 +3,47 @@ use serde::{Deserialize, Serialize};
 use crate::Hash;
 
 /// What dagrun remembers of a workspace file so that an unchanged file is not rehashed:
-/// if size, modification time and inode are the same, the hash is reused.
+/// if size, modification time, inode, status-change time and mode are the same, the hash
+/// is reused. The status-change time (ctime) cannot be set back by `cp -p` or `utime`, so
+/// a rewrite that restores the old mtime is still seen. Entries written before ctime and
+/// mode were recorded read as 0 and never match (the file is rehashed once).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStat {
     pub size: u64,
     pub mtime_ns: i128,
     pub inode: u64,
+    #[serde(default)]
+    pub ctime_ns: i128,
+    #[serde(default)]
+    pub mode: u32,
     pub hash: Hash,
 }
 
 impl FileStat {
-    /// The identity of a file's current state, without its hash.
-    pub fn probe(meta: &std::fs::Metadata) -> (u64, i128, u64) {
+    /// A file's current state with its hash.
+    pub fn of(meta: &std::fs::Metadata, hash: Hash) -> FileStat {
         use std::os::unix::fs::MetadataExt;
-        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-        (meta.len(), mtime_ns, meta.ino())
+        FileStat {
+            size: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            inode: meta.ino(),
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            mode: meta.mode(),
+            hash,
+        }
+    }
+
+    /// The latest of the modification and status-change times.
+    pub fn changed_ns(&self) -> i128 {
+        self.mtime_ns.max(self.ctime_ns)
     }
 
     pub fn matches(&self, meta: &std::fs::Metadata) -> bool {
-        let (size, mtime_ns, inode) = Self::probe(meta);
-        self.size == size && self.mtime_ns == mtime_ns && self.inode == inode
+        let now = Self::of(meta, self.hash);
+        self.size == now.size
+            && self.mtime_ns == now.mtime_ns
+            && self.inode == now.inode
+            && self.ctime_ns == now.ctime_ns
+            && self.mode == now.mode
     }
 }

@@ -163,23 +163,15 @@ impl<'a> Workspace<'a> {
 
     fn remember(&self, p: &Path, meta: &std::fs::Metadata, hash: Hash) -> Result<()> {
         if let Some(cache) = self.cache {
-            let (size, mtime_ns, inode) = FileStat::probe(meta);
+            let stat = FileStat::of(meta, hash);
             // A file modified within the clock's resolution could change again without
-            // changing its mtime: do not trust such a stat.
+            // changing its times: do not trust such a stat.
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i128)
                 .unwrap_or(0);
-            if now - mtime_ns > 2_000_000_000 {
-                cache.stat_put(
-                    p,
-                    &FileStat {
-                        size,
-                        mtime_ns,
-                        inode,
-                        hash,
-                    },
-                )?;
+            if now - stat.changed_ns() > 2_000_000_000 {
+                cache.stat_put(p, &stat)?;
             }
         }
         Ok(())
