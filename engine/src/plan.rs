@@ -290,7 +290,12 @@ impl<'a> Evaluator<'a> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             params,
-            outs: node.outs.clone(),
+            // Declared outputs are a set: their order is not part of the key.
+            outs: {
+                let mut o = node.outs.clone();
+                o.sort();
+                o
+            },
             inputs,
             env,
         };

@@ -47,6 +47,21 @@ impl StageKind for CommandKind {
         true
     }
 
+    /// The command sees its `device` as DAGRUN_DEVICE, so a device set on the stage (or
+    /// in `defaults`) is part of its key; `auto`, the default, adds nothing (keys of
+    /// stages that set none are unchanged).
+    fn environment(
+        &self,
+        device: &str,
+        _place: Place,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut env = std::collections::BTreeMap::new();
+        if !device.is_empty() && device != "auto" {
+            env.insert("device".to_string(), device.to_string());
+        }
+        Ok(env)
+    }
+
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         match params.get("cmd") {
             Some(Value::String(s)) if s.trim().is_empty() => {

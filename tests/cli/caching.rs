@@ -231,3 +231,20 @@ fn a_rewrite_that_keeps_size_and_mtime_is_still_seen() {
     assert_eq!(ws.run(&["p.yaml"]), set(&["clean"]));
     assert_eq!(ws.read("clean.csv"), "A,B\n3,4\n");
 }
+
+#[test]
+fn the_order_of_outs_is_not_in_the_key_and_a_command_device_is() {
+    let ws = Ws::new();
+    let p = |outs: &str, device: &str| {
+        format!("stages:\n  a:\n    kind: command\n    cmd: echo $DAGRUN_DEVICE > x.txt; echo y > y.txt\n    outs: [{outs}]\n{device}")
+    };
+    ws.write("p.yaml", &p("x.txt, y.txt", ""));
+    assert_eq!(ws.run(&["p.yaml"]), set(&["a"]));
+    ws.write("p.yaml", &p("y.txt, x.txt", ""));
+    assert!(ws.run(&["p.yaml"]).is_empty());
+    ws.write("p.yaml", &p("y.txt, x.txt", "    device: cuda:1\n"));
+    assert_eq!(ws.run(&["p.yaml"]), set(&["a"]));
+    assert_eq!(ws.read("x.txt"), "cuda:1\n");
+    let (out, _) = ws.ok(&["show", "a"]);
+    assert!(out.contains("cuda:1"), "{out}");
+}
