@@ -394,13 +394,16 @@ fn dagrun_folders(p: &Pipeline, cache: Option<&Cache>) -> Vec<std::path::PathBuf
     v
 }
 
+/// Where node `t`'s output `o` is for a running node: `Ok(None)` when not known yet.
+pub type PathOf<'a> = dyn Fn(usize, &str) -> std::result::Result<Option<String>, String> + 'a;
+
 /// Renders a node's parameters for running: each reference becomes its artifact's path
 /// (a list of `{node, matrix, path}` for a sweep). The first error of `path_of` (an
 /// artifact that cannot be handed over) is returned rather than rendered as `null`.
 pub fn runtime_params(
     pipeline: &Pipeline,
     i: usize,
-    path_of: &dyn Fn(usize, &str) -> std::result::Result<Option<String>, String>,
+    path_of: &PathOf,
 ) -> std::result::Result<Value, String> {
     let node = &pipeline.nodes[i];
     let error: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
