@@ -25,7 +25,8 @@ Examples:
   dagrun show report                        params, outputs, metrics and log of a node
   dagrun run p.yaml --executor slurm        submit the nodes as Slurm jobs (sweeps as job arrays)
 
-Exit codes: 0 success; 1 a stage failed; 2 bad pipeline or usage; 130 interrupted.";
+Exit codes: 0 success; 1 a stage failed; 2 bad pipeline or usage; 3 the cache is in use by
+another dagrun (see --wait); 130 interrupted.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,8 +35,8 @@ Exit codes: 0 success; 1 a stage failed; 2 bad pipeline or usage; 130 interrupte
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_help = AFTER_HELP,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
+    override_usage = "dagrun PIPELINE [OPTIONS]\n       dagrun [GLOBAL OPTIONS] <COMMAND> [ARGS]",
     max_term_width = 100
 )]
 pub struct Cli {
@@ -132,14 +133,15 @@ pub struct RunArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// Run up to N independent nodes at once (a node takes `resources.cpus` slots).
-    #[arg(long, short = 'j', value_name = "N", default_value_t = 1)]
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 1,
+          value_parser = at_least_one)]
     pub jobs: usize,
     /// GPUs the scheduler may hand out for `resources.gpus` [default: the NVIDIA GPUs
     /// found in /dev, or CUDA_VISIBLE_DEVICES].
     #[arg(long, value_name = "N")]
     pub gpus: Option<u32>,
     /// With --dry-run: print the plan as JSON.
-    #[arg(long)]
+    #[arg(long, requires = "dry_run")]
     pub json: bool,
     /// Where nodes run, for stages that do not name an `executor` themselves (overrides
     /// `defaults.executor`). `slurm` submits them as Slurm jobs; see README "Slurm".
@@ -152,6 +154,32 @@ pub struct RunArgs {
     pub on_interrupt: Option<OnInterruptArg>,
     #[command(flatten)]
     pub select: SelectArgs,
+}
+
+/// A count that must be at least 1 (`--jobs`).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+impl RunArgs {
+    /// Nothing of `dagrun PIPELINE [options]` was given.
+    pub fn is_unset(&self) -> bool {
+        self.pipeline.is_none()
+            && !self.dry_run
+            && self.jobs == 1
+            && self.gpus.is_none()
+            && !self.json
+            && self.executor.is_none()
+            && self.on_interrupt.is_none()
+            && self.select.rerun.is_empty()
+            && !self.select.downstream
+            && self.select.only.is_empty()
+            && self.select.until.is_empty()
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -202,6 +230,8 @@ pub enum GraphFormat {
 pub struct GraphArgs {
     /// The pipeline file (YAML).
     pub pipeline: PathBuf,
+    /// `text` (stages and their edges, for reading), `dot` (Graphviz: `| dot -Tsvg`) or
+    /// `mermaid` (renders in GitHub markdown).
     #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
     pub format: GraphFormat,
     /// Show every node of a sweep instead of one box per stage.
@@ -213,6 +243,7 @@ pub struct GraphArgs {
 pub struct StatusArgs {
     /// The pipeline file [default: the pipeline of the last run here].
     pub pipeline: Option<PathBuf>,
+    /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -221,6 +252,7 @@ pub struct StatusArgs {
 pub struct ShowArgs {
     /// A node id (`train[seed=1]`) or a stage without a matrix.
     pub node: String,
+    /// Print the record as JSON.
     #[arg(long)]
     pub json: bool,
     /// Lines of the log to show.

@@ -22,11 +22,31 @@ use crate::{
     exit::{usage, CliResult, Failure},
 };
 
+/// The error for a run without a pipeline. `--rerun`, `--only` and `--until` take every
+/// value up to the next option, so `dagrun --rerun train p.yaml` reads `p.yaml` as a node:
+/// say so when a value looks like a pipeline file.
+fn no_pipeline(select: &SelectArgs) -> String {
+    let lists = [
+        ("--rerun", &select.rerun),
+        ("--only", &select.only),
+        ("--until", &select.until),
+    ];
+    for (flag, values) in lists {
+        if let Some(v) = values.iter().find(|v| {
+            v.ends_with(".yaml") || v.ends_with(".yml") || std::path::Path::new(v).is_file()
+        }) {
+            return format!(
+                "no pipeline given: `{v}` was read as a value of {flag}; put the pipeline \
+                 first (`dagrun {v} {flag} ...`) or end the list with `--`"
+            );
+        }
+    }
+    "no pipeline given: `dagrun PIPELINE.yaml` (see `dagrun --help`)".to_string()
+}
+
 pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
     let Some(file) = &args.pipeline else {
-        return Err(usage(
-            "no pipeline given: `dagrun PIPELINE.yaml` (see `dagrun --help`)",
-        ));
+        return Err(usage(no_pipeline(&args.select)));
     };
     if args.dry_run {
         return cmd_plan(ctx, file, &args.select, args.json, args.executor);

@@ -11,6 +11,8 @@ pub enum Failure {
     StageFailed,
     /// Interrupted by Ctrl-C: exit 130.
     Interrupted,
+    /// Another dagrun holds the cache (without --wait): exit 3.
+    Busy(anyhow::Error),
     /// Anything else (I/O, a corrupt cache): exit 1.
     Other(anyhow::Error),
 }
@@ -21,6 +23,7 @@ impl Failure {
             Failure::Usage(_) => ExitCode::from(2),
             Failure::StageFailed | Failure::Other(_) => ExitCode::from(1),
             Failure::Interrupted => ExitCode::from(130),
+            Failure::Busy(_) => ExitCode::from(3),
         }
     }
 }
@@ -29,6 +32,8 @@ impl From<dagrun_engine::Error> for Failure {
     fn from(e: dagrun_engine::Error) -> Self {
         if e.is_usage() {
             Failure::Usage(e.into())
+        } else if e.is_busy() {
+            Failure::Busy(e.into())
         } else {
             Failure::Other(e.into())
         }

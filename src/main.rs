@@ -27,7 +27,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             match &f {
-                exit::Failure::Usage(e) | exit::Failure::Other(e) => eprintln!("error: {e:#}"),
+                exit::Failure::Usage(e) | exit::Failure::Other(e) | exit::Failure::Busy(e) => {
+                    eprintln!("error: {e:#}")
+                }
                 exit::Failure::StageFailed | exit::Failure::Interrupted => {}
             }
             f.code()
@@ -40,6 +42,14 @@ fn dispatch(cli: cli::Cli) -> exit::CliResult {
     if let Some(Worker(a)) = &cli.command {
         // A compute node: no workspace of its own (the job file names it), no cache.
         return cmd_run::cmd_worker(a);
+    }
+    if cli.command.is_some() && !cli.run.is_unset() {
+        // `dagrun -j 2 plan p.yaml`: the options of the implicit `run` before a subcommand.
+        return Err(exit::usage(
+            "a run's options (`-j`, `--rerun`, `--only`, ...) go after the pipeline \
+             (`dagrun PIPELINE -j 2`) or after `run`/`plan`; before a subcommand only the \
+             global options (--workdir, --cache, --wait, -v, -q) may stand",
+        ));
     }
     let ctx = context::Ctx::new(&cli.global)?;
     match cli.command {

@@ -99,6 +99,11 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(self, Error::Spec(_) | Error::Usage(_))
     }
+
+    /// Another dagrun holds the cache.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Cache(dagrun_cache::Error::Locked { .. }))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -75,10 +75,16 @@ fn a_second_invocation_names_the_holder_or_waits() {
     ws.wait_for("slow-started", Duration::from_secs(30));
     let o = ws.dagrun(&["p.yaml"]);
     let t = text(&o);
-    assert_ne!(o.status.code(), Some(0), "{t}");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "a busy cache has its own exit code: {t}"
+    );
     assert!(t.contains("is in use by another dagrun process"), "{t}");
     assert!(t.contains(&format!("pid {}", first.id())), "{t}");
     assert!(t.contains("run p.yaml"), "{t}");
+    let o = ws.dagrun(&["-q", "status", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     // With --wait, the second one waits for the first and then finds everything cached.
     let mut second = ws.spawn(&["p.yaml", "--wait"]);
     let stderr = second.stderr.take().unwrap();

@@ -5,6 +5,7 @@ mod support;
 mod bad_input;
 mod cache_ops;
 mod caching;
+mod command_line;
 mod faults;
 #[cfg(feature = "tch")]
 mod fused_ops;

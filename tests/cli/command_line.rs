@@ -1,0 +1,56 @@
+//! The command line itself: global options stand before or after a subcommand, a list
+//! option that swallowed the pipeline is named, and bad counts are refused.
+
+use crate::support::*;
+
+#[test]
+fn global_options_stand_before_or_after_the_subcommand() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SWEEP);
+    for args in [
+        vec!["-q", "plan", "p.yaml"],
+        vec!["plan", "-q", "p.yaml"],
+        vec!["--cache", ".dagrun", "plan", "p.yaml"],
+        vec!["-v", "status", "p.yaml"],
+    ] {
+        let (out, _) = ws.ok(&args);
+        assert!(
+            out.contains("4 stale") || out.contains("3 stale"),
+            "{args:?}: {out}"
+        );
+    }
+    ws.ok(&["-q", "p.yaml"]);
+    let (out, _) = ws.ok(&["--cache", ".dagrun", "log"]);
+    assert!(out.contains("ran 4"), "{out}");
+    // A run's own options before a subcommand would be ignored: refused instead.
+    let o = ws.dagrun(&["-j", "2", "plan", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("after the pipeline"), "{}", text(&o));
+}
+
+#[test]
+fn a_pipeline_read_as_a_node_name_is_pointed_out() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SWEEP);
+    for flag in ["--rerun", "--only", "--until"] {
+        let o = ws.dagrun(&[flag, "prepare", "p.yaml"]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        assert!(
+            t.contains(&format!("`p.yaml` was read as a value of {flag}")),
+            "{t}"
+        );
+    }
+    // Ending the list with `--` works, as the message says.
+    let (out, _) = ws.ok(&["-n", "--rerun", "prepare", "--", "p.yaml"]);
+    assert!(out.contains("forced"), "{out}");
+    for (args, want) in [
+        (vec!["p.yaml", "-j", "0"], "must be at least 1"),
+        (vec!["p.yaml", "--json"], "--dry-run"),
+    ] {
+        let o = ws.dagrun(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+    assert!(!ws.p(".dagrun").exists(), "nothing ran");
+}
