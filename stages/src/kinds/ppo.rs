@@ -1061,7 +1061,8 @@ mod tests {
             let logp = &logprobs_alone(&policy, &s.ids)[resp.clone()];
             let ref_logp = &logprobs_alone(&models.reference, &s.ids)[resp.clone()];
             close("old log-probs", &s.old_logp, logp, 1e-4);
-            let batch = TokenBatch::from_rows(&[s.ids.clone()], 0, Padding::Right).unwrap();
+            let batch =
+                TokenBatch::from_rows(std::slice::from_ref(&s.ids), 0, Padding::Right).unwrap();
             let v: Vec<f64> = to_f32_vec(value.forward(policy.hidden(&batch, None).unwrap()))
                 .into_iter()
                 .map(f64::from)
