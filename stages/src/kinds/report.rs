@@ -49,7 +49,8 @@ impl StageKind for ReportKind {
         "report"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: a note when the PPO methods' final KLs are not about equal.
+        2
     }
     fn summary(&self) -> &'static str {
         "an HTML report with plots and tables of upstream results, plus numbers.json"
@@ -218,6 +219,32 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, StageError
 /// The HTML page under construction.
 struct Page {
     html: String,
+}
+
+/// The methods' final KLs differ by more than this share of the larger one: the
+/// comparison is no longer at equal KL.
+const KL_MATCH_TOLERANCE: f64 = 0.2;
+
+/// A sentence for the report when the methods' final KLs (mean over runs) are not about
+/// equal. The paper compares vanilla and variance-aware PPO at equal KL, choosing each
+/// method's β for it (App. 8; ALGORITHMS.md §5): a policy allowed further from the
+/// reference can score higher for that alone.
+fn kl_mismatch(finals: &[(&str, f64)]) -> Option<String> {
+    let lo = finals.iter().min_by(|a, b| a.1.total_cmp(&b.1))?;
+    let hi = finals.iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
+    if !(hi.1 > 0.0) || (hi.1 - lo.1) <= KL_MATCH_TOLERANCE * hi.1 {
+        return None;
+    }
+    Some(format!(
+        "The final KL of {} ({:.3}) is {:.0} % below that of {} ({:.3}); the paper compares \
+         the methods at about equal KL, choosing each method's β for it (App. 8). Compare \
+         their judge scores with that in mind, or adjust β.",
+        lo.0,
+        lo.1,
+        100.0 * (hi.1 - lo.1) / hi.1,
+        hi.0,
+        hi.1
+    ))
 }
 
 fn esc(s: &str) -> String {
@@ -490,6 +517,13 @@ impl Page {
             }
         }
         self.html.push_str("</table>");
+        let finals: Vec<(&str, f64)> = kl
+            .iter()
+            .filter_map(|(name, _, km, _)| Some((name.as_str(), *km.last()?)))
+            .collect();
+        if let Some(note) = kl_mismatch(&finals) {
+            let _ = write!(self.html, "<p><b>Not at equal KL.</b> {}</p>", esc(&note));
+        }
         Ok(())
     }
 
@@ -655,6 +689,26 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn final_kls_apart_by_more_than_a_fifth_are_flagged() {
+        assert_eq!(kl_mismatch(&[]), None);
+        assert_eq!(kl_mismatch(&[("vanilla (8 runs)", 12.6)]), None);
+        assert_eq!(
+            kl_mismatch(&[
+                ("vanilla (8 runs)", 12.6),
+                ("variance_aware (8 runs)", 12.2)
+            ]),
+            None
+        );
+        let note = kl_mismatch(&[("vanilla (8 runs)", 12.6), ("variance_aware (8 runs)", 9.5)])
+            .expect("9.5 is 25 % below 12.6");
+        assert!(
+            note.starts_with("The final KL of variance_aware (8 runs) (9.500) is 25 % below"),
+            "{note}"
+        );
+        assert_eq!(kl_mismatch(&[("a", 0.0), ("b", 0.0)]), None);
+    }
 
     #[test]
     fn a_reward_bench_baseline_needs_the_reward_bench_section() {
