@@ -267,7 +267,7 @@ pub fn cmd_plan(
     }
     let missing = count("missing");
     if missing > 0 {
-        println!("{missing} node(s) cannot run here (missing inputs, or a device this build or machine lacks): a run would stop before doing any work");
+        println!("{missing} node(s) cannot run here (missing inputs, a device this build or machine lacks, or an output in the way that dagrun did not write): a run would stop before doing any work");
     }
     Ok(())
 }

@@ -16,7 +16,7 @@
 //! | path              | what                                                        |
 //! |-------------------|-------------------------------------------------------------|
 //! | `lock`            | lock file; holds the pid and command of the current holder  |
-//! | `db/`             | sled: trees `records-v1`, `latest-v1`, `blobs-v1`, `stat-v1`, `runs-v1` |
+//! | `db/`             | sled: trees `records-v1`, `latest-v1`, `blobs-v1`, `stat-v1`, `runs-v1`, `claims-v1` |
 //! | `objects-v1/ab/…` | large artifacts, named by blake3, read-only                 |
 //! | `tmp/`            | files being written; emptied whenever the cache is opened   |
 //! | `scratch/<key>/`  | per-node scratch folders that survive an interruption       |

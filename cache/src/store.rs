@@ -28,6 +28,7 @@ pub struct Cache {
     latest: sled::Tree,
     stat: sled::Tree,
     runs: sled::Tree,
+    claims: sled::Tree,
     _lock: CacheLock,
 }
 
@@ -89,6 +90,7 @@ impl Cache {
             latest: tree("latest-v1")?,
             stat: tree("stat-v1")?,
             runs: tree("runs-v1")?,
+            claims: tree("claims-v1")?,
             db,
             objects,
             _lock: lock,
@@ -362,6 +364,29 @@ impl Cache {
             )
             .map_err(db_err)?;
         Ok(())
+    }
+
+    // ---- workspace outputs dagrun writes -------------------------------------------
+
+    /// Notes that node `node` is about to write the workspace output at `path` (before
+    /// removing what is there): whatever is at `path` afterwards is dagrun's, even if
+    /// the node fails or is killed before its record is committed.
+    pub fn claim_output(&self, path: &Path, node: &str) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        self.claims
+            .insert(path.as_os_str().as_bytes(), node.as_bytes())
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    /// The node that last claimed the workspace output at `path`, if any.
+    pub fn output_claim(&self, path: &Path) -> Result<Option<String>> {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(self
+            .claims
+            .get(path.as_os_str().as_bytes())
+            .map_err(db_err)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     // ---- scratch, logs, runs -------------------------------------------------------

@@ -65,6 +65,8 @@ pub struct Node {
     pub deps: Vec<Dep>,
     /// Workspace outputs (normalised relative paths).
     pub outs: Vec<String>,
+    /// Where each of `outs` is declared.
+    pub out_locs: Vec<Location>,
     /// Every output: workspace `outs` first, then the kind's own.
     pub outputs: Vec<OutputDecl>,
     /// Nodes this one waits for (sorted, unique).
@@ -746,6 +748,7 @@ impl<'a> Builder<'a> {
         let outs_raw = text_list("outs", &st.outs, self);
         let needs_raw = text_list("needs", &st.needs, self);
         let mut outs = Vec::new();
+        let mut out_locs = Vec::new();
         for (i, (o, loc)) in outs_raw.iter().enumerate() {
             match normalize(o) {
                 // Removed before the stage runs: the workspace itself, the cache folder or
@@ -772,7 +775,10 @@ impl<'a> Builder<'a> {
                         self.cache_rel.as_deref().unwrap_or_default()
                     ),
                 ),
-                Ok(p) => outs.push(p),
+                Ok(p) => {
+                    outs.push(p);
+                    out_locs.push(loc.clone());
+                }
                 Err(why) => self.errors.push(SpecError::new(
                     loc.clone(),
                     format!("output path `{o}` {why}"),
@@ -880,6 +886,7 @@ impl<'a> Builder<'a> {
                 bindings: Vec::new(),
                 deps,
                 outs,
+                out_locs,
                 outputs,
                 upstream: Vec::new(),
                 downstream: Vec::new(),

@@ -62,6 +62,11 @@ pub enum Reason {
     Unavailable {
         message: String,
     },
+    /// A workspace output is already there, dagrun did not write it and the cache does
+    /// not hold its content: running the node would delete it.
+    WouldDelete {
+        path: String,
+    },
     /// Upstream failed.
     UpstreamFailed {
         node: String,
@@ -142,6 +147,11 @@ impl fmt::Display for Reason {
             }
             Reason::MissingInput { path } => write!(f, "input `{path}` is missing"),
             Reason::Unavailable { message } => write!(f, "{message}"),
+            Reason::WouldDelete { path } => write!(
+                f,
+                "output `{path}` exists and dagrun did not write it: running would delete it \
+                 (move it away or delete it, then run again)"
+            ),
             Reason::UpstreamFailed { node } => write!(f, "upstream `{node}` failed"),
         }
     }

@@ -114,6 +114,20 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 if let Reason::Unavailable { message } = r {
                     problems.push(format!("{}: `{}`: {message}", node.loc, node.id));
                 }
+                if let Reason::WouldDelete { path } = r {
+                    let loc = node
+                        .outs
+                        .iter()
+                        .position(|o| o == path)
+                        .and_then(|k| node.out_locs.get(k))
+                        .unwrap_or(&node.loc);
+                    problems.push(format!(
+                        "{loc}: output `{path}` of `{}` exists and dagrun did not write it \
+                         (the cache cannot restore it): running would delete it; move it away \
+                         or delete it, then run again",
+                        node.id
+                    ));
+                }
                 if let Reason::MissingInput { path } = r {
                     let loc = node
                         .deps
@@ -570,6 +584,13 @@ fn execute(
             .map_err(|e| format!("cannot hand over `{}.{o}`: {e}", p.nodes[t].id))
     };
     let params = runtime_params(p, i, &path_of).map_err(|e| fail(e, None))?;
+    // From here on, whatever is at the node's workspace outputs is dagrun's (the node
+    // removes them and writes them), even if it fails or is killed before committing.
+    for o in &node.outs {
+        cache
+            .claim_output(&p.workdir.join(o), &node.id)
+            .map_err(|e| fail(format!("cannot prepare the node: {e}"), None))?;
+    }
     let ran = match slurm {
         Some(slurm) => run_remote(p, i, &key, params, cache, slurm)?,
         None => run_here(p, i, &key, params, cache, gpus, observer, cancel.clone())?,

@@ -146,6 +146,47 @@ impl<'a> Workspace<'a> {
         Ok(Some(Artifact::tree_hash(&entries)))
     }
 
+    /// Whether removing workspace path `rel` (as a node does with its outputs before it
+    /// runs) could lose something: it exists, no node of this cache ever wrote it, and
+    /// the cache does not hold its content (a file, or every file of a folder), so it
+    /// could not be restored.
+    pub fn would_lose(&self, rel: &str) -> Result<bool> {
+        let p = self.abs(rel);
+        let meta = match std::fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A dangling link loses nothing but itself.
+                return Ok(false);
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    context: "cannot stat",
+                    path: p,
+                    source: e,
+                })
+            }
+            Ok(m) => m,
+        };
+        let Some(cache) = self.cache else {
+            return Ok(true);
+        };
+        if cache.output_claim(&p)?.is_some() {
+            return Ok(false);
+        }
+        let hashes = if meta.is_dir() {
+            let mut entries = Vec::new();
+            self.walk(&p, &p, &mut entries)?;
+            entries.into_iter().map(|e| e.hash).collect()
+        } else {
+            vec![self.file_hash(&p, &meta)?]
+        };
+        for h in hashes {
+            if !cache.contains_object(&h)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn file_hash(&self, p: &Path, meta: &std::fs::Metadata) -> Result<Hash> {
         if let Some(cache) = self.cache {
             if let Some(st) = cache.stat_get(p)? {

@@ -115,3 +115,59 @@ fn an_input_folder_holding_cached_outputs_is_hashed_as_restored() {
     assert!(ws.run(&["p.yaml"]).is_empty());
     assert_eq!(ws.read("data/a.txt"), "a\n");
 }
+
+const CLOBBER: &str = "stages:
+  make:
+    kind: command
+    cmd: 'false'
+    outs: [raw.csv]
+";
+
+#[test]
+fn an_output_dagrun_did_not_write_is_never_deleted() {
+    let ws = Ws::new();
+    ws.write("raw.csv", "precious\n");
+    ws.write("p.yaml", CLOBBER);
+    let (out, _) = ws.ok(&["plan", "p.yaml"]);
+    assert!(
+        out.contains("missing  make")
+            && out.contains("output `raw.csv` exists and dagrun did not write it"),
+        "{out}"
+    );
+    let o = ws.dagrun(&["p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o)
+            .contains("p.yaml:5:12: output `raw.csv` of `make` exists and dagrun did not write it"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(ws.read("raw.csv"), "precious\n");
+    // A folder too.
+    std::fs::remove_file(ws.p("raw.csv")).unwrap();
+    ws.write("raw.csv/part", "precious\n");
+    assert_eq!(ws.dagrun(&["p.yaml"]).status.code(), Some(2));
+    assert_eq!(ws.read("raw.csv/part"), "precious\n");
+    // Moved away, the node runs (and fails); what a failed run left is dagrun's, so the
+    // next run may remove it.
+    std::fs::rename(ws.p("raw.csv"), ws.p("kept")).unwrap();
+    ws.write(
+        "p.yaml",
+        "stages:\n  make:\n    kind: command\n    cmd: echo partial > raw.csv; false\n    outs: [raw.csv]\n",
+    );
+    assert_eq!(ws.dagrun(&["p.yaml"]).status.code(), Some(1));
+    assert_eq!(ws.read("raw.csv"), "partial\n");
+    assert_eq!(ws.dagrun(&["p.yaml"]).status.code(), Some(1));
+    // An output whose content the cache holds (an earlier version) is replaced.
+    ws.write(
+        "p.yaml",
+        "stages:\n  make:\n    kind: command\n    cmd: echo v1 > raw.csv\n    outs: [raw.csv]\n",
+    );
+    ws.run(&["p.yaml"]);
+    ws.write(
+        "p.yaml",
+        "stages:\n  make:\n    kind: command\n    cmd: echo v2 > raw.csv\n    outs: [raw.csv]\n",
+    );
+    assert_eq!(ws.run(&["p.yaml"]), set(&["make"]));
+    assert_eq!(ws.read("raw.csv"), "v2\n");
+}
