@@ -404,7 +404,30 @@ impl<'a> Evaluator<'a> {
                     _ => None,
                 })
             };
-            let e = self.evaluate(i, sel, &known)?;
+            let mut e = self.evaluate(i, sel, &known)?;
+            // A selected node whose upstream is left out and not cached cannot run.
+            if sel.nodes.is_some() && sel.includes(i) {
+                let mut outside: Vec<Reason> = self.pipeline.nodes[i]
+                    .upstream
+                    .iter()
+                    .filter(|&&u| {
+                        !sel.includes(u)
+                            && !matches!(
+                                evals[u].as_ref().map(|x| &x.state),
+                                Some(State::Cached { .. })
+                            )
+                    })
+                    .map(|&u| Reason::OutsideSelection {
+                        node: self.pipeline.nodes[u].id.clone(),
+                    })
+                    .collect();
+                if !outside.is_empty() {
+                    if let State::Missing { reasons } = &e.state {
+                        outside.extend(reasons.iter().cloned());
+                    }
+                    e.state = State::Missing { reasons: outside };
+                }
+            }
             evals[i] = Some(e);
         }
         Ok(evals)

@@ -67,6 +67,10 @@ pub enum Reason {
     WouldDelete {
         path: String,
     },
+    /// `--only` left out an upstream node that is not cached.
+    OutsideSelection {
+        node: String,
+    },
     /// Upstream failed.
     UpstreamFailed {
         node: String,
@@ -151,6 +155,10 @@ impl fmt::Display for Reason {
                 f,
                 "output `{path}` exists and dagrun did not write it: running would delete it \
                  (move it away or delete it, then run again)"
+            ),
+            Reason::OutsideSelection { node } => write!(
+                f,
+                "needs `{node}`, which is outside the selection and not cached (use --until, or run it first)"
             ),
             Reason::UpstreamFailed { node } => write!(f, "upstream `{node}` failed"),
         }

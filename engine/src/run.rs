@@ -114,6 +114,12 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 if let Reason::Unavailable { message } = r {
                     problems.push(format!("{}: `{}`: {message}", node.loc, node.id));
                 }
+                if let Reason::OutsideSelection { node: u } = r {
+                    problems.push(format!(
+                        "`{}` needs `{u}`, which is outside the selection and not cached (use --until, or run it first)",
+                        node.id
+                    ));
+                }
                 if let Reason::WouldDelete { path } = r {
                     let loc = node
                         .outs
@@ -147,21 +153,6 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 "{}: `{}` needs {} GPU(s) but {} available (pass --gpus N if this machine has more)",
                 node.loc, node.id, node.resources.gpus, opts.gpus
             ));
-        }
-        if opts.selection.nodes.is_some() {
-            for &u in &node.upstream {
-                if !opts.selection.includes(u)
-                    && !matches!(
-                        plan[u].as_ref().map(|e| &e.state),
-                        Some(State::Cached { .. })
-                    )
-                {
-                    problems.push(format!(
-                        "`{}` needs `{}`, which is outside the selection and not cached (use --until, or run it first)",
-                        node.id, p.nodes[u].id
-                    ));
-                }
-            }
         }
     }
     problems.dedup();

@@ -54,3 +54,29 @@ fn a_pipeline_read_as_a_node_name_is_pointed_out() {
     }
     assert!(!ws.p(".dagrun").exists(), "nothing ran");
 }
+
+#[test]
+fn plan_predicts_that_only_refuses_an_uncached_upstream() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SWEEP);
+    let (out, _) = ws.ok(&["plan", "p.yaml", "--only", "train"]);
+    assert!(out.starts_with("p.yaml: 3 nodes, 3 missing"), "{out}");
+    assert!(
+        out.contains("needs `prepare`, which is outside the selection and not cached"),
+        "{out}"
+    );
+    assert!(
+        out.contains("a run would stop before doing any work"),
+        "{out}"
+    );
+    let (run, _) = ws.predicted("p.yaml");
+    assert_eq!(run.len(), 4);
+    let o = ws.dagrun(&["p.yaml", "--only", "train"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("`train[seed=0]` needs `prepare`, which is outside the selection"));
+    // Once `prepare` is cached, both agree that the sweep runs.
+    ws.run(&["p.yaml", "--only", "prepare"]);
+    let (out, _) = ws.ok(&["plan", "p.yaml", "--only", "train"]);
+    assert!(out.starts_with("p.yaml: 3 nodes, 3 stale"), "{out}");
+    assert_eq!(ws.run(&["p.yaml", "--only", "train"]).len(), 3);
+}
