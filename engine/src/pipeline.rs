@@ -730,6 +730,23 @@ impl<'a> Builder<'a> {
             ),
             (None, false) => {}
         }
+        // `outs` are the workspace paths of a shell command; a native kind writes its own
+        // outputs. Stage `params` are a native kind's; a command reads pipeline params.
+        if !kind.takes_cmd() && !st.outs.is_empty() {
+            self.err(
+                &field("outs"),
+                format!(
+                    "`outs` is only for `command` stages; `{}` writes its own outputs (see `dagrun kinds`), referenced as `${{stages.{name}.OUTPUT}}`",
+                    kind.name()
+                ),
+            );
+        }
+        if kind.takes_cmd() && !st.params.is_empty() {
+            self.err(
+                &field("params"),
+                "stage `params` are only for native kinds; in a `command` stage's `cmd`, use pipeline `params` (`${params.NAME}`) or a `matrix` (`${matrix.KEY}`)",
+            );
+        }
         let text_list = |f: &str, list: &[String], this: &mut Self| -> Vec<(String, Location)> {
             let mut out = Vec::new();
             for (i, s) in list.iter().enumerate() {
