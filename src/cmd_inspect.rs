@@ -299,18 +299,27 @@ pub fn cmd_log(ctx: &Ctx, a: &LogArgs) -> CliResult {
     for r in &runs[runs.len().saturating_sub(a.count)..] {
         let secs = (r.finished - r.started).num_milliseconds() as f64 / 1000.0;
         let mut line = format!(
-            "{}  {:<11} {}  ran {}, cached {}",
+            "{}  {:<11} {}  ",
             r.started.format("%Y-%m-%d %H:%M:%S"),
             r.outcome,
             r.pipeline,
-            r.executed.len(),
-            r.cached
         );
-        if r.cut_off > 0 {
-            line.push_str(&format!(" ({} cut off)", r.cut_off));
+        match &r.counts {
+            Some(c) => line.push_str(&format!("{}, {c}", crate::cmd_run::nodes(c.nodes()))),
+            // Older records counted every started node, failed or interrupted ones too.
+            None => {
+                line.push_str(&format!(
+                    "{} started, {} cached",
+                    r.executed.len(),
+                    r.cached
+                ));
+                if r.cut_off > 0 {
+                    line.push_str(&format!(" ({} kept by early cutoff)", r.cut_off));
+                }
+            }
         }
         if !r.failed.is_empty() {
-            line.push_str(&format!(", failed: {}", r.failed.join(", ")));
+            line.push_str(&format!(" (failed: {})", r.failed.join(", ")));
         }
         line.push_str(&format!("  ({})", fmt_secs(secs)));
         println!("{line}");

@@ -8,7 +8,7 @@ use std::sync::{
 use dagrun_engine::{
     job::{job_path, run_worker, JobStatus},
     plan::{Evaluation, Evaluator, State},
-    run::{run, Outcome, RunOptions},
+    run::{run, Outcome, RunOptions, RunReport},
     slurm::OnInterrupt,
     spec::Executor,
     Pipeline,
@@ -78,7 +78,7 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
     let result = run(&p, &cache, &opts, display.clone(), cancel.clone());
     display.finish();
     let report = result?;
-    summarize(ctx, &p, &report.outcomes, t0.elapsed().as_secs_f64());
+    summarize(ctx, &p, &report, t0.elapsed().as_secs_f64());
     if !report.detached.is_empty() {
         eprintln!(
             "{} Slurm job(s) keep running ({}); the next run of this pipeline collects their results",
@@ -96,49 +96,19 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
     Ok(())
 }
 
-fn summarize(
-    ctx: &Ctx,
-    p: &Pipeline,
-    outcomes: &std::collections::BTreeMap<usize, Outcome>,
-    secs: f64,
-) {
-    let mut ran = 0;
-    let mut cached = 0;
-    let mut cut = 0;
-    let mut skipped = 0;
-    let mut failed = Vec::new();
-    for (&i, o) in outcomes {
-        match o {
-            Outcome::Ran { .. } => ran += 1,
-            Outcome::Cached { cut_off, .. } => {
-                cached += 1;
-                if *cut_off {
-                    cut += 1;
-                }
-            }
-            Outcome::Failed { error, log } => failed.push((i, error.clone(), log.clone())),
-            Outcome::Skipped { .. } => skipped += 1,
-            Outcome::Interrupted => {}
-        }
-    }
-    let mut line = format!(
-        "{}: {} nodes, {ran} ran, {cached} cached",
+fn summarize(ctx: &Ctx, p: &Pipeline, report: &RunReport, secs: f64) {
+    let counts = report.counts();
+    eprintln!(
+        "{}: {}, {counts} in {}",
         p.name,
-        outcomes.len()
+        nodes(counts.nodes()),
+        fmt_secs(secs)
     );
-    if cut > 0 {
-        line.push_str(&format!(" ({cut} kept by early cutoff)"));
-    }
-    if !failed.is_empty() {
-        line.push_str(&format!(", {} failed", failed.len()));
-    }
-    if skipped > 0 {
-        line.push_str(&format!(", {skipped} skipped"));
-    }
-    line.push_str(&format!(" in {}", fmt_secs(secs)));
-    eprintln!("{line}");
-    for (i, err, log) in failed {
-        eprintln!("  failed: {}: {err}", p.nodes[i].id);
+    for (&i, o) in &report.outcomes {
+        let Outcome::Failed { error, log } = o else {
+            continue;
+        };
+        eprintln!("  failed: {}: {error}", p.nodes[i].id);
         if let Some(l) = log {
             let shown = l
                 .strip_prefix(&ctx.workdir)
@@ -146,6 +116,15 @@ fn summarize(
                 .unwrap_or(l.display().to_string());
             eprintln!("          log: {shown}");
         }
+    }
+}
+
+/// `1 node`, `3 nodes`.
+pub fn nodes(n: usize) -> String {
+    if n == 1 {
+        "1 node".to_string()
+    } else {
+        format!("{n} nodes")
     }
 }
 
@@ -232,7 +211,7 @@ pub fn cmd_plan(
         return Ok(());
     }
     let count = |l: &str| rows.iter().filter(|(_, e)| e.state.label() == l).count();
-    let mut head = format!("{}: {} nodes", p.name, rows.len());
+    let mut head = format!("{}: {}", p.name, nodes(rows.len()));
     for l in ["stale", "forced", "blocked", "missing", "cached"] {
         let c = count(l);
         if c > 0 {

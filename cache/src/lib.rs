@@ -43,6 +43,6 @@ pub use artifact::{Artifact, ArtifactEntry, ArtifactType};
 pub use error::{Error, Result};
 pub use hash::{hash_bytes, hash_file, Hash, Hasher};
 pub use objects::{is_restore_temp, SMALL_OBJECT_LIMIT};
-pub use record::{Latest, Metrics, Record, RecordHead, RunSummary, Timing};
+pub use record::{Latest, Metrics, Record, RecordHead, RunCounts, RunSummary, Timing};
 pub use stat::FileStat;
 pub use store::{Cache, GcReport, OpenOptions, VerifyReport};

@@ -83,6 +83,52 @@ pub struct RunSummary {
     pub failed: Vec<String>,
     /// `success`, `failed` or `interrupted`.
     pub outcome: String,
+    /// How many nodes ended each way; absent from records of older versions, whose
+    /// `executed` counted failed and interrupted nodes too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<RunCounts>,
+}
+
+/// How the nodes of one run ended: each node is counted once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCounts {
+    /// Ran and succeeded.
+    pub ran: usize,
+    /// Taken from the cache (`cut_off` of them after their upstream reran).
+    pub cached: usize,
+    pub cut_off: usize,
+    pub failed: usize,
+    /// Not run because an upstream node failed.
+    pub skipped: usize,
+    /// Stopped by Ctrl-C, or never started because of it.
+    pub interrupted: usize,
+}
+
+impl RunCounts {
+    pub fn nodes(&self) -> usize {
+        self.ran + self.cached + self.failed + self.skipped + self.interrupted
+    }
+}
+
+impl std::fmt::Display for RunCounts {
+    /// `3 ran, 1 cached (1 kept by early cutoff), 2 failed, 1 skipped, 1 interrupted`:
+    /// ran and cached always, the others when there are any.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ran, {} cached", self.ran, self.cached)?;
+        if self.cut_off > 0 {
+            write!(f, " ({} kept by early cutoff)", self.cut_off)?;
+        }
+        for (n, what) in [
+            (self.failed, "failed"),
+            (self.skipped, "skipped"),
+            (self.interrupted, "interrupted"),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {what}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The part of a record the planner needs: decoding only this is much cheaper than the
@@ -92,4 +138,27 @@ pub struct RecordHead {
     pub key: Hash,
     pub outputs: BTreeMap<String, Artifact>,
     pub timing: Timing,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_summaries_of_older_versions_still_read() {
+        let old = r#"{"started":"2024-01-01T00:00:00Z","finished":"2024-01-01T00:00:01Z",
+            "pipeline":"p.yaml","command":"dagrun p.yaml","executed":["a","b"],"cached":1,
+            "cut_off":0,"failed":["b"],"outcome":"failed"}"#;
+        let r: RunSummary = serde_json::from_str(old).unwrap();
+        assert_eq!(r.counts, None);
+        assert_eq!(r.executed.len(), 2);
+        let c = RunCounts {
+            ran: 3,
+            failed: 2,
+            skipped: 1,
+            ..Default::default()
+        };
+        assert_eq!(c.to_string(), "3 ran, 0 cached, 2 failed, 1 skipped");
+        assert_eq!(c.nodes(), 6);
+    }
 }

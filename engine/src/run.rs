@@ -14,7 +14,7 @@ use std::{
 };
 
 use chrono::Utc;
-use dagrun_cache::{Artifact, Cache, Latest, Metrics, Record, RunSummary, Timing};
+use dagrun_cache::{Artifact, Cache, Latest, Metrics, Record, RunCounts, RunSummary, Timing};
 
 use crate::{
     error::{Error, Result},
@@ -84,6 +84,24 @@ impl RunReport {
             .map(|(i, _)| *i)
             .collect()
     }
+    /// How many nodes ended each way (`cut_off`: cached after their upstream reran).
+    pub fn counts(&self) -> RunCounts {
+        let mut c = RunCounts::default();
+        for o in self.outcomes.values() {
+            match o {
+                Outcome::Ran { .. } => c.ran += 1,
+                Outcome::Cached { cut_off, .. } => {
+                    c.cached += 1;
+                    c.cut_off += usize::from(*cut_off);
+                }
+                Outcome::Failed { .. } => c.failed += 1,
+                Outcome::Skipped { .. } => c.skipped += 1,
+                Outcome::Interrupted => c.interrupted += 1,
+            }
+        }
+        c
+    }
+
     pub fn ran(&self) -> Vec<usize> {
         self.outcomes
             .iter()
@@ -256,7 +274,6 @@ pub fn run(
     let mut remote_running = 0usize;
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut executed = Vec::new();
-    let mut cut_off = 0usize;
 
     let scoped = std::thread::scope(|scope| -> Result<()> {
         loop {
@@ -291,9 +308,6 @@ pub fn run(
                         for o in restore {
                             cache.restore(&rec.outputs[o], &ev.ws.abs(o))?;
                             ev.ws.remember_artifact(o, &rec.outputs[o])?;
-                        }
-                        if was_blocked {
-                            cut_off += 1;
                         }
                         if cache.latest(&node.id)?.map(|l| l.key) != Some(rec.key) {
                             cache.set_latest(
@@ -446,19 +460,16 @@ pub fn run(
         .iter()
         .map(|&i| p.nodes[i].id.clone())
         .collect();
-    let cached = report
-        .outcomes
-        .values()
-        .filter(|o| matches!(o, Outcome::Cached { .. }))
-        .count();
+    let counts = report.counts();
     cache.log_run(&RunSummary {
         started,
         finished: Utc::now(),
         pipeline: p.name.clone(),
         command: opts.command.clone(),
         executed,
-        cached,
-        cut_off,
+        cached: counts.cached,
+        cut_off: counts.cut_off,
+        counts: Some(counts),
         outcome: if report.interrupted {
             "interrupted".into()
         } else if failed.is_empty() {

@@ -21,7 +21,7 @@ fn global_options_stand_before_or_after_the_subcommand() {
     }
     ws.ok(&["-q", "p.yaml"]);
     let (out, _) = ws.ok(&["--cache", ".dagrun", "log"]);
-    assert!(out.contains("ran 4"), "{out}");
+    assert!(out.contains("4 nodes, 4 ran, 0 cached"), "{out}");
     // A run's own options before a subcommand would be ignored: refused instead.
     let o = ws.dagrun(&["-j", "2", "plan", "p.yaml"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));

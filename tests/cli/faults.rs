@@ -161,3 +161,64 @@ fn temp_files_of_an_interrupted_restore_are_not_content_and_are_removed() {
     assert_eq!(ws.read("data/a.txt"), "a\n");
     assert!(!ws.p("data/.a.txt.dagrun-tmp-4242").exists());
 }
+
+#[test]
+fn the_summary_and_the_log_count_each_outcome_once() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        "stages:
+  ok:
+    kind: command
+    matrix: {i: [1, 2, 3]}
+    cmd: echo ${matrix.i} > ok-${matrix.i}.txt
+    outs: [ok-${matrix.i}.txt]
+  bad:
+    kind: command
+    matrix: {i: [1, 2]}
+    cmd: exit 3
+  after:
+    kind: command
+    needs: ['bad[i=1]']
+    cmd: echo after
+",
+    );
+    let o = ws.dagrun(&["p.yaml"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("p.yaml: 6 nodes, 3 ran, 0 cached, 2 failed, 1 skipped in"),
+        "{}",
+        text(&o)
+    );
+    let (out, _) = ws.ok(&["log"]);
+    assert!(
+        out.contains("6 nodes, 3 ran, 0 cached, 2 failed, 1 skipped (failed: bad[i=1], bad[i=2])"),
+        "{out}"
+    );
+
+    // An interrupted run: the node that was stopped is counted as interrupted.
+    let ws = Ws::new();
+    ws.write("p.yaml", SLOW);
+    ws.write("hold", "");
+    let child = ws.spawn(&["p.yaml"]);
+    ws.wait_for("slow-started", Duration::from_secs(30));
+    kill(child.id(), libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(
+        text(&o).contains("p.yaml: 3 nodes, 2 ran, 0 cached, 1 interrupted in"),
+        "{}",
+        text(&o)
+    );
+    let (out, _) = ws.ok(&["log"]);
+    assert!(
+        out.contains("3 nodes, 2 ran, 0 cached, 1 interrupted"),
+        "{out}"
+    );
+    std::fs::remove_file(ws.p("hold")).unwrap();
+    // One node: no plural.
+    let (_, err) = ws.ok(&["p.yaml"]);
+    assert!(err.contains("p.yaml: 3 nodes, 1 ran, 2 cached in"), "{err}");
+    let (out, _) = ws.ok(&["plan", "p.yaml", "--only", "slow"]);
+    assert!(out.starts_with("p.yaml: 1 node, 1 cached"), "{out}");
+}
