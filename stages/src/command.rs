@@ -3,7 +3,8 @@
 //! and stores them in the cache afterwards.
 //!
 //! The command runs with `sh -c` in the workspace, in its own process group, with
-//! stdout and stderr captured into the node's log. It sees:
+//! stdout and stderr captured into the node's log through one pipe (in the order the
+//! command wrote them). It sees:
 //!
 //! | variable            | value                                              |
 //! |---------------------|----------------------------------------------------|
@@ -13,7 +14,7 @@
 //! | `DAGRUN_MATRIX_<K>` | each matrix value (key upper-cased)                |
 //! | `CUDA_VISIBLE_DEVICES` | the GPUs the scheduler assigned, when `resources.gpus` > 0 |
 //!
-//! A line `dagrun:progress DONE/TOTAL [message]` on stdout updates the live display.
+//! A line `dagrun:progress DONE/TOTAL [message]` in its output updates the live display.
 
 use std::{
     io::{BufRead, BufReader},
@@ -84,9 +85,16 @@ impl StageKind for CommandKind {
         c.arg("-c")
             .arg(&cmd)
             .current_dir(&ctx.workdir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdin(Stdio::null());
+        // One pipe for both streams, so that the log keeps the order the command wrote
+        // its lines in (two pipes read by two threads would interleave them by chance).
+        let (reader, writer) = pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+        c.stdout(Stdio::from(
+            writer
+                .try_clone()
+                .map_err(|e| format!("cannot make a pipe: {e}"))?,
+        ))
+        .stderr(Stdio::from(writer));
         c.env("DAGRUN_NODE", &ctx.node)
             .env("DAGRUN_SCRATCH", ctx.scratch())
             .env("DAGRUN_DEVICE", &ctx.device);
@@ -115,15 +123,16 @@ impl StageKind for CommandKind {
                 Ok(())
             });
         }
-        let mut child = c.spawn().map_err(|e| format!("cannot start `sh`: {e}"))?;
+        let spawned = c.spawn();
+        // The command holds the pipe's write ends until dropped: close ours, so that the
+        // reader sees the end of the output when the command's processes have exited.
+        drop(c);
+        let mut child = spawned.map_err(|e| format!("cannot start `sh`: {e}"))?;
         let pid = child.id() as i32;
         let _tracked = ctx.track_group(pid, &token);
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
         let ctx_ref: &StageContext = ctx;
         let status = std::thread::scope(|s| {
-            s.spawn(|| pump(ctx_ref, stdout, true));
-            s.spawn(|| pump(ctx_ref, stderr, false));
+            s.spawn(|| pump(ctx_ref, reader));
             let mut term_sent: Option<Instant> = None;
             loop {
                 if let Some(st) = child.try_wait()? {
@@ -159,20 +168,36 @@ impl StageKind for CommandKind {
     }
 }
 
-fn pump(ctx: &StageContext, stream: impl std::io::Read, parse_progress: bool) {
+/// A pipe whose ends are closed on exec (the child gets its copies through `Stdio`).
+fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Logs the command's output line by line; `dagrun:progress` lines update the display.
+fn pump(ctx: &StageContext, stream: impl std::io::Read) {
     let reader = BufReader::new(stream);
     for line in reader.split(b'\n') {
         let Ok(line) = line else { break };
         let line = String::from_utf8_lossy(&line);
         let line = line.trim_end_matches('\r');
-        if parse_progress {
-            if let Some(rest) = line.strip_prefix("dagrun:progress ") {
-                let (frac, msg) = rest.split_once(' ').unwrap_or((rest, ""));
-                if let Some((d, t)) = frac.split_once('/') {
-                    if let (Ok(d), Ok(t)) = (d.trim().parse(), t.trim().parse()) {
-                        ctx.progress(d, t, msg);
-                        continue;
-                    }
+        if let Some(rest) = line.strip_prefix("dagrun:progress ") {
+            let (frac, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+            if let Some((d, t)) = frac.split_once('/') {
+                if let (Ok(d), Ok(t)) = (d.trim().parse(), t.trim().parse()) {
+                    ctx.progress(d, t, msg);
+                    continue;
                 }
             }
         }

@@ -222,3 +222,22 @@ fn the_summary_and_the_log_count_each_outcome_once() {
     let (out, _) = ws.ok(&["plan", "p.yaml", "--only", "slow"]);
     assert!(out.starts_with("p.yaml: 1 node, 1 cached"), "{out}");
 }
+
+#[test]
+fn a_commands_log_keeps_the_order_of_stdout_and_stderr() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        "stages:\n  a:\n    kind: command\n    cmd: echo one; echo two >&2; echo 'dagrun:progress 1/2 half'; echo three; echo four >&2\n",
+    );
+    ws.run(&["p.yaml"]);
+    let (out, _) = ws.ok(&["show", "a"]);
+    let log: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("log"))
+        .skip(1)
+        .map(str::trim)
+        .collect();
+    // The progress line updates the display and is not logged.
+    assert_eq!(log[1..], ["one", "two", "three", "four"], "{out}");
+}
