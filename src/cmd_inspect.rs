@@ -115,7 +115,26 @@ pub fn cmd_show(ctx: &Ctx, a: &ShowArgs) -> CliResult {
     let cache = ctx
         .open_existing_cache("show")?
         .ok_or_else(|| usage("no cache here yet: nothing has run"))?;
-    let rec = latest_record(&cache, &a.node)?;
+    let failure = cache.failure(&a.node)?;
+    let rec = match (latest_record(&cache, &a.node), &failure) {
+        (Ok(rec), _) => rec,
+        // Failed nodes leave no record: say how it failed, and show its log.
+        (Err(_), Some(f)) if !a.json => {
+            println!("node      {}", a.node);
+            println!("pipeline  {}", f.pipeline);
+            print_failure(ctx, f, a.log_lines);
+            return Ok(());
+        }
+        (Err(_), Some(f)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"node": a.node, "last_failure": f}))
+                    .expect("json")
+            );
+            return Ok(());
+        }
+        (Err(e), None) => return Err(e),
+    };
     let log = rec
         .log
         .and_then(|h| cache.read_bytes(&h).ok())
@@ -128,6 +147,9 @@ pub fn cmd_show(ctx: &Ctx, a: &ShowArgs) -> CliResult {
     if a.json {
         let mut v = serde_json::to_value(&rec).expect("json");
         v["log_tail"] = json!(tail);
+        if let Some(f) = &failure {
+            v["last_failure"] = json!(f);
+        }
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(());
     }
@@ -215,7 +237,33 @@ pub fn cmd_show(ctx: &Ctx, a: &ShowArgs) -> CliResult {
             println!("  {l}");
         }
     }
+    if let Some(f) = &failure {
+        println!("a later run of this node failed:");
+        print_failure(ctx, f, a.log_lines);
+    }
     Ok(())
+}
+
+/// When and how a node's last execution failed, and the tail of its kept log.
+fn print_failure(ctx: &Ctx, f: &dagrun_cache::NodeFailure, lines: usize) {
+    println!(
+        "failed    {}: {}",
+        f.at.format("%Y-%m-%d %H:%M:%S UTC"),
+        f.error
+    );
+    let Some(log) = &f.log else { return };
+    println!(
+        "log       {}",
+        log.strip_prefix(&ctx.workdir).unwrap_or(log).display()
+    );
+    if let Ok(text) = std::fs::read_to_string(log) {
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        println!("log (last {} lines)", tail.len());
+        for l in tail {
+            println!("  {l}");
+        }
+    }
 }
 
 fn compact(v: &serde_json::Value) -> String {

@@ -16,7 +16,7 @@
 //! | path              | what                                                        |
 //! |-------------------|-------------------------------------------------------------|
 //! | `lock`            | lock file; holds the pid and command of the current holder  |
-//! | `db/`             | sled: trees `records-v1`, `latest-v1`, `blobs-v1`, `stat-v1`, `runs-v1`, `claims-v1` |
+//! | `db/`             | sled: trees `records-v1`, `latest-v1`, `blobs-v1`, `stat-v1`, `runs-v1`, `claims-v1`, `failures-v1` |
 //! | `objects-v1/ab/…` | large artifacts, named by blake3, read-only                 |
 //! | `tmp/`            | files being written; emptied whenever the cache is opened   |
 //! | `scratch/<key>/`  | per-node scratch folders that survive an interruption       |
@@ -43,6 +43,6 @@ pub use artifact::{Artifact, ArtifactEntry, ArtifactType};
 pub use error::{Error, Result};
 pub use hash::{hash_bytes, hash_file, Hash, Hasher};
 pub use objects::{is_restore_temp, SMALL_OBJECT_LIMIT};
-pub use record::{Latest, Metrics, Record, RecordHead, RunCounts, RunSummary, Timing};
+pub use record::{Latest, Metrics, NodeFailure, Record, RecordHead, RunCounts, RunSummary, Timing};
 pub use stat::FileStat;
 pub use store::{Cache, GcReport, OpenOptions, VerifyReport};

@@ -131,6 +131,19 @@ impl std::fmt::Display for RunCounts {
     }
 }
 
+/// The last execution of a node that failed (cleared when the node next succeeds):
+/// failed nodes leave no record, so `status`, `why` and `show` read this instead.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeFailure {
+    pub at: DateTime<Utc>,
+    /// What went wrong, e.g. `command exited with status 1`.
+    pub error: String,
+    /// The node's log, kept under the cache's `logs/`.
+    pub log: Option<std::path::PathBuf>,
+    /// The pipeline file the node came from, relative to the workspace.
+    pub pipeline: String,
+}
+
 /// The part of a record the planner needs: decoding only this is much cheaper than the
 /// whole record (key components, metrics, log) on a no-op run.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -29,6 +29,7 @@ pub struct Cache {
     stat: sled::Tree,
     runs: sled::Tree,
     claims: sled::Tree,
+    failures: sled::Tree,
     _lock: CacheLock,
 }
 
@@ -91,6 +92,7 @@ impl Cache {
             stat: tree("stat-v1")?,
             runs: tree("runs-v1")?,
             claims: tree("claims-v1")?,
+            failures: tree("failures-v1")?,
             db,
             objects,
             _lock: lock,
@@ -363,6 +365,34 @@ impl Cache {
                 serde_json::to_vec(stat).expect("serialises"),
             )
             .map_err(db_err)?;
+        Ok(())
+    }
+
+    // ---- failures ------------------------------------------------------------------
+
+    /// Notes that the last execution of `node` failed.
+    pub fn record_failure(&self, node: &str, failure: &crate::NodeFailure) -> Result<()> {
+        self.failures
+            .insert(
+                node.as_bytes(),
+                serde_json::to_vec(failure).expect("serialises"),
+            )
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    /// The last failed execution of `node`, unless it has succeeded since.
+    pub fn failure(&self, node: &str) -> Result<Option<crate::NodeFailure>> {
+        Ok(self
+            .failures
+            .get(node.as_bytes())
+            .map_err(db_err)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Forgets a node's failure (it has just succeeded).
+    pub fn clear_failure(&self, node: &str) -> Result<()> {
+        self.failures.remove(node.as_bytes()).map_err(db_err)?;
         Ok(())
     }
 

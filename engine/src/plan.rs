@@ -199,13 +199,17 @@ impl<'a> Evaluator<'a> {
                     ],
                 },
                 None if self.latest_key(&node.id)?.is_none() => State::Stale {
-                    reasons: vec![
-                        Reason::NeverRun,
-                        Reason::WaitsOn {
+                    reasons: {
+                        let mut r = self.failed_reason(&node.id)?;
+                        if r.is_empty() {
+                            r.push(Reason::NeverRun);
+                        }
+                        r.push(Reason::WaitsOn {
                             nodes: pending,
                             cutoff: false,
-                        },
-                    ],
+                        });
+                        r
+                    },
                 },
                 None => State::Blocked {
                     reasons: vec![Reason::WaitsOn {
@@ -363,8 +367,42 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    /// Why a node with these components is not cached, compared with its last run.
+    /// `LastRunFailed` when the node's last execution failed (and it has not succeeded
+    /// since), else nothing.
+    fn failed_reason(&self, node: &str) -> Result<Vec<Reason>> {
+        let Some(f) = self.cache.map(|c| c.failure(node)).transpose()?.flatten() else {
+            return Ok(Vec::new());
+        };
+        let log = f.log.map(|l| {
+            l.strip_prefix(&self.pipeline.workdir)
+                .unwrap_or(&l)
+                .display()
+                .to_string()
+        });
+        Ok(vec![Reason::LastRunFailed {
+            at: f.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            error: f.error,
+            log,
+        }])
+    }
+
+    /// Why a node with these components is not cached, compared with its last run (and
+    /// first, that its last execution failed, when it did).
     pub fn stale_reasons(&self, node: &str, components: &KeyComponents) -> Result<Vec<Reason>> {
+        let mut r = self.failed_reason(node)?;
+        let since = self.stale_reasons_since_success(node, components)?;
+        // It has run, and failed: not "never run".
+        if r.is_empty() || since != [Reason::NeverRun] {
+            r.extend(since);
+        }
+        Ok(r)
+    }
+
+    fn stale_reasons_since_success(
+        &self,
+        node: &str,
+        components: &KeyComponents,
+    ) -> Result<Vec<Reason>> {
         let Some(key) = self.latest_key(node)? else {
             return Ok(vec![Reason::NeverRun]);
         };

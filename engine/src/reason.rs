@@ -13,6 +13,14 @@ use crate::fingerprint::KeyComponents;
 pub enum Reason {
     /// No record of this node exists.
     NeverRun,
+    /// Its last execution failed (no record: failed nodes leave none).
+    LastRunFailed {
+        /// When, as `YYYY-MM-DD HH:MM:SS UTC`.
+        at: String,
+        error: String,
+        /// The kept log, relative to the workspace when inside it.
+        log: Option<String>,
+    },
     /// `--rerun` named it.
     Forced,
     /// `--rerun ... --downstream`: downstream of a forced node.
@@ -103,6 +111,13 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NeverRun => write!(f, "never run"),
+            Reason::LastRunFailed { at, error, log } => {
+                write!(f, "its last run failed ({at}): {error}")?;
+                if let Some(l) = log {
+                    write!(f, "; log: {l}")?;
+                }
+                Ok(())
+            }
             Reason::Forced => write!(f, "forced by --rerun"),
             Reason::ForcedDownstream { of } => {
                 write!(f, "forced: downstream of `{of}` (--downstream)")

@@ -14,7 +14,9 @@ use std::{
 };
 
 use chrono::Utc;
-use dagrun_cache::{Artifact, Cache, Latest, Metrics, Record, RunCounts, RunSummary, Timing};
+use dagrun_cache::{
+    Artifact, Cache, Latest, Metrics, NodeFailure, Record, RunCounts, RunSummary, Timing,
+};
 
 use crate::{
     error::{Error, Result},
@@ -309,6 +311,9 @@ pub fn run(
                             cache.restore(&rec.outputs[o], &ev.ws.abs(o))?;
                             ev.ws.remember_artifact(o, &rec.outputs[o])?;
                         }
+                        if cache.failure(&node.id)?.is_some() {
+                            cache.clear_failure(&node.id)?;
+                        }
                         if cache.latest(&node.id)?.map(|l| l.key) != Some(rec.key) {
                             cache.set_latest(
                                 &node.id,
@@ -420,6 +425,7 @@ pub fn run(
                     for o in &node.outs {
                         ev.ws.remember_artifact(o, &rec.outputs[o])?;
                     }
+                    cache.clear_failure(&node.id)?;
                     let out = Outcome::Ran {
                         seconds: rec.timing.seconds,
                     };
@@ -438,6 +444,17 @@ pub fn run(
                 Err(out) => {
                     for o in &node.outs {
                         ev.ws.invalidate(o);
+                    }
+                    if let Outcome::Failed { error, log } = &out {
+                        cache.record_failure(
+                            &node.id,
+                            &NodeFailure {
+                                at: Utc::now(),
+                                error: error.clone(),
+                                log: log.clone(),
+                                pipeline: p.name.clone(),
+                            },
+                        )?;
                     }
                     observer.finished(&node.id, &out);
                     report.outcomes.insert(i, out);

@@ -241,3 +241,40 @@ fn a_commands_log_keeps_the_order_of_stdout_and_stderr() {
     // The progress line updates the display and is not logged.
     assert_eq!(log[1..], ["one", "two", "three", "four"], "{out}");
 }
+
+#[test]
+fn status_why_and_show_say_that_the_last_run_failed() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        "stages:\n  a:\n    kind: command\n    cmd: echo oops; exit 3\n",
+    );
+    assert_eq!(ws.dagrun(&["p.yaml"]).status.code(), Some(1));
+    let want = "its last run failed (";
+    let (out, _) = ws.ok(&["status", "p.yaml"]);
+    assert!(
+        out.contains(want) && out.contains("command exited with status 3"),
+        "{out}"
+    );
+    let (out, _) = ws.ok(&["why", "a"]);
+    assert!(
+        out.contains(want) && out.contains("command exited with status 3; log: .dagrun/logs/a.log"),
+        "{out}"
+    );
+    assert!(!out.contains("never run"), "{out}");
+    let (out, _) = ws.ok(&["show", "a"]);
+    assert!(
+        out.contains("command exited with status 3")
+            && out.contains("log       .dagrun/logs/a.log")
+            && out.contains("  oops"),
+        "{out}"
+    );
+    // Once it succeeds, the failure is forgotten.
+    ws.write(
+        "p.yaml",
+        "stages:\n  a:\n    kind: command\n    cmd: echo fine\n",
+    );
+    ws.run(&["p.yaml"]);
+    let (out, _) = ws.ok(&["show", "a"]);
+    assert!(!out.contains("failed"), "{out}");
+}
