@@ -416,7 +416,26 @@ impl<'a> Builder<'a> {
                 Ok(val) => {
                     params.insert(k.clone(), val);
                 }
-                Err(m) => self.err(&ypath(&["params", k]), m),
+                Err(m) => {
+                    // A reference to a param defined later (or to itself) is an ordering
+                    // problem, not an unknown name.
+                    let later = m
+                        .strip_prefix("undefined reference `${params.")
+                        .and_then(|r| r.split(['.', '}']).next())
+                        .filter(|name| {
+                            !params.contains_key(*name) && spec.params.contains_key(*name)
+                        });
+                    let m = match later {
+                        Some(name) if name == k => format!(
+                            "param `{k}` refers to itself (`${{params.{name}}}`)"
+                        ),
+                        Some(name) => format!(
+                            "`${{params.{name}}}` refers to param `{name}`, which is defined after `{k}`: a param may only refer to params defined before it"
+                        ),
+                        None => m,
+                    };
+                    self.err(&ypath(&["params", k]), m)
+                }
             }
         }
         if spec.stages.is_empty() {
@@ -625,15 +644,35 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        combos.retain(|c| {
-            !exclude.iter().any(|o| {
-                o.iter().all(|(k, v)| {
-                    c.get(k)
-                        .map(|cv| scalar_string(cv) == scalar_string(v))
-                        .unwrap_or(false)
-                })
+        let matches = |o: &serde_json::Map<String, Value>, c: &IndexMap<String, Value>| {
+            o.iter().all(|(k, v)| {
+                c.get(k)
+                    .map(|cv| scalar_string(cv) == scalar_string(v))
+                    .unwrap_or(false)
             })
-        });
+        };
+        // An `exclude` entry that matches nothing is most likely a typo of a value.
+        if let Some(n) = exclude
+            .iter()
+            .position(|o| !combos.iter().any(|c| matches(o, c)))
+        {
+            let mut epath = mpath.clone();
+            epath.push(Seg::Key("exclude".into()));
+            epath.push(Seg::Index(n));
+            let shown: Vec<String> = exclude[n]
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", scalar_string(v)))
+                .collect();
+            self.err(
+                &epath,
+                format!(
+                    "malformed matrix: `exclude` entry {{{}}} matches no combination (a typo of a value?)",
+                    shown.join(", ")
+                ),
+            );
+            return Err(());
+        }
+        combos.retain(|c| !exclude.iter().any(|o| matches(o, c)));
         for o in include {
             if o.len() != names.len() {
                 self.err(

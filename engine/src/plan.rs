@@ -414,7 +414,14 @@ impl<'a> Evaluator<'a> {
             Ok(c) => c,
             Err(_) => return Ok(vec![Reason::RecordGone]),
         };
-        let d = diff(&old, components);
+        let mut d = diff(&old, components);
+        for r in &mut d {
+            if let Reason::InputChanged { name, folder, .. } = r {
+                if let Some(path) = name.strip_prefix("file:") {
+                    *folder = self.ws.abs(path).is_dir();
+                }
+            }
+        }
         Ok(if d.is_empty() {
             vec![Reason::RecordGone]
         } else {

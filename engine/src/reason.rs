@@ -50,6 +50,9 @@ pub enum Reason {
         name: String,
         old: Option<String>,
         new: Option<String>,
+        /// A workspace input (`file:` name) that is a folder.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        folder: bool,
     },
     EnvChanged {
         name: String,
@@ -100,6 +103,16 @@ fn short(v: &Option<Value>) -> String {
     }
 }
 
+/// An environment value of a key: a variable of `fingerprint.env` that is unset is the
+/// empty string there, as one set to nothing is.
+fn env_value(v: &Option<String>) -> String {
+    match v.as_deref() {
+        None => "(unset)".to_string(),
+        Some("") => "(unset or empty)".to_string(),
+        Some(s) => s.to_string(),
+    }
+}
+
 fn short_hash(h: &Option<String>) -> String {
     match h {
         None => "(none)".to_string(),
@@ -129,8 +142,14 @@ impl fmt::Display for Reason {
                 write!(f, "param `{name}` changed: {} → {}", short(old), short(new))
             }
             Reason::OutsChanged { old, new } => write!(f, "outs changed: {old:?} → {new:?}"),
-            Reason::InputChanged { name, old, new } => {
+            Reason::InputChanged {
+                name,
+                old,
+                new,
+                folder,
+            } => {
                 let what = match name.strip_prefix("file:") {
+                    Some(p) if *folder => format!("input folder `{p}`"),
                     Some(p) => format!("input file `{p}`"),
                     None => format!("upstream output `{name}`"),
                 };
@@ -148,8 +167,8 @@ impl fmt::Display for Reason {
             Reason::EnvChanged { name, old, new } => write!(
                 f,
                 "environment `{name}` changed: {} → {}",
-                old.as_deref().unwrap_or("(unset)"),
-                new.as_deref().unwrap_or("(unset)")
+                env_value(old),
+                env_value(new)
             ),
             Reason::WaitsOn { nodes, cutoff } => {
                 let n: Vec<String> = nodes.iter().take(3).map(|s| format!("`{s}`")).collect();
@@ -226,7 +245,12 @@ pub fn diff(old: &KeyComponents, new: &KeyComponents) -> Vec<Reason> {
         });
     }
     diff_maps(&old.inputs, &new.inputs, |name, old, new| {
-        out.push(Reason::InputChanged { name, old, new })
+        out.push(Reason::InputChanged {
+            name,
+            old,
+            new,
+            folder: false,
+        })
     });
     diff_maps(&old.env, &new.env, |name, old, new| {
         out.push(Reason::EnvChanged { name, old, new })
@@ -306,5 +330,23 @@ mod tests {
             "input file `data.txt` changed: aaaa → bbbb"
         );
         assert!(diff(&base, &base).is_empty());
+        let mut env = base.clone();
+        env.env.insert("env:SEED".into(), "".into());
+        let mut env2 = env.clone();
+        env2.env.insert("env:SEED".into(), "3".into());
+        assert_eq!(
+            diff(&env, &env2)[0].to_string(),
+            "environment `env:SEED` changed: (unset or empty) → 3"
+        );
+        let folder = Reason::InputChanged {
+            name: "file:data".into(),
+            old: Some("aaaa".into()),
+            new: Some("bbbb".into()),
+            folder: true,
+        };
+        assert_eq!(
+            folder.to_string(),
+            "input folder `data` changed: aaaa → bbbb"
+        );
     }
 }

@@ -248,3 +248,26 @@ fn the_order_of_outs_is_not_in_the_key_and_a_command_device_is() {
     let (out, _) = ws.ok(&["show", "a"]);
     assert!(out.contains("cuda:1"), "{out}");
 }
+
+#[test]
+fn why_names_a_folder_input_as_a_folder_and_an_unset_variable_as_unset() {
+    let ws = Ws::new();
+    ws.write("data/a.txt", "a\n");
+    ws.write(
+        "p.yaml",
+        "fingerprint:\n  env: [DAGRUN_TEST_SEED]\nstages:\n  a:\n    kind: command\n    cmd: ls data > list.txt\n    deps: [data]\n    outs: [list.txt]\n",
+    );
+    ws.run(&["p.yaml"]);
+    ws.write("data/b.txt", "b\n");
+    let o = ws
+        .cmd(&["why", "a"])
+        .env("DAGRUN_TEST_SEED", "3")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(out.contains("input folder `data` changed"), "{out}");
+    assert!(
+        out.contains("environment `env:DAGRUN_TEST_SEED` changed: (unset or empty) → 3"),
+        "{out}"
+    );
+}
