@@ -232,7 +232,7 @@ const KL_MATCH_TOLERANCE: f64 = 0.2;
 fn kl_mismatch(finals: &[(&str, f64)]) -> Option<String> {
     let lo = finals.iter().min_by(|a, b| a.1.total_cmp(&b.1))?;
     let hi = finals.iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
-    if !(hi.1 > 0.0) || (hi.1 - lo.1) <= KL_MATCH_TOLERANCE * hi.1 {
+    if hi.1.is_nan() || hi.1 <= 0.0 || (hi.1 - lo.1) <= KL_MATCH_TOLERANCE * hi.1 {
         return None;
     }
     Some(format!(
