@@ -88,8 +88,8 @@ pub enum Command {
     Log(LogArgs),
     /// Copy a node's outputs out of the cache into a folder.
     Export(ExportArgs),
-    /// List the stage kinds this build provides.
-    Kinds,
+    /// List the stage kinds this build provides, or one kind's params.
+    Kinds(KindsArgs),
     /// Maintain the cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -267,6 +267,16 @@ pub struct WhyArgs {
     /// The pipeline file [default: the one the node last ran from].
     #[arg(long, short = 'p')]
     pub pipeline: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct KindsArgs {
+    /// A kind (`ppo`, `head_ensemble`, ...): list its params with their types, defaults and
+    /// what they mean.
+    pub kind: Option<String>,
+    /// With a kind: print its params as a JSON schema.
+    #[arg(long, requires = "kind")]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -7,7 +7,7 @@ use dagrun_engine::plan::{Evaluator, Selection, State};
 use serde_json::json;
 
 use crate::{
-    cli::{ExportArgs, LogArgs, ShowArgs, StatusArgs, WhyArgs},
+    cli::{ExportArgs, KindsArgs, LogArgs, ShowArgs, StatusArgs, WhyArgs},
     context::Ctx,
     display::fmt_secs,
     exit::{usage, CliResult},
@@ -393,9 +393,35 @@ pub fn cmd_export(ctx: &Ctx, a: &ExportArgs) -> CliResult {
     Ok(())
 }
 
-pub fn cmd_kinds(ctx: &Ctx) -> CliResult {
-    for k in ctx.registry.kinds() {
-        println!("{:<18} v{:<3} {}", k.name(), k.version(), k.summary());
+pub fn cmd_kinds(ctx: &Ctx, args: &KindsArgs) -> CliResult {
+    let Some(name) = &args.kind else {
+        for k in ctx.registry.kinds() {
+            println!("{:<18} v{:<3} {}", k.name(), k.version(), k.summary());
+        }
+        println!("\n`dagrun kinds KIND` lists a kind's params.");
+        return Ok(());
+    };
+    let Some(kind) = ctx.registry.get(name) else {
+        return Err(usage(format!(
+            "unknown stage kind `{name}` (known: {})",
+            ctx.registry.names().join(", ")
+        )));
+    };
+    let schema = kind.params_schema();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&schema.unwrap_or(serde_json::Value::Null)).expect("JSON")
+        );
+        return Ok(());
+    }
+    println!("{} (v{}): {}", kind.name(), kind.version(), kind.summary());
+    match schema {
+        Some(s) => print!("{}", crate::kinds_help::params_text(&s)),
+        None if kind.takes_cmd() => println!(
+            "\nNo params: `cmd`, `deps` and `outs` describe it (README, \"A first pipeline\")."
+        ),
+        None => println!("\nNo params."),
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod cmd_run;
 mod context;
 mod display;
 mod exit;
+mod kinds_help;
 mod model_cmd;
 
 use std::process::ExitCode;
@@ -63,7 +64,7 @@ fn dispatch(cli: cli::Cli) -> exit::CliResult {
         Some(Why(a)) => cmd_inspect::cmd_why(&ctx, &a),
         Some(Log(a)) => cmd_inspect::cmd_log(&ctx, &a),
         Some(Export(a)) => cmd_inspect::cmd_export(&ctx, &a),
-        Some(Kinds) => cmd_inspect::cmd_kinds(&ctx),
+        Some(Kinds(a)) => cmd_inspect::cmd_kinds(&ctx, &a),
         Some(Cache(c)) => cmd_cache::cmd_cache(&ctx, &c),
         Some(Model(mut m)) => {
             let model = m.model_mut();

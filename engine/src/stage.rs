@@ -104,6 +104,11 @@ pub trait StageKind: Send + Sync {
     fn takes_cmd(&self) -> bool {
         false
     }
+    /// The kind's `params` as a JSON schema (names, types, defaults, descriptions), for
+    /// `dagrun kinds KIND`; `None` for a kind without params.
+    fn params_schema(&self) -> Option<Value> {
+        None
+    }
     /// Runs one node.
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError>;
 }

@@ -1,5 +1,6 @@
 //! The command line itself: global options stand before or after a subcommand, a list
-//! option that swallowed the pipeline is named, and bad counts are refused.
+//! option that swallowed the pipeline is named, bad counts are refused, and `dagrun kinds`
+//! teaches a kind's params.
 
 use crate::support::*;
 
@@ -79,4 +80,58 @@ fn plan_predicts_that_only_refuses_an_uncached_upstream() {
     let (out, _) = ws.ok(&["plan", "p.yaml", "--only", "train"]);
     assert!(out.starts_with("p.yaml: 3 nodes, 3 stale"), "{out}");
     assert_eq!(ws.run(&["p.yaml", "--only", "train"]).len(), 3);
+}
+
+#[test]
+fn kinds_lists_a_kinds_params_with_types_defaults_and_meaning() {
+    let ws = Ws::new();
+    let (out, _) = ws.ok(&["kinds", "ppo"]);
+    assert!(out.starts_with("ppo (v"), "{out}");
+    assert!(
+        out.contains("  beta: number  [default 0.2]\n      KL coefficient"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  method: vanilla | variance_aware  [default vanilla]"),
+        "{out}"
+    );
+    assert!(out.contains("  policy: string  [required]"), "{out}");
+    // Every param of every kind says what it is for.
+    let (list, _) = ws.ok(&["kinds"]);
+    let kinds: Vec<&str> = list
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|v| v.starts_with('v'))
+        })
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert!(kinds.len() >= 13, "{list}");
+    for k in kinds {
+        let (json, _) = ws.ok(&["kinds", k, "--json"]);
+        let schema: serde_json::Value = serde_json::from_str(&json).unwrap();
+        if k == "command" {
+            assert!(schema.is_null());
+            continue;
+        }
+        let defs = &schema["$defs"];
+        for (name, p) in schema["properties"].as_object().unwrap() {
+            let referred = p["$ref"]
+                .as_str()
+                .or_else(|| p["anyOf"][0]["$ref"].as_str())
+                .map(|r| &defs[r.rsplit('/').next().unwrap()]["description"]);
+            assert!(
+                p["description"].is_string() || referred.is_some_and(|d| d.is_string()),
+                "{k}.{name} has no description"
+            );
+        }
+    }
+    let o = ws.dagrun(&["kinds", "ppo2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("unknown stage kind `ppo2` (known: "),
+        "{}",
+        text(&o)
+    );
 }

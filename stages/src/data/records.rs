@@ -46,7 +46,9 @@ pub struct PreferencePair {
 }
 
 /// How to read the `chosen`/`rejected` fields of a preference row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PreferenceFormat {
     /// Per row: chat if `chosen` is a list, flat if it is a string.

@@ -246,7 +246,9 @@ impl Section {
 }
 
 /// How subsets are weighted within a section (see the module docs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Weighting {
     /// Rows of each subset in the data (ALGORITHMS.md §8).
@@ -257,7 +259,9 @@ pub enum Weighting {
 }
 
 /// What to do with a subset that is not RewardBench's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownSubsets {
     /// Refuse the data.

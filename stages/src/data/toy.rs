@@ -19,7 +19,7 @@ use super::{rng_for, world::World, TextRow};
 use crate::ml::tokenizer::{BpeTrainConfig, TextTokenizer};
 
 /// How a source's file is laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceFormat {
     /// `{prompt, chosen, rejected}` strings.
@@ -29,7 +29,7 @@ pub enum SourceFormat {
 }
 
 /// The file type a source is written as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceFile {
     Jsonl,
@@ -37,7 +37,7 @@ pub enum SourceFile {
 }
 
 /// One preference source of the built-in task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// The file name's stem (`clean` → `clean.jsonl`): letters, digits, `_`, `-`.

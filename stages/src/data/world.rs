@@ -41,7 +41,7 @@ use super::{io::DataError, rng_for};
 pub const WORLD_FORMAT: &str = "dagrun-toy-world-v1";
 
 /// Parameters of a world (the `world` param of the `toy_task` kind).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorldParams {
     /// Smallest absolute weight of a sentiment word. Default 0.5.

@@ -34,7 +34,7 @@ use crate::ml::{
 };
 
 /// Params of `backbone_pretrain` (defaults: the paper's Table 2 where it has one).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackbonePretrainParams {
     /// Preference data: a folder with `train` and `eval` splits (the `dataset_mix` output).
@@ -152,6 +152,9 @@ pub fn encode_pairs(
 }
 
 impl StageKind for BackbonePretrainKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<BackbonePretrainParams>())
+    }
     fn name(&self) -> &'static str {
         "backbone_pretrain"
     }

@@ -14,6 +14,9 @@ use crate::theory::{run_bandit, BanditParams};
 pub struct BanditKind;
 
 impl StageKind for BanditKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<crate::theory::bandit::BanditParams>())
+    }
     fn name(&self) -> &'static str {
         "bandit"
     }

@@ -27,7 +27,7 @@ use crate::data::{
 };
 
 /// One source of the mix.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MixSourceParams {
     /// A `.jsonl`/`.parquet` file, or a folder of them (read recursively, in path order).
@@ -80,7 +80,7 @@ fn yes() -> bool {
 }
 
 /// Parameters of `dataset_mix`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetMixParams {
     /// The sources; earlier sources win when deduplicating.
@@ -157,6 +157,9 @@ fn write_split(dir: &Path, split: &str, rows: &[MixedPair]) -> Result<(), StageE
 }
 
 impl StageKind for DatasetMixKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<DatasetMixParams>())
+    }
     fn name(&self) -> &'static str {
         "dataset_mix"
     }

@@ -39,7 +39,7 @@ use crate::{
 };
 
 /// Params of `head_ensemble` (defaults: the paper's K = 10 and target loss 0.2).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeadEnsembleParams {
     /// The reward model whose backbone is frozen (the `backbone_pretrain` output).
@@ -139,6 +139,9 @@ pub struct EnsembleStats {
 pub struct HeadEnsembleKind;
 
 impl StageKind for HeadEnsembleKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<HeadEnsembleParams>())
+    }
     fn name(&self) -> &'static str {
         "head_ensemble"
     }

@@ -42,7 +42,7 @@ use crate::{
 };
 
 /// One policy to evaluate: a path, or `{node, matrix, path}` from a sweep reference.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum PolicyRef {
     Path(String),
@@ -56,7 +56,7 @@ pub enum PolicyRef {
 }
 
 /// Params of `judge_eval`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeEvalParams {
     /// The trained policies (usually `${stages.ppo.policy}`, a sweep).
@@ -88,8 +88,10 @@ pub struct JudgeEvalParams {
     /// Prompts evaluated (the first N of the test split).
     #[serde(default = "n")]
     pub max_prompts: usize,
+    /// Most tokens per sampled response.
     #[serde(default = "ten")]
     pub max_new_tokens: usize,
+    /// Sampling temperature of the responses.
     #[serde(default = "one")]
     pub temperature: f64,
     /// Prompts per generation batch.
@@ -98,6 +100,7 @@ pub struct JudgeEvalParams {
     /// Tokens the judge model reads (the last ones).
     #[serde(default = "max_len")]
     pub judge_max_len: usize,
+    /// Seed of the sampling: every policy gets the same stream of draws.
     #[serde(default)]
     pub seed: u64,
 }
@@ -218,6 +221,9 @@ impl Judge {
 pub struct JudgeEvalKind;
 
 impl StageKind for JudgeEvalKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<JudgeEvalParams>())
+    }
     fn name(&self) -> &'static str {
         "judge_eval"
     }

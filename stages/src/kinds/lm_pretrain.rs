@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// Params of `lm_pretrain`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LmPretrainParams {
     /// A text corpus: a JSONL/Parquet file or a folder of them (its `train*` files are used when present).
@@ -126,6 +126,9 @@ fn clip() -> Option<f64> {
 pub struct LmPretrainKind;
 
 impl StageKind for LmPretrainKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<LmPretrainParams>())
+    }
     fn name(&self) -> &'static str {
         "lm_pretrain"
     }

@@ -21,6 +21,11 @@ use serde_json::Value;
 
 /// Deserialises a kind's params, turning serde's message into a [`ParamError`] that
 /// names the parameter when serde does.
+/// The JSON schema of a kind's params type (`StageKind::params_schema`).
+pub fn params_schema<T: schemars::JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).expect("a schema is JSON")
+}
+
 pub fn parse_params<T: DeserializeOwned>(params: &Value) -> Result<T, ParamError> {
     serde_json::from_value(params.clone()).map_err(|e| {
         let msg = e.to_string();

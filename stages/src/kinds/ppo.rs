@@ -51,7 +51,7 @@ use crate::{
 };
 
 /// Vanilla PPO or the variance-aware variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     Vanilla,
@@ -59,7 +59,7 @@ pub enum Method {
 }
 
 /// How the reward of a sample is taken from the K heads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
     /// Head `member` (the paper: each policy is trained against one member).
@@ -73,7 +73,7 @@ pub enum Aggregation {
 }
 
 /// Params of `ppo` (defaults: the paper's App. 8 for vanilla PPO).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PpoParams {
     /// The reference policy, also the starting point: a Hugging Face GPT-2 folder with tokenizer.json.
@@ -83,7 +83,7 @@ pub struct PpoParams {
     /// How the reward model reads a prompt and a sampled response (`plain`, `gemma`,
     /// `llama3`, `llama3.1`); default: from its `config.json`. With `plain` it reads the policy's text
     /// as generated; with a chat template, a user turn and an assistant turn. Either way
-    /// without the EOS that ended the response (see `ml_util::without_stop`).
+    /// without the EOS that ended the response, which preference data does not have.
     #[serde(default)]
     pub rm_chat_template: Option<ChatTemplate>,
     /// Prompts: a folder with `train` rows `{prompt}` (the `prompts` output) or a file.
@@ -128,23 +128,31 @@ pub struct PpoParams {
     /// the ensemble's own.
     #[serde(default)]
     pub variance_override: Option<f64>,
+    /// ε of the clipped policy loss: the ratio is clipped to [1 − ε, 1 + ε].
     #[serde(default = "clip")]
     pub cliprange: f64,
+    /// How far a value may move from its old value in the clipped value loss.
     #[serde(default = "clip")]
     pub cliprange_value: f64,
+    /// Weight of the value loss in the total loss.
     #[serde(default = "vf_coef")]
     pub vf_coef: f64,
+    /// Discount γ of GAE.
     #[serde(default = "one")]
     pub gamma: f64,
+    /// λ of GAE.
     #[serde(default = "lam")]
     pub lam: f64,
     /// Skip an update whose mean ratio exceeds this.
     #[serde(default = "ratio_threshold")]
     pub ratio_threshold: f64,
+    /// Sampling temperature of the responses.
     #[serde(default = "one")]
     pub temperature: f64,
+    /// Sample among the k likeliest tokens only (0: all).
     #[serde(default)]
     pub top_k: usize,
+    /// Sample among the likeliest tokens whose probabilities add up to p (1: all).
     #[serde(default = "one")]
     pub top_p: f64,
     /// Global gradient-norm clipping (none by default, as TRL).
@@ -156,6 +164,7 @@ pub struct PpoParams {
     /// Tokens the reward model reads (the last ones).
     #[serde(default = "b128")]
     pub rm_max_len: usize,
+    /// Seed of the prompt order, the sampling and the value head's initialisation.
     #[serde(default)]
     pub seed: u64,
 }
@@ -831,6 +840,9 @@ fn minibatch_loss(
 pub struct PpoKind;
 
 impl StageKind for PpoKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<PpoParams>())
+    }
     fn name(&self) -> &'static str {
         "ppo"
     }

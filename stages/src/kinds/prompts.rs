@@ -43,7 +43,7 @@ fn d01() -> f64 {
 }
 
 /// Parameters of `prompts`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromptsParams {
     /// The corpus: a `.jsonl`/`.parquet` file or a folder of them (relative paths are
@@ -126,6 +126,9 @@ fn read_rows(files: &[std::path::PathBuf], column: &str) -> Result<Vec<TextRow>,
 pub struct PromptsKind;
 
 impl StageKind for PromptsKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<PromptsParams>())
+    }
     fn name(&self) -> &'static str {
         "prompts"
     }

@@ -33,6 +33,32 @@ use crate::theory::{plot, BanditResult, SimulationResult};
 
 pub struct ReportKind;
 
+/// The report's params, for `dagrun kinds report` (validation reads them by name:
+/// [`KNOWN`]; a test keeps the two equal). Each section is optional and appears when its
+/// input is given.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct ReportParams {
+    /// The page title.
+    title: Option<String>,
+    /// `${stages.<bandit stage>.result}` (Figure 2).
+    bandit: Option<String>,
+    /// `${stages.<simulate stage>.result}`, one node or a sweep (Figure 5).
+    simulate: Option<String>,
+    /// `${stages.<head_ensemble stage>.stats}` (Figure 6, per-head accuracy).
+    heads: Option<String>,
+    /// `${stages.<ppo stage>.curves}`, a sweep (Figures 10–11, final KL and score per method).
+    ppo: Option<String>,
+    /// `${stages.<judge_eval stage>.results}` (Figure 7).
+    judge: Option<String>,
+    /// `${stages.<reward_bench stage>.results}` (Figure 9: each head's and the ensemble's
+    /// RewardBench score per section).
+    reward_bench: Option<String>,
+    /// Another `reward_bench` result drawn beside it (the paper: the fully fine-tuned
+    /// single-head model); needs `reward_bench`.
+    reward_bench_baseline: Option<String>,
+}
+
 const KNOWN: [&str; 8] = [
     "title",
     "bandit",
@@ -54,6 +80,9 @@ impl StageKind for ReportKind {
     }
     fn summary(&self) -> &'static str {
         "an HTML report with plots and tables of upstream results, plus numbers.json"
+    }
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<ReportParams>())
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let Value::Object(o) = params else {
@@ -689,6 +718,21 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_params_are_the_known_sections() {
+        let schema = ReportKind.params_schema().unwrap();
+        let mut documented: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort();
+        let mut known = KNOWN.to_vec();
+        known.sort();
+        assert_eq!(documented, known);
+    }
 
     #[test]
     fn final_kls_apart_by_more_than_a_fifth_are_flagged() {

@@ -54,7 +54,7 @@ use crate::{
 };
 
 /// Params of `reward_bench` (see the module docs).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardBenchParams {
     /// The reward model folder.
@@ -169,6 +169,9 @@ fn score_rows(
 pub struct RewardBenchKind;
 
 impl StageKind for RewardBenchKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<RewardBenchParams>())
+    }
     fn name(&self) -> &'static str {
         "reward_bench"
     }

@@ -17,6 +17,11 @@ use crate::theory::{run_simulation, SimulateParams};
 pub struct SimulateKind;
 
 impl StageKind for SimulateKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<
+            crate::theory::simulate::SimulateParams,
+        >())
+    }
     fn name(&self) -> &'static str {
         "simulate"
     }

@@ -41,7 +41,7 @@ use crate::data::{
 };
 
 /// Parameters of `toy_task`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToyTaskParams {
     /// Seed of everything (world weights, corpus, pairs). Default 0.
@@ -224,6 +224,9 @@ fn write_source(
 }
 
 impl StageKind for ToyTaskKind {
+    fn params_schema(&self) -> Option<Value> {
+        Some(super::params_schema::<ToyTaskParams>())
+    }
     fn name(&self) -> &'static str {
         "toy_task"
     }

@@ -49,7 +49,9 @@ use super::tokenizer::TextTokenizer;
 use crate::data::{records::render_conversation, Message};
 
 /// A chat template (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ChatTemplate {
     /// Gemma (1, 2 and 3) instruction-tuned models.

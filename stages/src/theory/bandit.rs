@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use super::TheoryError;
 
 /// Which variance-aware policy to compute (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum VarianceAwareForm {
     /// `π ∝ π0·exp(r̂/(β·σ²))` (paper Theorem 3.6, Sharpe-ratio reward).
@@ -39,7 +41,7 @@ pub enum VarianceAwareForm {
 
 /// Params of the `bandit` stage (Figure 2). Defaults reproduce the paper's story: arm 1
 /// looks best but is worst and very uncertain; arms 2 and 3 are better and well estimated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct BanditParams {
     /// True (unknown to the policies) expected reward of each arm, `r*`.

@@ -29,7 +29,9 @@ use super::summary::{self, Summary};
 use super::TheoryError;
 
 /// How much the variances of Σ vary across coordinates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Variability {
     /// Log-uniform over `high_range` (default two decades).
@@ -40,7 +42,7 @@ pub enum Variability {
 }
 
 /// Params of the `simulate` stage (Figure 5).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimulateParams {
     /// Dimension d: the number of (prompt, response) pairs.
