@@ -93,6 +93,15 @@ impl Ctx {
         if !file.exists() {
             return Err(usage(format!("pipeline `{}` not found", shown.display())));
         }
+        if let Some(other) = self.other_workspace(file) {
+            eprintln!(
+                "note: the workspace is `{}` (the current directory), which has no cache; \
+                 `{}` has one: use `--workdir {}` to work there",
+                self.workdir.display(),
+                other.display(),
+                other.display()
+            );
+        }
         // Errors name the file as the user wrote it when that path still reaches it.
         let named = if self.started_in == self.workdir {
             shown
@@ -101,6 +110,21 @@ impl Ctx {
         };
         Pipeline::load_with_cache(named, &self.workdir, &self.cache_dir, &self.registry)
             .map_err(|e| Failure::Usage(e.into()))
+    }
+
+    /// A folder holding a dagrun cache on the way from the pipeline file up to the
+    /// workspace, when the workspace has none: the user probably meant that folder
+    /// (`dagrun plan ../exp/p.yaml` from elsewhere).
+    fn other_workspace(&self, file: &Path) -> Option<PathBuf> {
+        if self.cache_dir != self.workdir.join(".dagrun") || Cache::exists(&self.cache_dir) {
+            return None;
+        }
+        let file = std::fs::canonicalize(file).ok()?;
+        file.parent()?
+            .ancestors()
+            .take_while(|d| *d != self.workdir)
+            .find(|d| Cache::exists(&d.join(".dagrun")))
+            .map(Path::to_path_buf)
     }
 
     /// The pipeline named, or the one of the last run in this workspace.

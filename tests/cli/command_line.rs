@@ -135,3 +135,26 @@ fn kinds_lists_a_kinds_params_with_types_defaults_and_meaning() {
         text(&o)
     );
 }
+
+#[test]
+fn a_pipeline_beside_a_cache_elsewhere_gets_a_hint_about_the_workspace() {
+    let ws = Ws::new();
+    std::fs::create_dir(ws.p("exp")).unwrap();
+    ws.write("exp/p.yaml", SWEEP);
+    // Run in exp/, then plan it from the folder above: that workspace has no cache.
+    let o = std::process::Command::new(BIN)
+        .args(["-q", "p.yaml"])
+        .current_dir(ws.p("exp"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (out, err) = ws.ok(&["plan", "exp/p.yaml"]);
+    assert!(out.contains("4 stale"), "{out}");
+    assert!(
+        err.contains("has one: use `--workdir") && err.contains("/exp`"),
+        "{err}"
+    );
+    // From exp/ itself, or once this workspace has a cache, no note.
+    let (_, err) = ws.ok(&["--workdir", "exp", "plan", "exp/p.yaml"]);
+    assert!(!err.contains("note:"), "{err}");
+}
