@@ -10,19 +10,19 @@ use crate::{
     cli::{ExportArgs, KindsArgs, LogArgs, ShowArgs, StatusArgs, WhyArgs},
     context::Ctx,
     display::fmt_secs,
-    exit::{usage, CliResult},
+    exit::{usage, CliResult, Failure},
 };
 
 pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> CliResult {
-    let cache = ctx.open_existing_cache("status")?;
+    let cache = match ctx.open_existing_cache("status") {
+        Err(Failure::Busy(e)) => return live_status(ctx, a, e),
+        other => other?,
+    };
     let file = ctx.pipeline_or_last(a.pipeline.as_deref(), cache.as_ref())?;
     let p = ctx.load(&file)?;
     let ev = Evaluator::new(&p, cache.as_ref(), false);
     let plan = ev.plan(&Selection::default())?;
     let mut per_stage: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
-    for e in plan.iter().flatten() {
-        let _ = e;
-    }
     for (i, e) in plan.iter().enumerate() {
         if let Some(e) = e {
             *per_stage
@@ -390,6 +390,56 @@ pub fn cmd_export(ctx: &Ctx, a: &ExportArgs) -> CliResult {
         cache.restore(art, &dest)?;
         println!("{}", dest.display());
     }
+    Ok(())
+}
+
+/// `dagrun status` while a run holds the cache: what that run wrote to `live.json` (see
+/// `Display::write_snapshots`). Without a fresh snapshot of a live process, the busy error.
+fn live_status(ctx: &Ctx, a: &StatusArgs, busy: anyhow::Error) -> CliResult {
+    let live = std::fs::read(ctx.cache_dir.join("live.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::display::LiveRun>(&b).ok())
+        .filter(|l| std::path::Path::new(&format!("/proc/{}", l.pid)).exists());
+    let Some(l) = live else {
+        return Err(Failure::Busy(busy));
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&l).expect("JSON"));
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "a run is in progress (pid {}, started {} ago): {}",
+        l.pid,
+        fmt_secs(now.saturating_sub(l.started) as f64),
+        l.command
+    );
+    let finished = l.ran + l.cached + l.failed;
+    println!(
+        "  {finished} of {} nodes finished: {} ran, {} cached, {} failed; {} running",
+        l.nodes,
+        l.ran,
+        l.cached,
+        l.failed,
+        l.running.len()
+    );
+    for r in &l.running {
+        let counts = if r.total > 0 {
+            format!("  {}/{}", r.done, r.total)
+        } else {
+            String::new()
+        };
+        println!(
+            "  running  {}  {}{counts}  {}",
+            r.node,
+            fmt_secs(r.seconds),
+            r.message
+        );
+    }
+    println!("(the per-stage view needs the cache, which the run holds: `dagrun status --wait` waits for it)");
     Ok(())
 }
 

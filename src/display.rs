@@ -43,6 +43,41 @@ pub struct Display {
     quiet: bool,
     inner: Mutex<Inner>,
     stop: AtomicBool,
+    /// The thread writing [`LiveRun`] snapshots, and the sender whose drop stops it.
+    snapshots: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+}
+
+/// What a run is doing, written to `CACHE/live.json` about once a second while it runs, so
+/// that `dagrun status` in another terminal can say it although the run holds the cache.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct LiveRun {
+    pub pid: u32,
+    pub command: String,
+    /// Seconds since the Unix epoch.
+    pub started: u64,
+    pub updated: u64,
+    pub nodes: usize,
+    pub to_run: usize,
+    pub ran: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub running: Vec<LiveNode>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct LiveNode {
+    pub node: String,
+    pub seconds: f64,
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 const SPIN: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
@@ -61,6 +96,7 @@ impl Display {
                 drawn: 0,
             }),
             stop: AtomicBool::new(false),
+            snapshots: Mutex::new(None),
         });
         if live {
             let d2 = d.clone();
@@ -79,8 +115,64 @@ impl Display {
         d
     }
 
-    /// Stops the live view and erases it.
+    /// Writes the run's state to `path` now and then about once a second (atomically:
+    /// a temporary file renamed over it) until [`Display::finish`], which removes it.
+    pub fn write_snapshots(self: &Arc<Self>, path: std::path::PathBuf, command: String) {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let d = self.clone();
+        let started = unix_now();
+        let handle = std::thread::spawn(move || loop {
+            let snap = d.snapshot(&command, started);
+            let tmp = path.with_extension("json.tmp");
+            if std::fs::write(&tmp, serde_json::to_vec(&snap).expect("JSON")).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                    return;
+                }
+            }
+        });
+        *self.snapshots.lock().unwrap() = Some((tx, handle));
+    }
+
+    fn snapshot(&self, command: &str, started: u64) -> LiveRun {
+        let g = self.inner.lock().unwrap();
+        LiveRun {
+            pid: std::process::id(),
+            command: command.to_string(),
+            started,
+            updated: unix_now(),
+            nodes: g.counts.total,
+            to_run: g.counts.to_run,
+            ran: g.counts.ran,
+            cached: g.counts.cached,
+            failed: g.counts.failed,
+            running: g
+                .running
+                .iter()
+                .map(|(id, r)| LiveNode {
+                    node: id.clone(),
+                    seconds: r.started.elapsed().as_secs_f64(),
+                    done: r.progress.as_ref().map_or(0, |p| p.done),
+                    total: r.progress.as_ref().map_or(0, |p| p.total),
+                    message: match &r.progress {
+                        Some(p) if !p.message.is_empty() => p.message.clone(),
+                        _ => r.last_line.clone(),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops the live view and erases it; stops and removes the snapshots.
     pub fn finish(&self) {
+        if let Some((tx, handle)) = self.snapshots.lock().unwrap().take() {
+            drop(tx);
+            let _ = handle.join();
+        }
         self.stop.store(true, Ordering::Relaxed);
         if self.live {
             let mut g = self.inner.lock().unwrap();

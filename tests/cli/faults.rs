@@ -83,8 +83,27 @@ fn a_second_invocation_names_the_holder_or_waits() {
     assert!(t.contains("is in use by another dagrun process"), "{t}");
     assert!(t.contains(&format!("pid {}", first.id())), "{t}");
     assert!(t.contains("run p.yaml"), "{t}");
-    let o = ws.dagrun(&["-q", "status", "p.yaml"]);
+    let o = ws.dagrun(&["-q", "log"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    // `status` says what the run is doing, from the snapshot it writes every second.
+    let (out, _) = ws.ok(&["status"]);
+    assert!(
+        out.starts_with(&format!(
+            "a run is in progress (pid {}, started ",
+            first.id()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("nodes finished"), "{out}");
+    let t0 = std::time::Instant::now();
+    loop {
+        let (out, _) = ws.ok(&["status"]);
+        if out.contains("  running  slow  ") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // With --wait, the second one waits for the first and then finds everything cached.
     let mut second = ws.spawn(&["p.yaml", "--wait"]);
     let stderr = second.stderr.take().unwrap();
