@@ -192,15 +192,77 @@ fn pump(ctx: &StageContext, stream: impl std::io::Read) {
         let Ok(line) = line else { break };
         let line = String::from_utf8_lossy(&line);
         let line = line.trim_end_matches('\r');
-        if let Some(rest) = line.strip_prefix("dagrun:progress ") {
-            let (frac, msg) = rest.split_once(' ').unwrap_or((rest, ""));
-            if let Some((d, t)) = frac.split_once('/') {
-                if let (Ok(d), Ok(t)) = (d.trim().parse(), t.trim().parse()) {
-                    ctx.progress(d, t, msg);
-                    continue;
+        match progress_in(line) {
+            Some(p) => {
+                if !p.before.trim().is_empty() {
+                    ctx.log(p.before.trim_end());
                 }
+                ctx.progress(p.done, p.total, p.message);
             }
+            None => ctx.log(line),
         }
-        ctx.log(line);
+    }
+}
+
+/// A `dagrun:progress DONE/TOTAL [message]` report found in a line of output.
+#[derive(Debug, PartialEq)]
+struct ProgressReport<'a> {
+    /// What the line held before the report (the rest of another write).
+    before: &'a str,
+    done: u64,
+    total: u64,
+    message: &'a str,
+}
+
+/// The progress report in a line, if any. stdout and stderr share one pipe (so that the
+/// log keeps their order), so a report may follow the unfinished line of the other stream
+/// (`Downloading... dagrun:progress 1/2`, or a progress bar redrawn with `\r`): the marker
+/// counts wherever it starts, in what follows the line's last `\r`.
+fn progress_in(line: &str) -> Option<ProgressReport<'_>> {
+    const MARK: &str = "dagrun:progress ";
+    let at = line.rfind(MARK)?;
+    if line[at..].contains('\r') {
+        return None;
+    }
+    let rest = &line[at + MARK.len()..];
+    let (frac, message) = rest.split_once(' ').unwrap_or((rest, ""));
+    let (d, t) = frac.split_once('/')?;
+    Some(ProgressReport {
+        before: &line[..at],
+        done: d.trim().parse().ok()?,
+        total: t.trim().parse().ok()?,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(line: &str) -> Option<(String, u64, u64, String)> {
+        progress_in(line).map(|p| (p.before.to_string(), p.done, p.total, p.message.to_string()))
+    }
+
+    #[test]
+    fn a_progress_report_is_found_after_the_other_streams_unfinished_line() {
+        let r = |b: &str, d, t, m: &str| Some((b.to_string(), d, t, m.to_string()));
+        assert_eq!(
+            report("dagrun:progress 3/10 epoch 3"),
+            r("", 3, 10, "epoch 3")
+        );
+        assert_eq!(report("dagrun:progress 1/2"), r("", 1, 2, ""));
+        assert_eq!(
+            report("Downloading... dagrun:progress 1/2 half"),
+            r("Downloading... ", 1, 2, "half")
+        );
+        assert_eq!(
+            report("\r 50%|#####\r 60%|######dagrun:progress 2/2 done"),
+            r("\r 50%|#####\r 60%|######", 2, 2, "done")
+        );
+        // Not a report: no marker, a malformed fraction, or a report overwritten by `\r`.
+        assert_eq!(report("loss 0.3"), None);
+        assert_eq!(report("dagrun:progress half"), None);
+        assert_eq!(report("dagrun:progress 1/x"), None);
+        assert_eq!(report("dagrun:progress 1/2\r 50%|#####"), None);
     }
 }
