@@ -45,8 +45,10 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> CliResult {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"pipeline": p.name, "stages": stages}))
-                .expect("json")
+            serde_json::to_string_pretty(
+                &json!({"pipeline": p.name, "stages": stages, "in_progress": null})
+            )
+            .expect("json")
         );
         return Ok(());
     }
@@ -404,7 +406,15 @@ fn live_status(ctx: &Ctx, a: &StatusArgs, busy: anyhow::Error) -> CliResult {
         return Err(Failure::Busy(busy));
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&l).expect("JSON"));
+        // The same shape as without a run in progress; the per-stage view needs the cache.
+        let pipeline = a.pipeline.as_ref().map(|p| p.display().to_string());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"pipeline": pipeline, "stages": null, "in_progress": l})
+            )
+            .expect("JSON")
+        );
         return Ok(());
     }
     let now = std::time::SystemTime::now()

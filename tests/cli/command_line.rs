@@ -21,6 +21,12 @@ fn global_options_stand_before_or_after_the_subcommand() {
         );
     }
     ws.ok(&["-q", "p.yaml"]);
+    let (out, _) = ws.ok(&["status", "p.yaml", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["in_progress"].is_null() && v["stages"]["train"].is_object(),
+        "{out}"
+    );
     let (out, _) = ws.ok(&["--cache", ".dagrun", "log"]);
     assert!(out.contains("4 nodes, 4 ran, 0 cached"), "{out}");
     // A run's own options before a subcommand would be ignored: refused instead.

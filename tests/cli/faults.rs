@@ -95,6 +95,10 @@ fn a_second_invocation_names_the_holder_or_waits() {
         "{out}"
     );
     assert!(out.contains("nodes finished"), "{out}");
+    let (out, _) = ws.ok(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["in_progress"]["pid"], first.id(), "{out}");
+    assert!(v["stages"].is_null(), "{out}");
     let t0 = std::time::Instant::now();
     loop {
         let (out, _) = ws.ok(&["status"]);
