@@ -136,22 +136,13 @@ impl Objects {
     }
 
     /// Writes the object's bytes at `dest` (atomically: temp file beside it, then rename).
-    /// Temp files of `dest` left by an interrupted restore are removed first.
+    /// Temp files an interrupted restore left are not looked for here (that would list
+    /// the folder once per file): [`remove_stale_temps`] does it once per restored output.
     pub(crate) fn copy_to(&self, hash: &Hash, dest: &Path, exec: bool) -> Result<()> {
         let parent = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(Error::io("cannot create", parent))?;
         let name = dest.file_name().and_then(|s| s.to_str()).unwrap_or("out");
-        let stale_prefix = format!(".{name}.dagrun-tmp-");
-        if let Ok(rd) = std::fs::read_dir(parent) {
-            for e in rd.flatten() {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                if n.starts_with(&stale_prefix) && is_restore_temp(&n) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let tmp = parent.join(format!("{stale_prefix}{}", std::process::id()));
+        let tmp = parent.join(format!(".{name}.dagrun-tmp-{}", std::process::id()));
         let file_src = self.file_path(hash);
         if let Some(v) = self.blobs.get(hash.0).map_err(db_err)? {
             std::fs::write(&tmp, &v).map_err(Error::io("cannot write", &tmp))?;
@@ -174,6 +165,33 @@ impl Objects {
         let (h, _) = crate::hash_file(path)?;
         Ok(h == *expected)
     }
+}
+
+/// Removes the `.NAME.dagrun-tmp-PID` files an interrupted restore of `dest` left beside
+/// it (one listing of `dest`'s folder).
+pub(crate) fn remove_stale_temps(dest: &Path) {
+    #[cfg(test)]
+    STALE_SCANS.with(|c| c.set(c.get() + 1));
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let Some(name) = dest.file_name().and_then(|s| s.to_str()) else {
+        return;
+    };
+    let prefix = format!(".{name}.dagrun-tmp-");
+    if let Ok(rd) = std::fs::read_dir(parent) {
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(&prefix) && is_restore_temp(&n) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread listed a folder for stale restore temp files.
+    pub(crate) static STALE_SCANS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Whether a file name is a temp file that restoring writes beside its destination

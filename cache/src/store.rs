@@ -273,7 +273,10 @@ impl Cache {
 
     /// Writes an artifact at `dest` (a file, or a folder whose previous content is
     /// replaced).
+    /// Temp files an interrupted restore of `dest` left beside it are removed (once per
+    /// restore; a folder's own leftovers go with its old content).
     pub fn restore(&self, artifact: &Artifact, dest: &Path) -> Result<()> {
+        crate::objects::remove_stale_temps(dest);
         match &artifact.entries {
             None => self.objects.copy_to(&artifact.hash, dest, artifact.exec),
             Some(entries) => {
@@ -762,6 +765,54 @@ mod tests {
         assert_ne!(art.hash, art2.hash);
         let view = cache.materialize(&art).unwrap();
         assert_eq!(std::fs::read(view.join("sub/b.txt")).unwrap(), b"b");
+    }
+
+    #[test]
+    fn restores_look_for_stale_temp_files_once_per_output_not_per_file() {
+        use crate::objects::STALE_SCANS;
+        let scans = || STALE_SCANS.with(|c| c.get());
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        // A top-level file output: the temp file an interrupted restore left is removed.
+        let f = ws.path().join("out.txt");
+        std::fs::write(&f, b"v1").unwrap();
+        let fa = cache.ingest(&f, ArtifactType::File).unwrap();
+        let stale = ws.path().join(".out.txt.dagrun-tmp-999999");
+        let other = ws.path().join(".other.txt.dagrun-tmp-999999");
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::write(&other, b"half").unwrap();
+        std::fs::write(&f, b"edited").unwrap();
+        let before = scans();
+        cache.restore(&fa, &f).unwrap();
+        assert_eq!(scans() - before, 1);
+        assert_eq!(std::fs::read(&f).unwrap(), b"v1");
+        assert!(
+            !stale.exists(),
+            "the leftover temp file of out.txt is removed"
+        );
+        assert!(other.exists(), "another output's is not");
+        // A folder of many files: one listing, not one per file.
+        let d = ws.path().join("data");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        for i in 0..50 {
+            std::fs::write(d.join(format!("f{i}.txt")), format!("{i}")).unwrap();
+            std::fs::write(d.join(format!("sub/g{i}.txt")), format!("g{i}")).unwrap();
+        }
+        let da = cache.ingest(&d, ArtifactType::Dataset).unwrap();
+        std::fs::write(d.join(".f1.txt.dagrun-tmp-999999"), b"half").unwrap();
+        std::fs::remove_file(d.join("f3.txt")).unwrap();
+        let before = scans();
+        cache.restore(&da, &d).unwrap();
+        assert_eq!(scans() - before, 1);
+        assert_eq!(std::fs::read(d.join("f3.txt")).unwrap(), b"3");
+        assert_eq!(std::fs::read(d.join("sub/g7.txt")).unwrap(), b"g7");
+        assert!(!d.join(".f1.txt.dagrun-tmp-999999").exists());
+        // Views of native kinds: no listing at all.
+        let before = scans();
+        let view = cache.materialize(&da).unwrap();
+        cache.materialize(&fa).unwrap();
+        assert_eq!(scans(), before);
+        assert_eq!(std::fs::read(view.join("f3.txt")).unwrap(), b"3");
     }
 
     #[test]
