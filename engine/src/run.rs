@@ -183,6 +183,22 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
     }
 }
 
+/// Puts workspace output `o` of node `node` back from the cache. The path is claimed
+/// first (as a node claims its outs before it runs): what is there afterwards is
+/// dagrun's, so a later run may replace it even if the user edited it meanwhile.
+fn restore_output(
+    ev: &Evaluator,
+    cache: &Cache,
+    node: &str,
+    o: &str,
+    artifact: &Artifact,
+) -> Result<()> {
+    let dest = ev.ws.abs(o);
+    cache.claim_output(&dest, node)?;
+    cache.restore(artifact, &dest)?;
+    ev.ws.remember_artifact(o, artifact)
+}
+
 /// Runs the pipeline.
 pub fn run(
     p: &Pipeline,
@@ -211,8 +227,7 @@ pub fn run(
         {
             for o in restore {
                 tracing::info!(node = %p.nodes[i].id, output = %o, "restoring an upstream output");
-                cache.restore(&rec.outputs[o], &ev.ws.abs(o))?;
-                ev.ws.remember_artifact(o, &rec.outputs[o])?;
+                restore_output(&ev, cache, &p.nodes[i].id, o, &rec.outputs[o])?;
             }
         }
     }
@@ -308,8 +323,7 @@ pub fn run(
                     State::Cached { restore } => {
                         let rec = e.record.as_ref().expect("cached has a record");
                         for o in restore {
-                            cache.restore(&rec.outputs[o], &ev.ws.abs(o))?;
-                            ev.ws.remember_artifact(o, &rec.outputs[o])?;
+                            restore_output(&ev, cache, &node.id, o, &rec.outputs[o])?;
                         }
                         if cache.failure(&node.id)?.is_some() {
                             cache.clear_failure(&node.id)?;

@@ -171,3 +171,39 @@ fn an_output_dagrun_did_not_write_is_never_deleted() {
     assert_eq!(ws.run(&["p.yaml"]), set(&["make"]));
     assert_eq!(ws.read("raw.csv"), "v2\n");
 }
+
+const SHARED: &str = "stages:
+  make:
+    kind: command
+    cmd: cat in.txt > out.txt
+    deps: [in.txt]
+    outs: [out.txt]
+";
+
+/// A workspace that ran `make` with the cache at `cache`, and another one, `ws2`, where
+/// the same run restored `out.txt` from that cache.
+fn shared_cache_restored(cache: &str) -> Ws {
+    let ws1 = Ws::new();
+    ws1.write("in.txt", "1\n");
+    ws1.write("p.yaml", SHARED);
+    assert_eq!(ws1.run(&["--cache", cache, "p.yaml"]), set(&["make"]));
+    let ws2 = Ws::new();
+    ws2.write("in.txt", "1\n");
+    ws2.write("p.yaml", SHARED);
+    assert!(ws2.run(&["--cache", cache, "p.yaml"]).is_empty());
+    assert_eq!(ws2.read("out.txt"), "1\n");
+    ws2
+}
+
+#[test]
+fn an_output_dagrun_restored_is_dagruns_to_replace() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().join("c");
+    let cache = cache.to_str().unwrap();
+    let ws2 = shared_cache_restored(cache);
+    // Edited by hand, then its input changes: the node reruns over it.
+    ws2.write("out.txt", "1\nedit\n");
+    ws2.write("in.txt", "2\n");
+    assert_eq!(ws2.run(&["--cache", cache, "p.yaml"]), set(&["make"]));
+    assert_eq!(ws2.read("out.txt"), "2\n");
+}
