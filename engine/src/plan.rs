@@ -111,9 +111,10 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Evaluates node `i`. `outputs(u)` gives the outputs of upstream node `u` when they
-    /// are known (it is cached or has run), `None` while it is pending. A node that may
-    /// run is `Missing` when running it would delete a workspace file that dagrun did
-    /// not write and could not restore ([`Reason::WouldDelete`]).
+    /// are known (it is cached or has run), `None` while it is pending. A node is
+    /// `Missing` when running it, or restoring its outputs when it is cached, would
+    /// replace a workspace file that dagrun did not write and could not restore
+    /// ([`Reason::WouldDelete`]).
     pub fn evaluate(
         &self,
         i: usize,
@@ -121,21 +122,25 @@ impl<'a> Evaluator<'a> {
         outputs: &dyn Fn(usize) -> Option<BTreeMap<String, Artifact>>,
     ) -> Result<Evaluation> {
         let mut e = self.evaluate_inputs(i, sel, outputs)?;
-        if !matches!(e.state, State::Cached { .. }) {
-            let mut in_the_way = Vec::new();
-            for o in &self.pipeline.nodes[i].outs {
-                if self.ws.would_lose(o)? {
-                    in_the_way.push(Reason::WouldDelete { path: o.clone() });
-                }
+        // Running removes every out; restoring replaces those it puts back. Either way a
+        // workspace file dagrun did not write and cannot restore is left alone.
+        let replaced: &[String] = match &e.state {
+            State::Cached { restore } => restore,
+            _ => &self.pipeline.nodes[i].outs,
+        };
+        let mut in_the_way = Vec::new();
+        for o in replaced {
+            if self.ws.would_lose(o)? {
+                in_the_way.push(Reason::WouldDelete { path: o.clone() });
             }
-            if !in_the_way.is_empty() {
-                if let State::Missing { reasons } = &e.state {
-                    in_the_way.extend(reasons.iter().cloned());
-                }
-                e.state = State::Missing {
-                    reasons: in_the_way,
-                };
+        }
+        if !in_the_way.is_empty() {
+            if let State::Missing { reasons } = &e.state {
+                in_the_way.extend(reasons.iter().cloned());
             }
+            e.state = State::Missing {
+                reasons: in_the_way,
+            };
         }
         Ok(e)
     }

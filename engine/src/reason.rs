@@ -74,7 +74,8 @@ pub enum Reason {
         message: String,
     },
     /// A workspace output is already there, dagrun did not write it and the cache does
-    /// not hold its content: running the node would delete it.
+    /// not hold its content: running the node, or restoring its cached output, would
+    /// replace it.
     WouldDelete {
         path: String,
     },
@@ -187,8 +188,8 @@ impl fmt::Display for Reason {
             Reason::Unavailable { message } => write!(f, "{message}"),
             Reason::WouldDelete { path } => write!(
                 f,
-                "output `{path}` exists and dagrun did not write it: running would delete it \
-                 (move it away or delete it, then run again)"
+                "output `{path}` exists and dagrun did not write it: running or restoring the \
+                 node would replace it (move it away or delete it, then run again)"
             ),
             Reason::OutsideSelection { node } => write!(
                 f,

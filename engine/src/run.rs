@@ -149,8 +149,8 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                         .unwrap_or(&node.loc);
                     problems.push(format!(
                         "{loc}: output `{path}` of `{}` exists and dagrun did not write it \
-                         (the cache cannot restore it): running would delete it; move it away \
-                         or delete it, then run again",
+                         (the cache does not hold its content): running or restoring the node \
+                         would replace it; move it away or delete it, then run again",
                         node.id
                     ));
                 }

@@ -207,3 +207,40 @@ fn an_output_dagrun_restored_is_dagruns_to_replace() {
     assert_eq!(ws2.run(&["--cache", cache, "p.yaml"]), set(&["make"]));
     assert_eq!(ws2.read("out.txt"), "2\n");
 }
+
+#[test]
+fn a_restore_never_replaces_a_file_dagrun_did_not_write() {
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().join("c");
+    let cache = cache.to_str().unwrap();
+    let ws2 = shared_cache_restored(cache);
+    // The user's own file where a cached output would be restored: left alone, as when
+    // the node would run.
+    let ws3 = Ws::new();
+    ws3.write("in.txt", "1\n");
+    ws3.write("p.yaml", SHARED);
+    ws3.write("out.txt", "precious user data\n");
+    let (out, _) = ws3.ok(&["--cache", cache, "plan", "p.yaml"]);
+    assert!(
+        out.contains("missing  make")
+            && out.contains("output `out.txt` exists and dagrun did not write it"),
+        "{out}"
+    );
+    let o = ws3.dagrun(&["--cache", cache, "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o)
+            .contains("p.yaml:6:12: output `out.txt` of `make` exists and dagrun did not write it"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(ws3.read("out.txt"), "precious user data\n");
+    // Moved away, it is restored.
+    std::fs::rename(ws3.p("out.txt"), ws3.p("kept.txt")).unwrap();
+    assert!(ws3.run(&["--cache", cache, "p.yaml"]).is_empty());
+    assert_eq!(ws3.read("out.txt"), "1\n");
+    // An output dagrun restored and the user edited is restored over the edit.
+    ws2.write("out.txt", "hand edit\n");
+    assert!(ws2.run(&["--cache", cache, "p.yaml"]).is_empty());
+    assert_eq!(ws2.read("out.txt"), "1\n");
+}
