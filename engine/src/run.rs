@@ -120,9 +120,30 @@ enum Msg {
 /// Checks what can be checked before any work: missing inputs, GPUs, `--only`.
 fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Result<()> {
     let mut problems = Vec::new();
+    // Upstream nodes outside the selection (`--only`) that a selected node needs but that
+    // are not cached: what keeps them from it (a file in the way, a missing input) is said
+    // too, not only that they are not cached.
+    let needed: std::collections::HashSet<&str> = p
+        .order
+        .iter()
+        .filter(|&&i| opts.selection.includes(i))
+        .filter_map(|&i| match &plan[i] {
+            Some(Evaluation {
+                state: State::Missing { reasons },
+                ..
+            }) => Some(reasons),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|r| match r {
+            Reason::OutsideSelection { node } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
     for &i in &p.order {
         let node = &p.nodes[i];
-        if !opts.selection.includes(i) {
+        let selected = opts.selection.includes(i);
+        if !selected && !needed.contains(node.id.as_str()) {
             continue;
         }
         if let Some(Evaluation {
@@ -168,7 +189,7 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 }
             }
         }
-        if node.executor == Executor::Local && node.resources.gpus > opts.gpus {
+        if selected && node.executor == Executor::Local && node.resources.gpus > opts.gpus {
             problems.push(format!(
                 "{}: `{}` needs {} GPU(s) but {} available (pass --gpus N if this machine has more)",
                 node.loc, node.id, node.resources.gpus, opts.gpus

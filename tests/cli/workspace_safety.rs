@@ -244,3 +244,23 @@ fn a_restore_never_replaces_a_file_dagrun_did_not_write() {
     assert!(ws2.run(&["--cache", cache, "p.yaml"]).is_empty());
     assert_eq!(ws2.read("out.txt"), "1\n");
 }
+
+#[test]
+fn only_names_the_file_that_keeps_an_upstream_node_from_running() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SWEEP);
+    // `prepare` never ran, and a file of the user's sits where it would write.
+    ws.write("data.txt", "mine\n");
+    let o = ws.dagrun(&["p.yaml", "--only", "train"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("needs `prepare`, which is outside the selection"),
+        "{t}"
+    );
+    assert!(
+        t.contains("output `data.txt` of `prepare` exists and dagrun did not write it"),
+        "{t}"
+    );
+    assert_eq!(ws.read("data.txt"), "mine\n");
+}
