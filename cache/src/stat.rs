@@ -38,12 +38,9 @@ impl FileStat {
         self.mtime_ns.max(self.ctime_ns)
     }
 
+    /// Whether the file is still in the state this was taken from (every field but the
+    /// hash, which `of` copies).
     pub fn matches(&self, meta: &std::fs::Metadata) -> bool {
-        let now = Self::of(meta, self.hash);
-        self.size == now.size
-            && self.mtime_ns == now.mtime_ns
-            && self.inode == now.inode
-            && self.ctime_ns == now.ctime_ns
-            && self.mode == now.mode
+        *self == Self::of(meta, self.hash)
     }
 }

@@ -1080,16 +1080,11 @@ impl<'a> Builder<'a> {
         // An output inside another: look each output's ancestors up (O(depth)). Sorted
         // neighbours are not enough: `d`, `d.txt`, `d/f` sort in that order.
         for (o, i) in &all_outs {
-            let mut cut = o.as_str();
-            while let Some(k) = cut.rfind('/') {
-                cut = &cut[..k];
-                if producers.contains_key(cut) {
-                    out_errors.push((
-                        nodes[*i].loc.clone(),
-                        format!("output `{o}` is inside output `{cut}`"),
-                    ));
-                    break;
-                }
+            if let Some((outer, _)) = enclosing_output(o, &producers) {
+                out_errors.push((
+                    nodes[*i].loc.clone(),
+                    format!("output `{o}` is inside output `{outer}`"),
+                ));
             }
         }
         for (loc, m) in out_errors {
@@ -1110,16 +1105,8 @@ impl<'a> Builder<'a> {
                     ups[i].insert(p);
                     continue;
                 }
-                // A dep inside an output folder: look its ancestors up (O(depth)).
-                let mut inside = None;
-                let mut cut = d.path.as_str();
-                while let Some(k) = cut.rfind('/') {
-                    cut = &cut[..k];
-                    if let Some(&p) = producers.get(cut) {
-                        inside = Some((cut.to_string(), p));
-                        break;
-                    }
-                }
+                // A dep inside an output folder.
+                let inside = enclosing_output(&d.path, &producers).map(|(o, p)| (o.to_string(), p));
                 if let Some((out, p)) = inside {
                     let sub = d.path[out.len() + 1..].to_string();
                     d.source = DepSource::Produced {
@@ -1368,6 +1355,22 @@ pub fn normalize(p: &str) -> Result<String, &'static str> {
         return Ok(".".to_string());
     }
     Ok(parts.join("/"))
+}
+
+/// The nearest output folder that holds `path` (not `path` itself), with its producing
+/// node: `path`'s ancestors looked up one by one (O(depth)).
+fn enclosing_output<'a>(
+    path: &'a str,
+    producers: &HashMap<String, usize>,
+) -> Option<(&'a str, usize)> {
+    let mut cut = path;
+    while let Some(k) = cut.rfind('/') {
+        cut = &cut[..k];
+        if let Some(&p) = producers.get(cut) {
+            return Some((cut, p));
+        }
+    }
+    None
 }
 
 /// Whether `inner` is strictly inside folder `outer`.

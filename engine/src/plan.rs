@@ -134,14 +134,7 @@ impl<'a> Evaluator<'a> {
                 in_the_way.push(Reason::WouldDelete { path: o.clone() });
             }
         }
-        if !in_the_way.is_empty() {
-            if let State::Missing { reasons } = &e.state {
-                in_the_way.extend(reasons.iter().cloned());
-            }
-            e.state = State::Missing {
-                reasons: in_the_way,
-            };
-        }
+        mark_missing(&mut e.state, in_the_way);
         Ok(e)
     }
 
@@ -457,7 +450,7 @@ impl<'a> Evaluator<'a> {
             let mut e = self.evaluate(i, sel, &known)?;
             // A selected node whose upstream is left out and not cached cannot run.
             if sel.nodes.is_some() && sel.includes(i) {
-                let mut outside: Vec<Reason> = self.pipeline.nodes[i]
+                let outside: Vec<Reason> = self.pipeline.nodes[i]
                     .upstream
                     .iter()
                     .filter(|&&u| {
@@ -471,17 +464,24 @@ impl<'a> Evaluator<'a> {
                         node: self.pipeline.nodes[u].id.clone(),
                     })
                     .collect();
-                if !outside.is_empty() {
-                    if let State::Missing { reasons } = &e.state {
-                        outside.extend(reasons.iter().cloned());
-                    }
-                    e.state = State::Missing { reasons: outside };
-                }
+                mark_missing(&mut e.state, outside);
             }
             evals[i] = Some(e);
         }
         Ok(evals)
     }
+}
+
+/// Makes `state` `Missing` for `first` (its reasons, then any a `Missing` state already
+/// had); nothing when `first` is empty.
+fn mark_missing(state: &mut State, mut first: Vec<Reason>) {
+    if first.is_empty() {
+        return;
+    }
+    if let State::Missing { reasons } = state {
+        first.append(reasons);
+    }
+    *state = State::Missing { reasons: first };
 }
 
 /// Folders dagrun itself writes that may lie inside the workspace (the cache, the Slurm

@@ -155,11 +155,8 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 if let Reason::Unavailable { message } = r {
                     problems.push(format!("{}: `{}`: {message}", node.loc, node.id));
                 }
-                if let Reason::OutsideSelection { node: u } = r {
-                    problems.push(format!(
-                        "`{}` needs `{u}`, which is outside the selection and not cached (use --until, or run it first)",
-                        node.id
-                    ));
+                if let Reason::OutsideSelection { .. } = r {
+                    problems.push(format!("`{}` {r}", node.id));
                 }
                 if let Reason::WouldDelete { path } = r {
                     let loc = node
