@@ -142,10 +142,7 @@ pub fn cmd_show(ctx: &Ctx, a: &ShowArgs) -> CliResult {
         .and_then(|h| cache.read_bytes(&h).ok())
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let tail: Vec<&str> = {
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(a.log_lines)..].to_vec()
-    };
+    let tail = last_lines(&log, a.log_lines);
     if a.json {
         let mut v = serde_json::to_value(&rec).expect("json");
         v["log_tail"] = json!(tail);
@@ -259,13 +256,18 @@ fn print_failure(ctx: &Ctx, f: &dagrun_cache::NodeFailure, lines: usize) {
         log.strip_prefix(&ctx.workdir).unwrap_or(log).display()
     );
     if let Ok(text) = std::fs::read_to_string(log) {
-        let all: Vec<&str> = text.lines().collect();
-        let tail = &all[all.len().saturating_sub(lines)..];
+        let tail = last_lines(&text, lines);
         println!("log (last {} lines)", tail.len());
         for l in tail {
             println!("  {l}");
         }
     }
+}
+
+/// The last `n` lines of a log.
+fn last_lines(text: &str, n: usize) -> Vec<&str> {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(n)..].to_vec()
 }
 
 fn compact(v: &serde_json::Value) -> String {
@@ -417,10 +419,7 @@ fn live_status(ctx: &Ctx, a: &StatusArgs, busy: anyhow::Error) -> CliResult {
         );
         return Ok(());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::display::unix_now();
     println!(
         "a run is in progress (pid {}, started {} ago): {}",
         l.pid,

@@ -65,15 +65,13 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrl_c(cancel.clone());
     let display = Display::new(ctx.global.verbose > 0, ctx.global.quiet);
-    display.write_snapshots(
-        ctx.cache_dir.join("live.json"),
-        std::env::args().collect::<Vec<_>>().join(" "),
-    );
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    display.write_snapshots(ctx.cache_dir.join("live.json"), command.clone());
     let opts = RunOptions {
         jobs: args.jobs.max(1),
         gpus: args.gpus.unwrap_or_else(detect_gpus),
         selection: sel,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command,
         on_interrupt: args.on_interrupt.map(|o| match o {
             OnInterruptArg::Cancel => OnInterrupt::Cancel,
             OnInterruptArg::Keep => OnInterrupt::Keep,
