@@ -38,6 +38,7 @@ pub mod procs;
 mod record;
 mod stat;
 mod store;
+mod sync;
 
 pub use artifact::{Artifact, ArtifactEntry, ArtifactType};
 pub use error::{Error, Result};
@@ -45,4 +46,5 @@ pub use hash::{hash_bytes, hash_file, Hash, Hasher};
 pub use objects::{is_restore_temp, SMALL_OBJECT_LIMIT};
 pub use record::{Latest, Metrics, NodeFailure, Record, RecordHead, RunCounts, RunSummary, Timing};
 pub use stat::FileStat;
-pub use store::{Cache, GcReport, OpenOptions, VerifyReport};
+pub use store::{Cache, GcReport, Imported, OpenOptions, VerifyReport};
+pub use sync::RemoteHooks;

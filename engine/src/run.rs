@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub command: String,
     /// Overrides `slurm.on_interrupt`.
     pub on_interrupt: Option<OnInterrupt>,
+    /// A remote cache (`--pull`/`--push`): asked for each stale node's key before it
+    /// runs, told of each node committed.
+    pub remote: Option<Arc<dyn dagrun_cache::RemoteHooks>>,
 }
 
 /// What happened to a node.
@@ -336,6 +339,19 @@ pub fn run(
                         ev.evaluate(i, &opts.selection, &known)?
                     }
                 };
+                // Remote cache (`--pull`): a stale node whose key the remote holds is
+                // downloaded instead of run; evaluated again, it is cached like any other.
+                let pulled = matches!(e.state, State::Stale { .. })
+                    && match (&opts.remote, e.key) {
+                        (Some(r), Some(k)) => r.fetch(cache, &node.id, &k),
+                        _ => false,
+                    };
+                let e = if pulled {
+                    let known = |u: usize| outputs.lock().unwrap()[u].clone();
+                    ev.evaluate(i, &opts.selection, &known)?
+                } else {
+                    e
+                };
                 tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
                 match &e.state {
                     State::Cached { restore } => {
@@ -454,6 +470,11 @@ pub fn run(
             let node = &p.nodes[i];
             match res {
                 Ok(rec) => {
+                    // Remote cache (`--push`): hand the committed record over for upload
+                    // (it returns at once; the caller waits for the uploads at the end).
+                    if let Some(r) = &opts.remote {
+                        r.committed(cache, &rec);
+                    }
                     for o in &node.outs {
                         ev.ws.remember_artifact(o, &rec.outputs[o])?;
                     }
