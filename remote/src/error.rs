@@ -12,7 +12,7 @@ pub enum Error {
         op: &'static str,
         path: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error(
         "remote `{url}`: object `{object}` is corrupt or truncated: its {size} bytes hash \
@@ -62,7 +62,7 @@ impl Error {
     pub fn is_remote_down(&self) -> bool {
         match self {
             Error::Store { source, .. } => !matches!(
-                source,
+                source.as_ref(),
                 object_store::Error::NotFound { .. }
                     | object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. }

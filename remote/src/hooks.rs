@@ -20,6 +20,9 @@ use crate::{
 /// hash to its key (the engine knows how; this crate does not).
 pub type RecordCheck = Arc<dyn Fn(&Record) -> Result<(), String> + Send + Sync>;
 
+/// An upload running in the background, and the record it uploads.
+type Upload = tokio::task::JoinHandle<(Record, crate::Result<NodeOutcome>)>;
+
 /// The remote side of one run.
 pub struct RunSync {
     remote: Remote,
@@ -29,7 +32,7 @@ pub struct RunSync {
     pub pull_stats: Arc<Stats>,
     pub push_stats: Arc<Stats>,
     once: Arc<Once>,
-    pushes: Mutex<Vec<tokio::task::JoinHandle<(Record, crate::Result<NodeOutcome>)>>>,
+    pushes: Mutex<Vec<Upload>>,
     pulled: Mutex<TransferReport>,
     /// Said once the run is over (the display owns the terminal meanwhile).
     warnings: Mutex<Vec<String>>,

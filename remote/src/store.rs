@@ -292,7 +292,7 @@ impl Inner {
             url: self.url.clone(),
             op,
             path: path.to_string(),
-            source,
+            source: Box::new(source),
         };
         if e.is_remote_down() {
             self.stopped.store(true, Ordering::Relaxed);
