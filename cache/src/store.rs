@@ -422,19 +422,25 @@ impl Cache {
         self.flush()
     }
 
-    /// [`Cache::claim_output`] for many outputs at once, with one flush: the outputs of
-    /// every node a run is about to run are claimed before the first starts.
+    /// [`Cache::claim_output`] for many outputs at once, with one flush (none for no
+    /// output): the outputs of every node a run may run are claimed before the first
+    /// starts.
     pub fn claim_outputs<'p>(
         &self,
         claims: impl IntoIterator<Item = (&'p Path, &'p str)>,
     ) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
+        let mut any = false;
         for (path, node) in claims {
             self.claims
                 .insert(path.as_os_str().as_bytes(), node.as_bytes())
                 .map_err(db_err)?;
+            any = true;
         }
-        self.flush()
+        if any {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// The node that last claimed the workspace output at `path`, if any.
