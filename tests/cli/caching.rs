@@ -443,7 +443,7 @@ fn special_files_and_symlink_loops_among_inputs_are_located_errors() {
         let o = ws.dagrun(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         assert!(
-            text(&o).contains("p.yaml:6:13: input `in` of `a`")
+            text(&o).contains("p.yaml:5:12: input `in` of `a`")
                 && text(&o).contains("it is a FIFO, not a regular file or a folder"),
             "{args:?}: {}",
             text(&o)
@@ -466,7 +466,7 @@ fn special_files_and_symlink_loops_among_inputs_are_located_errors() {
     let o = ws.dagrun(&["plan", "p.yaml"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("p.yaml:6:13: input `in` of `a`"),
+        text(&o).contains("p.yaml:5:12: input `in` of `a`"),
         "{}",
         text(&o)
     );
