@@ -260,9 +260,11 @@ pub fn run(
     // From here on, whatever is at the workspace outputs of a node that may run is
     // dagrun's (the node removes them and writes them), even if it fails or is killed
     // before committing: claimed for all of them at once, with one flush.
+    let claimed: std::collections::HashSet<usize> =
+        included.iter().copied().filter(may_run).collect();
     let claims: Vec<(std::path::PathBuf, &str)> = included
         .iter()
-        .filter(|i| may_run(i))
+        .filter(|i| claimed.contains(i))
         .flat_map(|&i| {
             let n = &p.nodes[i];
             n.outs.iter().map(|o| (p.workdir.join(o), n.id.as_str()))
@@ -318,6 +320,7 @@ pub fn run(
             max_remote,
         ),
         runnable: HashMap::new(),
+        claimed,
         outputs: &outputs,
         observer: observer.as_ref(),
         executed: Vec::new(),
@@ -426,6 +429,8 @@ struct Drain<'a> {
     sched: Schedule,
     /// Evaluations of nodes waiting for slots.
     runnable: HashMap<usize, Evaluation>,
+    /// Nodes whose workspace outputs were claimed before the run started.
+    claimed: std::collections::HashSet<usize>,
     outputs: &'a Outputs,
     observer: &'a dyn Observer,
     /// Node ids in the order they started (the run log).
@@ -480,6 +485,13 @@ impl Drain<'_> {
                 self.sched.cached(i, restore.clone(), was_blocked);
             }
             State::Stale { .. } | State::Forced { .. } => {
+                // The plan did not expect it to run (it cannot happen, but a workspace
+                // output must never be written unclaimed): claim its outputs now.
+                if !self.claimed.contains(&i) {
+                    for o in &node.outs {
+                        cache.claim_output(&p.workdir.join(o), &node.id)?;
+                    }
+                }
                 self.runnable.insert(i, e);
                 self.sched.runnable(i);
             }
