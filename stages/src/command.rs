@@ -117,6 +117,10 @@ impl StageKind for CommandKind {
         c.env(dagrun_cache::procs::GROUP_ENV, &token);
         c.process_group(0);
         die_with_parent(&mut c);
+        // Recorded before it starts (its token, no leader yet), so that even a dagrun
+        // killed right after the spawn leaves a record for the next one to act on;
+        // rewritten with the leader once it is known.
+        let _tracked_token = ctx.track_group(0, &token);
         let spawned = c.spawn();
         // The command holds the pipe's write ends until dropped: close ours, so that the
         // reader sees the end of the output when the command's processes have exited.
