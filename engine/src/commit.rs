@@ -32,7 +32,7 @@ pub struct Job {
 /// What became of a [`Job`].
 pub enum Committed {
     /// The record is durable.
-    Durable { node: usize, record: Record },
+    Durable { node: usize, record: Box<Record> },
     /// It could not be committed (nothing of it is visible after a restart).
     Failed { node: usize, error: String },
 }
@@ -119,7 +119,7 @@ pub fn committer<E>(
                     durable.insert(job.node);
                     let _ = done.send(wrap(Committed::Durable {
                         node: job.node,
-                        record: job.record,
+                        record: Box::new(job.record),
                     }));
                 }
                 Err(e) => {

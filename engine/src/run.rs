@@ -198,7 +198,7 @@ fn restore_output(
 /// What the drain loop waits for.
 enum Event {
     /// A node's thread ended: its record (objects in the cache, not committed) or why not.
-    Finished(usize, std::result::Result<Record, Outcome>),
+    Finished(usize, Box<std::result::Result<Record, Outcome>>),
     /// The committer answered for a record.
     Commit(Committed),
 }
@@ -355,7 +355,7 @@ pub fn run(
                 let slurm = slurm.as_ref().filter(|_| node.executor == Executor::Slurm);
                 scope.spawn(move || {
                     let res = execute(p, i, e, cache, outputs, gpus, sink, cancel, slurm);
-                    let _ = tx.send(Event::Finished(i, res));
+                    let _ = tx.send(Event::Finished(i, Box::new(res)));
                 });
             }
             drain.notify();
@@ -373,7 +373,7 @@ pub fn run(
                 continue;
             }
             match rx.recv().expect("a node or the committer is at work") {
-                Event::Finished(i, res) => drain.finished(i, res, &jobs_tx)?,
+                Event::Finished(i, res) => drain.finished(i, *res, &jobs_tx)?,
                 Event::Commit(c) => drain.committed(c, slurm.as_ref())?,
             }
         }

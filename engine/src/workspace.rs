@@ -64,11 +64,13 @@ impl<'a> Workspace<'a> {
 
     /// Forget memoised hashes (after a node wrote into the workspace).
     pub fn invalidate(&self, rel: &str) {
+        // No allocation per entry: this runs once per finished node over every memoised
+        // path.
         self.memo.borrow_mut().retain(|k, _| {
             !(k == rel
-                || k.starts_with(&format!("{rel}/"))
-                || rel.starts_with(&format!("{k}/"))
-                || k == ".")
+                || k == "."
+                || crate::pipeline::is_inside(k, rel)
+                || crate::pipeline::is_inside(rel, k))
         });
     }
 
