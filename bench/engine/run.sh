@@ -100,6 +100,7 @@ export DVC_NO_ANALYTICS=1
 log "building dagrun (release) into $TARGET"
 (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet --bin dagrun)
 DAGRUN=$TARGET/release/dagrun
+BUILT="$(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- engine cache stages src || echo ', with uncommitted changes')"
 
 NINJA=$(command -v ninja || true)
 if has ninja && [ -z "$NINJA" ]; then
@@ -458,7 +459,7 @@ T_END=$(date +%s)
 
 # --- report ------------------------------------------------------------------------------
 versions() {
-    echo "- dagrun: $("$DAGRUN" --version) (commit $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- engine cache stages src || echo ', with uncommitted changes'))"
+    echo "- dagrun: $("$DAGRUN" --version) (built at commit $BUILT)"
     if [ -n "$BEFORE" ]; then echo "- dagrun-before: $BEFORE ($("$BEFORE" --version))"; fi
     if has ninja; then echo "- ninja: $("$NINJA" --version)"; fi
     if has dvc; then echo "- DVC: $("$DVC" --version)"; fi
