@@ -823,7 +823,8 @@ fn s3_server_stopped_mid_transfer() {
     );
     assert!(
         text(&o).contains(&format!("remote `{url}`")),
-        "{}",
+        "{:?}: {}",
+        o.status,
         text(&o)
     );
 
