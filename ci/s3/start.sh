@@ -7,7 +7,8 @@
 #   eval "$(ci/s3/start.sh)"     # prints the environment the tests and dagrun read
 #
 # Environment (optional): DAGRUN_S3_VENV [/opt/dagrun/s3-venv], DAGRUN_S3_PORT [5555].
-# The server keeps everything in memory; it stops with `kill $(cat $DAGRUN_S3_PIDFILE)`.
+# The server keeps everything in memory. DAGRUN_S3_STARTED is the pid of the server this
+# call started (empty when one was running already): `kill "$DAGRUN_S3_STARTED"` stops it.
 set -euo pipefail
 VENV=${DAGRUN_S3_VENV:-/opt/dagrun/s3-venv}
 PORT=${DAGRUN_S3_PORT:-5555}
@@ -19,6 +20,13 @@ ENDPOINT=http://127.0.0.1:$PORT
 
 if [ ! -x "$VENV/bin/moto_server" ]; then
     echo "ci/s3/start.sh: installing moto[server]==$MOTO_VERSION into $VENV" >&2
+    # Debian's python3 makes venvs only with python3-venv (ensurepip) installed.
+    if ! "$PY" -c "import ensurepip" 2>/dev/null && command -v apt-get >/dev/null; then
+        echo "ci/s3/start.sh: installing python3-venv" >&2
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+    fi
+    mkdir -p "$(dirname "$VENV")"
     "$PY" -m venv "$VENV" >&2
     "$VENV/bin/pip" install -q --upgrade pip >&2
     "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION" >&2
@@ -26,10 +34,12 @@ fi
 
 answers() { "$VENV/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('$ENDPOINT/', timeout=2)" 2>/dev/null; }
 
+STARTED=
 if ! answers; then
     echo "ci/s3/start.sh: starting moto_server on $ENDPOINT (log: $LOG)" >&2
     nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 &
-    echo $! >"$PIDFILE"
+    STARTED=$!
+    echo "$STARTED" >"$PIDFILE"
     for _ in $(seq 1 100); do
         answers && break
         sleep 0.2
@@ -53,4 +63,5 @@ export AWS_DEFAULT_REGION=us-east-1
 export DAGRUN_S3_BUCKET=dagrun-tests
 export DAGRUN_S3_SERVER=$VENV/bin/moto_server
 export DAGRUN_S3_PIDFILE=$PIDFILE
+export DAGRUN_S3_STARTED=$STARTED
 ENV
