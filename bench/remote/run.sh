@@ -8,17 +8,22 @@
 # Environment (all optional):
 #   DAGRUN_BENCH_VENV     venv for DVC (dvc + dvc-s3), outside the repo [/opt/dagrun/bench-venv]
 #   DAGRUN_BENCH_TARGET   CARGO_TARGET_DIR for the release build [/work/target-bench]
+#   DAGRUN_BENCH_BIN      a dagrun binary to time instead of building one (the report says
+#                         which; a dev build optimises only the dependencies: opt-level 2)
 #   DAGRUN_BENCH_WORK     scratch folder [a new mktemp -d]; about 12 GB at the default sizes
 #   DAGRUN_BENCH_OUT      where the markdown report goes [$WORK/results.md]
 #   DAGRUN_BENCH_MODELS   model folders [4], DAGRUN_BENCH_FILES files per folder [4],
 #   DAGRUN_BENCH_FILE_MB  MiB per file [64]: 4 × 4 × 64 MiB = 1 GiB
 #   DAGRUN_BENCH_SMALL    small nodes [1000]
 #   DAGRUN_BENCH_REPS     repetitions of each timed command [3] (each into a fresh prefix
-#                         and a fresh workspace, so that every push and pull moves everything)
+#                         and a fresh workspace, so that every push and pull moves everything;
+#                         the S3 server is restarted between them: moto keeps it in memory)
 #   DAGRUN_BENCH_S3_PORT  port of the S3 server this script starts [5556]
 #
 # What is timed (wall and CPU of the client process, on the same S3 server):
 #   push   dagrun: `dagrun cache push p.yaml`        DVC: `dvc push`
+#   no-op  the same push again (everything is there already), and the same pull again in
+#          the workspace it just filled (everything is here already)
 #   pull   dagrun: `dagrun run p.yaml --pull` into a fresh workspace (downloads, verifies,
 #          restores the outputs); `dagrun cache pull p.yaml` (into the cache only)
 #          DVC: `dvc pull` into a fresh workspace (downloads, checks out the outputs)
@@ -71,9 +76,31 @@ if "dagrun-bench" not in [b["Name"] for b in s3.list_buckets().get("Buckets", []
     s3.create_bucket(Bucket="dagrun-bench")
 EOF
 
-log "building dagrun (release) into $TARGET"
-(cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet --bin dagrun)
-DAGRUN=$TARGET/release/dagrun
+if [ -n "${DAGRUN_BENCH_BIN:-}" ]; then
+    DAGRUN=$DAGRUN_BENCH_BIN
+    BUILD="given binary $DAGRUN"
+else
+    log "building dagrun (release) into $TARGET"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet --bin dagrun)
+    DAGRUN=$TARGET/release/dagrun
+    BUILD="release build"
+fi
+
+# restart_s3: a new, empty server (moto holds every object in memory).
+restart_s3() {
+    if [ -n "${DAGRUN_S3_STARTED:-}" ]; then
+        kill "$DAGRUN_S3_STARTED" 2>/dev/null || true
+        while kill -0 "$DAGRUN_S3_STARTED" 2>/dev/null; do sleep 0.2; done
+    fi
+    eval "$(DAGRUN_S3_PORT=${DAGRUN_BENCH_S3_PORT:-5556} "$REPO/ci/s3/start.sh" 2>/dev/null)"
+    "$S3PY" - "$AWS_ENDPOINT_URL" <<'PYEOF'
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
+if "dagrun-bench" not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+    s3.create_bucket(Bucket="dagrun-bench")
+PYEOF
+}
+trap '[ -z "${DAGRUN_S3_STARTED:-}" ] || kill "$DAGRUN_S3_STARTED" 2>/dev/null || true' EXIT
 
 # timed JSON CMD...: runs CMD in the current folder; writes wall and CPU seconds.
 timed() {
@@ -130,7 +157,8 @@ write_pipelines() {
             echo "    foreach: [$(seq -s, 0 $((MODELS - 1)))]"
             echo "    do:"
             echo "      cmd: cp -r $SRC/model-\${item} models/model-\${item}"
-            echo "      outs: [models/model-\${item}]"
+            echo "      outs:"
+            echo "        - models/model-\${item}"
         } >"$d/dvc.yaml"
     else
         {
@@ -147,7 +175,8 @@ write_pipelines() {
             echo "    foreach: [$(seq -s, 0 $((SMALL - 1)))]"
             echo "    do:"
             echo "      cmd: echo node \${item} > small/s\${item}.txt"
-            echo "      outs: [small/s\${item}.txt]"
+            echo "      outs:"
+            echo "        - small/s\${item}.txt"
         } >"$d/dvc.yaml"
     fi
 }
@@ -187,9 +216,12 @@ bench_shape() {
     populate_dvc "$shape" "$d"
     bytes=$(du -sb "$a/${shape}" | cut -f1)
     for rep in $(seq 1 "$REPS"); do
+        restart_s3
         local prefix=s3://dagrun-bench/$shape-$rep-$$
         log "$shape rep $rep: dagrun push"
         (cd "$a" && timed "$WORK/$shape-dagrun-push-$rep.json" "$DAGRUN" -q cache push p.yaml --remote "$prefix/dagrun")
+        log "$shape rep $rep: dagrun push again (no-op)"
+        (cd "$a" && timed "$WORK/$shape-dagrun-noppush-$rep.json" "$DAGRUN" -q cache push p.yaml --remote "$prefix/dagrun")
         local b=$WORK/$shape/dagrun-b-$rep c=$WORK/$shape/dagrun-c-$rep
         write_pipelines "$shape" "$b"
         write_pipelines "$shape" "$c"
@@ -199,11 +231,15 @@ bench_shape() {
         diff -r "$a/$shape" "$b/$shape" >/dev/null || { log "dagrun: pulled outputs differ"; exit 1; }
         log "$shape rep $rep: dagrun cache pull (fresh workspace)"
         (cd "$c" && timed "$WORK/$shape-dagrun-pull-$rep.json" "$DAGRUN" -q cache pull p.yaml --remote "$prefix/dagrun")
+        log "$shape rep $rep: dagrun cache pull again (no-op)"
+        (cd "$c" && timed "$WORK/$shape-dagrun-noppull-$rep.json" "$DAGRUN" -q cache pull p.yaml --remote "$prefix/dagrun")
         rm -rf "$b" "$c"
 
         log "$shape rep $rep: dvc push"
         (cd "$d" && "$DVC" remote add -f -d bench "$prefix/dvc" -q && "$DVC" remote modify bench endpointurl "$AWS_ENDPOINT_URL" \
             && timed "$WORK/$shape-dvc-push-$rep.json" "$DVC" push -q)
+        log "$shape rep $rep: dvc push again (no-op)"
+        (cd "$d" && timed "$WORK/$shape-dvc-noppush-$rep.json" "$DVC" push -q)
         local e=$WORK/$shape/dvc-b-$rep
         write_pipelines "$shape" "$e"
         cp "$d/dvc.lock" "$e/"
@@ -211,6 +247,8 @@ bench_shape() {
         log "$shape rep $rep: dvc pull (fresh workspace)"
         (cd "$e" && timed "$WORK/$shape-dvc-pull-$rep.json" "$DVC" pull -q)
         diff -r "$a/$shape" "$e/$shape" >/dev/null || { log "dvc: pulled outputs differ"; exit 1; }
+        log "$shape rep $rep: dvc pull again (no-op)"
+        (cd "$e" && timed "$WORK/$shape-dvc-noppull-$rep.json" "$DVC" pull -q)
         rm -rf "$e"
     done
     row "$shape" "$bytes" dagrun push "dagrun cache push" "$WORK"/$shape-dagrun-push-*.json
@@ -218,6 +256,10 @@ bench_shape() {
     row "$shape" "$bytes" dagrun pull "dagrun cache pull (cache only)" "$WORK"/$shape-dagrun-pull-*.json
     row "$shape" "$bytes" DVC push "dvc push" "$WORK"/$shape-dvc-push-*.json
     row "$shape" "$bytes" DVC pull "dvc pull (fresh workspace)" "$WORK"/$shape-dvc-pull-*.json
+    row "$shape" "$bytes" dagrun no-op "dagrun cache push (all there)" "$WORK"/$shape-dagrun-noppush-*.json
+    row "$shape" "$bytes" dagrun no-op "dagrun cache pull (all here)" "$WORK"/$shape-dagrun-noppull-*.json
+    row "$shape" "$bytes" DVC no-op "dvc push (all there)" "$WORK"/$shape-dvc-noppush-*.json
+    row "$shape" "$bytes" DVC no-op "dvc pull (all here)" "$WORK"/$shape-dvc-noppull-*.json
     rm -rf "$WORK/$shape"
 }
 
@@ -235,7 +277,7 @@ T_END=$(date +%s)
     echo "- S3 server: moto $("$S3PY" -c 'import moto; print(moto.__version__)') on $AWS_ENDPOINT_URL (the same for both tools)"
     echo "- models: $MODELS folders × $FILES files × $FILE_MB MiB (random bytes) + a config.json each; small: $SMALL nodes of one small file; $REPS repetitions, each into a fresh prefix and fresh workspaces"
     echo "- whole benchmark: $(((T_END - T_START) / 60)) min $(((T_END - T_START) % 60)) s"
-    echo "- dagrun: $("$DAGRUN" --version) (commit $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- remote cache engine src || echo ', with uncommitted changes'))"
+    echo "- dagrun: $("$DAGRUN" --version), $BUILD (commit $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- remote cache engine src || echo ', with uncommitted changes'))"
     echo "- DVC: $("$DVC" --version), dvc-s3 $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("dvc-s3"))')"
     echo
     echo "| shape | bytes | tool | command | wall mean (min–max) | CPU mean | load avg after |"
