@@ -19,6 +19,7 @@
 #                         and a fresh workspace, so that every push and pull moves everything;
 #                         the S3 server is restarted between them: moto keeps it in memory)
 #   DAGRUN_BENCH_S3_PORT  port of the S3 server this script starts [5556]
+#   DAGRUN_BENCH_REMOTES  which remotes ["s3 folder"]: the local S3 server, a local folder
 #
 # What is timed (wall and CPU of the client process, on the same S3 server):
 #   push   dagrun: `dagrun cache push p.yaml`        DVC: `dvc push`
@@ -119,11 +120,11 @@ json.dump({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime}, open(out, "w"))
 EOF
 }
 
-# row SHAPE BYTES TOOL OPERATION COMMAND JSON...
+# row SHAPE REMOTE BYTES TOOL OPERATION COMMAND JSON...
 row() {
-    local shape=$1 bytes=$2 tool=$3 op=$4 cmd=$5
-    shift 5
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$bytes" "$tool" "$op" "$cmd" "$(loadavg)" "$*" >>"$ROWS"
+    local shape=$1 kind=$2 bytes=$3 tool=$4 op=$5 cmd=$6
+    shift 6
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$kind" "$bytes" "$tool" "$op" "$cmd" "$(loadavg)" "$*" >>"$ROWS"
 }
 
 # --- the data ------------------------------------------------------------------------
@@ -206,66 +207,77 @@ populate_dvc() {
 }
 
 bench_shape() {
-    local shape=$1 bytes
+    local shape=$1 kind=$2 bytes
     local a=$WORK/$shape/dagrun-a d=$WORK/$shape/dvc-a
     rm -rf "$WORK/$shape"
     write_pipelines "$shape" "$a"
     write_pipelines "$shape" "$d"
-    log "$shape: populating dagrun and DVC"
+    log "$shape ($kind): populating dagrun and DVC"
     populate_dagrun "$shape" "$a"
     populate_dvc "$shape" "$d"
     bytes=$(du -sb "$a/${shape}" | cut -f1)
     for rep in $(seq 1 "$REPS"); do
-        restart_s3
-        local prefix=s3://dagrun-bench/$shape-$rep-$$
+        local prefix
+        if [ "$kind" = s3 ]; then
+            restart_s3
+            prefix=s3://dagrun-bench/$shape-$rep-$$
+        else
+            prefix=$WORK/remotes/$shape-$rep
+            rm -rf "$prefix" && mkdir -p "$prefix"
+        fi
+        local j=$WORK/$shape-$kind
         log "$shape rep $rep: dagrun push"
-        (cd "$a" && timed "$WORK/$shape-dagrun-push-$rep.json" "$DAGRUN" -q cache push p.yaml --remote "$prefix/dagrun")
+        (cd "$a" && timed "$j-dagrun-push-$rep.json" "$DAGRUN" -q cache push p.yaml --remote "$prefix/dagrun")
         log "$shape rep $rep: dagrun push again (no-op)"
-        (cd "$a" && timed "$WORK/$shape-dagrun-noppush-$rep.json" "$DAGRUN" -q cache push p.yaml --remote "$prefix/dagrun")
+        (cd "$a" && timed "$j-dagrun-noppush-$rep.json" "$DAGRUN" -q cache push p.yaml --remote "$prefix/dagrun")
         local b=$WORK/$shape/dagrun-b-$rep c=$WORK/$shape/dagrun-c-$rep
         write_pipelines "$shape" "$b"
         write_pipelines "$shape" "$c"
         log "$shape rep $rep: dagrun run --pull (fresh workspace)"
-        (cd "$b" && timed "$WORK/$shape-dagrun-runpull-$rep.json" "$DAGRUN" -q p.yaml --pull --remote "$prefix/dagrun")
+        (cd "$b" && timed "$j-dagrun-runpull-$rep.json" "$DAGRUN" -q p.yaml --pull --remote "$prefix/dagrun")
         (cd "$b" && "$DAGRUN" p.yaml 2>&1 | grep -q " 0 ran, " ) || { log "dagrun: the pulled workspace was not all cached"; exit 1; }
         diff -r "$a/$shape" "$b/$shape" >/dev/null || { log "dagrun: pulled outputs differ"; exit 1; }
         log "$shape rep $rep: dagrun cache pull (fresh workspace)"
-        (cd "$c" && timed "$WORK/$shape-dagrun-pull-$rep.json" "$DAGRUN" -q cache pull p.yaml --remote "$prefix/dagrun")
+        (cd "$c" && timed "$j-dagrun-pull-$rep.json" "$DAGRUN" -q cache pull p.yaml --remote "$prefix/dagrun")
         log "$shape rep $rep: dagrun cache pull again (no-op)"
-        (cd "$c" && timed "$WORK/$shape-dagrun-noppull-$rep.json" "$DAGRUN" -q cache pull p.yaml --remote "$prefix/dagrun")
+        (cd "$c" && timed "$j-dagrun-noppull-$rep.json" "$DAGRUN" -q cache pull p.yaml --remote "$prefix/dagrun")
         rm -rf "$b" "$c"
 
         log "$shape rep $rep: dvc push"
-        (cd "$d" && "$DVC" remote add -f -d bench "$prefix/dvc" -q && "$DVC" remote modify bench endpointurl "$AWS_ENDPOINT_URL" \
-            && timed "$WORK/$shape-dvc-push-$rep.json" "$DVC" push -q)
+        (cd "$d" && "$DVC" remote add -f -d bench "$prefix/dvc" -q \
+            && { [ "$kind" != s3 ] || "$DVC" remote modify bench endpointurl "$AWS_ENDPOINT_URL"; } \
+            && timed "$j-dvc-push-$rep.json" "$DVC" push -q)
         log "$shape rep $rep: dvc push again (no-op)"
-        (cd "$d" && timed "$WORK/$shape-dvc-noppush-$rep.json" "$DVC" push -q)
+        (cd "$d" && timed "$j-dvc-noppush-$rep.json" "$DVC" push -q)
         local e=$WORK/$shape/dvc-b-$rep
         write_pipelines "$shape" "$e"
         cp "$d/dvc.lock" "$e/"
         mkdir -p "$e/.dvc" && cp "$d/.dvc/config" "$e/.dvc/"
         log "$shape rep $rep: dvc pull (fresh workspace)"
-        (cd "$e" && timed "$WORK/$shape-dvc-pull-$rep.json" "$DVC" pull -q)
+        (cd "$e" && timed "$j-dvc-pull-$rep.json" "$DVC" pull -q)
         diff -r "$a/$shape" "$e/$shape" >/dev/null || { log "dvc: pulled outputs differ"; exit 1; }
         log "$shape rep $rep: dvc pull again (no-op)"
-        (cd "$e" && timed "$WORK/$shape-dvc-noppull-$rep.json" "$DVC" pull -q)
+        (cd "$e" && timed "$j-dvc-noppull-$rep.json" "$DVC" pull -q)
         rm -rf "$e"
+        [ "$kind" = s3 ] || rm -rf "$prefix"
     done
-    row "$shape" "$bytes" dagrun push "dagrun cache push" "$WORK"/$shape-dagrun-push-*.json
-    row "$shape" "$bytes" dagrun pull "dagrun run --pull (fresh workspace)" "$WORK"/$shape-dagrun-runpull-*.json
-    row "$shape" "$bytes" dagrun pull "dagrun cache pull (cache only)" "$WORK"/$shape-dagrun-pull-*.json
-    row "$shape" "$bytes" DVC push "dvc push" "$WORK"/$shape-dvc-push-*.json
-    row "$shape" "$bytes" DVC pull "dvc pull (fresh workspace)" "$WORK"/$shape-dvc-pull-*.json
-    row "$shape" "$bytes" dagrun no-op "dagrun cache push (all there)" "$WORK"/$shape-dagrun-noppush-*.json
-    row "$shape" "$bytes" dagrun no-op "dagrun cache pull (all here)" "$WORK"/$shape-dagrun-noppull-*.json
-    row "$shape" "$bytes" DVC no-op "dvc push (all there)" "$WORK"/$shape-dvc-noppush-*.json
-    row "$shape" "$bytes" DVC no-op "dvc pull (all here)" "$WORK"/$shape-dvc-noppull-*.json
+    row "$shape" "$kind" "$bytes" dagrun push "dagrun cache push" "$WORK"/$shape-$kind-dagrun-push-*.json
+    row "$shape" "$kind" "$bytes" dagrun pull "dagrun run --pull (fresh workspace)" "$WORK"/$shape-$kind-dagrun-runpull-*.json
+    row "$shape" "$kind" "$bytes" dagrun pull "dagrun cache pull (cache only)" "$WORK"/$shape-$kind-dagrun-pull-*.json
+    row "$shape" "$kind" "$bytes" DVC push "dvc push" "$WORK"/$shape-$kind-dvc-push-*.json
+    row "$shape" "$kind" "$bytes" DVC pull "dvc pull (fresh workspace)" "$WORK"/$shape-$kind-dvc-pull-*.json
+    row "$shape" "$kind" "$bytes" dagrun no-op "dagrun cache push (all there)" "$WORK"/$shape-$kind-dagrun-noppush-*.json
+    row "$shape" "$kind" "$bytes" dagrun no-op "dagrun cache pull (all here)" "$WORK"/$shape-$kind-dagrun-noppull-*.json
+    row "$shape" "$kind" "$bytes" DVC no-op "dvc push (all there)" "$WORK"/$shape-$kind-dvc-noppush-*.json
+    row "$shape" "$kind" "$bytes" DVC no-op "dvc pull (all here)" "$WORK"/$shape-$kind-dvc-noppull-*.json
     rm -rf "$WORK/$shape"
 }
 
 LOAD_BEFORE=$(loadavg)
-bench_shape models
-bench_shape small
+for kind in ${DAGRUN_BENCH_REMOTES:-s3 folder}; do
+    bench_shape models "$kind"
+    bench_shape small "$kind"
+done
 LOAD_AFTER=$(loadavg)
 T_END=$(date +%s)
 
@@ -280,8 +292,8 @@ T_END=$(date +%s)
     echo "- dagrun: $("$DAGRUN" --version), $BUILD (commit $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- remote cache engine src || echo ', with uncommitted changes'))"
     echo "- DVC: $("$DVC" --version), dvc-s3 $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("dvc-s3"))')"
     echo
-    echo "| shape | bytes | tool | command | wall mean (min–max) | CPU mean | load avg after |"
-    echo "| --- | ---: | --- | --- | ---: | ---: | --- |"
+    echo "| shape | remote | bytes | tool | command | wall mean (min–max) | CPU mean | load avg after |"
+    echo "| --- | --- | ---: | --- | --- | ---: | ---: | --- |"
     "$PY" - "$ROWS" <<'EOF'
 import json, statistics, sys
 def f(s):
@@ -293,11 +305,11 @@ def b(n):
             return f"{n:.1f} {u}" if u != "B" else f"{n} B"
         n /= 1024
 for line in open(sys.argv[1]):
-    shape, nbytes, tool, op, cmd, load, files = line.rstrip("\n").split("\t")
+    shape, kind, nbytes, tool, op, cmd, load, files = line.rstrip("\n").split("\t")
     rs = [json.load(open(p)) for p in files.split()]
     walls = [r["wall"] for r in rs]
     cpus = [r["cpu"] for r in rs]
-    print(f"| {shape} | {b(nbytes)} | {tool} | `{cmd}` | {f(statistics.mean(walls))} "
+    print(f"| {shape} | {kind} | {b(nbytes)} | {tool} | `{cmd}` | {f(statistics.mean(walls))} "
           f"({f(min(walls))}–{f(max(walls))}) | {f(statistics.mean(cpus))} | {load} |")
 EOF
 } >"$OUT"
