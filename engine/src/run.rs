@@ -158,6 +158,9 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 if let Reason::OutsideSelection { .. } = r {
                     problems.push(format!("`{}` {r}", node.id));
                 }
+                if let Reason::ThroughLink { .. } = r {
+                    problems.push(format!("{}: `{}`: {r}", node.loc, node.id));
+                }
                 if let Reason::WouldDelete { path } = r {
                     let loc = node
                         .outs
@@ -204,17 +207,68 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
 /// Puts workspace output `o` of node `node` back from the cache. The path is claimed
 /// first (as a node claims its outs before it runs): what is there afterwards is
 /// dagrun's, so a later run may replace it even if the user edited it meanwhile.
+/// `Ok(false)`: an object of it was missing or damaged, so the cache dropped the record
+/// (it said so in a warning) and the node is not cached any more.
 fn restore_output(
     ev: &Evaluator,
     cache: &Cache,
     node: &str,
     o: &str,
     artifact: &Artifact,
-) -> Result<()> {
+) -> Result<bool> {
     let dest = ev.ws.abs(o);
     cache.claim_output(&dest, node)?;
-    cache.restore(artifact, &dest)?;
-    ev.ws.remember_artifact(o, artifact)
+    match cache.restore_output(artifact, &ev.ws.root, o) {
+        Err(e) if e.damaged_object().is_some() => {
+            ev.ws.invalidate(o);
+            Ok(false)
+        }
+        r => {
+            r?;
+            ev.ws.remember_artifact(o, artifact)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Settles cached node `i`: puts back the workspace outputs `restore` lists, and when a
+/// node downstream of it will run, checks the outputs it keeps in the cache (the views
+/// that node will read; verified once per run). `Ok(false)`: something of it turned out
+/// missing or damaged; its record is gone and it must be evaluated again (it runs).
+/// On a no-op run (nothing downstream runs, nothing to restore) no object is read.
+fn settle_cached(
+    ev: &Evaluator,
+    cache: &Cache,
+    i: usize,
+    restore: &[String],
+    rec: &dagrun_cache::RecordHead,
+    plan: &[Option<Evaluation>],
+) -> Result<bool> {
+    let node = &ev.pipeline.nodes[i];
+    for o in restore {
+        if !restore_output(ev, cache, &node.id, o, &rec.outputs[o])? {
+            return Ok(false);
+        }
+    }
+    let downstream_runs = node.downstream.iter().any(|&d| {
+        plan[d]
+            .as_ref()
+            .is_some_and(|e| !matches!(e.state, State::Cached { .. }))
+    });
+    if downstream_runs {
+        for (name, art) in &rec.outputs {
+            if node.is_workspace_out(name) {
+                continue;
+            }
+            match cache.materialize(art) {
+                Err(e) if e.damaged_object().is_some() => return Ok(false),
+                r => {
+                    r?;
+                }
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Runs the pipeline.
@@ -245,7 +299,14 @@ pub fn run(
         {
             for o in restore {
                 tracing::info!(node = %p.nodes[i].id, output = %o, "restoring an upstream output");
-                restore_output(&ev, cache, &p.nodes[i].id, o, &rec.outputs[o])?;
+                if !restore_output(&ev, cache, &p.nodes[i].id, o, &rec.outputs[o])? {
+                    return Err(Error::Usage(format!(
+                        "`{}` is outside the selection, and its cached output `{o}` turned out \
+                         missing or damaged in the cache (its record is dropped): select it too, \
+                         or run without --only",
+                        p.nodes[i].id
+                    )));
+                }
             }
         }
     }
@@ -340,8 +401,10 @@ pub fn run(
                 match &e.state {
                     State::Cached { restore } => {
                         let rec = e.record.as_ref().expect("cached has a record");
-                        for o in restore {
-                            restore_output(&ev, cache, &node.id, o, &rec.outputs[o])?;
+                        if !settle_cached(&ev, cache, i, restore, rec, &plan)? {
+                            // Missing or damaged in the cache: no longer cached.
+                            ready.push_front(i);
+                            continue;
                         }
                         if cache.failure(&node.id)?.is_some() {
                             cache.clear_failure(&node.id)?;
@@ -669,7 +732,12 @@ fn execute(
                 keep_log(&log_path),
             ));
         }
-        match cache.ingest(&src, decl.kind) {
+        let ingested = if node.is_workspace_out(&decl.name) {
+            cache.ingest_output(&p.workdir, &decl.name, decl.kind)
+        } else {
+            cache.ingest(&src, decl.kind)
+        };
+        match ingested {
             Ok(a) => {
                 arts.insert(decl.name.clone(), a);
             }
@@ -790,8 +858,10 @@ fn run_here(
 }
 
 /// Removes a node's workspace outputs (and makes their parent folders) before it runs;
-/// a Slurm job's worker does the same on its compute node.
+/// a Slurm job's worker does the same on its compute node. Never through a symbolic link
+/// (a link at an output is removed itself).
 pub(crate) fn remove_outs(workdir: &std::path::Path, outs: &[String]) -> std::io::Result<()> {
+    let ws = dagrun_cache::Confined::open(workdir).map_err(std::io::Error::other)?;
     for o in outs {
         // The pipeline refuses these; never remove the workspace itself.
         if o.is_empty() || o == "." || o.starts_with('/') || o.split('/').any(|c| c == "..") {
@@ -799,15 +869,8 @@ pub(crate) fn remove_outs(workdir: &std::path::Path, outs: &[String]) -> std::io
                 "refusing to remove output `{o}`: not a path inside the workspace"
             )));
         }
-        let abs = workdir.join(o);
-        match std::fs::symlink_metadata(&abs) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,
-            Ok(_) => std::fs::remove_file(&abs)?,
-            Err(_) => {}
-        }
-        if let Some(parent) = abs.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
+        ws.remove(o).map_err(std::io::Error::other)?;
+        ws.create_parents(o).map_err(std::io::Error::other)?;
     }
     Ok(())
 }
