@@ -1,7 +1,7 @@
 //! What verifying restores costs: restoring a large artifact with verification
-//! (`Cache::restore_output`: read, blake3 and write in one pass), against the copy a
-//! restore made before verification (`std::fs::copy` of the object file, which may use
-//! `copy_file_range`), and blake3 over the file alone. A benchmark, not a test; the
+//! (`Cache::restore_output`: the kernel copies, then blake3 reads the copy back), against
+//! the copy a restore made before verification (`std::fs::copy` of the object file, which
+//! uses `copy_file_range`), and blake3 over the file alone. A benchmark, not a test; the
 //! numbers go in docs/benchmarks.md.
 //!
 //!   cargo run --release -p dagrun-cache --example bench_restore -- [MiB] [reps] [dir]

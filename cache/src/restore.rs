@@ -206,8 +206,13 @@ impl Cache {
                     return Ok(());
                 }
             }
-            let mut f = File::create(dest).map_err(Error::io("cannot create", dest))?;
-            self.objects.copy_verified(hash, &mut f, dest)?;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(dest)
+                .map_err(Error::io("cannot create", dest))?;
+            self.objects.copy_verified_to_file(hash, &mut f, dest)?;
             set_mode(&f, dest, exec)
         };
         let placed = match &artifact.entries {
@@ -334,14 +339,14 @@ impl Cache {
         let fd = rustix::fs::openat(
             dir,
             tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o644),
         )
         .map_err(|e| Error::io("cannot create", path)(e.into()))?;
         let mut f = File::from(fd);
         let written = self
             .objects
-            .copy_verified(hash, &mut f, path)
+            .copy_verified_to_file(hash, &mut f, path)
             .and_then(|_| set_mode(&f, path, exec));
         if let Err(e) = written {
             drop(f);

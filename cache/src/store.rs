@@ -245,7 +245,7 @@ impl Cache {
     }
 
     /// Every readable record, and the keys of those that cannot be read with why.
-    pub(crate) fn readable_records(&self) -> Result<(Vec<Record>, Vec<(sled::IVec, String)>)> {
+    pub(crate) fn readable_records(&self) -> Result<(Vec<Record>, Vec<Unreadable>)> {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for item in self.records.iter() {
@@ -685,6 +685,9 @@ impl Cache {
         }
     }
 }
+
+/// A record's key in the index, and why its value cannot be read.
+pub(crate) type Unreadable = (sled::IVec, String);
 
 /// What `objects-v1/` holds.
 #[derive(Default)]

@@ -277,3 +277,55 @@ fn deleting_the_lock_file_during_a_run_does_not_let_a_second_dagrun_in() {
     assert_eq!(ws.read("slow.txt"), "done\n");
     assert!(ws.run(&["p.yaml"]).is_empty());
 }
+
+/// Native kinds read their inputs from views of the cache (hard links to its objects).
+const NATIVE: &str = r#"
+stages:
+  task:
+    kind: toy_task
+    params: {seed: 0}
+  prompts:
+    kind: prompts
+    params:
+      corpus: ${stages.task.corpus}
+      tokenizer: ${stages.task.tokenizer}
+      min_chars: 100
+      seed: 0
+"#;
+
+fn output_hash(ws: &Ws, node: &str, output: &str) -> serde_json::Value {
+    let (out, _) = ws.ok(&["show", node, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["outputs"][output].clone()
+}
+
+#[test]
+fn a_damaged_object_a_native_stage_would_read_makes_its_producer_run_again() {
+    let ws = Ws::new();
+    ws.write("p.yaml", NATIVE);
+    assert_eq!(ws.run(&["p.yaml"]), set(&["task", "prompts"]));
+    let prompts = output_hash(&ws, "prompts", "prompts");
+    // The corpus's training file, as stored (and as the view `prompts` read links it).
+    let corpus = output_hash(&ws, "task", "corpus");
+    let entry = corpus["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "train.jsonl")
+        .unwrap()
+        .clone();
+    let hex = entry["hash"].as_str().unwrap();
+    let object = ws.p(&format!(".dagrun/objects-v1/{}/{}", &hex[..2], &hex[2..]));
+    writable(&object);
+    let mut b = std::fs::read(&object).unwrap();
+    b[100] ^= 0x20;
+    std::fs::write(&object, b).unwrap();
+    // `prompts` must run: before it reads the corpus, the damage is found, and `task`
+    // runs again to make it.
+    let (_, err) = ws.ok(&["p.yaml", "--rerun", "prompts"]);
+    assert_eq!(executed(&err), set(&["task", "prompts"]), "{err}");
+    assert!(err.contains("dropped the record of `task`"), "{err}");
+    assert_eq!(output_hash(&ws, "prompts", "prompts"), prompts);
+    let (out, _) = ws.ok(&["cache", "verify"]);
+    assert!(out.contains("no corruption"), "{out}");
+}
