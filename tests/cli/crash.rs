@@ -1,5 +1,5 @@
 //! The crash harness: kills dagrun (SIGKILL) at random moments, and aborts it at named
-//! crash points (`DAGRUN_CRASH_AT`, see `cache/src/failpoint.rs`), during runs of many
+//! crash points (`DAGRUN_FAILPOINT`, see `cache/src/failpoint.rs`), during runs of many
 //! short nodes, restores, `cache gc`, `cache verify` and native training; after each
 //! crash it checks that `cache verify` finds nothing wrong, that the resumed run gives
 //! the right bytes, and that nothing that had finished runs again.
@@ -254,19 +254,22 @@ fn crash_during_gc_and_verify() {
 fn crash_at(ws: &Ws, args: &[&str], point: &str) -> BTreeSet<String> {
     let o = ws
         .cmd(args)
-        .env("DAGRUN_CRASH_AT", point)
+        .env("DAGRUN_FAILPOINT", point)
         .output()
         .expect("run dagrun");
     let t = text(&o);
     assert!(!o.status.success(), "{point}: did not crash: {t}");
-    assert!(t.contains("crashing at"), "{point}: {t}");
+    assert!(t.contains("failpoint"), "{point}: {t}");
     executed(&String::from_utf8_lossy(&o.stderr))
 }
 
 #[test]
 fn crash_at_every_named_point() {
     let mut rng = Rng::new("crash_at_every_named_point");
-    for point in ["commit-objects-stored", "commit-before-flush"] {
+    // The commit path: each node's record queued or inserted (once a node), and a group
+    // commit's first flush (nodes finishing together share one, so only the first is sure
+    // to come).
+    for point in ["node-finished", "commit-insert"] {
         for _ in 0..kills() {
             let ws = Ws::new();
             ws.write("p.yaml", &many("e"));
@@ -275,6 +278,12 @@ fn crash_at_every_named_point() {
             let done = crash_at(&ws, &["p.yaml"], &point);
             resume(&ws, &done, "e", &point);
         }
+    }
+    for point in ["commit-before-flush:1", "commit-after-flush:1"] {
+        let ws = Ws::new();
+        ws.write("p.yaml", &many("e"));
+        let done = crash_at(&ws, &["p.yaml"], point);
+        resume(&ws, &done, "e", point);
     }
     // Restores (every output missing, then restored).
     for _ in 0..kills() {
