@@ -119,7 +119,7 @@ fn many(tag: &str) -> String {
 
 fn expected_gen(tag: &str, i: usize) -> String {
     let mut s = format!("{tag} {i}\n");
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         s.push_str(&tag.repeat(20_000));
     }
     s
