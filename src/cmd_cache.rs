@@ -1,4 +1,4 @@
-//! `dagrun cache gc` and `dagrun cache verify`.
+//! `dagrun cache gc` and `dagrun cache verify` (`push` and `pull`: `cmd_remote.rs`).
 
 use std::collections::HashSet;
 
@@ -15,6 +15,12 @@ use crate::{
 };
 
 pub fn cmd_cache(ctx: &Ctx, c: &CacheCommand) -> CliResult {
+    // Remote caches: a pull may be the first thing a fresh clone does.
+    match c {
+        CacheCommand::Push(a) => return crate::cmd_remote::cmd_push(ctx, a),
+        CacheCommand::Pull(a) => return crate::cmd_remote::cmd_pull(ctx, a),
+        _ => {}
+    }
     let cache = ctx
         .open_existing_cache("cache")?
         .ok_or_else(|| usage("no cache here yet"))?;
@@ -72,6 +78,7 @@ pub fn cmd_cache(ctx: &Ctx, c: &CacheCommand) -> CliResult {
                 println!("{verb} {} Slurm staging folder(s)", stale.len());
             }
         }
+        CacheCommand::Push(_) | CacheCommand::Pull(_) => unreachable!("handled above"),
         CacheCommand::Verify => {
             let r = cache.verify()?;
             if let Some(d) = &r.index_damage {

@@ -44,6 +44,7 @@ mod restore;
 mod seal;
 mod stat;
 mod store;
+mod sync;
 
 pub use artifact::{Artifact, ArtifactEntry, ArtifactType};
 pub use confined::{Confined, Entry};
@@ -54,4 +55,5 @@ pub use record::{Latest, Metrics, NodeFailure, Record, RecordHead, RunCounts, Ru
 pub use restore::ExportReport;
 pub use seal::IndexDamage;
 pub use stat::FileStat;
-pub use store::{Cache, GcReport, OpenOptions, VerifyReport};
+pub use store::{Cache, GcReport, Imported, OpenOptions, VerifyReport};
+pub use sync::RemoteHooks;

@@ -109,7 +109,7 @@ impl Objects {
     }
 
     /// fsync the temp file, make it read-only, rename it into place, fsync the folder.
-    fn publish(&self, file: File, tmp: &Path, final_path: &Path) -> Result<()> {
+    pub(crate) fn publish(&self, file: File, tmp: &Path, final_path: &Path) -> Result<()> {
         file.sync_all().map_err(Error::io("cannot fsync", tmp))?;
         drop(file);
         std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o444))

@@ -49,6 +49,17 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
+/// What [`Cache::import_record`] did with a record made elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Imported {
+    /// The cache had no record under its key: it has this one now.
+    Added,
+    /// The cache had a record under its key with the same outputs: kept as it was.
+    Present,
+    /// The cache has a record under its key with other outputs: kept, not replaced.
+    Differs(Box<Record>),
+}
+
 /// What `cache verify` found.
 #[derive(Debug, Default, Clone)]
 pub struct VerifyReport {
@@ -298,6 +309,74 @@ impl Cache {
 
     pub fn contains_object(&self, hash: &Hash) -> Result<bool> {
         self.objects.contains(hash)
+    }
+
+    // ---- records and objects made elsewhere (a remote cache) -----------------------
+
+    /// The file holding a large object, `None` for a small one (kept in the index) or
+    /// one this cache lacks. Object files are read-only and never change while the
+    /// cache is open (its lock keeps `gc` and `verify` out).
+    pub fn object_file(&self, hash: &Hash) -> Option<PathBuf> {
+        let p = self.objects.file_path(hash);
+        p.is_file().then_some(p)
+    }
+
+    /// Stores `file`, a file under this cache's `tmp/` whose bytes the caller has just
+    /// checked to hash to `hash` (a download verified while it streamed), as object
+    /// `hash`: moved into place (fsync, read-only, rename) or, when small, copied into
+    /// the index. The file is gone afterwards.
+    pub fn adopt_object(&self, file: &Path, hash: &Hash) -> Result<()> {
+        let len = std::fs::metadata(file)
+            .map_err(Error::io("cannot stat", file))?
+            .len();
+        if len <= crate::SMALL_OBJECT_LIMIT {
+            let bytes = std::fs::read(file).map_err(Error::io("cannot read", file))?;
+            let _ = std::fs::remove_file(file);
+            let stored = self.objects.put_bytes(&bytes)?;
+            if stored != *hash {
+                return Err(Error::DamagedObject {
+                    hash: hash.to_hex(),
+                    detail: format!("the bytes adopted as `{hash}` hash to `{stored}`"),
+                });
+            }
+            return Ok(());
+        }
+        let dest = self.objects.file_path(hash);
+        // A copy of the same size is kept; one truncated or extended on disk is replaced
+        // (as storing the same bytes again does).
+        if std::fs::metadata(&dest).is_ok_and(|m| m.len() == len) {
+            let _ = std::fs::remove_file(file);
+            return Ok(());
+        }
+        let f = std::fs::File::open(file).map_err(Error::io("cannot open", file))?;
+        self.objects.publish(f, file, &dest)
+    }
+
+    /// Adds a record made elsewhere (pulled from a remote cache) without pointing the
+    /// node's `latest` entry at it: it is cached, not run here. Every object it names
+    /// must be stored already. A record already under the same key is never replaced:
+    /// [`Imported::Differs`] hands it back when its outputs are not the same (a
+    /// non-deterministic node, or a bug). Not flushed: call [`Cache::flush`] after a batch.
+    pub fn import_record(&self, record: &Record) -> Result<Imported> {
+        for obj in record.objects() {
+            if !self.objects.contains(&obj)? {
+                return Err(Error::MissingObject(obj.to_hex()));
+            }
+        }
+        let bytes = serde_json::to_vec(record).expect("records serialise");
+        let swapped = self
+            .records
+            .compare_and_swap(record.key.0, None as Option<&[u8]>, Some(bytes))
+            .map_err(db_err)?;
+        match swapped {
+            Ok(()) => Ok(Imported::Added),
+            Err(_) => match self.record(&record.key)? {
+                Some(local) if local.outputs != record.outputs => {
+                    Ok(Imported::Differs(Box::new(local)))
+                }
+                _ => Ok(Imported::Present),
+            },
+        }
     }
 
     /// Stores a workspace file or directory as an artifact.

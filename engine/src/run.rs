@@ -7,7 +7,9 @@
 //! [`run`] is the drain loop: the bookkeeping is a [`Schedule`] (ready → start →
 //! finished → release → commit), nodes run on threads ([`execute`]), and records are
 //! made durable by the group committer ([`commit::committer`]) while downstream nodes
-//! already run. The loop only moves events between them.
+//! already run. The loop only moves events between them. A remote cache
+//! ([`RunOptions::remote`]) comes in at two steps: a stale node is looked up on it
+//! before it is queued ([`Drain::pull`]), a durable record is handed to it ([`Drain::push`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -47,6 +49,9 @@ pub struct RunOptions {
     pub command: String,
     /// Overrides `slurm.on_interrupt`.
     pub on_interrupt: Option<OnInterrupt>,
+    /// A remote cache (`--pull`/`--push`): asked for each stale node's key before it
+    /// runs ([`Drain::pull`]), told of each node made durable ([`Drain::push`]).
+    pub remote: Option<Arc<dyn dagrun_cache::RemoteHooks>>,
 }
 
 /// Lifecycle events, for the progress display.
@@ -524,12 +529,9 @@ impl Drain<'_> {
             attempts += 1;
             let e = match planned.take() {
                 Some(e) => e,
-                None => {
-                    let outputs = self.outputs;
-                    let known = |u: usize| outputs.lock().unwrap()[u].clone();
-                    ev.evaluate(i, &self.opts.selection, &known)?
-                }
+                None => self.evaluate(i)?,
             };
+            let e = self.pull(i, e)?;
             tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
             if let (State::Cached { restore }, Some(rec)) = (&e.state, &e.record) {
                 if !settle_cached(ev, cache, i, restore, rec, &self.plan)? {
@@ -587,6 +589,36 @@ impl Drain<'_> {
         Ok(())
     }
 
+    /// Evaluates node `i` against the outputs settled so far.
+    fn evaluate(&self, i: usize) -> Result<Evaluation> {
+        let outputs = self.outputs;
+        let known = |u: usize| outputs.lock().unwrap()[u].clone();
+        self.ev.evaluate(i, &self.opts.selection, &known)
+    }
+
+    /// `--pull`: a stale node whose key the remote cache holds is downloaded (verified)
+    /// instead of run, then evaluated again: cached like any other. A forced node
+    /// (`--rerun`) runs, and a remote that fails leaves the node to run.
+    fn pull(&self, i: usize, e: Evaluation) -> Result<Evaluation> {
+        let (Some(remote), State::Stale { .. }, Some(key)) = (&self.opts.remote, &e.state, e.key)
+        else {
+            return Ok(e);
+        };
+        if remote.fetch(self.cache, &self.p.nodes[i].id, &key) {
+            self.evaluate(i)
+        } else {
+            Ok(e)
+        }
+    }
+
+    /// `--push`: hands a durable record to the remote cache, which uploads it in the
+    /// background (the caller waits for the uploads after the run).
+    fn push(&self, record: &Record) {
+        if let Some(remote) = &self.opts.remote {
+            remote.committed(self.cache, record);
+        }
+    }
+
     /// A node's thread ended. Its outputs are in place: downstream may start now, while
     /// its record waits for the committer (behind the records it was computed from).
     fn finished(
@@ -633,6 +665,7 @@ impl Drain<'_> {
                     .filter(|_| node.executor == Executor::Slurm)
                     .map(|s| s.settings.staging.as_path());
                 after_commit(self.cache, &node.id, &record.key, staging);
+                self.push(&record);
                 self.sched.committed(i, record.timing.seconds);
             }
             Committed::Failed { node: i, error } => {

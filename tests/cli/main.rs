@@ -15,6 +15,7 @@ mod model_hf;
 mod paper;
 mod paper_models;
 mod quickstart;
+mod remote;
 mod slurm;
 mod sweeps;
 mod theory;
