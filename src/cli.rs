@@ -296,8 +296,9 @@ pub struct KindsArgs {
     /// A kind (`ppo`, `head_ensemble`, ...): list its params with their types, defaults and
     /// what they mean.
     pub kind: Option<String>,
-    /// With a kind: print its params as a JSON schema.
-    #[arg(long, requires = "kind")]
+    /// Print JSON: with a kind, its params as a JSON schema; without, every kind with its
+    /// version, summary and params schema (`null` for kinds without params).
+    #[arg(long)]
     pub json: bool,
 }
 

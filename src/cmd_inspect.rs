@@ -480,6 +480,23 @@ fn live_status(ctx: &Ctx, a: &StatusArgs, busy: anyhow::Error) -> CliResult {
 
 pub fn cmd_kinds(ctx: &Ctx, args: &KindsArgs) -> CliResult {
     let Some(name) = &args.kind else {
+        if args.json {
+            let all: serde_json::Map<String, serde_json::Value> = ctx
+                .registry
+                .kinds()
+                .map(|k| {
+                    let entry = serde_json::json!({
+                        "version": k.version(),
+                        "summary": k.summary(),
+                        "takes_cmd": k.takes_cmd(),
+                        "params": k.params_schema(),
+                    });
+                    (k.name().to_string(), entry)
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&all).expect("JSON"));
+            return Ok(());
+        }
         for k in ctx.registry.kinds() {
             println!("{:<18} v{:<3} {}", k.name(), k.version(), k.summary());
         }

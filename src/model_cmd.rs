@@ -44,8 +44,9 @@ pub enum ModelCommand {
         /// The prompt to continue.
         #[arg(long, value_name = "T")]
         prompt: String,
-        /// Generate at most this many tokens.
-        #[arg(long, value_name = "N")]
+        /// Generate at most this many tokens (transformers' `generate` stops at 20 tokens
+        /// in all when it is given no length either).
+        #[arg(long, value_name = "N", default_value_t = 20)]
         max_new_tokens: usize,
         /// Always take the most likely token (no sampling).
         #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "seed"])]

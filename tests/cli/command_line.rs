@@ -114,6 +114,14 @@ fn kinds_lists_a_kinds_params_with_types_defaults_and_meaning() {
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     assert!(kinds.len() >= 13, "{list}");
+    // Without a kind, --json gives every kind with its schema (the same one as per kind).
+    let (all, _) = ws.ok(&["kinds", "--json"]);
+    let all: serde_json::Value = serde_json::from_str(&all).unwrap();
+    assert_eq!(all.as_object().unwrap().len(), kinds.len(), "{all}");
+    let (ppo, _) = ws.ok(&["kinds", "ppo", "--json"]);
+    let ppo: serde_json::Value = serde_json::from_str(&ppo).unwrap();
+    assert_eq!(all["ppo"]["params"], ppo);
+    assert!(all["command"]["params"].is_null() && all["command"]["takes_cmd"] == true);
     for k in kinds {
         let (json, _) = ws.ok(&["kinds", k, "--json"]);
         let schema: serde_json::Value = serde_json::from_str(&json).unwrap();
