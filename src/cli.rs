@@ -24,6 +24,7 @@ Examples:
   dagrun why 'train[seed=1]'                which key components changed since the last run
   dagrun show report                        params, outputs, metrics and log of a node
   dagrun run p.yaml --executor slurm        submit the nodes as Slurm jobs (sweeps as job arrays)
+  dagrun cache push p.yaml --remote s3://bucket/team    share the cached nodes (`cache pull` fetches)
 
 Exit codes: 0 success; 1 a stage failed; 2 bad pipeline or usage; 3 the cache is in use by
 another dagrun (see --wait); 130 interrupted.";
@@ -86,7 +87,8 @@ pub enum Command {
     Why(WhyArgs),
     /// List past runs in this workspace.
     Log(LogArgs),
-    /// Copy a node's outputs out of the cache into a folder.
+    /// Copy a node's outputs out of the cache into a folder (merged into what is there;
+    /// a file that differs is replaced only with --force).
     Export(ExportArgs),
     /// List the stage kinds this build provides, or one kind's params.
     Kinds(KindsArgs),
@@ -152,6 +154,19 @@ pub struct RunArgs {
     /// else cancel].
     #[arg(long, value_enum, value_name = "WHAT")]
     pub on_interrupt: Option<OnInterruptArg>,
+    /// Before running a stale node, look its key up on the remote cache and download it
+    /// instead when the remote has it (verified, then restored like a cached node).
+    #[arg(long)]
+    pub pull: bool,
+    /// Upload each node to the remote cache as it commits (in the background; the run
+    /// waits for the uploads at the end).
+    #[arg(long)]
+    pub push: bool,
+    /// The remote cache of --pull and --push: a folder, file:///path,
+    /// s3://bucket/prefix, gs://bucket/prefix or az://container/prefix [default:
+    /// $DAGRUN_REMOTE, else the pipeline's `remote:`].
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
     #[command(flatten)]
     pub select: SelectArgs,
 }
@@ -175,6 +190,9 @@ impl RunArgs {
             && !self.json
             && self.executor.is_none()
             && self.on_interrupt.is_none()
+            && !self.pull
+            && !self.push
+            && self.remote.is_none()
             && self.select.rerun.is_empty()
             && !self.select.downstream
             && self.select.only.is_empty()
@@ -294,8 +312,16 @@ pub struct LogArgs {
 pub struct ExportArgs {
     /// The node whose outputs to copy.
     pub node: String,
-    /// Destination folder (created if needed); each output goes to DIR/<output name>.
+    /// Destination folder (created if needed); each output goes to DIR/<output name>. A
+    /// folder output is merged into DIR/<output name>: files of yours there that the
+    /// output does not have stay. Files already there with the same bytes are left as
+    /// they are; if any file differs, nothing is written (all of them are listed) unless
+    /// --force. Every byte is checked against the cache's hashes on the way.
     pub dir: PathBuf,
+    /// Replace files (and symbolic links) in DIR whose content differs from the output's.
+    /// A folder where the output has a file is never replaced.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -311,4 +337,40 @@ pub enum CacheCommand {
     },
     /// Rehash every artifact; drop corrupt ones and the records that use them.
     Verify,
+    /// Upload the records and objects of the pipelines' cached nodes that the remote
+    /// cache lacks (objects first, each checked against its hash; records last).
+    #[command(after_help = REMOTE_HELP)]
+    Push(RemoteArgs),
+    /// Download what the remote cache has for the pipelines' current keys (checked
+    /// against their hashes), so that `dagrun plan` says cached and a run restores
+    /// instead of computing.
+    #[command(after_help = REMOTE_HELP)]
+    Pull(RemoteArgs),
+}
+
+const REMOTE_HELP: &str = "\
+The remote is --remote URL, else $DAGRUN_REMOTE, else the pipeline's `remote:` key:
+  /shared/dagrun-cache  or  file:///shared/dagrun-cache   a folder (a shared filesystem)
+  s3://bucket/prefix    S3 or an S3-compatible server: the endpoint from AWS_ENDPOINT_URL,
+                        credentials and region from the AWS_* variables or the profile
+                        (AWS_PROFILE) of ~/.aws/credentials and ~/.aws/config
+  gs://bucket/prefix, az://container/prefix   GCS and Azure (their usual variables)
+
+Examples:
+  dagrun cache push pipelines/quickstart.yaml --remote s3://team-cache/dagrun
+  dagrun cache pull pipelines/quickstart.yaml && dagrun plan pipelines/quickstart.yaml
+  dagrun run p.yaml --pull --push        # share as you go";
+
+/// `dagrun cache push` and `dagrun cache pull`.
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
+    /// Pipelines whose nodes to move (their current keys).
+    #[arg(required = true)]
+    pub pipelines: Vec<PathBuf>,
+    /// The remote cache [default: $DAGRUN_REMOTE, else each pipeline's `remote:`].
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// Transfers in flight at once.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 8, value_parser = at_least_one)]
+    pub jobs: usize,
 }

@@ -62,6 +62,8 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
         return Err(usage(missing.join("\n")));
     }
     let cache = ctx.open_cache(&format!("run {}", file.display()))?;
+    // `--pull`/`--push`: the remote is opened (and answers) before anything runs.
+    let sync = crate::cmd_remote::run_sync(ctx, &p, args)?;
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrl_c(cancel.clone());
     let display = Display::new(ctx.global.verbose > 0, ctx.global.quiet);
@@ -76,9 +78,16 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
             OnInterruptArg::Cancel => OnInterrupt::Cancel,
             OnInterruptArg::Keep => OnInterrupt::Keep,
         }),
+        remote: sync
+            .clone()
+            .map(|s| s as Arc<dyn dagrun_cache::RemoteHooks>),
     };
     let result = run(&p, &cache, &opts, display.clone(), cancel.clone());
     display.finish();
+    // Uploads still running finish while the cache is held.
+    let not_pushed = sync
+        .as_ref()
+        .map_or(0, |s| crate::cmd_remote::finish_sync(ctx, s));
     let report = result?;
     summarize(ctx, &p, &report, t0.elapsed().as_secs_f64());
     if !report.detached.is_empty() {
@@ -94,6 +103,13 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
     }
     if !report.failed().is_empty() {
         return Err(Failure::StageFailed);
+    }
+    if not_pushed > 0 {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "{} could not be pushed (they are cached here: `dagrun cache push {}` retries)",
+            nodes(not_pushed),
+            file.display()
+        )));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod cmd_bench;
 mod cmd_cache;
 mod cmd_graph;
 mod cmd_inspect;
+mod cmd_remote;
 mod cmd_run;
 mod context;
 mod display;

@@ -7,7 +7,9 @@
 //! [`run`] is the drain loop: the bookkeeping is a [`Schedule`] (ready → start →
 //! finished → release → commit), nodes run on threads ([`execute`]), and records are
 //! made durable by the group committer ([`commit::committer`]) while downstream nodes
-//! already run. The loop only moves events between them.
+//! already run. The loop only moves events between them. A remote cache
+//! ([`RunOptions::remote`]) comes in at two steps: a stale node is looked up on it
+//! before it is queued ([`Drain::pull`]), a durable record is handed to it ([`Drain::push`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -47,6 +49,9 @@ pub struct RunOptions {
     pub command: String,
     /// Overrides `slurm.on_interrupt`.
     pub on_interrupt: Option<OnInterrupt>,
+    /// A remote cache (`--pull`/`--push`): asked for each stale node's key before it
+    /// runs ([`Drain::pull`]), told of each node made durable ([`Drain::push`]).
+    pub remote: Option<Arc<dyn dagrun_cache::RemoteHooks>>,
 }
 
 /// Lifecycle events, for the progress display.
@@ -142,6 +147,9 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 if let Reason::OutsideSelection { .. } = r {
                     problems.push(format!("`{}` {r}", node.id));
                 }
+                if let Reason::ThroughLink { .. } = r {
+                    problems.push(format!("{}: `{}`: {r}", node.loc, node.id));
+                }
                 if let Reason::WouldDelete { path } = r {
                     let loc = node
                         .outs
@@ -182,17 +190,68 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
 /// Puts workspace output `o` of node `node` back from the cache. The path is claimed
 /// first (as a node claims its outs before it runs): what is there afterwards is
 /// dagrun's, so a later run may replace it even if the user edited it meanwhile.
+/// `Ok(false)`: an object of it was missing or damaged, so the cache dropped the record
+/// (it said so in a warning) and the node is not cached any more.
 fn restore_output(
     ev: &Evaluator<'_>,
     cache: &Cache,
     node: &str,
     o: &str,
     artifact: &Artifact,
-) -> Result<()> {
+) -> Result<bool> {
     let dest = ev.ws.abs(o);
     cache.claim_output(&dest, node)?;
-    cache.restore(artifact, &dest)?;
-    ev.ws.remember_artifact(o, artifact)
+    match cache.restore_output(artifact, &ev.ws.root, o) {
+        Err(e) if e.damaged_object().is_some() => {
+            ev.ws.invalidate(o);
+            Ok(false)
+        }
+        r => {
+            r?;
+            ev.ws.remember_artifact(o, artifact)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Settles cached node `i`: puts back the workspace outputs `restore` lists, and when a
+/// node downstream of it will run, checks the outputs it keeps in the cache (the views
+/// that node will read; verified once per run). `Ok(false)`: something of it turned out
+/// missing or damaged; its record is gone and it must be evaluated again (it runs).
+/// On a no-op run (nothing downstream runs, nothing to restore) no object is read.
+fn settle_cached(
+    ev: &Evaluator,
+    cache: &Cache,
+    i: usize,
+    restore: &[String],
+    rec: &dagrun_cache::RecordHead,
+    plan: &[Option<Evaluation>],
+) -> Result<bool> {
+    let node = &ev.pipeline.nodes[i];
+    for o in restore {
+        if !restore_output(ev, cache, &node.id, o, &rec.outputs[o])? {
+            return Ok(false);
+        }
+    }
+    let downstream_runs = node.downstream.iter().any(|&d| {
+        plan[d]
+            .as_ref()
+            .is_some_and(|e| !matches!(e.state, State::Cached { .. }))
+    });
+    if downstream_runs {
+        for (name, art) in &rec.outputs {
+            if node.is_workspace_out(name) {
+                continue;
+            }
+            match cache.materialize(art) {
+                Err(e) if e.damaged_object().is_some() => return Ok(false),
+                r => {
+                    r?;
+                }
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// What the drain loop waits for.
@@ -231,7 +290,14 @@ pub fn run(
         {
             for o in restore {
                 tracing::info!(node = %p.nodes[i].id, output = %o, "restoring an upstream output");
-                restore_output(&ev, cache, &p.nodes[i].id, o, &rec.outputs[o])?;
+                if !restore_output(&ev, cache, &p.nodes[i].id, o, &rec.outputs[o])? {
+                    return Err(Error::Usage(format!(
+                        "`{}` is outside the selection, and its cached output `{o}` turned out \
+                         missing or damaged in the cache (its record is dropped): select it too, \
+                         or run without --only",
+                        p.nodes[i].id
+                    )));
+                }
             }
         }
     }
@@ -453,21 +519,37 @@ impl Drain<'_> {
             !self.opts.selection.includes(u)
                 || matches!(self.sched.outcome(u), Some(Outcome::Cached { .. }))
         });
-        let e = match self.plan[i].take() {
-            Some(e) if upstream_as_planned && e.key.is_some() => e,
-            _ => {
-                let outputs = self.outputs;
-                let known = |u: usize| outputs.lock().unwrap()[u].clone();
-                ev.evaluate(i, &self.opts.selection, &known)?
+        let mut planned = self.plan[i]
+            .take()
+            .filter(|e| upstream_as_planned && e.key.is_some());
+        // A cached node whose objects turn out missing or damaged loses its record while
+        // it is settled: evaluated again, it runs.
+        let mut attempts = 0u8;
+        let e = loop {
+            attempts += 1;
+            let e = match planned.take() {
+                Some(e) => e,
+                None => self.evaluate(i)?,
+            };
+            let e = self.pull(i, e)?;
+            tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
+            if let (State::Cached { restore }, Some(rec)) = (&e.state, &e.record) {
+                if !settle_cached(ev, cache, i, restore, rec, &self.plan)? {
+                    if attempts == 2 {
+                        return Err(Error::Usage(format!(
+                            "`{}`: its record was dropped for a damaged object, yet it is \
+                             still cached",
+                            node.id
+                        )));
+                    }
+                    continue;
+                }
             }
+            break e;
         };
-        tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
         match &e.state {
             State::Cached { restore } => {
                 let rec = e.record.as_ref().expect("cached has a record");
-                for o in restore {
-                    restore_output(ev, cache, &node.id, o, &rec.outputs[o])?;
-                }
                 if cache.failure(&node.id)?.is_some() {
                     cache.clear_failure(&node.id)?;
                 }
@@ -505,6 +587,36 @@ impl Drain<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Evaluates node `i` against the outputs settled so far.
+    fn evaluate(&self, i: usize) -> Result<Evaluation> {
+        let outputs = self.outputs;
+        let known = |u: usize| outputs.lock().unwrap()[u].clone();
+        self.ev.evaluate(i, &self.opts.selection, &known)
+    }
+
+    /// `--pull`: a stale node whose key the remote cache holds is downloaded (verified)
+    /// instead of run, then evaluated again: cached like any other. A forced node
+    /// (`--rerun`) runs, and a remote that fails leaves the node to run.
+    fn pull(&self, i: usize, e: Evaluation) -> Result<Evaluation> {
+        let (Some(remote), State::Stale { .. }, Some(key)) = (&self.opts.remote, &e.state, e.key)
+        else {
+            return Ok(e);
+        };
+        if remote.fetch(self.cache, &self.p.nodes[i].id, &key) {
+            self.evaluate(i)
+        } else {
+            Ok(e)
+        }
+    }
+
+    /// `--push`: hands a durable record to the remote cache, which uploads it in the
+    /// background (the caller waits for the uploads after the run).
+    fn push(&self, record: &Record) {
+        if let Some(remote) = &self.opts.remote {
+            remote.committed(self.cache, record);
+        }
     }
 
     /// A node's thread ended. Its outputs are in place: downstream may start now, while
@@ -553,6 +665,7 @@ impl Drain<'_> {
                     .filter(|_| node.executor == Executor::Slurm)
                     .map(|s| s.settings.staging.as_path());
                 after_commit(self.cache, &node.id, &record.key, staging);
+                self.push(&record);
                 self.sched.committed(i, record.timing.seconds);
             }
             Committed::Failed { node: i, error } => {

@@ -9,6 +9,7 @@
 //!   env: [CUDA_VERSION]   # environment variables whose values are part of every key
 //! slurm:             # how nodes whose executor is `slurm` are submitted (see slurm.rs)
 //!   staging: /shared/dagrun-staging
+//! remote: s3://bucket/prefix   # the shared cache of `dagrun cache push/pull`
 //! stages:
 //!   NAME:
 //!     kind: command          # or a native kind: see `dagrun kinds`
@@ -39,6 +40,11 @@ pub struct PipelineFile {
     pub fingerprint: FingerprintSpec,
     #[serde(default)]
     pub slurm: SlurmSpec,
+    /// A remote cache shared with others (`s3://bucket/prefix`, a folder): where
+    /// `dagrun cache push/pull` and `run --push/--pull` go unless `--remote` or
+    /// `DAGRUN_REMOTE` names another. Part of no key.
+    #[serde(default)]
+    pub remote: Option<String>,
     pub stages: IndexMap<String, StageSpec>,
 }
 

@@ -6,6 +6,8 @@ mod bad_input;
 mod cache_ops;
 mod caching;
 mod command_line;
+mod crash;
+mod damage;
 mod faults;
 #[cfg(feature = "tch")]
 mod fused_ops;
@@ -13,6 +15,7 @@ mod model_hf;
 mod paper;
 mod paper_models;
 mod quickstart;
+mod remote;
 mod slurm;
 mod sweeps;
 mod theory;

@@ -275,6 +275,7 @@ impl<'a> Builder<'a> {
             env_keys: spec.fingerprint.env.clone(),
             by_id,
             slurm: spec.slurm.clone(),
+            remote: spec.remote.clone(),
             cache_dir: self.cache_dir.clone(),
         })
     }

@@ -149,6 +149,8 @@ pub struct Pipeline {
     pub by_id: HashMap<String, usize>,
     /// The `slurm:` section (checked).
     pub slurm: SlurmSpec,
+    /// The `remote:` key: a remote cache's URL or folder, as written.
+    pub remote: Option<String>,
     /// The cache folder (absolute); outputs may not contain it and folder inputs skip it.
     pub cache_dir: PathBuf,
 }

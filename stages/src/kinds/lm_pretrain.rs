@@ -142,7 +142,7 @@ impl StageKind for LmPretrainKind {
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: LmPretrainParams = parse_params(&crate::data::artifact_refs_as_text(params))?;
-        if p.n_embd % p.n_head != 0 {
+        if !p.n_embd.is_multiple_of(p.n_head) {
             return Err(ParamError::at(
                 "n_head",
                 format!(

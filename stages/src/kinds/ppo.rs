@@ -450,7 +450,7 @@ pub fn run_ppo(
         stats.push(st);
         if let Some(dir) = inputs.checkpoint_dir {
             if p.checkpoint_every > 0
-                && stats.len() % p.checkpoint_every == 0
+                && stats.len().is_multiple_of(p.checkpoint_every)
                 && stats.len() < p.steps
             {
                 let state = TrainerState {
