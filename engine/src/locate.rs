@@ -25,14 +25,30 @@ pub struct Positions {
     map: HashMap<Vec<Seg>, (usize, usize)>,
     /// Keys that appear twice in the same mapping: (path of the second, position).
     pub duplicates: Vec<(Vec<Seg>, (usize, usize))>,
+    /// Something the file must not hold although it parses (a second document, aliases
+    /// that expand past [`MAX_EXPANDED`]): its position and what is wrong.
+    pub refused: Option<((usize, usize), String)>,
 }
 
+/// How many values (scalars and collections) a pipeline may hold once its aliases are
+/// expanded. A pipeline of thousands of stages stays far below; "billion laughs"
+/// (aliases of aliases of aliases) is refused before anything expands it.
+pub const MAX_EXPANDED: u64 = 1_000_000;
+
 impl Positions {
-    /// Reads positions; `None` when the document does not parse (serde_yaml reports that).
-    pub fn read(src: &str) -> Option<Positions> {
+    /// Reads positions. When the document does not parse, the position (1-based line
+    /// and column) and message of the parser's error.
+    pub fn read(src: &str) -> Result<Positions, ((usize, usize), String)> {
         let mut rec = Recorder::default();
-        Parser::new_from_str(src).load(&mut rec, false).ok()?;
-        Some(rec.out)
+        // Every document is read (`multi`), so that a second one is found and refused.
+        let res = Parser::new_from_str(src).load(&mut rec, true);
+        if rec.out.refused.is_some() {
+            return Ok(rec.out);
+        }
+        match res {
+            Ok(()) => Ok(rec.out),
+            Err(e) => Err((Recorder::pos(e.marker()), e.info().to_string())),
+        }
     }
 
     /// The position of the longest prefix of `path` that is known.
@@ -63,6 +79,14 @@ struct Recorder {
     out: Positions,
     stack: Vec<Frame>,
     path: Vec<Seg>,
+    /// Documents started so far.
+    documents: usize,
+    /// Values read so far with every alias counted as the values it stands for.
+    expanded: u64,
+    /// For each open collection: its anchor id (0: none) and `expanded` at its start.
+    open: Vec<(usize, u64)>,
+    /// Expanded size of each anchored value, by anchor id.
+    anchored: HashMap<usize, u64>,
 }
 
 impl Recorder {
@@ -98,8 +122,66 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Counts `n` values (an alias counts as what it stands for); refuses past the limit.
+    fn count(&mut self, n: u64, mark: &Marker) {
+        self.expanded = self.expanded.saturating_add(n);
+        if self.expanded > MAX_EXPANDED && self.out.refused.is_none() {
+            self.out.refused = Some((
+                Self::pos(mark),
+                format!(
+                    "aliases here expand the pipeline past {MAX_EXPANDED} values \
+                     (an alias bomb?); write the values out or use fewer nested aliases"
+                ),
+            ));
+        }
+    }
+}
+
 impl MarkedEventReceiver for Recorder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.out.refused.is_some() {
+            return;
+        }
+        match &ev {
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    self.out.refused = Some((
+                        Self::pos(&mark),
+                        "a second YAML document: a pipeline file holds one document \
+                         (remove this `---` and what follows, or move it to its own file)"
+                            .to_string(),
+                    ));
+                    return;
+                }
+            }
+            Event::Scalar(_, _, anchor, _) => {
+                self.count(1, &mark);
+                if *anchor != 0 {
+                    self.anchored.insert(*anchor, 1);
+                }
+            }
+            Event::Alias(id) => {
+                let n = self.anchored.get(id).copied().unwrap_or(1);
+                self.count(n, &mark);
+            }
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                self.count(1, &mark);
+                self.open.push((*anchor, self.expanded - 1));
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some((anchor, start)) = self.open.pop() {
+                    if anchor != 0 {
+                        self.anchored.insert(anchor, self.expanded - start);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.out.refused.is_some() {
+            return;
+        }
         match ev {
             Event::Scalar(value, ..) => {
                 if let Some(Frame::Map {

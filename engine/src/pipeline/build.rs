@@ -30,12 +30,33 @@ impl<'a> Builder<'a> {
             errors: Vec::new(),
         };
         match Positions::read(src) {
-            Some(p) => b.pos = p,
-            None => {
+            Ok(Positions {
+                refused: Some(((line, col), msg)),
+                ..
+            }) => {
+                let file = b.file.clone();
+                return Err(SpecError::new(Location { file, line, col }, msg).into());
+            }
+            Ok(p) => b.pos = p,
+            Err(((line, col), msg)) => {
                 // Let serde_yaml describe the syntax error.
                 if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(src) {
                     return Err(b.yaml_error(e));
                 }
+                // serde_yaml (libyaml) reads it, the position reader (yaml-rust2) does
+                // not: a construct the two read differently (a bare `-` in a flow map,
+                // `#` right after a flow sequence, a CR inside a quoted scalar). Every
+                // later error's place would be guessed, so refuse it here.
+                let file = b.file.clone();
+                return Err(SpecError::new(
+                    Location { file, line, col },
+                    format!(
+                        "ambiguous YAML ({msg}): YAML parsers disagree on what this means; \
+                         write it plainly (quote the value, put a space before `#`, \
+                         no carriage return inside quotes)"
+                    ),
+                )
+                .into());
             }
         }
         Ok(b)

@@ -177,7 +177,7 @@ impl Pipeline {
         cache_dir: &Path,
         registry: &Registry,
     ) -> Result<Pipeline, SpecErrors> {
-        let src = std::fs::read_to_string(file).map_err(|e| {
+        let bytes = std::fs::read(file).map_err(|e| {
             SpecError::new(
                 Location {
                     file: file.to_path_buf(),
@@ -186,6 +186,8 @@ impl Pipeline {
                 format!("cannot read pipeline: {e}"),
             )
         })?;
+        let src =
+            String::from_utf8(bytes).map_err(|e| not_utf8(file, e.as_bytes(), e.utf8_error()))?;
         Self::parse_with_cache(&src, file, workdir, cache_dir, registry)
     }
 
@@ -286,4 +288,23 @@ impl Pipeline {
     pub fn descendants(&self, roots: &[usize]) -> BTreeSet<usize> {
         self.graph.descendants(roots)
     }
+}
+
+/// The error for a pipeline file that is not UTF-8: the line and column (in characters)
+/// of the first byte that is not, and that byte.
+fn not_utf8(file: &Path, bytes: &[u8], e: std::str::Utf8Error) -> SpecError {
+    let good = &bytes[..e.valid_up_to()];
+    let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
+    // `good` is valid UTF-8 up to here, so its tail since the line's start is too.
+    let col = 1 + std::str::from_utf8(&good[line_start..]).map_or(0, |s| s.chars().count());
+    let byte = bytes[e.valid_up_to()];
+    SpecError::new(
+        Location {
+            file: file.to_path_buf(),
+            line,
+            col,
+        },
+        format!("the pipeline is not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8"),
+    )
 }
