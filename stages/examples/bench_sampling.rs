@@ -14,8 +14,8 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use dagrun_stages::ml::inference::sampling::SamplingConfig;
 use dagrun_stages::ml::rng::SeededRng;
-use dagrun_stages::ml::sampling::SamplingConfig;
 
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()

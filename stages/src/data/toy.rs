@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{rng_for, world::World, TextRow};
-use crate::ml::tokenizer::{BpeTrainConfig, TextTokenizer};
+use crate::ml::io::tokenizer::{BpeTrainConfig, TextTokenizer};
 
 /// How a source's file is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

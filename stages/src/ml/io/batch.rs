@@ -8,7 +8,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::error::{MlError, Result};
+use crate::ml::error::{MlError, Result};
 
 /// Which side of a row the padding goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,12 +101,6 @@ impl TokenBatch {
     /// The ids as an `[rows, len]` Int tensor.
     pub fn ids_tensor(&self, device: &Device) -> Tensor<2, Int> {
         let data: Vec<i64> = self.ids.iter().map(|&i| i as i64).collect();
-        Tensor::from_data(TensorData::new(data, [self.rows, self.len]), device)
-    }
-
-    /// The mask as an `[rows, len]` float tensor (1.0 real, 0.0 pad).
-    pub fn mask_tensor(&self, device: &Device) -> Tensor<2> {
-        let data: Vec<f32> = self.mask.iter().map(|&m| m as f32).collect();
         Tensor::from_data(TensorData::new(data, [self.rows, self.len]), device)
     }
 }

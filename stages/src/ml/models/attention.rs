@@ -1,17 +1,16 @@
 //! Causal self-attention shared by every architecture (GPT-2 in `gpt2.rs`, Gemma/Llama in
 //! `decoder.rs`): the [`KvCache`], the additive causal + padding mask with the positions of the
-//! new tokens ([`KvCache::begin`]), and attention written as explicit matmuls ([`attend`]).
+//! new tokens ([`KvCache::begin`]) (the attention itself: [`crate::ml::ops::attention`]).
 //!
 //! Explicit matmuls and an additive mask (not a fused kernel) make every backend compute the
 //! same function, with or without a cache (PLATFORM.md: burn-tch's sdpa inverts burn's mask and
 //! aligns `is_causal` top-left). Positions count a row's real tokens only, so a padded row gets
 //! the positions it would have unpadded (left padding included).
 
-use burn::tensor::activation::softmax;
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
-use super::batch::TokenBatch;
-use super::error::{MlError, Result};
+use crate::ml::error::{MlError, Result};
+use crate::ml::io::batch::TokenBatch;
 
 /// The masked-out score added to attention logits (exp underflows to exactly 0).
 const MASKED: f32 = -1.0e9;
@@ -109,42 +108,4 @@ pub(crate) fn extend(slot: &mut LayerKv, k: Tensor<4>, v: Tensor<4>) -> (Tensor<
     };
     *slot = Some((k.clone(), v.clone()));
     (k, v)
-}
-
-/// `softmax(q kᵀ · scale + bias) v` for queries `q` `[b, h, t, dh]`, keys and values
-/// `[b, kv, s, dh]` and `bias` `[b, 1, t, s]`, giving `[b, h, t, dh]`.
-///
-/// Grouped-query attention: `h` is a multiple of `kv` and query head `i` reads key/value head
-/// `i / (h / kv)` (transformers' `repeat_kv`), computed by folding each group's queries into
-/// one matmul instead of copying keys and values. Scores are scaled in the input dtype, then
-/// masked and softmaxed in float32 and cast back, as transformers' eager attention does; for
-/// float32 inputs the casts are no-ops.
-pub(crate) fn attend(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    bias: Tensor<4>,
-    scale: Option<f64>,
-) -> Tensor<4> {
-    let [b, h, t, dh] = q.dims();
-    let [_, kv, s, _] = k.dims();
-    let g = h / kv;
-    let dtype = q.dtype();
-    let q = q.reshape([b, kv, g * t, dh]);
-    let mut scores = q.matmul(k.swap_dims(2, 3));
-    if let Some(scale) = scale {
-        scores = scores * scale;
-    }
-    let scores = scores.reshape([b, h, t, s]).cast(FloatDType::F32) + bias;
-    // libtorch's softmax kernel and its backward there (ml/fused.rs), burn's composed one
-    // elsewhere.
-    #[cfg(feature = "tch")]
-    let probs = super::fused::softmax(scores, 3).unwrap_or_else(|scores| softmax(scores, 3));
-    #[cfg(not(feature = "tch"))]
-    let probs = softmax(scores, 3);
-    let probs = probs.cast(FloatDType::from(dtype));
-    probs
-        .reshape([b, kv, g * t, s])
-        .matmul(v)
-        .reshape([b, h, t, dh])
 }

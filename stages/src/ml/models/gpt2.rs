@@ -9,13 +9,14 @@
 //! every backend computes the same function, with or without a [`KvCache`] (`attention.rs`).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, gelu_approximate, relu};
+use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::attention::{attend, extend, KvCache, LayerKv};
-use super::batch::TokenBatch;
-use super::error::{MlError, Result};
-use super::rng::SeededRng;
+use crate::ml::error::{MlError, Result};
+use crate::ml::io::batch::TokenBatch;
+use crate::ml::models::attention::{extend, KvCache, LayerKv};
+use crate::ml::ops;
+use crate::ml::rng::SeededRng;
 
 /// GPT-2 hyper-parameters, with Hugging Face's `config.json` names: the same struct reads and
 /// writes that file, and serves as a stage's params and fingerprint input.
@@ -185,16 +186,7 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        #[cfg(feature = "tch")]
-        let x = match super::fused::layer_norm(x, self.weight.val(), self.bias.val(), self.eps) {
-            Ok(y) => return y,
-            Err(x) => x,
-        };
-        let mean = x.clone().mean_dim(2);
-        let centered = x - mean;
-        let var = centered.clone().square().mean_dim(2);
-        let normed = centered / (var + self.eps).sqrt();
-        normed * self.weight.val().unsqueeze::<3>() + self.bias.val().unsqueeze::<3>()
+        ops::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 
@@ -218,14 +210,7 @@ impl Conv1D {
         let w = self.weight.val();
         let d_out = w.dims()[1];
         let x = x.reshape([b * t, d_in]);
-        // One `addmm` on libtorch ([`super::fused::linear`]), a matmul and an add elsewhere.
-        #[cfg(feature = "tch")]
-        let (x, w) = match super::fused::linear(x, w, self.bias.val()) {
-            Ok(y) => return y.reshape([b, t, d_out]),
-            Err((x, w, _)) => (x, w),
-        };
-        let y = x.matmul(w) + self.bias.val().unsqueeze::<2>();
-        y.reshape([b, t, d_out])
+        ops::linear(x, w, self.bias.val()).reshape([b, t, d_out])
     }
 }
 
@@ -248,18 +233,12 @@ impl Attention {
         let (h, dh) = (self.n_head, e / self.n_head);
         let qkv = self.c_attn.forward(x);
         let scale = self.scale.then(|| 1.0 / (dh as f64).sqrt());
-        // Without a cache, on libtorch: straight from `qkv` ([`super::fused::self_attention`],
-        // whose backward does not go through three slices).
-        #[cfg(feature = "tch")]
-        let qkv = match slot {
-            None => match super::fused::self_attention(qkv, bias.clone(), h, scale) {
-                Ok(out) => return self.c_proj.forward(out),
-                Err(qkv) => qkv,
-            },
-            Some(_) => qkv,
+        let Some(slot) = slot else {
+            // Straight from `qkv` (one fused kernel and backward on libtorch).
+            return self
+                .c_proj
+                .forward(ops::self_attention(qkv, bias, h, scale));
         };
-        let mut own = None;
-        let slot = slot.unwrap_or(&mut own);
         let split = |i: usize| {
             qkv.clone()
                 .slice([0..b, 0..t, i * e..(i + 1) * e])
@@ -267,7 +246,7 @@ impl Attention {
                 .swap_dims(1, 2)
         };
         let (k, v) = extend(slot, split(1), split(2));
-        let out = attend(split(0), k, v, bias, scale)
+        let out = ops::attention(split(0), k, v, bias, scale)
             .swap_dims(1, 2)
             .reshape([b, t, e]);
         self.c_proj.forward(out)
@@ -300,22 +279,11 @@ impl Activation {
     }
 }
 
-/// The tanh-approximated GELU: libtorch's fused kernel there ([`super::fused`]), burn's
-/// composed `gelu_approximate` elsewhere.
-pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "tch")]
-    let x = match super::fused::gelu_tanh(x) {
-        Ok(y) => return y,
-        Err(x) => x,
-    };
-    gelu_approximate(x)
-}
-
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = self.c_fc.forward(x);
         let hidden = match self.activation {
-            Activation::GeluTanh => gelu_tanh(hidden),
+            Activation::GeluTanh => ops::gelu_tanh(hidden),
             Activation::GeluErf => gelu(hidden),
             Activation::Relu => relu(hidden),
         };

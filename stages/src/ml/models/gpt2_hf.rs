@@ -11,9 +11,9 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 
-use super::error::{MlError, Result};
-use super::gpt2::{Gpt2, Gpt2Config, WeightSource};
-use super::weights::{HostTensor, HostTensors};
+use crate::ml::error::{MlError, Result};
+use crate::ml::models::gpt2::{Gpt2, Gpt2Config, WeightSource};
+use crate::ml::models::weights::{HostTensor, HostTensors};
 
 /// File names inside a model folder.
 pub const CONFIG_FILE: &str = "config.json";
@@ -202,13 +202,14 @@ impl Gpt2 {
         std::fs::create_dir_all(dir).map_err(|e| MlError::io(dir, e))?;
         let config = serde_json::to_string_pretty(&config_json(self.config())).expect("json");
         let config_path = dir.join(CONFIG_FILE);
-        std::fs::write(&config_path, config + "\n").map_err(|e| MlError::io(&config_path, e))?;
+        crate::files::write_atomic(&config_path, (config + "\n").as_bytes())
+            .map_err(|e| MlError::io(&config_path, e))?;
         let weights = dir.join(WEIGHTS_FILE);
         self.hf_tensors(&weights).write(&weights)?;
         if let Some(tok) = tokenizer {
             let dest = dir.join(TOKENIZER_FILE);
             if tok != dest {
-                std::fs::copy(tok, &dest).map_err(|e| MlError::io(tok, e))?;
+                crate::files::copy_atomic(tok, &dest).map_err(|e| MlError::io(tok, e))?;
             }
         }
         Ok(())

@@ -11,14 +11,14 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::attention::KvCache;
-use super::batch::TokenBatch;
-use super::decoder::{Decoder, LmHead};
-use super::decoder_hf::{decoder_config, load_decoder, model_kind};
-use super::error::{MlError, Result};
-use super::gpt2::Gpt2;
-use super::gpt2_hf::CONFIG_FILE;
-use super::hf_weights::WeightDtype;
+use crate::ml::error::{MlError, Result};
+use crate::ml::io::batch::TokenBatch;
+use crate::ml::models::attention::KvCache;
+use crate::ml::models::decoder::{Decoder, LmHead};
+use crate::ml::models::decoder_hf::{decoder_config, load_decoder, model_kind};
+use crate::ml::models::gpt2::Gpt2;
+use crate::ml::models::gpt2_hf::CONFIG_FILE;
+use crate::ml::models::hf_weights::WeightDtype;
 
 /// A causal transformer: hidden states, LM logits, KV-cache decoding.
 pub trait LanguageModel: Module {
@@ -98,7 +98,7 @@ impl From<Decoder> for Backbone {
 impl Backbone {
     /// Load a Hugging Face folder (`config.json` + safetensors), detecting the architecture.
     /// A sequence classifier's folder loads as its backbone (the `score` head is left to
-    /// [`super::reward::RewardModel::load`]).
+    /// [`crate::ml::models::reward_model::RewardModel::load`]).
     pub fn from_hf_dir(dir: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
         let (kind, value) = model_kind(&config_path)?;
@@ -135,14 +135,6 @@ impl Backbone {
     /// Float32 logits `[rows, len, vocab]` of the tokens of `batch` ([`LanguageModel::logits_of`]).
     pub fn forward(&self, batch: &TokenBatch, cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
         self.logits_of(batch, cache)
-    }
-
-    /// The GPT-2 inside, if it is one.
-    pub fn as_gpt2(&self) -> Option<&Gpt2> {
-        match self {
-            Backbone::Gpt2(m) => Some(m),
-            Backbone::Decoder(_) => None,
-        }
     }
 
     /// Write the backbone as a Hugging Face folder (GPT-2 in f32; a decoder in its dtype,

@@ -11,16 +11,17 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::batch::TokenBatch;
-use super::checkpoint;
-use super::error::{MlError, Result};
-use super::gpt2::{Gpt2, Gpt2Config};
-use super::grads::ParamGrads;
-use super::logprobs::token_logprobs_from_logits;
-use super::optim::{Adam, AdamConfig};
-use super::rng::{RngState, SeededRng};
-use super::schedule::LrSchedule;
-use super::weights::HostTensors;
+use crate::ml::error::{MlError, Result};
+use crate::ml::inference::logprobs::token_logprobs_from_logits;
+use crate::ml::io::batch::TokenBatch;
+use crate::ml::models::gpt2::{Gpt2, Gpt2Config};
+use crate::ml::models::weights::HostTensors;
+use crate::ml::rng::{RngState, SeededRng};
+use crate::ml::training::checkpoint;
+use crate::ml::training::grads::ParamGrads;
+use crate::ml::training::guard::{check_loss, check_params};
+use crate::ml::training::optim::{Adam, AdamConfig};
+use crate::ml::training::schedule::LrSchedule;
 
 /// Settings of a language-model training run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -213,12 +214,19 @@ impl LmTrainer {
         let max_norm = self.config.max_grad_norm;
         self.model = Some(self.optim.step_clipped(model, grads, lr, max_norm));
         self.step += 1;
+        check_loss(self.step, "loss", loss_sum as f64)?;
         self.losses.push(loss_sum);
         Ok(loss_sum)
     }
 
-    /// Write a checkpoint of the current state into `dir`.
+    /// Fails when a parameter is no longer finite (see [`crate::ml::training::guard`]).
+    pub fn check_params(&self) -> Result<()> {
+        check_params(self.step, self.model())
+    }
+
+    /// Write a checkpoint of the current state into `dir` (never of non-finite weights).
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        self.check_params()?;
         let state = TrainerState {
             config: self.config.clone(),
             model_config: self.model().config().clone(),

@@ -10,8 +10,8 @@ use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
-use super::batch::{Padding, TokenBatch};
-use super::error::{MlError, Result};
+use crate::ml::error::{MlError, Result};
+use crate::ml::io::batch::{Padding, TokenBatch};
 
 /// GPT-2's end-of-text token, the EOS (and pad) token of tokenizers dagrun trains.
 pub const EOS_TOKEN: &str = "<|endoftext|>";
@@ -107,9 +107,11 @@ impl TextTokenizer {
 
     /// Write `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner
-            .save(path, false)
-            .map_err(|e| MlError::Tokenizer(format!("{}: {e}", path.display())))
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(|e| MlError::Tokenizer(format!("{}: {e}", path.display())))?;
+        crate::files::write_atomic(path, json.as_bytes()).map_err(|e| MlError::io(path, e))
     }
 
     /// Vocabulary size including added tokens.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
-use super::error::{MlError, Result};
+use crate::ml::error::{MlError, Result};
 
 /// One tensor on the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,14 +132,12 @@ impl HostTensors {
                 message: e.to_string(),
             })?;
         let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| {
-            MlError::Safetensors {
+        let bytes =
+            safetensors::serialize(views, Some(metadata)).map_err(|e| MlError::Safetensors {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            }
-        })?;
-        std::fs::rename(&tmp, path).map_err(|e| MlError::io(path, e))
+            })?;
+        crate::files::write_atomic(path, &bytes).map_err(|e| MlError::io(path, e))
     }
 
     /// Insert a device tensor under `name`.

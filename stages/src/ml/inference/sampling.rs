@@ -10,9 +10,9 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorCreationOptions, TensorData};
 
-use super::device::DeviceSpec;
-use super::error::{MlError, Result};
-use super::rng::SeededRng;
+use crate::ml::device::DeviceSpec;
+use crate::ml::error::{MlError, Result};
+use crate::ml::rng::SeededRng;
 
 /// Where generation picks its tokens.
 ///
@@ -302,7 +302,7 @@ impl SamplingConfig {
         for (r, pick) in picks.iter_mut().enumerate() {
             if *pick as usize >= width && draws[r].is_some() {
                 let row = logits.clone().slice([r..r + 1, 0..width]);
-                *pick = self.pick_plain(&super::weights::to_f32_vec(row), us[r]);
+                *pick = self.pick_plain(&crate::ml::models::weights::to_f32_vec(row), us[r]);
             }
         }
         Ok(picks)

@@ -34,7 +34,7 @@ use burn::tensor::Tensor;
 use burn_tch::{LibTorch, Storage, TchTensor};
 
 use super::{bias_corrections, map_plain, Adam, AdamConfig, Moments};
-use crate::ml::grads::{join_path, path_segment, ParamGrads};
+use crate::ml::training::grads::{join_path, path_segment, ParamGrads};
 
 /// What [`update`] hands back when it cannot work in place (another backend, or a tensor
 /// whose storage is shared): the inputs, untouched.
@@ -269,7 +269,7 @@ pub(super) fn flat_step<M: Module>(
     lr: f64,
     max_norm: Option<f64>,
 ) -> Result<M, (M, ParamGrads)> {
-    if !crate::ml::fused::is_enabled(crate::ml::fused::FLAT_ADAM)
+    if !crate::ml::ops::FusedOp::Adam.is_enabled()
         || !in_place_ok(&opt.config, lr)
         || grads.grads.is_empty()
     {

@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 
-use super::attention::KvCache;
-use super::backbone::LanguageModel;
-use super::batch::{Padding, TokenBatch};
-use super::error::{MlError, Result};
-use super::rng::SeededRng;
-use super::sampling::{SamplingConfig, SamplingPlace};
-use super::weights::to_f32_vec;
+use crate::ml::error::{MlError, Result};
+use crate::ml::inference::sampling::{SamplingConfig, SamplingPlace};
+use crate::ml::io::batch::{Padding, TokenBatch};
+use crate::ml::models::attention::KvCache;
+use crate::ml::models::backbone::LanguageModel;
+use crate::ml::models::weights::to_f32_vec;
+use crate::ml::rng::SeededRng;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 /// The path segment a module level contributes: its field name, or nothing for an enum's
-/// variant (so that a [`super::backbone::Backbone::Gpt2`] keeps GPT-2's paths,
+/// variant (so that a [`crate::ml::models::backbone::Backbone::Gpt2`] keeps GPT-2's paths,
 /// `backbone.h.0...` rather than `backbone.Gpt2.h.0...`).
 pub(crate) fn path_segment(name: &str, container_type: &str) -> String {
     if container_type.starts_with("Enum:") {
@@ -28,34 +28,6 @@ pub(crate) fn join_path(stack: &[String]) -> String {
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(".")
-}
-
-/// Visits a module and records every float parameter's path and id.
-struct PathCollector {
-    stack: Vec<String>,
-    out: Vec<(String, ParamId)>,
-}
-
-impl ModuleVisitor for PathCollector {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack.push(path_segment(name, container_type));
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out.push((join_path(&self.stack), param.id));
-    }
-}
-
-/// Every float parameter of `module`: (path, id), in module order.
-pub fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
-    let mut c = PathCollector {
-        stack: Vec::new(),
-        out: Vec::new(),
-    };
-    module.visit(&mut c);
-    c.out
 }
 
 /// Gradients of the trainable parameters, by path, flattened.
@@ -128,7 +100,7 @@ impl ParamGrads {
         if sums.is_empty() {
             return 0.0;
         }
-        let sums = super::weights::to_f32_vec(Tensor::cat(sums, 0));
+        let sums = crate::ml::models::weights::to_f32_vec(Tensor::cat(sums, 0));
         sums.iter().map(|&s| s as f64).sum::<f64>().sqrt()
     }
 

@@ -4,8 +4,8 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::error::Result;
-use super::heads::LinearHeads;
+use crate::ml::error::Result;
+use crate::ml::models::heads::LinearHeads;
 
 /// A scalar linear head applied at every position.
 #[derive(Module, Debug)]

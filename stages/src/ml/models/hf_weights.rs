@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{bf16, f16, DType, Device, Tensor, TensorData};
 
-use super::error::{MlError, Result};
+use crate::ml::error::{MlError, Result};
 
 /// Single-file weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -381,37 +381,34 @@ pub fn write_streaming(path: &Path, tensors: &[NamedTensor], dtype: WeightDtype)
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let tmp = path.with_extension("safetensors.tmp");
-    let io = |e| MlError::io(path, e);
-    let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
-    f.write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    f.write_all(&header).map_err(io)?;
-    for t in order {
-        let data = t.data();
-        let bytes: Vec<u8> = match dtype {
-            WeightDtype::F32 => data
-                .convert::<f32>()
-                .iter::<f32>()
-                .flat_map(f32::to_le_bytes)
-                .collect(),
-            WeightDtype::Bf16 => data
-                .convert::<bf16>()
-                .iter::<bf16>()
-                .flat_map(|x| x.to_bits().to_le_bytes())
-                .collect(),
-        };
-        f.write_all(&bytes).map_err(io)?;
-    }
-    let f = f.into_inner().map_err(|e| io(e.into_error()))?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::files::write_atomic_with(path, |f| {
+        f.write_all(&(header.len() as u64).to_le_bytes())?;
+        f.write_all(&header)?;
+        for t in order {
+            let data = t.data();
+            let bytes: Vec<u8> = match dtype {
+                WeightDtype::F32 => data
+                    .convert::<f32>()
+                    .iter::<f32>()
+                    .flat_map(f32::to_le_bytes)
+                    .collect(),
+                WeightDtype::Bf16 => data
+                    .convert::<bf16>()
+                    .iter::<bf16>()
+                    .flat_map(|x| x.to_bits().to_le_bytes())
+                    .collect(),
+            };
+            f.write_all(&bytes)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| MlError::io(path, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::weights::{to_f32_vec, HostTensor, HostTensors};
+    use crate::ml::models::weights::{to_f32_vec, HostTensor, HostTensors};
 
     #[test]
     fn single_file_tensors_read_back_in_both_dtypes() {

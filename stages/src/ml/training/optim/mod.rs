@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor};
 
-use super::error::{MlError, Result};
-use super::grads::ParamGrads;
-use super::weights::HostTensors;
+use crate::ml::error::{MlError, Result};
+use crate::ml::models::weights::HostTensors;
+use crate::ml::training::grads::ParamGrads;
 
 /// Optimizer hyper-parameters.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -99,14 +99,16 @@ struct Apply<'a> {
 
 impl ModuleMapper for Apply<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack
-            .push(super::grads::path_segment(name, container_type));
+        self.stack.push(crate::ml::training::grads::path_segment(
+            name,
+            container_type,
+        ));
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.stack.pop();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = super::grads::join_path(&self.stack);
+        let path = crate::ml::training::grads::join_path(&self.stack);
         let Some(grad) = self.grads.remove(&path) else {
             return param;
         };

@@ -5,9 +5,9 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::error::{MlError, Result};
-use super::rng::SeededRng;
-use super::weights::HostTensors;
+use crate::ml::error::{MlError, Result};
+use crate::ml::models::weights::HostTensors;
+use crate::ml::rng::SeededRng;
 
 /// K scalar linear heads `r_k(h) = w_k · h + b_k`.
 #[derive(Module, Debug)]

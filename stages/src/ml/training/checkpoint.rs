@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use super::error::{MlError, Result};
-use super::optim::Adam;
-use super::weights::HostTensors;
+use crate::ml::error::{MlError, Result};
+use crate::ml::models::weights::HostTensors;
+use crate::ml::training::optim::Adam;
 
 const LATEST: &str = "latest";
 const MODEL: &str = "model.safetensors";
@@ -83,12 +83,7 @@ pub fn save(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| MlError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| MlError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| MlError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| MlError::io(path, e))
+    crate::files::write_atomic(path, bytes).map_err(|e| MlError::io(path, e))
 }
 
 /// The latest checkpoint in `dir`, restoring `optim`'s state onto `device`; `None` when there

@@ -18,10 +18,14 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 use serde_json::Value;
 
-use super::decoder::{Decoder, DecoderConfig, DecoderWeights, Llama3RopeScaling, LmHead};
-use super::error::{MlError, Result};
-use super::gpt2_hf::{CONFIG_FILE, TOKENIZER_FILE};
-use super::hf_weights::{write_streaming, NamedTensor, SafetensorsDir, WeightDtype, WEIGHTS_FILE};
+use crate::ml::error::{MlError, Result};
+use crate::ml::models::decoder::{
+    Decoder, DecoderConfig, DecoderWeights, Llama3RopeScaling, LmHead,
+};
+use crate::ml::models::gpt2_hf::{CONFIG_FILE, TOKENIZER_FILE};
+use crate::ml::models::hf_weights::{
+    write_streaming, NamedTensor, SafetensorsDir, WeightDtype, WEIGHTS_FILE,
+};
 
 /// What a `config.json` describes.
 #[derive(Debug, Clone, PartialEq)]
@@ -420,7 +424,8 @@ impl Decoder {
         let json = config_json(self.config(), has_head, self.dtype());
         let config_path = dir.join(CONFIG_FILE);
         let text = serde_json::to_string_pretty(&json).expect("json") + "\n";
-        std::fs::write(&config_path, text).map_err(|e| MlError::io(&config_path, e))?;
+        crate::files::write_atomic(&config_path, text.as_bytes())
+            .map_err(|e| MlError::io(&config_path, e))?;
         let prefix = if has_head { "model." } else { "" };
         let tensors: Vec<NamedTensor> = self
             .named_tensors()
@@ -435,7 +440,7 @@ impl Decoder {
         if let Some(tok) = tokenizer {
             let dest = dir.join(TOKENIZER_FILE);
             if tok != dest {
-                std::fs::copy(tok, &dest).map_err(|e| MlError::io(tok, e))?;
+                crate::files::copy_atomic(tok, &dest).map_err(|e| MlError::io(tok, e))?;
             }
         }
         Ok(())

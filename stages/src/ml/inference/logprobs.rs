@@ -3,10 +3,11 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::backbone::LanguageModel;
-use super::batch::TokenBatch;
-use super::error::Result;
-use super::weights::to_f32_vec;
+use crate::ml::error::Result;
+use crate::ml::io::batch::TokenBatch;
+use crate::ml::models::backbone::LanguageModel;
+use crate::ml::models::weights::to_f32_vec;
+use crate::ml::ops::{self, HeadLogits};
 
 /// Log-probs of each token given its prefix, from logits `[b, t, vocab]` of `batch`:
 /// `[b, t - 1]`, entry `(r, c)` = log p(token `c + 1` | tokens ≤ `c`), 0 where token `c + 1` or
@@ -15,28 +16,14 @@ pub fn token_logprobs_from_logits(logits: Tensor<3>, batch: &TokenBatch) -> Tens
     let [b, t, v] = logits.dims();
     let logits = logits.slice([0..b, 0..t - 1, 0..v]);
     let (targets, valid) = targets_and_valid(batch, t - 1, &logits.device());
-    // Under autodiff see `target_logprobs`; without it the backend's `log_softmax`.
+    // Under autodiff the targets' entries only (`ops::log_softmax_gather`: fewer
+    // vocabulary-sized tensors in the graph); without it the backend's `log_softmax`.
     let logp = if logits.is_autodiff() {
-        target_logprobs(logits, 2, targets)
+        ops::log_softmax_gather(logits, 2, targets)
     } else {
         log_softmax(logits, 2).gather(2, targets)
     };
     logp.reshape([b, t - 1]) * valid
-}
-
-/// `log_softmax(z)[targets]` along `dim` under autodiff. On libtorch the fused kernel and
-/// its backward ([`super::fused`]); elsewhere `z[target] - logsumexp(z)`, which gives the
-/// same values with fewer vocabulary-sized tensors in the graph than burn's composed
-/// `log_softmax`.
-fn target_logprobs<const D: usize>(z: Tensor<D>, dim: usize, targets: Tensor<D, Int>) -> Tensor<D> {
-    #[cfg(feature = "tch")]
-    let z = match super::fused::log_softmax(z, dim) {
-        Ok(logp) => return logp.gather(dim, targets),
-        Err(z) => z,
-    };
-    let max = z.clone().inner().max_dim(dim);
-    let lse = (z.clone() - max.clone()).exp().sum_dim(dim).log() + max;
-    z.gather(dim, targets) - lse
 }
 
 /// [`token_logprobs_from_logits`] of a training forward, from the hidden states of the first
@@ -45,12 +32,11 @@ fn target_logprobs<const D: usize>(z: Tensor<D>, dim: usize, targets: Tensor<D, 
 /// dimension 0. The same numbers as `h Wᵀ` but the backward then produces the weight's
 /// gradient in the weight's own `[vocab, e]` layout: with `h Wᵀ` it comes out `[e, vocab]`
 /// and, for GPT-2's tied embeddings, is added to the embedding's gradient through a
-/// transposed (strided) read of 38.6M floats per backward pass. PyTorch avoids that copy by
-/// choosing the gradient's strides in its matmul backward; burn's autodiff does not, so
-/// the layout is chosen here. On libtorch the head is [`super::fused::matmul_nt`], whose
-/// backward gives the weight's gradient in its layout directly: the logits are then
-/// row-major, `h Wᵀ`, and the log-softmax runs along the last dimension, where libtorch's
-/// kernels are fastest.
+/// transposed (strided) read of the whole matrix per backward pass (what that costs:
+/// docs/benchmarks.md). PyTorch avoids that copy by choosing the gradient's strides in its
+/// matmul backward; burn's autodiff does not, so the layout is chosen here ([`ops::lm_head`]). On libtorch its fused kernel gives the
+/// weight's gradient in its layout directly: the logits are then row-major, `h Wᵀ`, and
+/// the log-softmax runs along the last dimension, where libtorch's kernels are fastest.
 pub fn next_token_logprobs_from_head(
     hidden: Tensor<3>,
     head: Tensor<2>,
@@ -58,25 +44,13 @@ pub fn next_token_logprobs_from_head(
 ) -> Tensor<2> {
     let [b, w, e] = hidden.dims();
     let (targets, valid) = targets_and_valid(batch, w, &hidden.device());
-    let (logits, vocab_dim) = head_logits(hidden.reshape([b * w, e]), head);
+    let HeadLogits { logits, vocab_dim } = ops::lm_head(hidden.reshape([b * w, e]), head);
     let targets = if vocab_dim == 0 {
         targets.reshape([1, b * w])
     } else {
         targets.reshape([b * w, 1])
     };
-    target_logprobs(logits, vocab_dim, targets).reshape([b, w]) * valid
-}
-
-/// The logits of hidden states `h` `[n, e]` under the head `[vocab, e]`, and the dimension
-/// that runs over the vocabulary: `[n, vocab]` through [`super::fused::matmul_nt`] on
-/// libtorch, else vocabulary-major `[vocab, n]` (see [`next_token_logprobs_from_head`]).
-fn head_logits(h: Tensor<2>, head: Tensor<2>) -> (Tensor<2>, usize) {
-    #[cfg(feature = "tch")]
-    let (h, head) = match super::fused::matmul_nt(h, head) {
-        Ok(logits) => return (logits, 1),
-        Err(inputs) => inputs,
-    };
-    (head.matmul(h.transpose()), 0)
+    ops::log_softmax_gather(logits, vocab_dim, targets).reshape([b, w]) * valid
 }
 
 /// Next-token ids `[b, w, 1]` of `batch` and the 0/1 mask `[b, w]` of positions whose token
@@ -134,7 +108,7 @@ pub fn token_logprobs_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::grads::ParamGrads;
+    use crate::ml::training::grads::ParamGrads;
     use crate::ml::{Gpt2, Gpt2Config, Padding};
     use burn::module::Module;
     use burn::tensor::Device;

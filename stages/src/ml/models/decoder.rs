@@ -25,10 +25,11 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
-use super::attention::{attend, extend, KvCache, LayerKv};
-use super::batch::TokenBatch;
-use super::error::{MlError, Result};
-use super::hf_weights::{NamedTensor, WeightDtype};
+use crate::ml::error::{MlError, Result};
+use crate::ml::io::batch::TokenBatch;
+use crate::ml::models::attention::{extend, KvCache, LayerKv};
+use crate::ml::models::hf_weights::{NamedTensor, WeightDtype};
+use crate::ml::ops::attention as attend;
 
 /// Llama 3.1's frequency-dependent rope scaling (`rope_type: "llama3"`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -243,13 +244,7 @@ impl RmsNorm {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let dtype = FloatDType::from(x.dtype());
         let x = x.cast(FloatDType::F32);
-        #[cfg(feature = "tch")]
-        let x = match super::fused::rms_normalize(x, self.eps) {
-            Ok(normed) => return self.weigh(normed, dtype),
-            Err(x) => x,
-        };
-        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-        self.weigh(x / rms, dtype)
+        self.weigh(crate::ml::ops::rms_norm(x, self.eps), dtype)
     }
 
     /// The normalised float32 `normed` times the weight, in the input's `dtype`.
@@ -331,7 +326,7 @@ impl Mlp {
         let dtype = FloatDType::from(gate.dtype());
         let gate = gate.cast(FloatDType::F32);
         let act = if self.gelu {
-            super::gpt2::gelu_tanh(gate)
+            crate::ml::ops::gelu_tanh(gate)
         } else {
             silu(gate)
         };

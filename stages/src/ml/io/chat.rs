@@ -44,9 +44,9 @@
 
 use std::path::Path;
 
-use super::error::{MlError, Result};
-use super::tokenizer::TextTokenizer;
 use crate::data::{records::render_conversation, Message};
+use crate::ml::error::{MlError, Result};
+use crate::ml::io::tokenizer::TextTokenizer;
 
 /// A chat template (see the module docs).
 #[derive(
@@ -317,9 +317,8 @@ fn dated_llama_template(dir: &Path) -> Result<bool> {
     Ok(template.is_some_and(|t| t.contains("Cutting Knowledge Date")))
 }
 
-/// A prompt and a response as one text (the rule dagrun's GPT-2 reward models train with;
-/// `kinds::ml_util::join_text`).
-pub fn plain_join(prompt: &str, response: &str) -> String {
+/// A prompt and a response as one text (the rule dagrun's GPT-2 reward models train with).
+fn plain_join(prompt: &str, response: &str) -> String {
     if prompt.is_empty()
         || response.is_empty()
         || prompt.ends_with(char::is_whitespace)
@@ -387,20 +386,18 @@ mod tests {
         assert!(ChatTemplate::Llama31.render(&late).is_err());
     }
 
+    /// `plain` joins a prompt and a response with one space unless either side already has
+    /// whitespace at the join (the text dagrun's GPT-2 reward models train on).
     #[test]
-    fn plain_matches_the_training_join() {
-        use crate::kinds::ml_util::join_text;
-        for (p, r) in [
-            ("the movie", "was great"),
-            ("the movie ", "was great"),
-            ("the movie", " was great"),
-            ("", "was great"),
-            ("the movie", ""),
+    fn plain_joins_with_one_space() {
+        for (p, r, want) in [
+            ("the movie", "was great", "the movie was great"),
+            ("the movie ", "was great", "the movie was great"),
+            ("the movie", " was great", "the movie was great"),
+            ("", "was great", "was great"),
+            ("the movie", "", "the movie"),
         ] {
-            assert_eq!(
-                ChatTemplate::Plain.render_pair(p, r).unwrap(),
-                join_text(p, r)
-            );
+            assert_eq!(ChatTemplate::Plain.render_pair(p, r).unwrap(), want);
         }
     }
 
