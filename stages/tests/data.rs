@@ -1,5 +1,5 @@
 //! The data kinds (`toy_task`, `dataset_mix`, `prompts`) run through the real engine on
-//! temporary workspaces, and the readers on the formats users bring (ALGORITHMS §9).
+//! temporary workspaces, and the readers on the formats users bring (docs/algorithms.md §9).
 
 mod engine_support;
 
@@ -656,11 +656,10 @@ fn validate_names_the_parameter() {
     }
 }
 
+/// The built-in task's default sources and corpus have the sizes the docs give (how long
+/// they take to generate is a benchmark, not a test).
 #[test]
-fn built_in_task_generates_in_well_under_a_second() {
-    // The generation itself, without the engine (debug builds of dependencies are
-    // optimised in this workspace).
-    let t0 = std::time::Instant::now();
+fn built_in_task_generates_its_documented_sizes() {
     let world = World::generate(0, &WorldParams::default());
     let shape = PairShape {
         prompt_min_words: 2,
@@ -674,6 +673,4 @@ fn built_in_task_generates_in_well_under_a_second() {
     }
     n += toy::corpus(&world, 0, "train", 500).len() + toy::corpus(&world, 0, "test", 100).len();
     assert_eq!(n, 1400 + 600);
-    let secs = t0.elapsed().as_secs_f64();
-    assert!(secs < 1.0, "{secs} s");
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod cache_ops;
 mod caching;
 mod command_line;
+mod edge_params;
 mod faults;
 #[cfg(feature = "tch")]
 mod fused_ops;
@@ -13,6 +14,7 @@ mod model_hf;
 mod paper;
 mod paper_models;
 mod quickstart;
+mod report_key;
 mod slurm;
 mod sweeps;
 mod theory;

@@ -223,6 +223,24 @@ impl StageKind for DatasetMixKind {
                 },
             });
         }
+        // Weights repeat pairs: the training split holds up to Σ round(weight × pairs) rows
+        // (filters only remove), each a copy of its pair, twice (the split and its output
+        // rows). Checked before repeating any.
+        let mut bytes = 0.0;
+        for (i, src) in sources.iter().enumerate() {
+            if let Amount::Weight(w) = src.amount {
+                let pair_bytes = src
+                    .pairs
+                    .iter()
+                    .map(|q| (q.prompt.len() + q.chosen.len() + q.rejected.len() + 128) as f64)
+                    .sum::<f64>()
+                    / src.pairs.len().max(1) as f64;
+                let rows = (w * src.pairs.len() as f64).round();
+                bytes += 2.0 * rows * pair_bytes;
+                crate::memory::fits_available(bytes, &format!("weight {w} of `{}`", src.name))
+                    .map_err(|e| format!("sources[{i}].weight: {e}"))?;
+            }
+        }
         ctx.progress(p.sources.len() as u64, p.sources.len() as u64 + 1, "mixing");
         let mixed = mix(
             sources,
