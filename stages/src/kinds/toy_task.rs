@@ -231,7 +231,7 @@ impl StageKind for ToyTaskKind {
         "toy_task"
     }
     fn version(&self) -> u32 {
-        // 2: adds the `reward_bench` output; the tokenizer comes from ml::tokenizer's
+        // 2: adds the `reward_bench` output; the tokenizer comes from ml::io::tokenizer's
         // trainer (same ids, other post-processor settings in tokenizer.json).
         2
     }
