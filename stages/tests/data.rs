@@ -15,6 +15,7 @@ use dagrun_stages::{
         write_jsonl, write_parquet, Column, Message, PreferenceFormat, PreferencePair, World,
     },
     kinds::{dataset_mix::DatasetMixKind, prompts::PromptsKind, toy_task::ToyTaskKind},
+    ml::io::tokenizer::{BpeTrainConfig, TextTokenizer},
 };
 use engine_support::{assert_ran, open, output, run_pipeline};
 use serde_json::{json, Value};
@@ -336,10 +337,46 @@ fn train_tokenizer(path: &Path) {
         .into_iter()
         .map(|r| r.text)
         .collect();
-    toy::train_tokenizer(&texts, 400)
-        .unwrap()
-        .save(path)
-        .unwrap();
+    built_in_tokenizer(&texts, 400).save(path).unwrap();
+}
+
+/// The built-in task's tokenizer: a byte-level BPE in GPT-2's layout, `<|endoftext|>` id 0.
+fn built_in_tokenizer(texts: &[String], vocab_size: usize) -> TextTokenizer {
+    let config = BpeTrainConfig {
+        vocab_size,
+        ..BpeTrainConfig::default()
+    };
+    TextTokenizer::train_bpe(texts.iter().map(String::as_str), &config).unwrap()
+}
+
+#[test]
+fn the_built_in_tokenizer_round_trips_and_is_deterministic() {
+    let w = World::generate(0, &WorldParams::default());
+    let texts: Vec<String> = toy::corpus(&w, 0, "train", 200)
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    let a = built_in_tokenizer(&texts, 400);
+    let b = built_in_tokenizer(&texts, 400);
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    a.save(&pa).unwrap();
+    b.save(&pb).unwrap();
+    assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    assert_eq!(a.vocab_size(), 400);
+    assert_eq!(a.eos_id(), Some(0));
+    let text = &texts[3];
+    let ids = a.encode(text).unwrap();
+    assert!(
+        ids.len() < text.len() / 2,
+        "merges compress: {} ids",
+        ids.len()
+    );
+    assert_eq!(&a.decode(&ids).unwrap(), text);
+    // Text the tokenizer never saw still round-trips (byte level).
+    let odd = "Zebra! ünïcode 42";
+    let ids = a.encode(odd).unwrap();
+    assert_eq!(a.decode(&ids).unwrap(), odd);
 }
 
 #[test]

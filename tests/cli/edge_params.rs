@@ -390,3 +390,21 @@ fn a_diverging_training_fails_at_its_step_and_is_not_cached() {
         );
     }
 }
+
+/// A size inside a list (a `dataset_mix` source's weight) that no machine could hold fails
+/// the node with an error naming it, before anything is repeated, instead of aborting.
+#[test]
+fn a_weight_that_cannot_fit_fails_its_node_naming_it() {
+    let ws = Ws::new();
+    write_inputs(&ws);
+    let params = json!({"sources": [{"path": "pref.jsonl", "weight": 1e12}]});
+    ws.write("w.yaml", &pipeline_of("dataset_mix", &[&params]));
+    let o = ws.dagrun(&["run", "w.yaml"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(crashed(&o).is_none(), "{out}");
+    assert!(
+        out.contains("sources[0].weight") && out.contains("needs about"),
+        "{out}"
+    );
+}

@@ -75,7 +75,7 @@ fn default_eval_fraction() -> f64 {
 fn default_max_chars() -> Option<usize> {
     Some(8192)
 }
-fn yes() -> bool {
+fn default_dedup() -> bool {
     true
 }
 
@@ -96,7 +96,7 @@ pub struct DatasetMixParams {
     #[serde(default = "default_max_chars")]
     pub max_chars: Option<usize>,
     /// Drop repeated (prompt, chosen, rejected) triples. Default true.
-    #[serde(default = "yes")]
+    #[serde(default = "default_dedup")]
     pub dedup: bool,
 }
 

@@ -39,6 +39,7 @@ use crate::data::{
     world::WorldParams,
     write_jsonl, write_parquet, Column, Message, PreferencePair, World,
 };
+use crate::ml::io::tokenizer::{BpeTrainConfig, TextTokenizer};
 
 /// Parameters of `toy_task`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -268,7 +269,14 @@ impl StageKind for ToyTaskKind {
             let rows = toy::corpus(&world, p.seed, split, n);
             if split == "train" {
                 let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
-                let tok = toy::train_tokenizer(&texts, p.tokenizer_vocab)?;
+                // A byte-level BPE in GPT-2's layout, `<|endoftext|>` as id 0.
+                let tok = TextTokenizer::train_bpe(
+                    texts.iter().map(String::as_str),
+                    &BpeTrainConfig {
+                        vocab_size: p.tokenizer_vocab,
+                        ..BpeTrainConfig::default()
+                    },
+                )?;
                 tok.save(&ctx.output_path("tokenizer"))?;
                 ctx.metric("tokenizer.vocab", tok.vocab_size() as f64);
             }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 
 use crate::ml::error::{MlError, Result};
-use crate::ml::inference::sampling::{SamplingConfig, SamplingPlace};
+use crate::ml::inference::sampling::{DevicePick, SamplingConfig, SamplingPlace};
 use crate::ml::io::batch::{Padding, TokenBatch};
 use crate::ml::models::attention::KvCache;
 use crate::ml::models::backbone::LanguageModel;
@@ -72,7 +72,7 @@ fn pick_step(
         SamplingPlace::Device => {
             let us: Vec<Option<f64>> = drawn.iter().map(|d| d.flatten()).collect();
             match sampling.pick_on_device(logits, &us) {
-                Ok(mut picks) => {
+                DevicePick::Picked(mut picks) => {
                     picks
                         .iter_mut()
                         .zip(done)
@@ -80,7 +80,7 @@ fn pick_step(
                         .for_each(|(p, _)| *p = 0);
                     return (picks, 0.0);
                 }
-                Err(logits) => logits,
+                DevicePick::Host(logits) => logits,
             }
         }
         SamplingPlace::Host => logits,

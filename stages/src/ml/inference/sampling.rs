@@ -109,17 +109,39 @@ pub struct SamplingConfig {
     #[serde(default)]
     pub greedy: bool,
     /// Divide logits by this before sampling (> 0; 1 = unchanged).
-    #[serde(default = "one")]
+    #[serde(default = "default_temperature")]
     pub temperature: f64,
     /// Keep only the k most likely tokens (0 = off).
     #[serde(default)]
     pub top_k: usize,
     /// Keep the smallest set of most likely tokens whose probability reaches p (1 = off).
-    #[serde(default = "one")]
+    #[serde(default = "default_top_p")]
     pub top_p: f64,
 }
 
-fn one() -> f64 {
+/// What [`SamplingConfig::pick_on_device`] did: the picks, one per row, or the logits
+/// handed back untouched for the host (top-k and top-p are chosen there).
+pub enum DevicePick {
+    /// One token id per row.
+    Picked(Vec<u32>),
+    /// The logits, for the host to choose from.
+    Host(Tensor<2>),
+}
+
+impl DevicePick {
+    /// The picks, if the device made them.
+    pub fn picked(self) -> Option<Vec<u32>> {
+        match self {
+            DevicePick::Picked(ids) => Some(ids),
+            DevicePick::Host(_) => None,
+        }
+    }
+}
+
+fn default_temperature() -> f64 {
+    1.0
+}
+fn default_top_p() -> f64 {
     1.0
 }
 
@@ -271,20 +293,15 @@ impl SamplingConfig {
     /// cumulative sum, and the count of entries at or below the draw, which is the index of
     /// the first one above it. A row whose draw is at or above its whole total (rounding
     /// left it below 1) is picked on the host from that row alone, as `pick_with` does.
-    /// Top-k and top-p hand the logits back (`Err`) for the host.
-    #[allow(clippy::result_large_err)]
-    pub fn pick_on_device(
-        &self,
-        logits: Tensor<2>,
-        draws: &[Option<f64>],
-    ) -> std::result::Result<Vec<u32>, Tensor<2>> {
+    /// Top-k and top-p hand the logits back ([`DevicePick::Host`]) for the host.
+    pub fn pick_on_device(&self, logits: Tensor<2>, draws: &[Option<f64>]) -> DevicePick {
         let [rows, width] = logits.dims();
         assert_eq!(draws.len(), rows, "one draw (or None) per row");
         if self.greedy {
-            return Ok(int_values(logits.argmax(1)));
+            return DevicePick::Picked(int_values(logits.argmax(1)));
         }
         if !self.is_plain(width) {
-            return Err(logits);
+            return DevicePick::Host(logits);
         }
         let device = logits.device();
         let scaled = logits.clone().cast(DType::F64).div_scalar(self.temperature);
@@ -305,7 +322,7 @@ impl SamplingConfig {
                 *pick = self.pick_plain(&crate::ml::models::weights::to_f32_vec(row), us[r]);
             }
         }
-        Ok(picks)
+        DevicePick::Picked(picks)
     }
 
     /// Inverse-CDF choice at `u` from probabilities `p` (in token order): the first token
@@ -506,7 +523,9 @@ mod tests {
                     if round == 4 {
                         draws.iter_mut().step_by(3).for_each(|u| *u = Some(1.0));
                     }
-                    let got = cfg.pick_on_device(logits.clone(), &draws).unwrap();
+                    let DevicePick::Picked(got) = cfg.pick_on_device(logits.clone(), &draws) else {
+                        panic!("plain and greedy sampling pick on the device: {cfg:?}");
+                    };
                     for (r, u) in draws.iter().enumerate() {
                         let Some(u) = *u else { continue };
                         let row = &flat[r * width..(r + 1) * width];
@@ -529,9 +548,10 @@ mod tests {
                     ..Default::default()
                 },
             ] {
-                assert!(cfg
-                    .pick_on_device(logits.clone(), &vec![Some(0.5); rows])
-                    .is_err());
+                assert!(matches!(
+                    cfg.pick_on_device(logits.clone(), &vec![Some(0.5); rows]),
+                    DevicePick::Host(_)
+                ));
             }
         }
     }

@@ -82,17 +82,10 @@ impl FusedOp {
     }
 
     /// Does this operation run fused for `x`: `x` on a libtorch device (with or without
-    /// autodiff) and the switch on? Always false in a build without libtorch.
-    #[cfg_attr(not(feature = "tch"), allow(unused_variables))]
+    /// autodiff) and the switch on?
+    #[cfg(feature = "tch")]
     fn applies<const D: usize>(self, x: &Tensor<D>) -> bool {
-        #[cfg(feature = "tch")]
-        {
-            libtorch::on_libtorch(x) && self.is_enabled()
-        }
-        #[cfg(not(feature = "tch"))]
-        {
-            false
-        }
+        libtorch::on_libtorch(x) && self.is_enabled()
     }
 }
 

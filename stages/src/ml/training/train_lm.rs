@@ -31,7 +31,7 @@ pub struct LmTrainConfig {
     /// Sequences per micro-batch.
     pub batch_size: usize,
     /// Micro-batches whose gradients are averaged into one optimizer step.
-    #[serde(default = "one")]
+    #[serde(default = "default_grad_accum_steps")]
     pub grad_accum_steps: usize,
     /// Optimizer steps to take in total.
     pub max_steps: usize,
@@ -51,7 +51,7 @@ pub struct LmTrainConfig {
     pub checkpoint_every: usize,
 }
 
-fn one() -> usize {
+fn default_grad_accum_steps() -> usize {
     1
 }
 

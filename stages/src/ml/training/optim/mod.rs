@@ -31,7 +31,7 @@ pub struct AdamConfig {
     #[serde(default)]
     pub weight_decay: f64,
     /// `true`: AdamW (decoupled decay); `false`: Adam (L2 term in the gradient).
-    #[serde(default = "yes")]
+    #[serde(default = "default_decoupled_weight_decay")]
     pub decoupled_weight_decay: bool,
 }
 
@@ -44,7 +44,7 @@ fn b2() -> f64 {
 fn eps() -> f64 {
     1e-8
 }
-fn yes() -> bool {
+fn default_decoupled_weight_decay() -> bool {
     true
 }
 
