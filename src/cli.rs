@@ -215,6 +215,10 @@ pub struct PlanArgs {
     /// Plan as if stages without their own `executor` ran here (`local`) or on Slurm.
     #[arg(long, value_enum, value_name = "EXECUTOR")]
     pub executor: Option<ExecutorArg>,
+    /// GPUs a run would have for `resources.gpus` [default: the NVIDIA GPUs found in
+    /// /dev, or CUDA_VISIBLE_DEVICES]; a node needing more is shown `missing`.
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
     #[command(flatten)]
     pub select: SelectArgs,
 }

@@ -49,7 +49,7 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
         return Err(usage(no_pipeline(&args.select)));
     };
     if args.dry_run {
-        return cmd_plan(ctx, file, &args.select, args.json, args.executor);
+        return cmd_plan(ctx, file, &args.select, args.json, args.executor, args.gpus);
     }
     let t0 = std::time::Instant::now();
     let mut p = ctx.load(file)?;
@@ -174,6 +174,7 @@ pub fn cmd_plan(
     select: &SelectArgs,
     json_out: bool,
     exec: Option<ExecutorArg>,
+    gpus: Option<u32>,
 ) -> CliResult {
     let mut p = ctx.load(file)?;
     if let Some(e) = exec {
@@ -181,7 +182,7 @@ pub fn cmd_plan(
     }
     let sel = ctx.selection(&p, select)?;
     let cache = ctx.open_existing_cache(&format!("plan {}", file.display()))?;
-    let ev = Evaluator::new(&p, cache.as_ref(), false);
+    let ev = Evaluator::new(&p, cache.as_ref(), false).with_gpus(gpus.unwrap_or_else(detect_gpus));
     let plan = ev.plan(&sel)?;
     let rows: Vec<(usize, &Evaluation)> = p
         .order

@@ -56,7 +56,9 @@ fn dispatch(cli: cli::Cli) -> exit::CliResult {
     match cli.command {
         None => cmd_run::cmd_run(&ctx, &cli.run),
         Some(Run(a)) => cmd_run::cmd_run(&ctx, &a),
-        Some(Plan(a)) => cmd_run::cmd_plan(&ctx, &a.pipeline, &a.select, a.json, a.executor),
+        Some(Plan(a)) => {
+            cmd_run::cmd_plan(&ctx, &a.pipeline, &a.select, a.json, a.executor, a.gpus)
+        }
         Some(Worker(_)) => unreachable!("handled above"),
         Some(Graph(a)) => cmd_graph::cmd_graph(&ctx, &a),
         Some(Status(a)) => cmd_inspect::cmd_status(&ctx, &a),

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Engine speed benchmark (issue 2, "Speed"): the warm no-op rerun of 1,000-node chain and
-# fan-out pipelines and a 10,000-node sweep, for dagrun, DVC and Snakemake, on the same
-# machine in the same run. A benchmark, not a test: it prints a markdown report.
+# Engine speed benchmark (issues 2 and 19): the warm no-op rerun of 1,000-node chain and
+# fan-out pipelines and a 10,000-node sweep; the full run of the chain and of the fan-out
+# (2 jobs); and the mid-chain edit (the own input of the chain's middle node edited, so
+# the second half reruns); for dagrun, ninja (the floor: mtimes, no hashing), Snakemake
+# and DVC, on the same machine in the same run. A benchmark, not a test: it prints a
+# markdown report.
 #
 #   bash bench/engine/run.sh            # everything (about 15-20 minutes on 2 cores)
+#   DAGRUN_BENCH_BEFORE=/path/to/old/dagrun bash bench/engine/run.sh   # and an older build
 #
 # Environment (all optional):
 #   DAGRUN_BENCH_VENV     venv for DVC and Snakemake, outside the repo, reused when present
@@ -13,7 +17,13 @@
 #   DAGRUN_BENCH_OUT      where the markdown report goes [$WORK/results.md]
 #   DAGRUN_BENCH_N        nodes of the chain and fan-out [1000]
 #   DAGRUN_BENCH_SWEEP    nodes of the sweep [10000]
-#   DAGRUN_BENCH_TOOLS    which tools [dagrun dvc snakemake]
+#   DAGRUN_BENCH_TOOLS    which tools [dagrun ninja dvc snakemake] (`dagrun-before` is
+#                         added when DAGRUN_BENCH_BEFORE names a binary)
+#   DAGRUN_BENCH_BEFORE   another dagrun binary (say, main's) timed beside this one as
+#                         "dagrun-before" [none]
+#   DAGRUN_BENCH_MODES    what to time [noop full edit]: the warm no-op; the full run of
+#                         chain (1 job) and fan-out (2 jobs); the mid-chain edit
+#   DAGRUN_BENCH_RUNS_FULL  timed full runs and edits per tool [3]
 #   DAGRUN_BENCH_SHAPES   which shapes [chain fanout sweep]
 #   DAGRUN_BENCH_RUNS     timed runs of each dagrun command [20] (3 warm-up runs before)
 #   DAGRUN_BENCH_RUNS_SLOW  timed runs of each DVC / Snakemake command [3] (1 warm-up)
@@ -46,7 +56,11 @@ VENV=${DAGRUN_BENCH_VENV:-/opt/dagrun/bench-venv}
 TARGET=${DAGRUN_BENCH_TARGET:-/work/target-bench}
 N=${DAGRUN_BENCH_N:-1000}
 SWEEP=${DAGRUN_BENCH_SWEEP:-10000}
-TOOLS=${DAGRUN_BENCH_TOOLS:-dagrun dvc snakemake}
+TOOLS=${DAGRUN_BENCH_TOOLS:-dagrun ninja dvc snakemake}
+BEFORE=${DAGRUN_BENCH_BEFORE:-}
+if [ -n "$BEFORE" ]; then TOOLS="$TOOLS dagrun-before"; fi
+MODES=${DAGRUN_BENCH_MODES:-noop full edit}
+RUNS_FULL=${DAGRUN_BENCH_RUNS_FULL:-3}
 SHAPES=${DAGRUN_BENCH_SHAPES:-chain fanout sweep}
 RUNS=${DAGRUN_BENCH_RUNS:-20}
 RUNS_SLOW=${DAGRUN_BENCH_RUNS_SLOW:-3}
@@ -57,6 +71,8 @@ PY=${PYTHON:-python3}
 mkdir -p "$WORK"
 ROWS=$WORK/rows.tsv
 : >"$ROWS"
+RUNROWS=$WORK/runrows.tsv
+: >"$RUNROWS"
 NOTES=$WORK/notes.txt
 : >"$NOTES"
 T_START=$(date +%s)
@@ -84,6 +100,14 @@ export DVC_NO_ANALYTICS=1
 log "building dagrun (release) into $TARGET"
 (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet --bin dagrun)
 DAGRUN=$TARGET/release/dagrun
+BUILT="$(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- engine cache stages src || echo ', with uncommitted changes')"
+
+NINJA=$(command -v ninja || true)
+if has ninja && [ -z "$NINJA" ]; then
+    log "ninja not found (apt-get install -y ninja-build): left out"
+    TOOLS=${TOOLS/ninja/}
+fi
+mode() { case " $MODES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 HYPERFINE=$(command -v hyperfine || true)
 [ -n "$HYPERFINE" ] || log "hyperfine not found (apt-get install -y hyperfine): timing with a Python loop"
@@ -146,7 +170,7 @@ if shape == "sweep":
 else:
     nodes = g.chain_nodes(n) if shape == "chain" else g.fanout_nodes(n)
     for _, inp, out, k in nodes:
-        print(g.cmd(inp, out, k))
+        print(g.cmd(inp, out, k, g.own(k)))
 EOF
 }
 
@@ -171,15 +195,18 @@ slow_runs() {
     "$PY" -c "print(max(2, min($RUNS_SLOW, int($LIMIT / ($1 * $2 / $N)) - 1)))"
 }
 
+bench_dagrun-before() { DAGRUN=$BEFORE TOOL=dagrun-before bench_dagrun "$@"; }
+
 bench_dagrun() {
-    local shape=$1 n=$2 d=$WORK/$shape/dagrun
+    local shape=$1 n=$2 tool=${TOOL:-dagrun}
+    local d=$WORK/$shape/$tool
     "$PY" "$HERE/gen.py" dagrun "$shape" "$n" "$d"
     cd "$d"
-    log "dagrun $shape $n: populating"
+    log "$tool $shape $n: populating"
     local t0 t1
     t0=$(now_ms)
     "$DAGRUN" -q pipeline.yaml >populate.log 2>&1 || {
-        note "dagrun $shape $n: populating failed: $(tail -1 populate.log)"
+        note "$tool $shape $n: populating failed: $(tail -1 populate.log)"
         return
     }
     t1=$(now_ms)
@@ -187,14 +214,116 @@ bench_dagrun() {
     sleep 3
     "$DAGRUN" pipeline.yaml >check.log 2>&1
     grep -q " 0 ran, $n cached" check.log || {
-        note "dagrun $shape $n: the rerun was not a no-op: $(tail -1 check.log)"
+        note "$tool $shape $n: the rerun was not a no-op: $(tail -1 check.log)"
         return
     }
-    log "dagrun $shape $n: timing"
-    time_cmd "$WORK/$shape-dagrun-run.json" 3 "$RUNS" "$DAGRUN" pipeline.yaml
-    row "$shape" "$n" dagrun "dagrun pipeline.yaml" "$WORK/$shape-dagrun-run.json" "dagrun" "$(((t1 - t0) / 1000))"
-    time_cmd "$WORK/$shape-dagrun-plan.json" 3 "$RUNS" "$DAGRUN" plan pipeline.yaml
-    row "$shape" "$n" dagrun "dagrun plan pipeline.yaml" "$WORK/$shape-dagrun-plan.json" "" ""
+    log "$tool $shape $n: timing"
+    time_cmd "$WORK/$shape-$tool-run.json" 3 "$RUNS" "$DAGRUN" pipeline.yaml
+    row "$shape" "$n" "$tool" "dagrun pipeline.yaml" "$WORK/$shape-$tool-run.json" "dagrun" "$(((t1 - t0) / 1000))"
+    time_cmd "$WORK/$shape-$tool-plan.json" 3 "$RUNS" "$DAGRUN" plan pipeline.yaml
+    row "$shape" "$n" "$tool" "dagrun plan pipeline.yaml" "$WORK/$shape-$tool-plan.json" "" ""
+}
+
+bench_ninja() {
+    local shape=$1 n=$2 d=$WORK/$shape/ninja
+    "$PY" "$HERE/gen.py" ninja "$shape" "$n" "$d"
+    cd "$d"
+    log "ninja $shape $n: populating"
+    local t0 t1
+    t0=$(now_ms)
+    "$NINJA" >populate.log 2>&1 || {
+        note "ninja $shape $n: populating failed: $(tail -1 populate.log)"
+        return
+    }
+    t1=$(now_ms)
+    "$NINJA" >check.log 2>&1
+    grep -q "no work to do" check.log || {
+        note "ninja $shape $n: the rerun was not a no-op: $(tail -1 check.log)"
+        return
+    }
+    log "ninja $shape $n: timing"
+    time_cmd "$WORK/$shape-ninja-run.json" 3 "$RUNS" "$NINJA"
+    row "$shape" "$n" ninja "ninja" "$WORK/$shape-ninja-run.json" "ninja" "$(((t1 - t0) / 1000))"
+    time_cmd "$WORK/$shape-ninja-dry.json" 3 "$RUNS" "$NINJA" -n
+    row "$shape" "$n" ninja "ninja -n" "$WORK/$shape-ninja-dry.json" "" ""
+}
+
+# --- full runs and the mid-chain edit ------------------------------------------------------
+# The command that runs a whole generated pipeline of TOOL with JOBS jobs, in its folder.
+run_cmd() {
+    local tool=$1 jobs=$2
+    case $tool in
+        dagrun) echo "$DAGRUN -q -j $jobs pipeline.yaml" ;;
+        dagrun-before) echo "$BEFORE -q -j $jobs pipeline.yaml" ;;
+        ninja) echo "$NINJA -j $jobs" ;;
+        snakemake) echo "$SNAKEMAKE -q --cores $jobs" ;;
+    esac
+}
+
+# runrow SHAPE WHAT TOOL COMMAND MICROSECONDS...
+runrow() {
+    local shape=$1 what=$2 tool=$3 cmd=$4
+    shift 4
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$what" "$tool" "$cmd" "$*" "$(loadavg)" >>"$RUNROWS"
+}
+
+# bench_runs TOOL: RUNS_FULL full runs of the chain (1 job) and of the fan-out (2 jobs),
+# each in a fresh copy of the generated folder; then RUNS_FULL edits of the own input of
+# the chain's middle node, each followed by a timed run (the second half reruns).
+bench_runs() {
+    local tool=$1 gen=$1 shape jobs t0 t1 r d tpl cmdline
+    local -a times
+    case $tool in dagrun-before) gen=dagrun ;; esac
+    for shape in chain fanout; do
+        case " $SHAPES " in *" $shape "*) ;; *) continue ;; esac
+        jobs=1
+        [ "$shape" = fanout ] && jobs=2
+        tpl=$WORK/runs/$tool-$shape-template
+        d=$WORK/runs/$tool-$shape
+        "$PY" "$HERE/gen.py" "$gen" "$shape" "$N" "$tpl"
+        cmdline=$(run_cmd "$tool" "$jobs")
+        if mode full; then
+            times=()
+            for r in $(seq "$RUNS_FULL"); do
+                rm -rf "$d"
+                cp -a "$tpl" "$d"
+                cd "$d"
+                log "$tool $shape: full run $r"
+                t0=$(date +%s%N)
+                $cmdline >run.log 2>&1 || {
+                    note "$tool $shape: the full run failed: $(tail -1 run.log)"
+                    break
+                }
+                t1=$(date +%s%N)
+                times+=("$(((t1 - t0) / 1000))")
+                cd "$WORK"
+            done
+            runrow "$shape" "full run, $jobs job(s)" "$tool" "${cmdline##*/}" "${times[@]}"
+        fi
+        if mode edit && [ "$shape" = chain ]; then
+            if ! mode full || [ ! -d "$d" ]; then
+                rm -rf "$d"
+                cp -a "$tpl" "$d"
+                (cd "$d" && $cmdline >run.log 2>&1)
+            fi
+            cd "$d"
+            times=()
+            for r in $(seq "$RUNS_FULL"); do
+                sleep 1.1 # a new mtime for the tools that compare mtimes
+                echo "edit $r" >>"in/$((N / 2)).txt"
+                log "$tool $shape: mid-chain edit $r"
+                t0=$(date +%s%N)
+                $cmdline >edit.log 2>&1 || {
+                    note "$tool: the run after the mid-chain edit failed: $(tail -1 edit.log)"
+                    break
+                }
+                t1=$(date +%s%N)
+                times+=("$(((t1 - t0) / 1000))")
+            done
+            runrow "$shape" "mid-chain edit ($((N - N / 2)) nodes rerun)" "$tool" "${cmdline##*/}" "${times[@]}"
+            cd "$WORK"
+        fi
+    done
 }
 
 bench_dvc() {
@@ -304,12 +433,22 @@ bench_snakemake() {
 }
 
 LOAD_BEFORE=$(loadavg)
+if mode full || mode edit; then
+    for tool in dagrun dagrun-before ninja snakemake; do
+        has "$tool" || continue
+        bench_runs "$tool"
+    done
+    if has dvc; then
+        note "DVC: full runs and the mid-chain edit not timed (\`dvc repro\` spends ~0.4 s a stage: ~7 minutes a run)"
+    fi
+fi
 # Fan-out first: its rates decide what the sweep can afford.
 for shape in fanout chain sweep; do
+    mode noop || break
     case " $SHAPES " in *" $shape "*) ;; *) continue ;; esac
     n=$N
     [ "$shape" = sweep ] && n=$SWEEP
-    for tool in dagrun snakemake dvc; do
+    for tool in dagrun dagrun-before ninja snakemake dvc; do
         has "$tool" || continue
         "bench_$tool" "$shape" "$n"
         cd "$WORK"
@@ -320,7 +459,9 @@ T_END=$(date +%s)
 
 # --- report ------------------------------------------------------------------------------
 versions() {
-    echo "- dagrun: $("$DAGRUN" --version) (commit $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- engine cache stages src || echo ', with uncommitted changes'))"
+    echo "- dagrun: $("$DAGRUN" --version) (built at commit $BUILT)"
+    if [ -n "$BEFORE" ]; then echo "- dagrun-before: $BEFORE ($("$BEFORE" --version))"; fi
+    if has ninja; then echo "- ninja: $("$NINJA" --version)"; fi
     if has dvc; then echo "- DVC: $("$DVC" --version)"; fi
     if has snakemake; then echo "- Snakemake: $("$SNAKEMAKE" --version)"; fi
     echo "- Python (for DVC and Snakemake): $("$VENV/bin/python" --version 2>&1 || true)"
@@ -337,6 +478,22 @@ versions() {
     echo "- whole benchmark: $(((T_END - T_START) / 60)) min $(((T_END - T_START) % 60)) s"
     versions
     echo
+    if [ -s "$RUNROWS" ]; then
+        echo "| shape | what | tool | command | wall mean | wall min | runs (s) | load avg after |"
+        echo "| --- | --- | --- | --- | ---: | ---: | --- | --- |"
+        "$PY" - "$RUNROWS" <<'EOF'
+import statistics, sys
+for line in open(sys.argv[1]):
+    shape, what, tool, cmd, us, load = line.rstrip("\n").split("\t")
+    t = [int(x) / 1e6 for x in us.split()]
+    if not t:
+        print(f"| {shape} | {what} | {tool} | `{cmd}` | failed | | | {load} |")
+        continue
+    runs = ", ".join(f"{x:.2f}" for x in t)
+    print(f"| {shape} | {what} | {tool} | `{cmd}` | {statistics.mean(t):.2f} s | {min(t):.2f} s | {runs} | {load} |")
+EOF
+        echo
+    fi
     echo "| shape | nodes | tool | no-op command | wall mean ± σ | wall min | CPU (user+sys) | load avg after | cache populated by (s) |"
     echo "| --- | ---: | --- | --- | ---: | ---: | ---: | --- | --- |"
     "$PY" - "$ROWS" <<'EOF'

@@ -3,13 +3,12 @@
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom, Write},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use crate::{Error, Result};
 
-/// Holds `flock(LOCK_EX)` on `<cache>/lock` until dropped. The kernel releases the lock
+/// Holds an exclusive `File::lock` (`flock(LOCK_EX)`) on `<cache>/lock` until dropped. The kernel releases the lock
 /// when the process dies, even by `kill -9`, so a crash never leaves the cache locked.
 #[derive(Debug)]
 pub struct CacheLock {
@@ -65,30 +64,26 @@ impl CacheLock {
     }
 }
 
+/// Takes the exclusive lock (`File::lock`: `flock` on Unix); `Ok(false)` when another
+/// process holds it and `block` is false.
 fn try_flock(file: &File, block: bool) -> Result<bool> {
-    let op = if block {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_EX | libc::LOCK_NB
+    let err = |source| Error::Io {
+        context: "cannot lock",
+        path: PathBuf::from("lock"),
+        source,
     };
-    loop {
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => {
-                return Err(Error::Io {
-                    context: "cannot lock",
-                    path: PathBuf::from("lock"),
-                    source: err,
-                });
+    if block {
+        loop {
+            match file.lock() {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => return r.map(|()| true).map_err(err),
             }
         }
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
     }
 }
 

@@ -139,6 +139,16 @@ impl Cache {
     /// index. Call only after every object the record names is stored (they are durable
     /// as soon as the `put_*` call returns).
     pub fn commit(&self, record: &Record) -> Result<()> {
+        self.insert_record(record)?;
+        self.flush()
+    }
+
+    /// The first half of [`Cache::commit`], for group commit: inserts the record and its
+    /// `latest` entry without flushing. Neither is durable until the next
+    /// [`Cache::flush`]; the caller flushes once for every record inserted together, and
+    /// inserts a record only once the objects it names, and the records of the inputs it
+    /// was computed from, have been flushed.
+    pub fn insert_record(&self, record: &Record) -> Result<()> {
         for obj in record.objects() {
             if !self.objects.contains(&obj)? {
                 return Err(Error::MissingObject(obj.to_hex()));
@@ -157,7 +167,7 @@ impl Cache {
                 serde_json::to_vec(&latest).expect("serialises"),
             )
             .map_err(db_err)?;
-        self.flush()
+        Ok(())
     }
 
     /// The last committed key of a node id.
@@ -410,6 +420,27 @@ impl Cache {
             .insert(path.as_os_str().as_bytes(), node.as_bytes())
             .map_err(db_err)?;
         self.flush()
+    }
+
+    /// [`Cache::claim_output`] for many outputs at once, with one flush (none for no
+    /// output): the outputs of every node a run may run are claimed before the first
+    /// starts.
+    pub fn claim_outputs<'p>(
+        &self,
+        claims: impl IntoIterator<Item = (&'p Path, &'p str)>,
+    ) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut any = false;
+        for (path, node) in claims {
+            self.claims
+                .insert(path.as_os_str().as_bytes(), node.as_bytes())
+                .map_err(db_err)?;
+            any = true;
+        }
+        if any {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// The node that last claimed the workspace output at `path`, if any.

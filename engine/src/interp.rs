@@ -37,25 +37,116 @@ pub struct Scope<'a> {
 pub const ARTIFACT: &str = "$artifact";
 pub const CONCAT: &str = "$concat";
 
+/// Why a `${...}` reference cannot be resolved. Callers match on it (a param defined
+/// later is an ordering problem, not an unknown name); `Display` is the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InterpError {
+    /// `${` without its `}`, in `text`.
+    Unclosed { text: String },
+    /// The first name of a reference is not defined: `known` lists what is.
+    Undefined {
+        reference: String,
+        /// What was looked in: `params`, `matrix values of this stage`.
+        what: &'static str,
+        /// The name looked up (a param's first segment, a matrix key).
+        name: String,
+        known: Vec<String>,
+    },
+    /// A later segment of `${params.a.b}` is not there.
+    NotFound { reference: String, segment: String },
+    /// A reference outside `params.`, `matrix.` and `stages.`.
+    UnknownNamespace { reference: String },
+    /// A list or map referenced inside text.
+    NotScalar { reference: String },
+    /// `${stages.X}` without an output.
+    StageRefForm { reference: String },
+    /// The filter of a stage reference resolved to something other than text.
+    FilterNotText { reference: String },
+    /// The filter of a stage reference is not a selector.
+    Selector { message: String },
+    /// A mapping key that is not a string, number or boolean.
+    MappingKey,
+}
+
+impl std::fmt::Display for InterpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InterpError::Unclosed { text } => write!(f, "unclosed `${{` in `{text}`"),
+            InterpError::Undefined {
+                reference,
+                what,
+                known,
+                ..
+            } if known.is_empty() => {
+                write!(f, "undefined reference `${{{reference}}}` (no {what} are defined)")
+            }
+            InterpError::Undefined {
+                reference,
+                what,
+                known,
+                ..
+            } => {
+                let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                write!(
+                    f,
+                    "undefined reference `${{{reference}}}` (known {what}: {})",
+                    known.join(", ")
+                )
+            }
+            InterpError::NotFound { reference, segment } => write!(
+                f,
+                "undefined reference `${{{reference}}}`: `{segment}` not found"
+            ),
+            InterpError::UnknownNamespace { reference } => write!(
+                f,
+                "undefined reference `${{{reference}}}`: references start with `params.`, `matrix.` or `stages.`"
+            ),
+            InterpError::NotScalar { reference } => write!(
+                f,
+                "`${{{reference}}}` is a list or map and cannot be placed inside text"
+            ),
+            InterpError::StageRefForm { reference } => write!(
+                f,
+                "`${{{reference}}}`: a stage reference is written `${{stages.STAGE.OUTPUT}}`"
+            ),
+            InterpError::FilterNotText { reference } => {
+                write!(f, "`${{{reference}}}`: the filter must resolve to text")
+            }
+            InterpError::Selector { message } => f.write_str(message),
+            InterpError::MappingKey => f.write_str("mapping keys must be strings"),
+        }
+    }
+}
+
+impl std::error::Error for InterpError {}
+
+impl From<InterpError> for String {
+    fn from(e: InterpError) -> String {
+        e.to_string()
+    }
+}
+
 enum Piece {
     Text(String),
     Ref(String),
 }
 
-fn split(s: &str) -> Result<Vec<Piece>, String> {
+fn split(s: &str) -> Result<Vec<Piece>, InterpError> {
     let mut out = Vec::new();
     let mut text = String::new();
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if s[i..].starts_with("$${") {
+        // Byte-wise: `$`, `{` and `}` are ASCII, and never part of a multi-byte
+        // character, so every index where they match is a character boundary.
+        if b[i..].starts_with(b"$${") {
             text.push_str("${");
             i += 3;
-        } else if s[i..].starts_with("${") {
+        } else if b[i..].starts_with(b"${") {
             let mut depth = 1;
             let mut j = i + 2;
             while j < b.len() && depth > 0 {
-                if s[j..].starts_with("${") {
+                if b[j..].starts_with(b"${") {
                     depth += 1;
                     j += 2;
                     continue;
@@ -66,7 +157,9 @@ fn split(s: &str) -> Result<Vec<Piece>, String> {
                 j += 1;
             }
             if depth != 0 {
-                return Err(format!("unclosed `${{` in `{s}`"));
+                return Err(InterpError::Unclosed {
+                    text: s.to_string(),
+                });
             }
             if !text.is_empty() {
                 out.push(Piece::Text(std::mem::take(&mut text)));
@@ -91,7 +184,7 @@ pub fn has_refs(s: &str) -> bool {
 }
 
 /// Resolves every reference in a YAML value, producing JSON.
-pub fn resolve(v: &serde_yaml::Value, scope: &mut Scope) -> Result<Value, String> {
+pub fn resolve(v: &serde_yaml::Value, scope: &mut Scope) -> Result<Value, InterpError> {
     Ok(match v {
         serde_yaml::Value::Null => Value::Null,
         serde_yaml::Value::Bool(b) => Value::Bool(*b),
@@ -119,7 +212,7 @@ pub fn resolve(v: &serde_yaml::Value, scope: &mut Scope) -> Result<Value, String
 }
 
 /// Converts a YAML value holding no references to JSON.
-pub fn plain(v: &serde_yaml::Value) -> Result<Value, String> {
+pub fn plain(v: &serde_yaml::Value) -> Result<Value, InterpError> {
     let empty = IndexMap::new();
     let mut refs = Vec::new();
     let mut scope = Scope {
@@ -142,11 +235,11 @@ fn yaml_number(n: &serde_yaml::Number) -> Value {
     }
 }
 
-fn yaml_scalar_key(k: &serde_yaml::Value) -> Result<String, String> {
+fn yaml_scalar_key(k: &serde_yaml::Value) -> Result<String, InterpError> {
     match k {
         serde_yaml::Value::Bool(b) => Ok(b.to_string()),
         serde_yaml::Value::Number(n) => Ok(n.to_string()),
-        _ => Err("mapping keys must be strings".to_string()),
+        _ => Err(InterpError::MappingKey),
     }
 }
 
@@ -191,7 +284,7 @@ pub fn unprotect(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Resolves a string: a lone reference keeps its type, otherwise text is concatenated.
-pub fn resolve_str(s: &str, scope: &mut Scope) -> Result<Value, String> {
+pub fn resolve_str(s: &str, scope: &mut Scope) -> Result<Value, InterpError> {
     let s = &*unprotect(s);
     if !s.contains('$') {
         return Ok(Value::String(s.to_string()));
@@ -213,9 +306,7 @@ pub fn resolve_str(s: &str, scope: &mut Scope) -> Result<Value, String> {
                     parts.push(Value::Object(o));
                 }
                 Value::Array(_) | Value::Object(_) => {
-                    return Err(format!(
-                        "`${{{r}}}` is a list or map and cannot be placed inside text"
-                    ))
+                    return Err(InterpError::NotScalar { reference: r })
                 }
                 scalar => text.push_str(&scalar_string(&scalar)),
             },
@@ -232,7 +323,7 @@ pub fn resolve_str(s: &str, scope: &mut Scope) -> Result<Value, String> {
     Ok(Value::Object(o))
 }
 
-fn lookup(r: &str, scope: &mut Scope) -> Result<Value, String> {
+fn lookup(r: &str, scope: &mut Scope) -> Result<Value, InterpError> {
     // A reference may be built from others: `${params.beta.${matrix.method}}`. Stage
     // references resolve their filters themselves (the filter may name a stage output).
     let resolved;
@@ -250,38 +341,54 @@ fn lookup(r: &str, scope: &mut Scope) -> Result<Value, String> {
         "params" => {
             let mut segs = rest.split('.');
             let first = segs.next().unwrap_or("");
-            let mut v = scope.params.get(first).ok_or_else(|| undefined(r, "params", scope.params.keys()))?;
+            let mut v = scope
+                .params
+                .get(first)
+                .ok_or_else(|| undefined(r, "params", first, scope.params.keys()))?;
             for seg in segs {
                 v = v
                     .get(seg)
                     .or_else(|| seg.parse::<usize>().ok().and_then(|i| v.get(i)))
-                    .ok_or_else(|| format!("undefined reference `${{{r}}}`: `{seg}` not found"))?;
+                    .ok_or_else(|| InterpError::NotFound {
+                        reference: r.to_string(),
+                        segment: seg.to_string(),
+                    })?;
             }
             Ok(v.clone())
         }
-        "matrix" => scope
-            .matrix
-            .get(rest)
-            .cloned()
-            .ok_or_else(|| undefined(r, "matrix values of this stage", scope.matrix.keys())),
+        "matrix" => {
+            scope.matrix.get(rest).cloned().ok_or_else(|| {
+                undefined(r, "matrix values of this stage", rest, scope.matrix.keys())
+            })
+        }
         "stages" => {
             // stages.NAME[filter].OUTPUT — the filter may itself contain references.
-            let (sel_text, output) = split_stage_ref(rest).ok_or_else(|| {
-                format!("`${{{r}}}`: a stage reference is written `${{stages.STAGE.OUTPUT}}`")
-            })?;
+            let (sel_text, output) =
+                split_stage_ref(rest).ok_or_else(|| InterpError::StageRefForm {
+                    reference: r.to_string(),
+                })?;
             let sel_resolved = match resolve_str(&sel_text, scope)? {
                 Value::String(s) => s,
-                _ => return Err(format!("`${{{r}}}`: the filter must resolve to text")),
+                _ => {
+                    return Err(InterpError::FilterNotText {
+                        reference: r.to_string(),
+                    })
+                }
             };
-            let selector = Selector::parse(&sel_resolved)?;
-            scope.refs.push(StageRef { selector, output: output.to_string(), text: r.to_string() });
+            let selector = Selector::parse(&sel_resolved)
+                .map_err(|message| InterpError::Selector { message })?;
+            scope.refs.push(StageRef {
+                selector,
+                output: output.to_string(),
+                text: r.to_string(),
+            });
             let mut o = serde_json::Map::new();
             o.insert(ARTIFACT.to_string(), Value::from(scope.refs.len() - 1));
             Ok(Value::Object(o))
         }
-        _ => Err(format!(
-            "undefined reference `${{{r}}}`: references start with `params.`, `matrix.` or `stages.`"
-        )),
+        _ => Err(InterpError::UnknownNamespace {
+            reference: r.to_string(),
+        }),
     }
 }
 
@@ -302,15 +409,17 @@ fn split_stage_ref(rest: &str) -> Option<(String, &str)> {
     None
 }
 
-fn undefined<'a>(r: &str, what: &str, known: impl Iterator<Item = &'a String>) -> String {
-    let known: Vec<String> = known.map(|k| format!("`{k}`")).collect();
-    if known.is_empty() {
-        format!("undefined reference `${{{r}}}` (no {what} are defined)")
-    } else {
-        format!(
-            "undefined reference `${{{r}}}` (known {what}: {})",
-            known.join(", ")
-        )
+fn undefined<'a>(
+    r: &str,
+    what: &'static str,
+    name: &str,
+    known: impl Iterator<Item = &'a String>,
+) -> InterpError {
+    InterpError::Undefined {
+        reference: r.to_string(),
+        what,
+        name: name.to_string(),
+        known: known.cloned().collect(),
     }
 }
 
@@ -400,14 +509,50 @@ mod tests {
             json!("cost ${HOME}")
         );
         let e = resolve_str("${params.nope}", &mut s).unwrap_err();
-        assert!(e.contains("known params: `seeds`, `lr`, `model`"), "{e}");
-        assert!(resolve_str("x ${params.seeds}", &mut s)
-            .unwrap_err()
-            .contains("cannot be placed inside text"));
-        assert!(resolve_str("${foo}", &mut s).is_err());
-        assert!(resolve_str("${params.lr", &mut s)
-            .unwrap_err()
-            .contains("unclosed"));
+        assert!(
+            matches!(&e, InterpError::Undefined { name, .. } if name == "nope"),
+            "{e:?}"
+        );
+        assert!(e
+            .to_string()
+            .contains("known params: `seeds`, `lr`, `model`"));
+        assert!(matches!(
+            resolve_str("x ${params.seeds}", &mut s),
+            Err(InterpError::NotScalar { .. })
+        ));
+        assert!(matches!(
+            resolve_str("${foo}", &mut s),
+            Err(InterpError::UnknownNamespace { .. })
+        ));
+        assert!(matches!(
+            resolve_str("${params.lr", &mut s),
+            Err(InterpError::Unclosed { .. })
+        ));
+    }
+
+    #[test]
+    fn non_ascii_text_inside_and_around_references_is_not_cut_inside_a_character() {
+        let mut params = IndexMap::new();
+        params.insert("é".into(), json!("ü"));
+        let matrix = IndexMap::new();
+        let mut refs = Vec::new();
+        let mut s = scope_with(&params, &matrix, &mut refs);
+        assert_eq!(
+            resolve_str("à ${params.é} ß", &mut s).unwrap(),
+            json!("à ü ß")
+        );
+        // Unknown, unclosed and nested references holding multi-byte characters are
+        // errors, not panics.
+        assert!(matches!(
+            resolve_str("${params.日本}", &mut s),
+            Err(InterpError::Undefined { .. })
+        ));
+        assert!(matches!(
+            resolve_str("${params.日本", &mut s),
+            Err(InterpError::Unclosed { .. })
+        ));
+        assert!(resolve_str("${params.${matrix.ñ}}", &mut s).is_err());
+        assert!(resolve_str("${€}", &mut s).is_err());
     }
 
     #[test]

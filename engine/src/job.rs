@@ -31,7 +31,10 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::stage::{Cancelled, Place, Progress, ProgressSink, Registry, StageContext};
+use crate::{
+    invoke::{invoke, Ended, Invocation},
+    stage::{Place, Progress, ProgressSink, Registry},
+};
 
 pub const JOB_SCHEMA: &str = "dagrun-job-v1";
 
@@ -298,11 +301,7 @@ pub fn run_worker(
             )
         }
     };
-    let prepare = || -> std::io::Result<std::fs::File> {
-        let _ = std::fs::remove_dir_all(staged.out());
-        std::fs::create_dir_all(staged.out())?;
-        std::fs::create_dir_all(&spec.scratch)?;
-        crate::run::remove_outs(&spec.workdir, &spec.outs)?;
+    let open_log = || -> std::io::Result<std::fs::File> {
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -315,60 +314,44 @@ pub fn run_worker(
         )?;
         Ok(log)
     };
-    let log = match prepare() {
+    let log = match open_log() {
         Ok(f) => f,
         Err(e) => {
             return finish(
                 JobStatus::Failed,
-                Some(format!("cannot prepare the job's folders: {e}")),
+                Some(format!("cannot open the job's log: {e}")),
                 Metrics::default(),
             )
         }
     };
-    let mut ctx = StageContext {
-        node: spec.node.clone(),
-        stage: spec.stage.clone(),
-        params: spec.params.clone(),
-        matrix: spec.matrix.clone(),
-        workdir: spec.workdir.clone(),
-        device: spec.device.clone(),
-        // Slurm makes the job's GPUs visible as 0..gpus.
-        gpus: (0..spec.gpus).collect(),
-        place: Place::Cluster { gpus: spec.gpus },
-        out_dir: staged.out(),
-        scratch: spec.scratch.clone(),
-        log: Arc::new(Mutex::new(log)),
-        log_path: staged.log(),
-        metrics: Metrics::default(),
-        sink: Arc::new(FileProgress {
-            path: staged.progress(),
-            last: Mutex::new(None),
-        }),
-        cancel: cancel.clone(),
-        cache_dir: None,
-    };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)));
-    let metrics = std::mem::take(&mut ctx.metrics);
-    let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
-    match result {
-        Ok(Ok(())) if !interrupted => finish(JobStatus::Ok, None, metrics),
-        Ok(Ok(())) => finish(JobStatus::Interrupted, None, metrics),
-        Ok(Err(e)) if e.is::<Cancelled>() || interrupted => {
-            ctx.log("interrupted (the job was signalled)");
-            finish(JobStatus::Interrupted, None, metrics)
-        }
-        Ok(Err(e)) => {
-            ctx.log(format!("error: {e}"));
-            finish(JobStatus::Failed, Some(e.to_string()), metrics)
-        }
-        Err(panic) => {
-            let msg = crate::run::panic_message(panic.as_ref());
-            ctx.log(format!("panic: {msg}"));
-            finish(
-                JobStatus::Failed,
-                Some(format!("the stage panicked: {msg}")),
-                metrics,
-            )
-        }
+    let invoked = invoke(
+        kind.as_ref(),
+        Invocation {
+            node: spec.node.clone(),
+            stage: spec.stage.clone(),
+            params: spec.params.clone(),
+            matrix: spec.matrix.clone(),
+            workdir: spec.workdir.clone(),
+            device: spec.device.clone(),
+            // Slurm makes the job's GPUs visible as 0..gpus.
+            gpus: (0..spec.gpus).collect(),
+            place: Place::Cluster { gpus: spec.gpus },
+            out_dir: staged.out(),
+            scratch: spec.scratch.clone(),
+            outs: spec.outs.clone(),
+            log,
+            log_path: staged.log(),
+            sink: Arc::new(FileProgress {
+                path: staged.progress(),
+                last: Mutex::new(None),
+            }),
+            cancel,
+            cache_dir: None,
+        },
+    );
+    match invoked.ended {
+        Ended::Done => finish(JobStatus::Ok, None, invoked.metrics),
+        Ended::Interrupted => finish(JobStatus::Interrupted, None, invoked.metrics),
+        Ended::Failed(e) => finish(JobStatus::Failed, Some(e), invoked.metrics),
     }
 }

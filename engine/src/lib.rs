@@ -8,7 +8,11 @@
 //! - [`fingerprint::KeyComponents`]: what a node's key is computed from.
 //! - [`plan::Evaluator`]: a node's [`plan::State`] (cached / stale / forced / blocked /
 //!   missing) and its [`reason::Reason`]s; the dry run and the executor share it.
-//! - [`run::run`]: the executor (`--jobs`, resources, early cutoff, commits).
+//! - [`run::run`]: the executor's drain loop (`--jobs`, resources, early cutoff), over
+//!   [`sched::Schedule`] (its bookkeeping as named steps, testable without processes),
+//!   [`exec::execute`] (one node into a record) and [`commit::committer`] (group commit
+//!   in dependency order, off the critical path).
+//! - [`invoke::invoke`]: the one way a stage runs, here or in a Slurm job.
 //! - [`slurm`]: nodes with `executor: slurm` as Slurm jobs (arrays, bulk polling, retries);
 //!   [`job`]: the job files on the shared filesystem and the worker that compute nodes run.
 //! - [`stage::StageKind`]: the interface stage kinds implement; [`stage::StageContext`] is
@@ -16,15 +20,20 @@
 //!
 //! The engine knows nothing of machine learning and nothing of the command line.
 
+pub mod commit;
 pub mod error;
+pub mod exec;
+pub mod failpoint;
 pub mod fingerprint;
 pub mod interp;
+pub mod invoke;
 pub mod job;
 pub mod locate;
 pub mod pipeline;
 pub mod plan;
 pub mod reason;
 pub mod run;
+pub mod sched;
 pub mod selector;
 pub mod slurm;
 pub mod spec;

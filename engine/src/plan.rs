@@ -8,10 +8,10 @@ use dagrun_cache::{Artifact, Cache, Hash, RecordHead};
 use serde_json::Value;
 
 use crate::{
-    error::Result,
+    error::{Error, Result},
     fingerprint::{KeyComponents, KEY_SCHEMA},
     interp,
-    pipeline::{DepSource, Pipeline},
+    pipeline::{DepSource, Node, Pipeline},
     reason::{diff, Reason},
     selector::scalar_string,
     workspace::{sub_hash, Workspace},
@@ -92,6 +92,8 @@ pub struct Evaluator<'a> {
     pub cache: Option<&'a Cache>,
     pub ws: Workspace<'a>,
     env_vars: BTreeMap<String, String>,
+    /// GPUs this machine offers for `resources.gpus` of local nodes; `None`: not checked.
+    gpus: Option<u32>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -107,7 +109,15 @@ impl<'a> Evaluator<'a> {
             ws: Workspace::new(&pipeline.workdir, cache, write_stats)
                 .skipping(dagrun_folders(pipeline, cache)),
             env_vars,
+            gpus: None,
         }
+    }
+
+    /// Checks `resources.gpus` of local nodes against the `gpus` this machine has: a node
+    /// asking for more is `Missing` (like a device this build lacks).
+    pub fn with_gpus(mut self, gpus: u32) -> Self {
+        self.gpus = Some(gpus);
+        self
     }
 
     /// Evaluates node `i`. `outputs(u)` gives the outputs of upstream node `u` when they
@@ -129,8 +139,9 @@ impl<'a> Evaluator<'a> {
             _ => &self.pipeline.nodes[i].outs,
         };
         let mut in_the_way = Vec::new();
+        let node = &self.pipeline.nodes[i];
         for o in replaced {
-            if self.ws.would_lose(o)? {
+            if self.ws.would_lose(o).map_err(at_output(node, o))? {
                 in_the_way.push(Reason::WouldDelete { path: o.clone() });
             }
         }
@@ -157,7 +168,7 @@ impl<'a> Evaluator<'a> {
         let mut missing = Vec::new();
         for d in &node.deps {
             if matches!(&d.source, DepSource::Workspace { contains } if contains.is_empty())
-                && self.ws.hash(&d.path)?.is_none()
+                && self.ws.hash(&d.path).map_err(at_dep(node, d))?.is_none()
             {
                 missing.push(Reason::MissingInput {
                     path: d.path.clone(),
@@ -171,6 +182,16 @@ impl<'a> Evaluator<'a> {
                 None
             }
         };
+        if let Some(have) = self.gpus {
+            let want = node.resources.gpus;
+            if node.executor == crate::spec::Executor::Local && want > have {
+                missing.push(Reason::Unavailable {
+                    message: format!(
+                        "needs {want} GPU(s) but {have} available (pass --gpus N if this machine has more)"
+                    ),
+                });
+            }
+        }
         if !missing.is_empty() {
             return Ok(Evaluation {
                 state: State::Missing { reasons: missing },
@@ -179,6 +200,7 @@ impl<'a> Evaluator<'a> {
                 record: None,
             });
         }
+        let own = self.own_components(node, env.expect("checked above"));
         let pending: Vec<String> = node
             .upstream
             .iter()
@@ -186,15 +208,13 @@ impl<'a> Evaluator<'a> {
             .map(|&u| self.pipeline.nodes[u].id.clone())
             .collect();
         if !pending.is_empty() {
+            let waits = |cutoff| Reason::WaitsOn {
+                nodes: pending.clone(),
+                cutoff,
+            };
             let state = match forced_reason {
                 Some(r) => State::Forced {
-                    reasons: vec![
-                        r,
-                        Reason::WaitsOn {
-                            nodes: pending,
-                            cutoff: false,
-                        },
-                    ],
+                    reasons: vec![r, waits(false)],
                 },
                 None if self.latest_key(&node.id)?.is_none() => State::Stale {
                     reasons: {
@@ -202,18 +222,20 @@ impl<'a> Evaluator<'a> {
                         if r.is_empty() {
                             r.push(Reason::NeverRun);
                         }
-                        r.push(Reason::WaitsOn {
-                            nodes: pending,
-                            cutoff: false,
-                        });
+                        r.push(waits(false));
                         r
                     },
                 },
-                None => State::Blocked {
-                    reasons: vec![Reason::WaitsOn {
-                        nodes: pending,
-                        cutoff: true,
-                    }],
+                // A change of its own (its command, a param, an environment variable)
+                // makes it run whatever its upstream produces: stale, not blocked.
+                None => match self.own_changes(node, &own)? {
+                    mut r if !r.is_empty() => {
+                        r.push(waits(false));
+                        State::Stale { reasons: r }
+                    }
+                    _ => State::Blocked {
+                        reasons: vec![waits(true)],
+                    },
                 },
             };
             return Ok(Evaluation {
@@ -275,7 +297,9 @@ impl<'a> Evaluator<'a> {
                             }
                         }
                     }
-                    self.ws.hash_with(&d.path, &overlays)?
+                    self.ws
+                        .hash_with(&d.path, &overlays)
+                        .map_err(at_dep(node, d))?
                 }
             };
             match h {
@@ -295,40 +319,7 @@ impl<'a> Evaluator<'a> {
                 record: None,
             });
         }
-        let mut env = env.expect("checked above");
-        env.extend(self.env_vars.clone());
-        let params = interp::render(&node.params, &|bi| {
-            let b = &node.bindings[bi];
-            let names: Vec<Value> = b
-                .targets
-                .iter()
-                .map(|(t, o)| Value::String(format!("@{}.{o}", self.pipeline.nodes[*t].id)))
-                .collect();
-            if b.many {
-                Value::Array(names)
-            } else {
-                names.into_iter().next().unwrap_or(Value::Null)
-            }
-        });
-        let components = KeyComponents {
-            schema: KEY_SCHEMA.to_string(),
-            kind: node.kind.name().to_string(),
-            kind_version: node.kind.version(),
-            matrix: node
-                .matrix
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            params,
-            // Declared outputs are a set: their order is not part of the key.
-            outs: {
-                let mut o = node.outs.clone();
-                o.sort();
-                o
-            },
-            inputs,
-            env,
-        };
+        let components = KeyComponents { inputs, ..own };
         let key = components.key();
         let record = match self.cache {
             Some(c) => c.record_head(&key)?,
@@ -340,7 +331,7 @@ impl<'a> Evaluator<'a> {
             let mut restore = Vec::new();
             for o in &node.outs {
                 let want = rec.outputs.get(o).map(|a| a.hash);
-                if self.ws.hash(o)? != want {
+                if self.ws.hash(o).map_err(at_output(node, o))? != want {
                     restore.push(o.clone());
                 }
             }
@@ -356,6 +347,82 @@ impl<'a> Evaluator<'a> {
             key: Some(key),
             record,
         })
+    }
+
+    /// A node's key components that do not depend on its upstream: everything but the
+    /// `inputs` (a reference to an upstream output is keyed by its name here; its content
+    /// goes into `inputs`).
+    fn own_components(&self, node: &Node, mut env: BTreeMap<String, String>) -> KeyComponents {
+        env.extend(self.env_vars.clone());
+        let params = interp::render(&node.params, &|bi| {
+            let b = &node.bindings[bi];
+            let names: Vec<Value> = b
+                .targets
+                .iter()
+                .map(|(t, o)| Value::String(format!("@{}.{o}", self.pipeline.nodes[*t].id)))
+                .collect();
+            if b.many {
+                Value::Array(names)
+            } else {
+                names.into_iter().next().unwrap_or(Value::Null)
+            }
+        });
+        KeyComponents {
+            schema: KEY_SCHEMA.to_string(),
+            kind: node.kind.name().to_string(),
+            kind_version: node.kind.version(),
+            matrix: node
+                .matrix
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            params,
+            // Declared outputs are a set: their order is not part of the key.
+            outs: {
+                let mut o = node.outs.clone();
+                o.sort();
+                o
+            },
+            inputs: BTreeMap::new(),
+            env,
+        }
+    }
+
+    /// What changed in a node itself since its last successful run, while its upstream
+    /// is still pending: its own components against the last record's, and the inputs
+    /// that come from outside the graph. Empty when nothing of its own changed (it runs
+    /// only if its upstream's outputs change); `RecordGone` when the last record is gone.
+    fn own_changes(&self, node: &Node, own: &KeyComponents) -> Result<Vec<Reason>> {
+        let (Some(cache), Some(key)) = (self.cache, self.latest_key(&node.id)?) else {
+            return Ok(Vec::new());
+        };
+        let Some(rec) = cache.record(&key)? else {
+            return Ok(vec![Reason::RecordGone]);
+        };
+        let Ok(mut old) = serde_json::from_value::<KeyComponents>(rec.components) else {
+            return Ok(vec![Reason::RecordGone]);
+        };
+        let mut new = own.clone();
+        // Inputs known now: workspace files no node writes into.
+        for d in &node.deps {
+            if let DepSource::Workspace { contains } = &d.source {
+                if contains.is_empty() {
+                    if let Some(h) = self.ws.hash(&d.path).map_err(at_dep(node, d))? {
+                        new.inputs.insert(format!("file:{}", d.path), h.to_hex());
+                    }
+                }
+            }
+        }
+        old.inputs.retain(|k, _| new.inputs.contains_key(k));
+        let mut d = diff(&old, &new);
+        for r in &mut d {
+            if let Reason::InputChanged { name, folder, .. } = r {
+                if let Some(path) = name.strip_prefix("file:") {
+                    *folder = self.ws.abs(path).is_dir();
+                }
+            }
+        }
+        Ok(d)
     }
 
     fn latest_key(&self, node: &str) -> Result<Option<Hash>> {
@@ -469,6 +536,37 @@ impl<'a> Evaluator<'a> {
             evals[i] = Some(e);
         }
         Ok(evals)
+    }
+}
+
+/// Locates a workspace error met while hashing input `d` of `node` (a FIFO, a symlink
+/// loop, a name too long): the user's input is wrong, so it says where it is declared.
+fn at_dep<'n>(
+    node: &'n crate::pipeline::Node,
+    d: &'n crate::pipeline::Dep,
+) -> impl FnOnce(Error) -> Error + 'n {
+    move |e| match e {
+        Error::Io { .. } => Error::Usage(format!(
+            "{}: input `{}` of `{}`: {e}",
+            d.loc, d.path, node.id
+        )),
+        e => e,
+    }
+}
+
+/// The same for output `o` of `node`, at the place it is declared.
+fn at_output<'n>(node: &'n crate::pipeline::Node, o: &'n str) -> impl FnOnce(Error) -> Error + 'n {
+    move |e| match e {
+        Error::Io { .. } => {
+            let loc = node
+                .outs
+                .iter()
+                .position(|x| x == o)
+                .and_then(|k| node.out_locs.get(k))
+                .unwrap_or(&node.loc);
+            Error::Usage(format!("{loc}: output `{o}` of `{}`: {e}", node.id))
+        }
+        e => e,
     }
 }
 

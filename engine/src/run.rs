@@ -3,10 +3,14 @@
 //! queue (they complete at once), and every node is evaluated by the planner's
 //! [`Evaluator::evaluate`] once its upstream is settled: a node whose upstream reran
 //! with byte-identical outputs stays cached (early cutoff).
+//!
+//! [`run`] is the drain loop: the bookkeeping is a [`Schedule`] (ready → start →
+//! finished → release → commit), nodes run on threads ([`execute`]), and records are
+//! made durable by the group committer ([`commit::committer`]) while downstream nodes
+//! already run. The loop only moves events between them.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
-    path::PathBuf,
+    collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Mutex,
@@ -14,20 +18,22 @@ use std::{
 };
 
 use chrono::Utc;
-use dagrun_cache::{
-    Artifact, Cache, Latest, Metrics, NodeFailure, Record, RunCounts, RunSummary, Timing,
-};
+use dagrun_cache::{Artifact, Cache, Latest, NodeFailure, Record, RunCounts, RunSummary};
 
 use crate::{
+    commit::{self, Committed},
     error::{Error, Result},
-    job::{write_json_atomic, JobSpec, Staged, JOB_SCHEMA},
-    plan::{runtime_params, Evaluation, Evaluator, Selection, State},
+    exec::{after_commit, execute, Outputs},
+    plan::{Evaluation, Evaluator, Selection, State},
     reason::Reason,
-    slurm::{OnInterrupt, RemoteOutcome, Slurm, SlurmSettings, Submission},
+    sched::{Schedule, Start, Task},
+    slurm::{OnInterrupt, Slurm, SlurmSettings},
     spec::Executor,
-    stage::{Cancelled, Place, ProgressSink, StageContext},
+    stage::ProgressSink,
     Pipeline,
 };
+
+pub use crate::sched::Outcome;
 
 /// How to run.
 #[derive(Clone, Debug, Default)]
@@ -41,24 +47,6 @@ pub struct RunOptions {
     pub command: String,
     /// Overrides `slurm.on_interrupt`.
     pub on_interrupt: Option<OnInterrupt>,
-}
-
-/// What happened to a node.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// Taken from the cache; `restored` workspace outputs were put back.
-    Cached {
-        restored: Vec<String>,
-        cut_off: bool,
-    },
-    /// Ran and committed.
-    Ran { seconds: f64 },
-    /// Ran and failed; nothing was cached.
-    Failed { error: String, log: Option<PathBuf> },
-    /// Not run because of upstream.
-    Skipped { reason: Reason },
-    /// Stopped by Ctrl-C, or never started because of it.
-    Interrupted,
 }
 
 /// Lifecycle events, for the progress display.
@@ -111,10 +99,6 @@ impl RunReport {
             .map(|(i, _)| *i)
             .collect()
     }
-}
-
-enum Msg {
-    Done(usize, std::result::Result<Record, Outcome>),
 }
 
 /// Checks what can be checked before any work: missing inputs, GPUs, `--only`.
@@ -186,12 +170,6 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 }
             }
         }
-        if selected && node.executor == Executor::Local && node.resources.gpus > opts.gpus {
-            problems.push(format!(
-                "{}: `{}` needs {} GPU(s) but {} available (pass --gpus N if this machine has more)",
-                node.loc, node.id, node.resources.gpus, opts.gpus
-            ));
-        }
     }
     problems.dedup();
     if problems.is_empty() {
@@ -205,7 +183,7 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
 /// first (as a node claims its outs before it runs): what is there afterwards is
 /// dagrun's, so a later run may replace it even if the user edited it meanwhile.
 fn restore_output(
-    ev: &Evaluator,
+    ev: &Evaluator<'_>,
     cache: &Cache,
     node: &str,
     o: &str,
@@ -217,6 +195,14 @@ fn restore_output(
     ev.ws.remember_artifact(o, artifact)
 }
 
+/// What the drain loop waits for.
+enum Event {
+    /// A node's thread ended: its record (objects in the cache, not committed) or why not.
+    Finished(usize, Box<std::result::Result<Record, Outcome>>),
+    /// The committer answered for a record.
+    Commit(Committed),
+}
+
 /// Runs the pipeline.
 pub fn run(
     p: &Pipeline,
@@ -226,8 +212,8 @@ pub fn run(
     cancel: Arc<AtomicBool>,
 ) -> Result<RunReport> {
     let started = Utc::now();
-    let ev = Evaluator::new(p, Some(cache), true);
-    let mut plan = ev.plan(&opts.selection)?;
+    let ev = Evaluator::new(p, Some(cache), true).with_gpus(opts.gpus);
+    let plan = ev.plan(&opts.selection)?;
     preflight(p, &plan, opts)?;
     let slurm = start_slurm(p, &plan, cache, opts, &observer, &cancel)?;
     // Cached nodes outside the selection (`--only`) that selected nodes read: put their
@@ -255,20 +241,40 @@ pub fn run(
         .copied()
         .filter(|&i| opts.selection.includes(i))
         .collect();
-    let to_run = included
+    let may_run = |i: &usize| {
+        plan[*i]
+            .as_ref()
+            .is_some_and(|e| !matches!(e.state, State::Cached { .. } | State::Missing { .. }))
+    };
+    observer.planned(
+        included.len(),
+        included
+            .iter()
+            .filter(|&&i| {
+                plan[i]
+                    .as_ref()
+                    .is_some_and(|e| !matches!(e.state, State::Cached { .. }))
+            })
+            .count(),
+    );
+    // From here on, whatever is at the workspace outputs of a node that may run is
+    // dagrun's (the node removes them and writes them), even if it fails or is killed
+    // before committing: claimed for all of them at once, with one flush.
+    let claimed: std::collections::HashSet<usize> =
+        included.iter().copied().filter(may_run).collect();
+    let claims: Vec<(std::path::PathBuf, &str)> = included
         .iter()
-        .filter(|&&i| {
-            plan[i]
-                .as_ref()
-                .map(|e| !matches!(e.state, State::Cached { .. }))
-                .unwrap_or(false)
+        .filter(|i| claimed.contains(i))
+        .flat_map(|&i| {
+            let n = &p.nodes[i];
+            n.outs.iter().map(|o| (p.workdir.join(o), n.id.as_str()))
         })
-        .count();
-    observer.planned(included.len(), to_run);
+        .collect();
+    cache.claim_outputs(claims.iter().map(|(path, node)| (path.as_path(), *node)))?;
 
-    let n = p.nodes.len();
     // Outputs of settled nodes. Outside the selection: their cached outputs.
-    let outputs: Mutex<Vec<Option<BTreeMap<String, Artifact>>>> = Mutex::new(vec![None; n]);
+    let n = p.nodes.len();
+    let outputs: Outputs = Mutex::new(vec![None; n]);
     {
         let mut o = outputs.lock().unwrap();
         for i in 0..n {
@@ -284,226 +290,107 @@ pub fn run(
             }
         }
     }
-    let inc: BTreeSet<usize> = included.iter().copied().collect();
-    let mut waiting: Vec<usize> = (0..n)
-        .map(|i| {
-            p.nodes[i]
-                .upstream
-                .iter()
-                .filter(|u| inc.contains(u))
-                .count()
+    let tasks = p
+        .nodes
+        .iter()
+        .map(|node| {
+            let remote = node.executor == Executor::Slurm;
+            Task {
+                id: node.id.clone(),
+                upstream: node.upstream.clone(),
+                downstream: node.downstream.clone(),
+                cpus: if remote { 0 } else { node.resources.cpus },
+                gpus: if remote { 0 } else { node.resources.gpus },
+                remote,
+            }
         })
         .collect();
-    let mut report = RunReport::default();
-    let mut ready: VecDeque<usize> = included
-        .iter()
-        .copied()
-        .filter(|&i| waiting[i] == 0)
-        .collect();
-    let mut runnable: VecDeque<(usize, Evaluation)> = VecDeque::new();
-    let jobs = opts.jobs.max(1) as u32;
-    let mut free_cpus = jobs;
-    let mut free_gpus: BTreeSet<u32> = (0..opts.gpus).collect();
-    let mut held: BTreeMap<usize, (u32, Vec<u32>)> = BTreeMap::new();
     let max_remote = slurm.as_ref().map(|s| s.settings.max_jobs).unwrap_or(0);
-    let mut remote_running = 0usize;
-    let (tx, rx) = mpsc::channel::<Msg>();
-    let mut executed = Vec::new();
-
+    let mut drain = Drain {
+        p,
+        cache,
+        ev: &ev,
+        opts,
+        plan,
+        sched: Schedule::new(
+            tasks,
+            &included,
+            opts.jobs.max(1) as u32,
+            opts.gpus,
+            max_remote,
+        ),
+        runnable: HashMap::new(),
+        claimed,
+        outputs: &outputs,
+        observer: observer.as_ref(),
+        executed: Vec::new(),
+    };
+    let (tx, rx) = mpsc::channel::<Event>();
+    let (jobs_tx, jobs_rx) = mpsc::channel::<commit::Job>();
     let scoped = std::thread::scope(|scope| -> Result<()> {
+        {
+            let tx = tx.clone();
+            scope.spawn(move || commit::committer(cache, jobs_rx, tx, Event::Commit));
+        }
         loop {
-            // Settle every node whose upstream is done: cached nodes complete here.
-            while let Some(i) = ready.pop_front() {
-                if cancel.load(Ordering::Relaxed) {
-                    report.outcomes.insert(i, Outcome::Interrupted);
-                    continue;
-                }
+            if cancel.load(Ordering::Relaxed) {
+                drain.sched.cancel();
+            }
+            while let Some(i) = drain.sched.next_ready() {
+                drain.evaluate_ready(i)?;
+            }
+            while let Some(Start { node: i, gpus }) = drain.sched.start() {
                 let node = &p.nodes[i];
-                let was_blocked = matches!(
-                    plan[i].as_ref().map(|x| &x.state),
-                    Some(State::Blocked { .. })
-                );
-                // When every upstream came from the cache, the plan's evaluation still
-                // holds: reuse it instead of hashing and looking up again.
-                let upstream_as_planned = node.upstream.iter().all(|u| {
-                    !inc.contains(u)
-                        || matches!(report.outcomes.get(u), Some(Outcome::Cached { .. }))
+                let e = drain
+                    .runnable
+                    .remove(&i)
+                    .expect("runnable nodes are evaluated");
+                tracing::info!(node = %node.id, gpus = ?gpus, "starting");
+                observer.started(&node.id);
+                drain.executed.push(node.id.clone());
+                let tx = tx.clone();
+                let outputs = &outputs;
+                let sink: Arc<dyn ProgressSink> = observer.clone();
+                let cancel = cancel.clone();
+                let slurm = slurm.as_ref().filter(|_| node.executor == Executor::Slurm);
+                scope.spawn(move || {
+                    let res = execute(p, i, e, cache, outputs, gpus, sink, cancel, slurm);
+                    let _ = tx.send(Event::Finished(i, Box::new(res)));
                 });
-                let e = match plan[i].take() {
-                    Some(e) if upstream_as_planned && e.key.is_some() => e,
-                    _ => {
-                        let known = |u: usize| outputs.lock().unwrap()[u].clone();
-                        ev.evaluate(i, &opts.selection, &known)?
-                    }
-                };
-                tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
-                match &e.state {
-                    State::Cached { restore } => {
-                        let rec = e.record.as_ref().expect("cached has a record");
-                        for o in restore {
-                            restore_output(&ev, cache, &node.id, o, &rec.outputs[o])?;
-                        }
-                        if cache.failure(&node.id)?.is_some() {
-                            cache.clear_failure(&node.id)?;
-                        }
-                        if cache.latest(&node.id)?.map(|l| l.key) != Some(rec.key) {
-                            cache.set_latest(
-                                &node.id,
-                                &Latest {
-                                    key: rec.key,
-                                    pipeline: p.name.clone(),
-                                    at: Utc::now(),
-                                },
-                            )?;
-                        }
-                        let out = Outcome::Cached {
-                            restored: restore.clone(),
-                            cut_off: was_blocked,
-                        };
-                        observer.finished(&node.id, &out);
-                        report.outcomes.insert(i, out);
-                        outputs.lock().unwrap()[i] = Some(rec.outputs.clone());
-                        for &d in &node.downstream {
-                            if inc.contains(&d) {
-                                waiting[d] -= 1;
-                                if waiting[d] == 0 {
-                                    ready.push_back(d);
-                                }
-                            }
-                        }
-                    }
-                    State::Stale { .. } | State::Forced { .. } => runnable.push_back((i, e)),
-                    State::Missing { reasons } | State::Blocked { reasons } => {
-                        let out = Outcome::Failed {
-                            error: reasons
-                                .iter()
-                                .map(|r| r.to_string())
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                            log: None,
-                        };
-                        observer.finished(&node.id, &out);
-                        report.outcomes.insert(i, out);
-                        skip_downstream(p, i, &inc, &mut report, observer.as_ref());
-                    }
-                }
             }
-            // Start what fits.
-            if !cancel.load(Ordering::Relaxed) {
-                let mut k = 0;
-                while k < runnable.len() {
-                    let node = &p.nodes[runnable[k].0];
-                    let r = &node.resources;
-                    // A Slurm node holds no local slots; the cluster is bounded by max_jobs.
-                    let remote = node.executor == Executor::Slurm;
-                    let cpus = if remote { 0 } else { r.cpus.min(jobs) };
-                    let fits = if remote {
-                        remote_running < max_remote
-                    } else {
-                        cpus <= free_cpus && (r.gpus as usize) <= free_gpus.len()
-                    };
-                    if !fits {
-                        k += 1;
-                        continue;
-                    }
-                    let (i, e) = runnable.remove(k).expect("in range");
-                    let gpus: Vec<u32> = if remote {
-                        Vec::new()
-                    } else {
-                        free_gpus.iter().copied().take(r.gpus as usize).collect()
-                    };
-                    for g in &gpus {
-                        free_gpus.remove(g);
-                    }
-                    free_cpus -= cpus;
-                    remote_running += usize::from(remote);
-                    tracing::info!(node = %node.id, cpus, gpus = ?gpus, remote, "starting");
-                    held.insert(i, (cpus, gpus.clone()));
-                    observer.started(&node.id);
-                    executed.push(node.id.clone());
-                    let tx = tx.clone();
-                    let outputs = &outputs;
-                    let obs = observer.clone();
-                    let cancel = cancel.clone();
-                    let slurm = if remote { slurm.as_ref() } else { None };
-                    scope.spawn(move || {
-                        let res = execute(p, i, e, cache, outputs, gpus, obs, cancel, slurm);
-                        let _ = tx.send(Msg::Done(i, res));
-                    });
-                }
-            } else {
-                for (i, _) in runnable.drain(..) {
-                    report.outcomes.insert(i, Outcome::Interrupted);
-                }
+            drain.notify();
+            if drain.sched.is_done() {
+                break;
             }
-            if held.is_empty() {
-                if ready.is_empty() && runnable.is_empty() {
-                    break;
-                }
-                if !ready.is_empty() {
-                    continue;
-                }
+            if !drain.sched.has_work_in_flight() && !drain.sched.has_ready() {
+                // Nothing runs and nothing can start: the schedule would wait forever.
+                return Err(Error::Usage(
+                    "no node can start: the runnable nodes need more slots than this run has"
+                        .into(),
+                ));
             }
-            let Msg::Done(i, res) = rx.recv().expect("a worker is running");
-            let (cpus, gpus) = held.remove(&i).expect("was running");
-            if p.nodes[i].executor == Executor::Slurm {
-                remote_running -= 1;
+            if drain.sched.has_ready() {
+                continue;
             }
-            free_cpus += cpus;
-            free_gpus.extend(gpus);
-            let node = &p.nodes[i];
-            match res {
-                Ok(rec) => {
-                    for o in &node.outs {
-                        ev.ws.remember_artifact(o, &rec.outputs[o])?;
-                    }
-                    cache.clear_failure(&node.id)?;
-                    let out = Outcome::Ran {
-                        seconds: rec.timing.seconds,
-                    };
-                    observer.finished(&node.id, &out);
-                    report.outcomes.insert(i, out);
-                    outputs.lock().unwrap()[i] = Some(rec.outputs);
-                    for &d in &node.downstream {
-                        if inc.contains(&d) {
-                            waiting[d] -= 1;
-                            if waiting[d] == 0 {
-                                ready.push_back(d);
-                            }
-                        }
-                    }
-                }
-                Err(out) => {
-                    for o in &node.outs {
-                        ev.ws.invalidate(o);
-                    }
-                    if let Outcome::Failed { error, log } = &out {
-                        cache.record_failure(
-                            &node.id,
-                            &NodeFailure {
-                                at: Utc::now(),
-                                error: error.clone(),
-                                log: log.clone(),
-                                pipeline: p.name.clone(),
-                            },
-                        )?;
-                    }
-                    observer.finished(&node.id, &out);
-                    report.outcomes.insert(i, out);
-                    skip_downstream(p, i, &inc, &mut report, observer.as_ref());
-                }
+            match rx.recv().expect("a node or the committer is at work") {
+                Event::Finished(i, res) => drain.finished(i, *res, &jobs_tx)?,
+                Event::Commit(c) => drain.committed(c, slurm.as_ref())?,
             }
         }
+        drop(jobs_tx);
         Ok(())
     });
-    if let Some(s) = &slurm {
-        report.detached = s.stop();
-    }
+    let detached = slurm.as_ref().map(|s| s.stop()).unwrap_or_default();
     scoped?;
-    report.interrupted = cancel.load(Ordering::Relaxed);
-    for &i in &included {
-        report.outcomes.entry(i).or_insert(Outcome::Interrupted);
-    }
+    drain.notify();
+    let Drain {
+        sched, executed, ..
+    } = drain;
+    let report = RunReport {
+        outcomes: sched.into_outcomes(),
+        interrupted: cancel.load(Ordering::Relaxed),
+        detached,
+    };
     let failed: Vec<String> = report
         .failed()
         .iter()
@@ -531,22 +418,180 @@ pub fn run(
     Ok(report)
 }
 
-fn skip_downstream(
-    p: &Pipeline,
-    i: usize,
-    inc: &BTreeSet<usize>,
-    report: &mut RunReport,
-    obs: &dyn Observer,
-) {
-    for d in p.descendants(&[i]) {
-        if d != i && inc.contains(&d) && !report.outcomes.contains_key(&d) {
-            let out = Outcome::Skipped {
-                reason: Reason::UpstreamFailed {
-                    node: p.nodes[i].id.clone(),
+/// The drain loop's state: the schedule, and what the loop needs to act on its steps.
+struct Drain<'a> {
+    p: &'a Pipeline,
+    cache: &'a Cache,
+    ev: &'a Evaluator<'a>,
+    opts: &'a RunOptions,
+    /// The plan's evaluations, taken as nodes become ready.
+    plan: Vec<Option<Evaluation>>,
+    sched: Schedule,
+    /// Evaluations of nodes waiting for slots.
+    runnable: HashMap<usize, Evaluation>,
+    /// Nodes whose workspace outputs were claimed before the run started.
+    claimed: std::collections::HashSet<usize>,
+    outputs: &'a Outputs,
+    observer: &'a dyn Observer,
+    /// Node ids in the order they started (the run log).
+    executed: Vec<String>,
+}
+
+impl Drain<'_> {
+    /// A ready node: evaluated (the plan's evaluation when its upstream came from the
+    /// cache as planned), then settled from the cache, queued to run, or failed.
+    fn evaluate_ready(&mut self, i: usize) -> Result<()> {
+        let (p, cache, ev) = (self.p, self.cache, self.ev);
+        let node = &p.nodes[i];
+        let was_blocked = matches!(
+            self.plan[i].as_ref().map(|x| &x.state),
+            Some(State::Blocked { .. })
+        );
+        // When every upstream came from the cache, the plan's evaluation still holds:
+        // reuse it instead of hashing and looking up again.
+        let upstream_as_planned = node.upstream.iter().all(|&u| {
+            !self.opts.selection.includes(u)
+                || matches!(self.sched.outcome(u), Some(Outcome::Cached { .. }))
+        });
+        let e = match self.plan[i].take() {
+            Some(e) if upstream_as_planned && e.key.is_some() => e,
+            _ => {
+                let outputs = self.outputs;
+                let known = |u: usize| outputs.lock().unwrap()[u].clone();
+                ev.evaluate(i, &self.opts.selection, &known)?
+            }
+        };
+        tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
+        match &e.state {
+            State::Cached { restore } => {
+                let rec = e.record.as_ref().expect("cached has a record");
+                for o in restore {
+                    restore_output(ev, cache, &node.id, o, &rec.outputs[o])?;
+                }
+                if cache.failure(&node.id)?.is_some() {
+                    cache.clear_failure(&node.id)?;
+                }
+                if cache.latest(&node.id)?.map(|l| l.key) != Some(rec.key) {
+                    cache.set_latest(
+                        &node.id,
+                        &Latest {
+                            key: rec.key,
+                            pipeline: p.name.clone(),
+                            at: Utc::now(),
+                        },
+                    )?;
+                }
+                self.outputs.lock().unwrap()[i] = Some(rec.outputs.clone());
+                self.sched.cached(i, restore.clone(), was_blocked);
+            }
+            State::Stale { .. } | State::Forced { .. } => {
+                // The plan did not expect it to run (it cannot happen, but a workspace
+                // output must never be written unclaimed): claim its outputs now.
+                if !self.claimed.contains(&i) {
+                    for o in &node.outs {
+                        cache.claim_output(&p.workdir.join(o), &node.id)?;
+                    }
+                }
+                self.runnable.insert(i, e);
+                self.sched.runnable(i);
+            }
+            State::Missing { reasons } | State::Blocked { reasons } => {
+                let error = reasons
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                self.sched.unrunnable(i, error);
+            }
+        }
+        Ok(())
+    }
+
+    /// A node's thread ended. Its outputs are in place: downstream may start now, while
+    /// its record waits for the committer (behind the records it was computed from).
+    fn finished(
+        &mut self,
+        i: usize,
+        res: std::result::Result<Record, Outcome>,
+        jobs: &mpsc::Sender<commit::Job>,
+    ) -> Result<()> {
+        let node = &self.p.nodes[i];
+        match res {
+            Ok(record) => {
+                for o in &node.outs {
+                    self.ev.ws.remember_artifact(o, &record.outputs[o])?;
+                }
+                self.outputs.lock().unwrap()[i] = Some(record.outputs.clone());
+                crate::failpoint::hit("node-finished");
+                let after = self.sched.commit_after(i);
+                self.sched.finished(i, Ok(()));
+                jobs.send(commit::Job {
+                    node: i,
+                    record,
+                    after,
+                })
+                .expect("the committer runs until the loop ends");
+            }
+            Err(out) => {
+                for o in &node.outs {
+                    self.ev.ws.invalidate(o);
+                }
+                self.note_failure(i, &out)?;
+                self.sched.finished(i, Err(out));
+            }
+        }
+        Ok(())
+    }
+
+    /// The committer answered: the node is done, or failed after all.
+    fn committed(&mut self, c: Committed, slurm: Option<&Slurm>) -> Result<()> {
+        match c {
+            Committed::Durable { node: i, record } => {
+                let node = &self.p.nodes[i];
+                self.cache.clear_failure(&node.id)?;
+                let staging = slurm
+                    .filter(|_| node.executor == Executor::Slurm)
+                    .map(|s| s.settings.staging.as_path());
+                after_commit(self.cache, &node.id, &record.key, staging);
+                self.sched.committed(i, record.timing.seconds);
+            }
+            Committed::Failed { node: i, error } => {
+                for o in &self.p.nodes[i].outs {
+                    self.ev.ws.invalidate(o);
+                }
+                let out = Outcome::Failed { error, log: None };
+                self.note_failure(i, &out)?;
+                let Outcome::Failed { error, .. } = out else {
+                    unreachable!()
+                };
+                self.sched.commit_failed(i, error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a failed execution, for `why` and the next plan.
+    fn note_failure(&self, i: usize, out: &Outcome) -> Result<()> {
+        if let Outcome::Failed { error, log } = out {
+            self.cache.record_failure(
+                &self.p.nodes[i].id,
+                &NodeFailure {
+                    at: Utc::now(),
+                    error: error.clone(),
+                    log: log.clone(),
+                    pipeline: self.p.name.clone(),
                 },
-            };
-            obs.finished(&p.nodes[d].id, &out);
-            report.outcomes.insert(d, out);
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Tells the observer about every node settled since the last call.
+    fn notify(&mut self) {
+        for i in self.sched.take_settled() {
+            if let Some(o) = self.sched.outcome(i) {
+                self.observer.finished(&self.p.nodes[i].id, o);
+            }
         }
     }
 }
@@ -579,303 +624,4 @@ fn start_slurm(
     Slurm::start(settings, sink, cancel.clone())
         .map(Some)
         .map_err(Error::Usage)
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
-}
-
-/// What a node's run left for the commit: where its outputs and log are.
-struct Ran {
-    out_dir: PathBuf,
-    log_path: PathBuf,
-    metrics: Metrics,
-    timing: Timing,
-}
-
-/// Runs one node (here, or as a Slurm job) and commits its record. On failure the
-/// node's log is kept under `<cache>/logs/` and its scratch folder is kept for the next
-/// attempt.
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    p: &Pipeline,
-    i: usize,
-    e: Evaluation,
-    cache: &Cache,
-    outputs: &Mutex<Vec<Option<BTreeMap<String, Artifact>>>>,
-    gpus: Vec<u32>,
-    observer: Arc<dyn Observer>,
-    cancel: Arc<AtomicBool>,
-    slurm: Option<&Slurm>,
-) -> std::result::Result<Record, Outcome> {
-    let node = &p.nodes[i];
-    let fail = |error: String, log: Option<PathBuf>| Outcome::Failed { error, log };
-    let key = e.key.expect("runnable nodes have a key");
-    let components = e.components.expect("runnable nodes have components");
-    let keep_log = |log: &std::path::Path| keep_failure_log(cache, &node.id, log);
-    let path_of = |t: usize, o: &str| -> std::result::Result<Option<String>, String> {
-        if p.nodes[t].is_workspace_out(o) {
-            return Ok(Some(p.workdir.join(o).to_string_lossy().into_owned()));
-        }
-        let Some(art) = outputs.lock().unwrap()[t]
-            .as_ref()
-            .and_then(|m| m.get(o))
-            .cloned()
-        else {
-            return Ok(None);
-        };
-        cache
-            .materialize(&art)
-            .map(|pb| Some(pb.to_string_lossy().into_owned()))
-            .map_err(|e| format!("cannot hand over `{}.{o}`: {e}", p.nodes[t].id))
-    };
-    let params = runtime_params(p, i, &path_of).map_err(|e| fail(e, None))?;
-    // From here on, whatever is at the node's workspace outputs is dagrun's (the node
-    // removes them and writes them), even if it fails or is killed before committing.
-    for o in &node.outs {
-        cache
-            .claim_output(&p.workdir.join(o), &node.id)
-            .map_err(|e| fail(format!("cannot prepare the node: {e}"), None))?;
-    }
-    let ran = match slurm {
-        Some(slurm) => run_remote(p, i, &key, params, cache, slurm)?,
-        None => run_here(p, i, &key, params, cache, gpus, observer, cancel.clone())?,
-    };
-    let Ran {
-        out_dir,
-        log_path,
-        metrics,
-        timing,
-    } = ran;
-    if cancel.load(Ordering::Relaxed) {
-        return Err(Outcome::Interrupted);
-    }
-    // Ingest outputs; the record is committed only once all of them are durable.
-    let mut arts = BTreeMap::new();
-    for decl in &node.outputs {
-        let src = if node.is_workspace_out(&decl.name) {
-            p.workdir.join(&decl.name)
-        } else {
-            out_dir.join(&decl.name)
-        };
-        if !src.exists() {
-            return Err(fail(
-                format!("the stage did not write its output `{}`", decl.name),
-                keep_log(&log_path),
-            ));
-        }
-        match cache.ingest(&src, decl.kind) {
-            Ok(a) => {
-                arts.insert(decl.name.clone(), a);
-            }
-            Err(err) => return Err(fail(err.to_string(), keep_log(&log_path))),
-        }
-    }
-    let log = std::fs::read(&log_path)
-        .ok()
-        .and_then(|b| cache.put_bytes(&b).ok());
-    let record = Record {
-        key,
-        node: node.id.clone(),
-        kind: node.kind.name().to_string(),
-        kind_version: node.kind.version(),
-        components: serde_json::to_value(&components).expect("serialises"),
-        outputs: arts,
-        metrics,
-        timing,
-        log,
-        engine_version: crate::ENGINE_VERSION.to_string(),
-        pipeline: p.name.clone(),
-    };
-    cache
-        .commit(&record)
-        .map_err(|err| fail(err.to_string(), keep_log(&log_path)))?;
-    let _ = cache.remove_scratch(&key);
-    if let Some(tmp) = out_dir.parent() {
-        let _ = std::fs::remove_dir_all(tmp);
-    }
-    let _ = std::fs::remove_file(cache.failure_log_path(&node.id));
-    Ok(record)
-}
-
-/// Copies a failed node's log to where `dagrun` points users (`<cache>/logs/`).
-fn keep_failure_log(cache: &Cache, node: &str, log: &std::path::Path) -> Option<PathBuf> {
-    let dest = cache.failure_log_path(node);
-    std::fs::create_dir_all(dest.parent()?).ok()?;
-    std::fs::copy(log, &dest).ok()?;
-    Some(dest)
-}
-
-/// Runs a node in this process, in a fresh folder under the cache's `tmp/`.
-#[allow(clippy::too_many_arguments)]
-fn run_here(
-    p: &Pipeline,
-    i: usize,
-    key: &dagrun_cache::Hash,
-    params: serde_json::Value,
-    cache: &Cache,
-    gpus: Vec<u32>,
-    observer: Arc<dyn Observer>,
-    cancel: Arc<AtomicBool>,
-) -> std::result::Result<Ran, Outcome> {
-    let node = &p.nodes[i];
-    let fail = |error: String, log: Option<PathBuf>| Outcome::Failed { error, log };
-    let tmp = cache
-        .temp_dir()
-        .map_err(|err| fail(err.to_string(), None))?;
-    let out_dir = tmp.join("out");
-    let log_path = tmp.join("log");
-    let keep_log = |log: &std::path::Path| keep_failure_log(cache, &node.id, log);
-    let prepare = || -> std::io::Result<std::fs::File> {
-        std::fs::create_dir_all(&out_dir)?;
-        std::fs::create_dir_all(cache.scratch_dir(key))?;
-        remove_outs(&p.workdir, &node.outs)?;
-        std::fs::File::create(&log_path)
-    };
-    let log_file =
-        prepare().map_err(|err| fail(format!("cannot prepare the node: {err}"), None))?;
-    let mut ctx = StageContext {
-        node: node.id.clone(),
-        stage: node.stage.clone(),
-        params,
-        matrix: node.matrix.clone(),
-        workdir: p.workdir.clone(),
-        device: node.device.clone(),
-        gpus,
-        place: Place::Here,
-        out_dir: out_dir.clone(),
-        scratch: cache.scratch_dir(key),
-        log: Arc::new(Mutex::new(log_file)),
-        log_path: log_path.clone(),
-        metrics: Metrics::default(),
-        sink: observer.clone(),
-        cancel: cancel.clone(),
-        cache_dir: Some(cache.dir().to_path_buf()),
-    };
-    let t0 = std::time::Instant::now();
-    let start = Utc::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.kind.run(&mut ctx)));
-    let seconds = t0.elapsed().as_secs_f64();
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            if err.is::<Cancelled>() || cancel.load(Ordering::Relaxed) {
-                return Err(Outcome::Interrupted);
-            }
-            return Err(fail(err.to_string(), keep_log(&log_path)));
-        }
-        Err(panic) => {
-            return Err(fail(
-                format!("the stage panicked: {}", panic_message(panic.as_ref())),
-                keep_log(&log_path),
-            ));
-        }
-    }
-    let metrics = std::mem::take(&mut ctx.metrics);
-    Ok(Ran {
-        out_dir,
-        log_path,
-        metrics,
-        timing: Timing {
-            started: start,
-            finished: Utc::now(),
-            seconds,
-        },
-    })
-}
-
-/// Removes a node's workspace outputs (and makes their parent folders) before it runs;
-/// a Slurm job's worker does the same on its compute node.
-pub(crate) fn remove_outs(workdir: &std::path::Path, outs: &[String]) -> std::io::Result<()> {
-    for o in outs {
-        // The pipeline refuses these; never remove the workspace itself.
-        if o.is_empty() || o == "." || o.starts_with('/') || o.split('/').any(|c| c == "..") {
-            return Err(std::io::Error::other(format!(
-                "refusing to remove output `{o}`: not a path inside the workspace"
-            )));
-        }
-        let abs = workdir.join(o);
-        match std::fs::symlink_metadata(&abs) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,
-            Ok(_) => std::fs::remove_file(&abs)?,
-            Err(_) => {}
-        }
-        if let Some(parent) = abs.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-    }
-    Ok(())
-}
-
-/// Runs a node as a Slurm job: writes its job file into its staging folder, hands it
-/// to the Slurm thread and waits. The worker removes the workspace outputs itself, so
-/// that a job adopted from an earlier run keeps what it wrote.
-fn run_remote(
-    p: &Pipeline,
-    i: usize,
-    key: &dagrun_cache::Hash,
-    params: serde_json::Value,
-    cache: &Cache,
-    slurm: &Slurm,
-) -> std::result::Result<Ran, Outcome> {
-    let node = &p.nodes[i];
-    let fail = |error: String| Outcome::Failed { error, log: None };
-    let staged = Staged::new(&slurm.settings.staging, &key.to_hex());
-    let spec = JobSpec {
-        schema: JOB_SCHEMA.to_string(),
-        key: key.to_hex(),
-        node: node.id.clone(),
-        stage: node.stage.clone(),
-        kind: node.kind.name().to_string(),
-        kind_version: node.kind.version(),
-        params,
-        matrix: node.matrix.clone(),
-        device: node.device.clone(),
-        gpus: node.resources.gpus,
-        workdir: p.workdir.clone(),
-        outs: node.outs.clone(),
-        scratch: cache.scratch_dir(key),
-        staging: staged.dir.clone(),
-    };
-    std::fs::create_dir_all(&staged.dir)
-        .and_then(|_| write_json_atomic(&staged.job(), &spec))
-        .map_err(|e| {
-            fail(format!(
-                "cannot write the job file into {}: {e}",
-                staged.dir.display()
-            ))
-        })?;
-    let outcome = slurm.run(Submission {
-        node: node.id.clone(),
-        stage: node.stage.clone(),
-        staged: staged.clone(),
-        resources: node.resources.clone(),
-    });
-    match outcome {
-        RemoteOutcome::Done { result, adopted } => {
-            if adopted {
-                tracing::info!(node = %node.id, host = %result.host, "adopted a finished Slurm job");
-            }
-            Ok(Ran {
-                out_dir: staged.out(),
-                log_path: staged.log(),
-                metrics: result.metrics,
-                timing: Timing {
-                    started: result.started,
-                    finished: result.finished,
-                    seconds: result.seconds,
-                },
-            })
-        }
-        RemoteOutcome::Failed { error, log } => {
-            let kept = log.and_then(|l| keep_failure_log(cache, &node.id, &l));
-            Err(Outcome::Failed { error, log: kept })
-        }
-        RemoteOutcome::Interrupted => Err(Outcome::Interrupted),
-    }
 }

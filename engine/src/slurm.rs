@@ -63,6 +63,12 @@ pub struct SlurmSettings {
     pub on_interrupt: OnInterrupt,
 }
 
+/// A duration from a number of seconds the pipeline checked (0 to a day); never panics,
+/// whatever the number.
+fn seconds(v: Option<f64>, default: f64) -> Duration {
+    Duration::try_from_secs_f64(v.unwrap_or(default)).unwrap_or(Duration::from_secs_f64(default))
+}
+
 impl SlurmSettings {
     /// Relative paths are relative to the workspace; staging defaults to CACHE/slurm.
     pub fn new(spec: &SlurmSpec, workdir: &Path, cache_dir: &Path) -> Self {
@@ -86,8 +92,8 @@ impl SlurmSettings {
                 .map(abs)
                 .or_else(|| std::env::current_exe().ok())
                 .unwrap_or_else(|| PathBuf::from("dagrun")),
-            poll: Duration::from_secs_f64(spec.poll_seconds.unwrap_or(5.0)),
-            submit_interval: Duration::from_secs_f64(spec.submit_interval_seconds.unwrap_or(1.0)),
+            poll: seconds(spec.poll_seconds, 5.0),
+            submit_interval: seconds(spec.submit_interval_seconds, 1.0),
             max_array: spec.max_array.unwrap_or(1000),
             max_jobs: spec.max_jobs.unwrap_or(2000),
             sbatch: spec.sbatch.clone(),

@@ -64,11 +64,13 @@ impl<'a> Workspace<'a> {
 
     /// Forget memoised hashes (after a node wrote into the workspace).
     pub fn invalidate(&self, rel: &str) {
+        // No allocation per entry: this runs once per finished node over every memoised
+        // path.
         self.memo.borrow_mut().retain(|k, _| {
             !(k == rel
-                || k.starts_with(&format!("{rel}/"))
-                || rel.starts_with(&format!("{k}/"))
-                || k == ".")
+                || k == "."
+                || crate::pipeline::is_inside(k, rel)
+                || crate::pipeline::is_inside(rel, k))
         });
     }
 
@@ -188,6 +190,18 @@ impl<'a> Workspace<'a> {
     }
 
     fn file_hash(&self, p: &Path, meta: &std::fs::Metadata) -> Result<Hash> {
+        if !meta.is_file() {
+            // Reading a FIFO or a character device (`/dev/zero`) would block or never
+            // end: only regular files (and folders of them) are inputs.
+            return Err(Error::Io {
+                context: "cannot hash",
+                path: p.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "it is {}, not a regular file or a folder",
+                    special_kind(meta)
+                )),
+            });
+        }
         if let Some(cache) = self.cache {
             if let Some(st) = cache.stat_get(p)? {
                 if st.matches(meta) {
@@ -274,6 +288,23 @@ impl<'a> Workspace<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// What a path that is neither a regular file nor a folder is, in words.
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
     }
 }
 

@@ -88,7 +88,7 @@ impl StageKind for CommandKind {
             .stdin(Stdio::null());
         // One pipe for both streams, so that the log keeps the order the command wrote
         // its lines in (two pipes read by two threads would interleave them by chance).
-        let (reader, writer) = pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
         c.stdout(Stdio::from(
             writer
                 .try_clone()
@@ -116,43 +116,22 @@ impl StageKind for CommandKind {
         let token = dagrun_cache::procs::new_token();
         c.env(dagrun_cache::procs::GROUP_ENV, &token);
         c.process_group(0);
-        // SAFETY: prctl is async-signal-safe; `sh` dies with the thread that spawned it.
-        unsafe {
-            c.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut c);
+        // Recorded before it starts (its token, no leader yet), so that even a dagrun
+        // killed right after the spawn leaves a record for the next one to act on;
+        // rewritten with the leader once it is known.
+        let _tracked_token = ctx.track_group(0, &token);
         let spawned = c.spawn();
         // The command holds the pipe's write ends until dropped: close ours, so that the
         // reader sees the end of the output when the command's processes have exited.
         drop(c);
-        let mut child = spawned.map_err(|e| format!("cannot start `sh`: {e}"))?;
+        let child = spawned.map_err(|e| format!("cannot start `sh`: {e}"))?;
         let pid = child.id() as i32;
         let _tracked = ctx.track_group(pid, &token);
         let ctx_ref: &StageContext = ctx;
         let status = std::thread::scope(|s| {
             s.spawn(|| pump(ctx_ref, reader));
-            let mut term_sent: Option<Instant> = None;
-            loop {
-                if let Some(st) = child.try_wait()? {
-                    return Ok::<_, std::io::Error>(Some(st));
-                }
-                if ctx_ref.cancelled() {
-                    match term_sent {
-                        None => {
-                            // SAFETY: signalling the child's own process group.
-                            unsafe { libc::kill(-pid, libc::SIGTERM) };
-                            term_sent = Some(Instant::now());
-                        }
-                        Some(t) if t.elapsed() > Duration::from_secs(3) => {
-                            unsafe { libc::kill(-pid, libc::SIGKILL) };
-                        }
-                        _ => {}
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_or_cancel(child, pid, || ctx_ref.cancelled())
         })?;
         if ctx.cancelled() {
             return Err(Box::new(Cancelled));
@@ -168,21 +147,69 @@ impl StageKind for CommandKind {
     }
 }
 
-/// A pipe whose ends are closed on exec (the child gets its copies through `Stdio`).
-fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds`, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// Linux: `sh` gets SIGKILL when the thread that spawned it dies (PR_SET_PDEATHSIG).
+/// Elsewhere nothing: the group record in the cache still lets the next dagrun find it.
+#[cfg(target_os = "linux")]
+fn die_with_parent(c: &mut Command) {
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
-    // SAFETY: both descriptors are fresh and owned by nothing else.
-    Ok(unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_c: &mut Command) {}
+
+/// How often a running command checks for Ctrl-C. Its exit is not polled: a thread
+/// blocked in `wait` reports it the moment it happens.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
+
+/// Waits for `child` (the leader of process group `pid`) to exit. A thread blocks in
+/// `wait`, so the exit is seen at once; meanwhile this thread checks `cancelled` every
+/// [`CANCEL_CHECK`] and, once it is set, sends the group SIGTERM, then SIGKILL after 3 s.
+/// Returns `None` when the command's exit status could not be had.
+fn wait_or_cancel(
+    mut child: std::process::Child,
+    pid: i32,
+    cancelled: impl Fn() -> bool,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let mut term_sent: Option<Instant> = None;
+        loop {
+            match rx.recv_timeout(CANCEL_CHECK) {
+                Ok(status) => return status.map(Some),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if cancelled() {
+                match term_sent {
+                    None => {
+                        signal_group(pid, libc::SIGTERM);
+                        term_sent = Some(Instant::now());
+                    }
+                    Some(t) if t.elapsed() > Duration::from_secs(3) => {
+                        signal_group(pid, libc::SIGKILL)
+                    }
+                    _ => {}
+                }
+            }
+        }
     })
+}
+
+/// Sends `sig` to the process group `pgid` (the command and what it started). Linux
+/// does not hand out a group id while any process of the group lives, so once the leader
+/// is reaped the signal still reaches what is left of the group, or nobody.
+fn signal_group(pgid: i32, sig: libc::c_int) {
+    // SAFETY: signalling the command's own process group.
+    unsafe { libc::kill(-pgid, sig) };
 }
 
 /// Logs the command's output line by line; `dagrun:progress` lines update the display.

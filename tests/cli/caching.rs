@@ -1,3 +1,5 @@
+use std::collections::BTreeSet;
+
 use crate::support::*;
 
 #[test]
@@ -270,4 +272,203 @@ fn why_names_a_folder_input_as_a_folder_and_an_unset_variable_as_unset() {
         out.contains("environment `env:DAGRUN_TEST_SEED` changed: (unset or empty) → 3"),
         "{out}"
     );
+}
+
+// ---- the plan says what the run will do (issue 17) -----------------------------------
+
+/// `up` feeds `down`; `down` also reads an environment variable.
+const TWO_LEVELS: &str = r#"
+fingerprint:
+  env: [DAGRUN_TEST_LEVEL]
+stages:
+  up:
+    kind: command
+    cmd: echo up > up.txt
+    outs: [up.txt]
+  down:
+    kind: command
+    cmd: cat up.txt > down.txt && echo down >> down.txt
+    deps: [up.txt]
+    outs: [down.txt]
+  other:
+    kind: command
+    cmd: cat up.txt > other.txt
+    deps: [up.txt]
+    outs: [other.txt]
+"#;
+
+/// The plan's will_run set and each node's state, with `env` set for the plan.
+fn plan_with(ws: &Ws, env: &[(&str, &str)]) -> serde_json::Value {
+    let mut c = ws.cmd(&["plan", "p.yaml", "--json"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn state_of<'a>(plan: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == id)
+        .unwrap_or_else(|| panic!("no node {id} in {plan}"))
+}
+
+fn will_run(plan: &serde_json::Value) -> BTreeSet<String> {
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["will_run"] == true)
+        .map(|n| n["node"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn run_with(ws: &Ws, env: &[(&str, &str)]) -> BTreeSet<String> {
+    let mut c = ws.cmd(&["p.yaml"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    executed(&String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn a_node_changed_itself_behind_a_changed_upstream_is_stale_with_its_own_reason() {
+    let ws = Ws::new();
+    ws.write("p.yaml", TWO_LEVELS);
+    run_with(&ws, &[("DAGRUN_TEST_LEVEL", "1")]);
+    // Both levels change at once: up's command, and down's command.
+    ws.write(
+        "p.yaml",
+        &TWO_LEVELS
+            .replace("echo up > up.txt", "echo UP > up.txt")
+            .replace("echo down >>", "echo DOWN >>"),
+    );
+    let plan = plan_with(&ws, &[("DAGRUN_TEST_LEVEL", "1")]);
+    let down = state_of(&plan, "down");
+    assert_eq!(down["state"], "stale", "{plan}");
+    assert_eq!(down["will_run"], true);
+    let reasons = down["reasons"].to_string();
+    assert!(
+        reasons.contains("cmd"),
+        "down's own change is said: {reasons}"
+    );
+    // `other` changed nothing itself: blocked on `up`, as before.
+    assert_eq!(state_of(&plan, "other")["state"], "blocked");
+    let (out, _) = ws.ok(&["why", "down", "-p", "p.yaml"]);
+    assert!(out.contains("cmd"), "{out}");
+    let predicted = will_run(&plan);
+    let ran = run_with(&ws, &[("DAGRUN_TEST_LEVEL", "1")]);
+    assert!(predicted.is_subset(&ran), "{predicted:?} ⊄ {ran:?}");
+    assert_eq!(ran, set(&["up", "down", "other"]));
+}
+
+#[test]
+fn an_environment_change_behind_a_changed_upstream_is_predicted() {
+    let ws = Ws::new();
+    ws.write("p.yaml", TWO_LEVELS);
+    run_with(&ws, &[("DAGRUN_TEST_LEVEL", "1")]);
+    ws.write(
+        "p.yaml",
+        &TWO_LEVELS.replace("echo up > up.txt", "echo UP > up.txt"),
+    );
+    let plan = plan_with(&ws, &[("DAGRUN_TEST_LEVEL", "2")]);
+    for id in ["up", "down", "other"] {
+        assert_eq!(state_of(&plan, id)["will_run"], true, "{id}: {plan}");
+    }
+    assert!(
+        state_of(&plan, "down")["reasons"]
+            .to_string()
+            .contains("DAGRUN_TEST_LEVEL"),
+        "{plan}"
+    );
+    assert_eq!(
+        run_with(&ws, &[("DAGRUN_TEST_LEVEL", "2")]),
+        will_run(&plan)
+    );
+    // And an environment change alone: every node that reads it, nothing else.
+    let plan = plan_with(&ws, &[("DAGRUN_TEST_LEVEL", "3")]);
+    let predicted = will_run(&plan);
+    assert_eq!(predicted, set(&["up", "down", "other"]), "{plan}");
+    assert_eq!(run_with(&ws, &[("DAGRUN_TEST_LEVEL", "3")]), predicted);
+}
+
+#[test]
+fn a_gpu_request_the_machine_cannot_meet_is_in_the_plan_as_in_the_run() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        "stages:\n  a:\n    kind: command\n    cmd: echo a > a.txt\n    outs: [a.txt]\n  g:\n    kind: command\n    resources: {gpus: 2}\n    cmd: echo g > g.txt\n    outs: [g.txt]\n",
+    );
+    let (out, _) = ws.ok(&["plan", "p.yaml", "--gpus", "1"]);
+    assert!(
+        out.contains("missing") && out.contains("needs 2 GPU(s) but 1 available"),
+        "{out}"
+    );
+    let (out, _) = ws.ok(&["plan", "p.yaml", "--gpus", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(state_of(&v, "g")["state"], "missing");
+    assert_eq!(state_of(&v, "g")["will_run"], false);
+    let o = ws.dagrun(&["p.yaml", "--gpus", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("needs 2 GPU(s) but 1 available"),
+        "{}",
+        text(&o)
+    );
+    assert!(!ws.p("a.txt").exists(), "nothing ran");
+    // With enough GPUs the plan and the run agree again.
+    let (out, _) = ws.ok(&["plan", "p.yaml", "--gpus", "2"]);
+    assert!(!out.contains("missing"), "{out}");
+}
+
+#[test]
+fn special_files_and_symlink_loops_among_inputs_are_located_errors() {
+    let ws = Ws::new();
+    ws.write(
+        "p.yaml",
+        "stages:\n  a:\n    kind: command\n    cmd: cat in > a.txt\n    deps: [in]\n    outs: [a.txt]\n",
+    );
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(ws.p("in"))
+        .status()
+        .unwrap();
+    assert!(mkfifo.success());
+    for args in [vec!["plan", "p.yaml"], vec!["p.yaml"]] {
+        let o = ws.dagrun(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("p.yaml:5:12: input `in` of `a`")
+                && text(&o).contains("it is a FIFO, not a regular file or a folder"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    // A link to a character device.
+    std::fs::remove_file(ws.p("in")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", ws.p("in")).unwrap();
+    let o = ws.dagrun(&["plan", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("it is a character device"),
+        "{}",
+        text(&o)
+    );
+    // A folder input holding a symlink loop.
+    std::fs::remove_file(ws.p("in")).unwrap();
+    std::fs::create_dir(ws.p("in")).unwrap();
+    std::os::unix::fs::symlink("loop", ws.p("in/loop")).unwrap();
+    let o = ws.dagrun(&["plan", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("p.yaml:5:12: input `in` of `a`"),
+        "{}",
+        text(&o)
+    );
+    assert!(!ws.p(".dagrun").exists() || ws.p(".dagrun").is_dir());
 }

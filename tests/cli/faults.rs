@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use crate::support::*;
 
@@ -300,4 +300,203 @@ fn status_why_and_show_say_that_the_last_run_failed() {
     ws.run(&["p.yaml"]);
     let (out, _) = ws.ok(&["show", "a"]);
     assert!(!out.contains("failed"), "{out}");
+}
+
+// ---- the scheduler and group commit under kill -9 (issue 19) --------------------------
+
+/// A chain of `n` short nodes `c0 → c1 → …` (each appends to its upstream's output) and
+/// `n` leaves `l0 …` that each read `c0`'s output: chained commits and commits that
+/// finish together.
+fn chain_and_fan(n: usize) -> String {
+    let mut y = String::from("stages:\n");
+    for k in 0..n {
+        let input = if k == 0 {
+            "input.txt".to_string()
+        } else {
+            format!("c{}.txt", k - 1)
+        };
+        y.push_str(&format!(
+            "  c{k}:\n    kind: command\n    cmd: cat {input} > c{k}.txt && echo {k} >> c{k}.txt\n    deps: [{input}]\n    outs: [c{k}.txt]\n"
+        ));
+        y.push_str(&format!(
+            "  l{k}:\n    kind: command\n    cmd: cat c0.txt > l{k}.txt && echo leaf {k} >> l{k}.txt\n    deps: [c0.txt]\n    outs: [l{k}.txt]\n"
+        ));
+    }
+    y
+}
+
+/// The upstream ids of each node of [`chain_and_fan`].
+fn chain_and_fan_upstream(n: usize) -> Vec<(String, Option<String>)> {
+    let mut v = Vec::new();
+    for k in 0..n {
+        v.push((format!("c{k}"), (k > 0).then(|| format!("c{}", k - 1))));
+        v.push((format!("l{k}"), Some("c0".to_string())));
+    }
+    v
+}
+
+/// Checks what must hold after any crash: the cache verifies, every node reported done
+/// (`  done   ID` printed before the kill) is cached now, and no record is committed
+/// without the record of its upstream (the set of committed nodes is closed upward).
+fn assert_consistent(ws: &Ws, n: usize, reported_done: &BTreeSet<String>) {
+    if !ws.p(".dagrun/db").exists() {
+        // Killed before the cache was made: nothing can have finished.
+        assert!(reported_done.is_empty(), "{reported_done:?}");
+        return;
+    }
+    let (out, _) = ws.ok(&["cache", "verify"]);
+    assert!(out.contains("no corruption"), "{out}");
+    let plan = ws.plan_json("p.yaml");
+    let cached: BTreeSet<String> = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "cached")
+        .map(|n| n["node"].as_str().unwrap().to_string())
+        .collect();
+    for d in reported_done {
+        assert!(
+            cached.contains(d),
+            "`{d}` was reported done before the kill but is not cached: {plan}"
+        );
+    }
+    // Nodes with a committed record (`latest`), read from the cache itself.
+    let cache = dagrun_cache::Cache::open(
+        &ws.p(".dagrun"),
+        &dagrun_cache::OpenOptions {
+            wait: false,
+            holder: "test".into(),
+        },
+        &|_| {},
+    )
+    .expect("open the cache");
+    let committed: BTreeSet<String> = cache
+        .latest_all()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    drop(cache);
+    for (id, up) in chain_and_fan_upstream(n) {
+        if let Some(up) = up {
+            if committed.contains(&id) {
+                assert!(
+                    committed.contains(&up),
+                    "`{id}` was committed before its upstream `{up}`: {committed:?}"
+                );
+            }
+        }
+    }
+}
+
+fn done_lines(stderr: &str) -> BTreeSet<String> {
+    executed(stderr)
+}
+
+#[test]
+fn a_run_killed_at_each_commit_step_resumes_with_nothing_corrupt_or_rerun() {
+    let n = 4;
+    for point in [
+        "node-finished:3",
+        "commit-insert:2",
+        "commit-before-flush:3",
+        "commit-after-flush:4",
+    ] {
+        let ws = Ws::new();
+        ws.write("p.yaml", &chain_and_fan(n));
+        ws.write("input.txt", "in\n");
+        let o = ws
+            .cmd(&["p.yaml", "-j", "2"])
+            .env("DAGRUN_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "{point}: the failpoint did not stop the run: {}",
+            text(&o)
+        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(err.contains("failpoint"), "{point}: {err}");
+        let before = done_lines(&err);
+        assert_consistent(&ws, n, &before);
+        let again = ws.run(&["p.yaml", "-j", "2"]);
+        assert!(
+            again.is_disjoint(&before),
+            "{point}: finished nodes ran again: {:?}",
+            again.intersection(&before).collect::<Vec<_>>()
+        );
+        // A node whose record was durable when the run stopped, but not yet reported,
+        // is in neither set: it ran once and is cached.
+        let all: BTreeSet<String> = chain_and_fan_upstream(n)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert!((&again | &before).is_subset(&all));
+        assert_consistent(&ws, n, &all);
+        assert_eq!(ws.read(&format!("c{}.txt", n - 1)), "in\n0\n1\n2\n3\n");
+        assert!(ws.run(&["p.yaml"]).is_empty(), "{point}: a no-op after");
+    }
+}
+
+#[test]
+fn many_short_nodes_killed_at_random_points_never_corrupt_or_rerun_finished_work() {
+    let n = 12;
+    let ws = Ws::new();
+    ws.write("p.yaml", &chain_and_fan(n));
+    ws.write("input.txt", "in\n");
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    // Kill times from a fixed linear congruential sequence: the same every run.
+    let mut x: u64 = 19;
+    for round in 0..8 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let after = Duration::from_millis(20 + (x >> 33) % 250);
+        let child = ws.spawn(&["p.yaml", "-j", "2"]);
+        std::thread::sleep(after);
+        kill(child.id(), libc::SIGKILL);
+        let o = child.wait_with_output().unwrap();
+        let now = done_lines(&String::from_utf8_lossy(&o.stderr));
+        assert!(
+            now.is_disjoint(&done),
+            "round {round}: finished nodes ran again: {:?}",
+            now.intersection(&done).collect::<Vec<_>>()
+        );
+        done.extend(now);
+        assert_consistent(&ws, n, &done);
+    }
+    let last = ws.run(&["p.yaml", "-j", "2"]);
+    assert!(last.is_disjoint(&done), "{last:?}");
+    let mut want = String::from("in\n");
+    for k in 0..n {
+        want.push_str(&format!("{k}\n"));
+    }
+    assert_eq!(ws.read(&format!("c{}.txt", n - 1)), want);
+    assert_eq!(ws.read("l5.txt"), "in\n0\nleaf 5\n");
+    assert!(ws.run(&["p.yaml"]).is_empty());
+}
+
+#[test]
+fn concurrent_invocations_run_each_node_once_and_leave_the_cache_whole() {
+    let n = 8;
+    let ws = Ws::new();
+    ws.write("p.yaml", &chain_and_fan(n));
+    ws.write("input.txt", "in\n");
+    let runs: Vec<_> = (0..3)
+        .map(|_| ws.spawn(&["p.yaml", "-j", "2", "--wait"]))
+        .collect();
+    let mut ran = Vec::new();
+    for c in runs {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        ran.push(done_lines(&String::from_utf8_lossy(&o.stderr)));
+    }
+    let total: usize = ran.iter().map(BTreeSet::len).sum();
+    assert_eq!(
+        total,
+        2 * n,
+        "each node ran once over all invocations: {ran:?}"
+    );
+    assert_consistent(&ws, n, &ran.iter().flatten().cloned().collect());
+    assert!(ws.run(&["p.yaml"]).is_empty());
 }
