@@ -86,7 +86,8 @@ pub enum Command {
     Why(WhyArgs),
     /// List past runs in this workspace.
     Log(LogArgs),
-    /// Copy a node's outputs out of the cache into a folder.
+    /// Copy a node's outputs out of the cache into a folder (merged into what is there;
+    /// a file that differs is replaced only with --force).
     Export(ExportArgs),
     /// List the stage kinds this build provides, or one kind's params.
     Kinds(KindsArgs),
@@ -294,8 +295,16 @@ pub struct LogArgs {
 pub struct ExportArgs {
     /// The node whose outputs to copy.
     pub node: String,
-    /// Destination folder (created if needed); each output goes to DIR/<output name>.
+    /// Destination folder (created if needed); each output goes to DIR/<output name>. A
+    /// folder output is merged into DIR/<output name>: files of yours there that the
+    /// output does not have stay. Files already there with the same bytes are left as
+    /// they are; if any file differs, nothing is written (all of them are listed) unless
+    /// --force. Every byte is checked against the cache's hashes on the way.
     pub dir: PathBuf,
+    /// Replace files (and symbolic links) in DIR whose content differs from the output's.
+    /// A folder where the output has a file is never replaced.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]

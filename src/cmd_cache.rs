@@ -74,13 +74,17 @@ pub fn cmd_cache(ctx: &Ctx, c: &CacheCommand) -> CliResult {
         }
         CacheCommand::Verify => {
             let r = cache.verify()?;
+            if let Some(d) = &r.index_damage {
+                println!("index damage: {d}");
+            }
             if r.corrupt_objects.is_empty() && r.records_dropped.is_empty() {
                 println!("verified {} objects: no corruption", r.objects_checked);
             } else {
                 println!(
-                    "verified {} objects: {} corrupt (removed)",
+                    "verified {} objects: {} corrupt (moved to {})",
                     r.objects_checked,
-                    r.corrupt_objects.len()
+                    r.corrupt_objects.len(),
+                    cache.dir().join("quarantine").display()
                 );
                 for h in &r.corrupt_objects {
                     println!("  corrupt object {h}");
@@ -88,6 +92,17 @@ pub fn cmd_cache(ctx: &Ctx, c: &CacheCommand) -> CliResult {
                 for n in &r.records_dropped {
                     println!("  dropped the record of `{n}`: it will run again");
                 }
+            }
+            for (key, why) in &r.unreadable_records {
+                println!("  removed the unreadable record {key} ({why}): its node will run again");
+            }
+            for f in &r.stray_files {
+                println!(
+                    "  `{}` is not an object (left alone; dagrun did not write it)",
+                    f.display()
+                );
+            }
+            if !r.is_clean() {
                 return Err(crate::exit::Failure::StageFailed);
             }
         }

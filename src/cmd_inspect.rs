@@ -389,10 +389,36 @@ pub fn cmd_export(ctx: &Ctx, a: &ExportArgs) -> CliResult {
     let rec = latest_record(&cache, &a.node)?;
     std::fs::create_dir_all(&a.dir)
         .map_err(|e| usage(format!("cannot create `{}`: {e}", a.dir.display())))?;
+    let outputs: Vec<(&str, &dagrun_cache::Artifact)> =
+        rec.outputs.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    let r = cache
+        .export(&outputs, &a.dir, a.force)
+        .map_err(|e| match e {
+            dagrun_cache::Error::ExportConflict(c) => usage(format!(
+                "nothing exported: {} in `{}` would be overwritten or are in the way:\n  {}",
+                if c.len() == 1 { "a file" } else { "files" },
+                a.dir.display(),
+                c.join("\n  ")
+            )),
+            e if e.damaged_object().is_some() => usage(format!(
+                "nothing exported: {e}; its record is dropped, so the next run of `{}` \
+                 computes it again",
+                a.node
+            )),
+            e => e.into(),
+        })?;
+    // One line per output: its path, and for a folder how many files were written.
     for (name, art) in &rec.outputs {
         let dest = a.dir.join(name);
-        cache.restore(art, &dest)?;
-        println!("{}", dest.display());
+        let count =
+            |paths: &[std::path::PathBuf]| paths.iter().filter(|p| p.starts_with(&dest)).count();
+        let (n, same) = (count(&r.written), count(&r.unchanged));
+        match (art.is_dir(), same) {
+            (false, 0) => println!("{}", dest.display()),
+            (false, _) => println!("{}  (unchanged)", dest.display()),
+            (true, 0) => println!("{}  ({n} files)", dest.display()),
+            (true, _) => println!("{}  ({n} files written, {same} unchanged)", dest.display()),
+        }
     }
     Ok(())
 }

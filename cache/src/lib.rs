@@ -30,19 +30,28 @@
 //!   flushed before the commit returns: an interrupted node leaves nothing visible.
 
 mod artifact;
+mod confined;
+#[cfg(test)]
+mod damage_tests;
 mod error;
+pub mod failpoint;
 mod hash;
 pub mod lock;
 mod objects;
 pub mod procs;
 mod record;
+mod restore;
+mod seal;
 mod stat;
 mod store;
 
 pub use artifact::{Artifact, ArtifactEntry, ArtifactType};
+pub use confined::{Confined, Entry};
 pub use error::{Error, Result};
 pub use hash::{hash_bytes, hash_file, Hash, Hasher};
 pub use objects::{is_restore_temp, SMALL_OBJECT_LIMIT};
 pub use record::{Latest, Metrics, NodeFailure, Record, RecordHead, RunCounts, RunSummary, Timing};
+pub use restore::ExportReport;
+pub use seal::IndexDamage;
 pub use stat::FileStat;
 pub use store::{Cache, GcReport, OpenOptions, VerifyReport};

@@ -10,6 +10,11 @@ use crate::{Error, Result};
 
 /// Holds an exclusive `File::lock` (`flock(LOCK_EX)`) on `<cache>/lock` until dropped. The kernel releases the lock
 /// when the process dies, even by `kill -9`, so a crash never leaves the cache locked.
+///
+/// The lock is taken on the file that is at `lock` once it is held: a file another
+/// process deleted or replaced meanwhile is let go and the new one locked. (That
+/// someone deletes `lock` while a run holds it is caught by the index's own lock,
+/// which [`crate::Cache::open`] takes next.)
 #[derive(Debug)]
 pub struct CacheLock {
     _file: File,
@@ -26,24 +31,33 @@ impl CacheLock {
         on_wait: &dyn Fn(&str),
     ) -> Result<CacheLock> {
         let path = dir.join("lock");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(Error::io("cannot open lock file", &path))?;
-        if !try_flock(&file, false)? {
-            let who = read_holder(&mut file);
-            if !wait {
-                return Err(Error::Locked {
-                    path: dir.to_path_buf(),
-                    holder: who,
-                });
+        let mut waited = false;
+        let mut file = loop {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(Error::io("cannot open lock file", &path))?;
+            if !try_flock(&file, false)? {
+                let who = read_holder(&mut file);
+                if !wait {
+                    return Err(Error::Locked {
+                        path: dir.to_path_buf(),
+                        holder: who,
+                    });
+                }
+                if !waited {
+                    on_wait(&who);
+                    waited = true;
+                }
+                try_flock(&file, true)?;
             }
-            on_wait(&who);
-            try_flock(&file, true)?;
-        }
+            if still_at(&file, &path) {
+                break file;
+            }
+        };
         file.set_len(0)
             .map_err(Error::io("cannot write lock file", &path))?;
         file.seek(SeekFrom::Start(0))
@@ -87,6 +101,51 @@ fn try_flock(file: &File, block: bool) -> Result<bool> {
     }
 }
 
+/// Whether the open `file` is still the one at `path` (not deleted or replaced).
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Who holds the index's lock on `db_file` (sled's `flock` on `db/db`), from
+/// `/proc/locks`: for when the `lock` file that names the holder was deleted.
+pub(crate) fn index_holder(db_file: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let unnamed = "another dagrun process (its `lock` file was deleted while it ran)".to_string();
+    let Ok(meta) = std::fs::metadata(db_file) else {
+        return unnamed;
+    };
+    let ino = meta.ino().to_string();
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    // `1: FLOCK  ADVISORY  WRITE 4242 00:2f:131 0 EOF`
+    let pid = locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let id = f.iter().position(|x| x.matches(':').count() == 2)?;
+        let file_ino = f[id].rsplit(':').next()?;
+        (f.get(1) == Some(&"FLOCK") && file_ino == ino).then(|| f[id - 1].to_string())
+    });
+    match pid {
+        Some(pid) if pid.parse::<u32>().is_ok_and(|p| p != std::process::id()) => {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    b.split(|&c| c == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            format!(
+                "another dagrun process (pid {pid}: {cmd}; its `lock` file was deleted while it ran)"
+            )
+        }
+        _ => unnamed,
+    }
+}
+
 fn read_holder(file: &mut File) -> String {
     let mut s = String::new();
     let _ = file.seek(SeekFrom::Start(0));
@@ -120,6 +179,15 @@ mod tests {
             msg.contains(&format!("pid {}", std::process::id())),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_lock_file_deleted_before_it_is_locked_is_not_the_one_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = CacheLock::acquire(dir.path(), "a", false, &|_| {}).unwrap();
+        assert!(still_at(&a._file, a.path()));
+        std::fs::remove_file(a.path()).unwrap();
+        assert!(!still_at(&a._file, a.path()));
     }
 
     #[test]

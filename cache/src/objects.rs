@@ -18,6 +18,8 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct Objects {
     pub(crate) root: PathBuf,
     pub(crate) tmp: PathBuf,
+    /// Where damaged object files are moved ([`Objects::quarantine`]).
+    pub(crate) quarantine: PathBuf,
     pub(crate) blobs: sled::Tree,
 }
 
@@ -43,13 +45,14 @@ impl Objects {
     pub(crate) fn put_bytes(&self, bytes: &[u8]) -> Result<Hash> {
         let hash = crate::hash_bytes(bytes);
         if bytes.len() as u64 <= SMALL_OBJECT_LIMIT {
-            if !self.blobs.contains_key(hash.0).map_err(db_err)? {
+            // A stored copy that differs (damaged) is replaced by these bytes.
+            if self.blobs.get(hash.0).map_err(db_err)?.as_deref() != Some(bytes) {
                 self.blobs.insert(hash.0, bytes).map_err(db_err)?;
             }
             return Ok(hash);
         }
         let final_path = self.file_path(&hash);
-        if final_path.exists() {
+        if intact_size(&final_path, bytes.len() as u64) {
             return Ok(hash);
         }
         let tmp = self.temp_path();
@@ -96,7 +99,7 @@ impl Objects {
         }
         let hash: Hash = hasher.finalize().into();
         let final_path = self.file_path(&hash);
-        if final_path.exists() {
+        if intact_size(&final_path, size) {
             drop(out);
             let _ = std::fs::remove_file(&tmp);
             return Ok((hash, size));
@@ -117,81 +120,159 @@ impl Objects {
         sync_dir(parent)
     }
 
-    pub(crate) fn read(&self, hash: &Hash) -> Result<Vec<u8>> {
+    /// Writes an object's bytes to `out`, checking them against the object's name as
+    /// they go (one pass: blake3 hashes faster than disks read). A missing object is
+    /// [`Error::MissingObject`], one whose bytes do not match is
+    /// [`Error::DamagedObject`]: `out` has then received bytes that must be discarded.
+    /// `out_path` names `out` in error messages.
+    pub(crate) fn copy_verified(
+        &self,
+        hash: &Hash,
+        out: &mut dyn Write,
+        out_path: &Path,
+    ) -> Result<u64> {
         if let Some(v) = self.blobs.get(hash.0).map_err(db_err)? {
-            return Ok(v.to_vec());
+            let got = crate::hash_bytes(&v);
+            if got != *hash {
+                return Err(damaged(
+                    hash,
+                    "its bytes in the index",
+                    &got,
+                    v.len() as u64,
+                ));
+            }
+            out.write_all(&v)
+                .map_err(Error::io("cannot write", out_path))?;
+            return Ok(v.len() as u64);
         }
         let p = self.file_path(hash);
-        match std::fs::read(&p) {
-            Ok(v) => Ok(v),
+        let mut f = match File::open(&p) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::MissingObject(hash.to_hex()))
+                return Err(Error::MissingObject(hash.to_hex()))
             }
-            Err(e) => Err(Error::Io {
-                context: "cannot read",
-                path: p,
-                source: e,
-            }),
+            Err(e) => return Err(Error::io("cannot open", &p)(e)),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut size = 0u64;
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("cannot read", &p)(e)),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(Error::io("cannot write", out_path))?;
+            size += n as u64;
         }
+        let got: Hash = hasher.finalize().into();
+        if got != *hash {
+            return Err(damaged(hash, "its file", &got, size));
+        }
+        Ok(size)
     }
 
-    /// Writes the object's bytes at `dest` (atomically: temp file beside it, then rename).
-    /// Temp files an interrupted restore left are not looked for here (that would list
-    /// the folder once per file): [`remove_stale_temps`] does it once per restored output.
-    pub(crate) fn copy_to(&self, hash: &Hash, dest: &Path, exec: bool) -> Result<()> {
-        let parent = dest.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(Error::io("cannot create", parent))?;
-        let name = dest.file_name().and_then(|s| s.to_str()).unwrap_or("out");
-        let tmp = parent.join(format!(".{name}.dagrun-tmp-{}", std::process::id()));
-        let file_src = self.file_path(hash);
-        if let Some(v) = self.blobs.get(hash.0).map_err(db_err)? {
-            std::fs::write(&tmp, &v).map_err(Error::io("cannot write", &tmp))?;
-        } else if file_src.exists() {
-            std::fs::copy(&file_src, &tmp).map_err(Error::io("cannot copy to", &tmp))?;
-        } else {
-            return Err(Error::MissingObject(hash.to_hex()));
+    /// Writes an object's bytes into the file `out` (empty, opened for reading and
+    /// writing) and checks what was written against the object's name: the kernel copies
+    /// (`copy_file_range`), then blake3 reads the copy back, which is faster than hashing
+    /// on the way through a user-space buffer and checks the very bytes handed out. A
+    /// mismatch is [`Error::DamagedObject`] when the object itself is damaged, and an I/O
+    /// error when only the copy is (a failing disk: the object stays).
+    pub(crate) fn copy_verified_to_file(
+        &self,
+        hash: &Hash,
+        out: &mut File,
+        out_path: &Path,
+    ) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        if self.blobs.contains_key(hash.0).map_err(db_err)? {
+            return self.copy_verified(hash, out, out_path);
         }
-        let mode = if exec { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-            .map_err(Error::io("cannot chmod", &tmp))?;
-        if dest.is_dir() {
-            std::fs::remove_dir_all(dest).map_err(Error::io("cannot replace", dest))?;
+        let p = self.file_path(hash);
+        let mut src = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::MissingObject(hash.to_hex()))
+            }
+            Err(e) => return Err(Error::io("cannot open", &p)(e)),
+        };
+        let size = std::io::copy(&mut src, out).map_err(Error::io("cannot copy to", out_path))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut at = 0u64;
+        loop {
+            let n = match out.read_at(&mut buf, at) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("cannot read back", out_path)(e)),
+            };
+            hasher.update(&buf[..n]);
+            at += n as u64;
         }
-        std::fs::rename(&tmp, dest).map_err(Error::io("cannot rename into", dest))
+        let got: Hash = hasher.finalize().into();
+        if got == *hash && at == size {
+            return Ok(size);
+        }
+        // Which one is wrong: the object, or only the copy?
+        self.check(hash)?;
+        Err(Error::Io {
+            context: "the copy does not read back as written",
+            path: out_path.to_path_buf(),
+            source: std::io::ErrorKind::InvalidData.into(),
+        })
     }
 
-    /// Rehashes an object; `Ok(false)` when its bytes no longer match its name.
-    pub(crate) fn verify_file(&self, path: &Path, expected: &Hash) -> Result<bool> {
-        let (h, _) = crate::hash_file(path)?;
-        Ok(h == *expected)
+    /// Rehashes an object without writing it anywhere.
+    pub(crate) fn check(&self, hash: &Hash) -> Result<()> {
+        self.copy_verified(hash, &mut std::io::sink(), Path::new("-"))
+            .map(|_| ())
+    }
+
+    /// An object's bytes, verified against its name (see [`Objects::copy_verified`]).
+    pub(crate) fn read(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.copy_verified(hash, &mut v, Path::new("memory"))?;
+        Ok(v)
+    }
+
+    /// Takes a damaged object out of the store: a file is moved to `quarantine/` (kept
+    /// for inspection until the next `cache gc`), a small object is removed from the
+    /// index. Whatever stores the same bytes again gets a fresh, intact copy.
+    pub(crate) fn quarantine(&self, hash: &Hash) -> Result<()> {
+        self.blobs.remove(hash.0).map_err(db_err)?;
+        let p = self.file_path(hash);
+        if p.exists() {
+            std::fs::create_dir_all(&self.quarantine)
+                .map_err(Error::io("cannot create", &self.quarantine))?;
+            let dest = self.quarantine.join(hash.to_hex());
+            std::fs::rename(&p, &dest).map_err(Error::io("cannot quarantine", &p))?;
+        }
+        Ok(())
     }
 }
 
-/// Removes the `.NAME.dagrun-tmp-PID` files an interrupted restore of `dest` left beside
-/// it (one listing of `dest`'s folder).
-pub(crate) fn remove_stale_temps(dest: &Path) {
-    #[cfg(test)]
-    STALE_SCANS.with(|c| c.set(c.get() + 1));
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    let Some(name) = dest.file_name().and_then(|s| s.to_str()) else {
-        return;
-    };
-    let prefix = format!(".{name}.dagrun-tmp-");
-    if let Ok(rd) = std::fs::read_dir(parent) {
-        for e in rd.flatten() {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            if n.starts_with(&prefix) && is_restore_temp(&n) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
+/// Whether an object file is already stored with the size its bytes have. (Storing the
+/// same bytes again replaces a copy truncated or extended on disk; a copy with flipped
+/// bytes is found when it is read: every read is verified.)
+fn intact_size(path: &Path, size: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() == size)
 }
 
-#[cfg(test)]
-thread_local! {
-    /// How many times this thread listed a folder for stale restore temp files.
-    pub(crate) static STALE_SCANS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+/// Buffer of verified copies (hashing and writing run on the same bytes).
+const COPY_BUF: usize = 1 << 20;
+
+fn damaged(hash: &Hash, what: &str, got: &Hash, size: u64) -> Error {
+    Error::DamagedObject {
+        hash: hash.to_hex(),
+        detail: format!(
+            "{what} ({size} bytes) hash to {} instead of its name",
+            got.short()
+        ),
+    }
 }
 
 /// Whether a file name is a temp file that restoring writes beside its destination

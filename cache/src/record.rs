@@ -5,19 +5,125 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Artifact, Hash};
 
-/// Scalar and series metrics a node reported.
+/// Scalar and series metrics a node reported. Every value round-trips, NaN and ±inf
+/// included: JSON has no numbers for them, so they are stored as the strings `"NaN"`,
+/// `"inf"` and `"-inf"` ([`metric_values`]); a `null` that older versions wrote for them
+/// reads back as NaN.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "metric_values::scalars"
+    )]
     pub scalars: BTreeMap<String, f64>,
     /// Series of `(step, value)` points, e.g. a loss curve.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "metric_values::series"
+    )]
     pub series: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
 impl Metrics {
     pub fn is_empty(&self) -> bool {
         self.scalars.is_empty() && self.series.is_empty()
+    }
+}
+
+/// Metric values in JSON: finite numbers as numbers, the others as strings.
+mod metric_values {
+    use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+    /// One value as it is written and read.
+    #[derive(Clone, Copy)]
+    struct Value(f64);
+
+    impl Serialize for Value {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let v = self.0;
+            if v.is_finite() {
+                s.serialize_f64(v)
+            } else if v.is_nan() {
+                s.serialize_str("NaN")
+            } else if v > 0.0 {
+                s.serialize_str("inf")
+            } else {
+                s.serialize_str("-inf")
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Value {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            #[derive(Deserialize)]
+            #[serde(untagged)]
+            enum Raw {
+                Number(f64),
+                Text(String),
+                /// What serde_json wrote for NaN and ±inf before they were strings.
+                Null(()),
+            }
+            Ok(Value(match Raw::deserialize(d)? {
+                Raw::Number(v) => v,
+                Raw::Null(()) => f64::NAN,
+                Raw::Text(t) => match t.as_str() {
+                    "NaN" | "nan" => f64::NAN,
+                    "inf" | "+inf" | "infinity" | "Infinity" => f64::INFINITY,
+                    "-inf" | "-infinity" | "-Infinity" => f64::NEG_INFINITY,
+                    _ => return Err(de::Error::custom(format!("`{t}` is not a metric value"))),
+                },
+            }))
+        }
+    }
+
+    pub(super) mod scalars {
+        use std::collections::BTreeMap;
+
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            m: &BTreeMap<String, f64>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.collect_map(m.iter().map(|(k, v)| (k, Value(*v))))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<BTreeMap<String, f64>, D::Error> {
+            let m = BTreeMap::<String, Value>::deserialize(d)?;
+            Ok(m.into_iter().map(|(k, v)| (k, v.0)).collect())
+        }
+    }
+
+    pub(super) mod series {
+        use std::collections::BTreeMap;
+
+        use super::*;
+
+        type Points = Vec<(f64, f64)>;
+
+        pub fn serialize<S: Serializer>(
+            m: &BTreeMap<String, Points>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.collect_map(m.iter().map(|(k, pts)| {
+                let pts: Vec<(Value, Value)> =
+                    pts.iter().map(|&(x, y)| (Value(x), Value(y))).collect();
+                (k, pts)
+            }))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<BTreeMap<String, Points>, D::Error> {
+            let m = BTreeMap::<String, Vec<(Value, Value)>>::deserialize(d)?;
+            Ok(m.into_iter()
+                .map(|(k, pts)| (k, pts.into_iter().map(|(x, y)| (x.0, y.0)).collect()))
+                .collect())
+        }
     }
 }
 
@@ -156,6 +262,35 @@ pub struct RecordHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_round_trip_nan_and_infinities() {
+        let mut m = Metrics::default();
+        m.scalars.insert("loss".into(), f64::NAN);
+        m.scalars.insert("up".into(), f64::INFINITY);
+        m.scalars.insert("down".into(), f64::NEG_INFINITY);
+        m.scalars.insert("ok".into(), 0.25);
+        m.series.insert(
+            "curve".into(),
+            vec![(0.0, 1.5), (1.0, f64::NAN), (2.0, f64::INFINITY)],
+        );
+        let json = serde_json::to_string(&m).unwrap();
+        let back: Metrics = serde_json::from_str(&json).unwrap();
+        assert!(back.scalars["loss"].is_nan(), "{json}");
+        assert_eq!(back.scalars["up"], f64::INFINITY);
+        assert_eq!(back.scalars["down"], f64::NEG_INFINITY);
+        assert_eq!(back.scalars["ok"], 0.25);
+        let c = &back.series["curve"];
+        assert_eq!(c[0], (0.0, 1.5));
+        assert!(c[1].1.is_nan());
+        assert_eq!(c[2].1, f64::INFINITY);
+        // What older versions wrote for a NaN (JSON null) reads back as NaN.
+        let old: Metrics =
+            serde_json::from_str(r#"{"scalars":{"loss":null},"series":{"c":[[0,null]]}}"#).unwrap();
+        assert!(old.scalars["loss"].is_nan());
+        assert!(old.series["c"][0].1.is_nan());
+        assert!(serde_json::from_str::<Metrics>(r#"{"scalars":{"x":"many"}}"#).is_err());
+    }
 
     #[test]
     fn run_summaries_of_older_versions_still_read() {

@@ -1,11 +1,13 @@
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     path::{Path, PathBuf},
 };
 
 use crate::{
+    confined::{Confined, Entry},
     lock::CacheLock,
     objects::{db_err, Objects},
+    seal::{IndexDamage, Seal},
     Artifact, ArtifactEntry, ArtifactType, Error, FileStat, Hash, Latest, Record, Result,
     RunSummary,
 };
@@ -21,10 +23,15 @@ pub struct OpenOptions {
 
 /// An open cache folder. Holds the folder's exclusive lock while alive.
 pub struct Cache {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     db: sled::Db,
-    objects: Objects,
-    records: sled::Tree,
+    pub(crate) objects: Objects,
+    seal: Seal,
+    /// Views verified by this process ([`Cache::materialize`]).
+    pub(crate) verified_views: crate::restore::VerifiedViews,
+    /// Records found unreadable (reported once each).
+    unreadable: std::sync::Mutex<HashSet<Vec<u8>>>,
+    pub(crate) records: sled::Tree,
     latest: sled::Tree,
     stat: sled::Tree,
     runs: sled::Tree,
@@ -48,13 +55,37 @@ pub struct VerifyReport {
     pub objects_checked: usize,
     pub corrupt_objects: Vec<Hash>,
     pub records_dropped: Vec<String>,
+    /// Records the index holds but that cannot be read (removed): `(key, why)`.
+    pub unreadable_records: Vec<(String, String)>,
+    /// Files in `objects-v1/` that are not objects (left alone).
+    pub stray_files: Vec<PathBuf>,
+    /// Damage to the index itself, found when the cache was opened (see `seal.rs`).
+    pub index_damage: Option<IndexDamage>,
+}
+
+impl VerifyReport {
+    /// Whether anything was wrong (stray files are not: they are only reported).
+    pub fn is_clean(&self) -> bool {
+        self.corrupt_objects.is_empty()
+            && self.records_dropped.is_empty()
+            && self.unreadable_records.is_empty()
+            && self.index_damage.is_none()
+    }
 }
 
 impl Cache {
     /// Opens (creating if needed) the cache in `dir`, taking its lock first.
+    ///
+    /// Two locks guard a cache: `flock` on `lock` (which also names the holder), then
+    /// sled's own exclusive lock on `db/db`, taken before anything that could disturb
+    /// another process (emptying `tmp/`, stopping leftover commands). `lock` stays behind
+    /// after every run, and people delete stale-looking lock files; a second dagrun
+    /// then gets a fresh `lock`, but not the index, and stops (or waits) there.
     pub fn open(dir: &Path, opts: &OpenOptions, on_wait: &dyn Fn(&str)) -> Result<Cache> {
         std::fs::create_dir_all(dir).map_err(Error::io("cannot create cache folder", dir))?;
         let lock = CacheLock::acquire(dir, &opts.holder, opts.wait, on_wait)?;
+        let db_path = dir.join("db");
+        let db = open_index(dir, &db_path, opts.wait, on_wait)?;
         let tmp = dir.join("tmp");
         // Anything in tmp/ belongs to an interrupted writer: we hold the lock, so nobody
         // else is writing.
@@ -65,23 +96,19 @@ impl Cache {
         // Commands a dagrun that died (`kill -9`) left running: we hold the lock, so they
         // belong to nobody; stop them before anything reruns in their place.
         crate::procs::kill_leftovers(dir);
-        let db_path = dir.join("db");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|source| Error::Db {
-                path: db_path.clone(),
-                source,
-            })?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|source| Error::Db {
                 path: db_path.clone(),
                 source,
             })
         };
+        let (seal, damage) = Seal::open(dir, &tmp, tree("meta-v1")?)?;
+        if let Some(d) = &damage {
+            tracing::warn!("{d}");
+        }
         let objects = Objects {
             root: dir.join("objects-v1"),
+            quarantine: dir.join("quarantine"),
             tmp,
             blobs: tree("blobs-v1")?,
         };
@@ -95,6 +122,9 @@ impl Cache {
             failures: tree("failures-v1")?,
             db,
             objects,
+            seal,
+            verified_views: Default::default(),
+            unreadable: Default::default(),
             _lock: lock,
         })
     }
@@ -119,15 +149,29 @@ impl Cache {
         self.decode_record(key)
     }
 
+    /// A record that cannot be read (damaged bytes, a format this version does not know)
+    /// is reported once and treated as absent: its node runs again, and the new record
+    /// replaces it.
     fn decode_record<T: serde::de::DeserializeOwned>(&self, key: &Hash) -> Result<Option<T>> {
         match self.records.get(key.0).map_err(db_err)? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    tree: "records-v1",
-                    detail: format!("{}: {e}", key.short()),
-                }),
+            Some(v) => match serde_json::from_slice(&v) {
+                Ok(r) => Ok(Some(r)),
+                Err(e) => {
+                    self.report_unreadable(&key.0, &e.to_string());
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    fn report_unreadable(&self, key: &[u8], why: &str) {
+        if self.unreadable.lock().unwrap().insert(key.to_vec()) {
+            tracing::warn!(
+                "the cache's record {} is unreadable ({why}): treated as not cached \
+                 (`dagrun cache verify` removes it)",
+                hex_short(key)
+            );
         }
     }
 
@@ -171,16 +215,13 @@ impl Cache {
     }
 
     /// The last committed key of a node id.
+    /// An unreadable entry is treated as absent (the node's next success rewrites it).
     pub fn latest(&self, node: &str) -> Result<Option<Latest>> {
-        match self.latest.get(node.as_bytes()).map_err(db_err)? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    tree: "latest-v1",
-                    detail: format!("{node}: {e}"),
-                }),
-        }
+        Ok(self
+            .latest
+            .get(node.as_bytes())
+            .map_err(db_err)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
     /// Every node id with a committed record, and its latest entry.
@@ -206,20 +247,40 @@ impl Cache {
         Ok(())
     }
 
+    /// Every readable record (unreadable ones are reported and left out).
     pub fn records(&self) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        for item in self.records.iter() {
-            let (_, v) = item.map_err(db_err)?;
-            out.push(serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
-                tree: "records-v1",
-                detail: e.to_string(),
-            })?);
-        }
-        Ok(out)
+        Ok(self.readable_records()?.0)
     }
 
+    /// Every readable record, and the keys of those that cannot be read with why.
+    pub(crate) fn readable_records(&self) -> Result<(Vec<Record>, Vec<Unreadable>)> {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for item in self.records.iter() {
+            let (k, v) = item.map_err(db_err)?;
+            match serde_json::from_slice(&v) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    self.report_unreadable(&k, &e.to_string());
+                    bad.push((k, e.to_string()));
+                }
+            }
+        }
+        Ok((out, bad))
+    }
+
+    /// Removes the record of `key` (its objects stay until `cache gc`).
+    pub fn drop_record(&self, key: &Hash) -> Result<()> {
+        self.records.remove(key.0).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (and notes it in the index's seal, see
+    /// `seal.rs`).
     pub fn flush(&self) -> Result<()> {
+        let generation = self.seal.next()?;
         self.db.flush().map_err(db_err)?;
+        self.seal.sealed(generation);
         Ok(())
     }
 
@@ -229,8 +290,10 @@ impl Cache {
         self.objects.put_bytes(bytes)
     }
 
+    /// An object's bytes, verified against its name: the same as
+    /// [`Cache::read_verified`].
     pub fn read_bytes(&self, hash: &Hash) -> Result<Vec<u8>> {
-        self.objects.read(hash)
+        self.read_verified(hash)
     }
 
     pub fn contains_object(&self, hash: &Hash) -> Result<bool> {
@@ -278,84 +341,6 @@ impl Cache {
             size: total,
             entries: Some(entries),
             exec: false,
-        })
-    }
-
-    /// Writes an artifact at `dest` (a file, or a folder whose previous content is
-    /// replaced).
-    /// Temp files an interrupted restore of `dest` left beside it are removed (once per
-    /// restore; a folder's own leftovers go with its old content).
-    pub fn restore(&self, artifact: &Artifact, dest: &Path) -> Result<()> {
-        crate::objects::remove_stale_temps(dest);
-        match &artifact.entries {
-            None => self.objects.copy_to(&artifact.hash, dest, artifact.exec),
-            Some(entries) => {
-                if dest.exists() {
-                    if dest.is_dir() {
-                        std::fs::remove_dir_all(dest).map_err(Error::io("cannot replace", dest))?;
-                    } else {
-                        std::fs::remove_file(dest).map_err(Error::io("cannot replace", dest))?;
-                    }
-                }
-                std::fs::create_dir_all(dest).map_err(Error::io("cannot create", dest))?;
-                for e in entries {
-                    self.objects.copy_to(&e.hash, &dest.join(&e.path), e.exec)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// A read-only view of an artifact inside the cache folder, for stages that consume
-    /// it: hard links to the object files (small objects are written out). The view is
-    /// content-addressed and reused.
-    pub fn materialize(&self, artifact: &Artifact) -> Result<PathBuf> {
-        let root = self.dir.join("views-v1").join(artifact.hash.to_hex());
-        if root.exists() {
-            return Ok(if artifact.is_dir() {
-                root
-            } else {
-                root.join("file")
-            });
-        }
-        let tmp = self.objects.temp_path();
-        std::fs::create_dir_all(&tmp).map_err(Error::io("cannot create", &tmp))?;
-        let place = |hash: &Hash, dest: &Path, exec: bool| -> Result<()> {
-            let src = self.objects.file_path(hash);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(Error::io("cannot create", parent))?;
-            }
-            if src.exists() && std::fs::hard_link(&src, dest).is_ok() {
-                return Ok(());
-            }
-            self.objects.copy_to(hash, dest, exec)
-        };
-        match &artifact.entries {
-            None => place(&artifact.hash, &tmp.join("file"), artifact.exec)?,
-            Some(entries) => {
-                for e in entries {
-                    place(&e.hash, &tmp.join(&e.path), e.exec)?;
-                }
-            }
-        }
-        std::fs::create_dir_all(root.parent().unwrap())
-            .map_err(Error::io("cannot create", &root))?;
-        if let Err(e) = std::fs::rename(&tmp, &root) {
-            // Another thread made the same view meanwhile (views are content-addressed,
-            // so it is the same): keep theirs, drop ours.
-            let _ = std::fs::remove_dir_all(&tmp);
-            if !root.exists() {
-                return Err(Error::Io {
-                    context: "cannot rename into",
-                    path: root,
-                    source: e,
-                });
-            }
-        }
-        Ok(if artifact.is_dir() {
-            root
-        } else {
-            root.join("file")
         })
     }
 
@@ -514,26 +499,35 @@ impl Cache {
 
     // ---- maintenance ---------------------------------------------------------------
 
-    /// Removes every record whose key is not in `keep`, then every object no kept record
-    /// refers to. With `dry_run`, only counts.
+    /// Removes every record whose key is not in `keep` (and every unreadable one), then
+    /// every object no kept record refers to. With `dry_run`, only counts.
+    ///
+    /// The order survives a kill at any point: the removal of records is made durable
+    /// before the first object they named is deleted, so no record is ever left naming a
+    /// deleted object. Files in `objects-v1/` that are not objects are left alone.
     pub fn gc(&self, keep: &HashSet<Hash>, dry_run: bool) -> Result<GcReport> {
         let mut report = GcReport::default();
         let mut live: HashSet<Hash> = HashSet::new();
         // Artifacts of kept records: their views stay (a Slurm job left running may be
         // reading one).
         let mut live_views: HashSet<String> = HashSet::new();
-        let mut dead_nodes: BTreeMap<String, ()> = BTreeMap::new();
-        for rec in self.records()? {
+        let (records, unreadable) = self.readable_records()?;
+        for rec in records {
             if keep.contains(&rec.key) {
                 report.records_kept += 1;
                 live.extend(rec.objects());
                 live_views.extend(rec.outputs.values().map(|a| a.hash.to_hex()));
             } else {
                 report.records_removed += 1;
-                dead_nodes.insert(rec.node.clone(), ());
                 if !dry_run {
                     self.records.remove(rec.key.0).map_err(db_err)?;
                 }
+            }
+        }
+        for (k, _) in unreadable {
+            report.records_removed += 1;
+            if !dry_run {
+                self.records.remove(k).map_err(db_err)?;
             }
         }
         if !dry_run {
@@ -542,6 +536,9 @@ impl Cache {
                     self.latest.remove(node.as_bytes()).map_err(db_err)?;
                 }
             }
+            // Durable before any object goes.
+            self.flush()?;
+            crate::failpoint::hit("gc-records-removed");
         }
         for item in self.objects.blobs.iter() {
             let (k, v) = item.map_err(db_err)?;
@@ -557,20 +554,28 @@ impl Cache {
                 }
             }
         }
-        for (hash, path) in self.object_files()? {
-            if hash.map(|h| live.contains(&h)) != Some(true) {
+        let files = self.object_files()?;
+        for (hash, path) in files.objects {
+            if !live.contains(&hash) {
                 report.objects_removed += 1;
                 report.bytes_freed += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 if !dry_run {
                     std::fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
+                    crate::failpoint::hit("gc-object-removed");
                 }
             }
         }
         if !dry_run {
             // Scratch folders are named by key: those of keys still referenced hold the
             // checkpoints of interrupted nodes (or of Slurm jobs still running) and stay.
+            // Quarantined objects go.
             let kept_keys: HashSet<String> = keep.iter().map(|k| k.to_hex()).collect();
-            for (extra, kept) in [("views-v1", &live_views), ("scratch", &kept_keys)] {
+            let nothing = HashSet::new();
+            for (extra, kept) in [
+                ("views-v1", &live_views),
+                ("scratch", &kept_keys),
+                ("quarantine", &nothing),
+            ] {
                 let d = self.dir.join(extra);
                 let Ok(rd) = std::fs::read_dir(&d) else {
                     continue;
@@ -598,10 +603,16 @@ impl Cache {
         Ok(report)
     }
 
-    /// Rehashes every object. Corrupt objects are removed, and so is every record that
-    /// refers to a corrupt or missing object, so that its node simply runs again.
+    /// Rehashes every object. Corrupt objects are taken out of the store (files go to
+    /// `quarantine/`), and every record that refers to a corrupt or missing object is
+    /// dropped, so that its node simply runs again; so are records that cannot be read.
+    /// Files in `objects-v1/` that are not objects are reported and left alone, and
+    /// damage to the index found when the cache was opened is reported (once).
     pub fn verify(&self) -> Result<VerifyReport> {
-        let mut report = VerifyReport::default();
+        let mut report = VerifyReport {
+            index_damage: self.seal.take_damage()?,
+            ..Default::default()
+        };
         let mut bad: HashSet<Hash> = HashSet::new();
         for item in self.objects.blobs.iter() {
             let (k, v) = item.map_err(db_err)?;
@@ -613,20 +624,21 @@ impl Cache {
                 self.objects.blobs.remove(k).map_err(db_err)?;
             }
         }
-        for (hash, path) in self.object_files()? {
+        let files = self.object_files()?;
+        report.stray_files = files.stray;
+        for (hash, _) in files.objects {
             report.objects_checked += 1;
-            let ok = match hash {
-                Some(h) => self.objects.verify_file(&path, &h).unwrap_or(false),
-                None => false,
-            };
-            if !ok {
-                if let Some(h) = hash {
-                    bad.insert(h);
+            match self.objects.check(&hash) {
+                Ok(()) => {}
+                Err(e) if e.damaged_object().is_some() => {
+                    bad.insert(hash);
+                    self.objects.quarantine(&hash)?;
                 }
-                std::fs::remove_file(&path).map_err(Error::io("cannot remove", &path))?;
+                Err(e) => return Err(e),
             }
         }
-        for rec in self.records()? {
+        let (records, unreadable) = self.readable_records()?;
+        for rec in records {
             let mut broken = false;
             for obj in rec.objects() {
                 if bad.contains(&obj) || !self.objects.contains(&obj)? {
@@ -637,6 +649,10 @@ impl Cache {
                 self.records.remove(rec.key.0).map_err(db_err)?;
                 report.records_dropped.push(rec.node.clone());
             }
+        }
+        for (k, why) in unreadable {
+            self.records.remove(&k).map_err(db_err)?;
+            report.unreadable_records.push((hex_short(&k), why));
         }
         // Views may hold links to removed objects: they are rebuilt on demand.
         let views = self.dir.join("views-v1");
@@ -649,8 +665,10 @@ impl Cache {
         Ok(report)
     }
 
-    fn object_files(&self) -> Result<Vec<(Option<Hash>, PathBuf)>> {
-        let mut out = Vec::new();
+    /// The object files in `objects-v1/`, and the files there that are not objects (a
+    /// `.DS_Store`, a copy someone left): those are dagrun's to report, not to delete.
+    fn object_files(&self) -> Result<ObjectFiles> {
+        let mut out = ObjectFiles::default();
         let root = &self.objects.root;
         if !root.exists() {
             return Ok(out);
@@ -658,15 +676,92 @@ impl Cache {
         for shard in std::fs::read_dir(root).map_err(Error::io("cannot list", root))? {
             let shard = shard.map_err(Error::io("cannot list", root))?;
             let prefix = shard.file_name().to_string_lossy().into_owned();
+            let is_shard = prefix.len() == 2
+                && prefix.bytes().all(|b| b.is_ascii_hexdigit())
+                && shard.file_type().is_ok_and(|t| t.is_dir());
+            if !is_shard {
+                out.stray.push(shard.path());
+                continue;
+            }
             for f in
                 std::fs::read_dir(shard.path()).map_err(Error::io("cannot list", shard.path()))?
             {
                 let f = f.map_err(Error::io("cannot list", shard.path()))?;
                 let name = format!("{prefix}{}", f.file_name().to_string_lossy());
-                out.push((name.parse().ok(), f.path()));
+                match name.parse::<Hash>() {
+                    Ok(h) if h.to_hex() == name && f.file_type().is_ok_and(|t| t.is_file()) => {
+                        out.objects.push((h, f.path()))
+                    }
+                    _ => out.stray.push(f.path()),
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Stores a workspace output (`rel` under `root`) as an artifact: as
+    /// [`Cache::ingest`], but a symbolic link on the way to it is refused (a link at the
+    /// output itself is read through, as a file).
+    pub fn ingest_output(&self, root: &Path, rel: &str, kind: ArtifactType) -> Result<Artifact> {
+        let ws = Confined::open(root)?;
+        match ws.entry(rel)? {
+            Entry::Missing => Err(Error::Io {
+                context: "cannot read output",
+                path: ws.path(rel),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
+            _ => self.ingest(&ws.path(rel), kind),
+        }
+    }
+}
+
+/// A record's key in the index, and why its value cannot be read.
+pub(crate) type Unreadable = (sled::IVec, String);
+
+/// What `objects-v1/` holds.
+#[derive(Default)]
+struct ObjectFiles {
+    objects: Vec<(Hash, PathBuf)>,
+    stray: Vec<PathBuf>,
+}
+
+/// The first 12 hex digits of a record key (or of whatever bytes a damaged index holds).
+fn hex_short(key: &[u8]) -> String {
+    key.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens the index. sled takes an exclusive lock on `db/db`: when another process holds
+/// it (one whose `lock` file was deleted), this is the cache being busy.
+fn open_index(dir: &Path, db_path: &Path, wait: bool, on_wait: &dyn Fn(&str)) -> Result<sled::Db> {
+    let mut waited = false;
+    loop {
+        let r = sled::Config::new()
+            .path(db_path)
+            .flush_every_ms(Some(500))
+            .open();
+        match r {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                let holder = crate::lock::index_holder(&db_path.join("db"));
+                if !wait {
+                    return Err(Error::Locked {
+                        path: dir.to_path_buf(),
+                        holder,
+                    });
+                }
+                if !waited {
+                    on_wait(&holder);
+                    waited = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(source) => {
+                return Err(Error::Db {
+                    path: db_path.to_path_buf(),
+                    source,
+                })
+            }
+        }
     }
 }
 
@@ -710,6 +805,8 @@ fn dir_size(d: &Path) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::{Metrics, Timing};
 
@@ -768,8 +865,8 @@ mod tests {
         );
         std::fs::remove_file(&small).unwrap();
         std::fs::remove_file(&large).unwrap();
-        cache.restore(&a, &small).unwrap();
-        cache.restore(&b, &large).unwrap();
+        cache.restore_output(&a, ws.path(), "small.txt").unwrap();
+        cache.restore_output(&b, ws.path(), "large.bin").unwrap();
         assert_eq!(std::fs::read(&small).unwrap(), b"hi");
         assert_eq!(std::fs::read(&large).unwrap(), big);
     }
@@ -800,7 +897,7 @@ mod tests {
 
     #[test]
     fn restores_look_for_stale_temp_files_once_per_output_not_per_file() {
-        use crate::objects::STALE_SCANS;
+        use crate::restore::STALE_SCANS;
         let scans = || STALE_SCANS.with(|c| c.get());
         let ws = tempfile::tempdir().unwrap();
         let cache = open(&ws.path().join(".dagrun"));
@@ -814,7 +911,7 @@ mod tests {
         std::fs::write(&other, b"half").unwrap();
         std::fs::write(&f, b"edited").unwrap();
         let before = scans();
-        cache.restore(&fa, &f).unwrap();
+        cache.restore_output(&fa, ws.path(), "out.txt").unwrap();
         assert_eq!(scans() - before, 1);
         assert_eq!(std::fs::read(&f).unwrap(), b"v1");
         assert!(
@@ -833,7 +930,7 @@ mod tests {
         std::fs::write(d.join(".f1.txt.dagrun-tmp-999999"), b"half").unwrap();
         std::fs::remove_file(d.join("f3.txt")).unwrap();
         let before = scans();
-        cache.restore(&da, &d).unwrap();
+        cache.restore_output(&da, ws.path(), "data").unwrap();
         assert_eq!(scans() - before, 1);
         assert_eq!(std::fs::read(d.join("f3.txt")).unwrap(), b"3");
         assert_eq!(std::fs::read(d.join("sub/g7.txt")).unwrap(), b"g7");

@@ -101,7 +101,13 @@ pub fn execute(
                 keep_log(&log_path),
             ));
         }
-        match cache.ingest(&src, decl.kind) {
+        // A workspace output is read through `ingest_output`: no symbolic link on the way.
+        let ingested = if node.is_workspace_out(&decl.name) {
+            cache.ingest_output(&p.workdir, &decl.name, decl.kind)
+        } else {
+            cache.ingest(&src, decl.kind)
+        };
+        match ingested {
             Ok(a) => {
                 arts.insert(decl.name.clone(), a);
             }

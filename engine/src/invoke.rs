@@ -144,8 +144,11 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// Removes a node's workspace outputs (and makes their parent folders) before it runs.
+/// Removes a node's workspace outputs (and makes their parent folders) before it runs,
+/// never through a symbolic link and never outside `workdir` (a link at an output is
+/// removed itself; a link on the way to one is refused).
 pub fn remove_outs(workdir: &Path, outs: &[String]) -> std::io::Result<()> {
+    let ws = dagrun_cache::Confined::open(workdir).map_err(std::io::Error::other)?;
     for o in outs {
         // The pipeline refuses these; never remove the workspace itself.
         if o.is_empty() || o == "." || o.starts_with('/') || o.split('/').any(|c| c == "..") {
@@ -153,15 +156,40 @@ pub fn remove_outs(workdir: &Path, outs: &[String]) -> std::io::Result<()> {
                 "refusing to remove output `{o}`: not a path inside the workspace"
             )));
         }
-        let abs = workdir.join(o);
-        match std::fs::symlink_metadata(&abs) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&abs)?,
-            Ok(_) => std::fs::remove_file(&abs)?,
-            Err(_) => {}
-        }
-        if let Some(parent) = abs.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
+        ws.remove(o).map_err(std::io::Error::other)?;
+        ws.create_parents(o).map_err(std::io::Error::other)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_outs;
+
+    #[test]
+    fn removing_outputs_never_goes_through_a_link_or_leaves_the_workspace() {
+        let ws = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("o"), "the user's").unwrap();
+        // A folder on the way is a link to a folder outside: refused, nothing deleted.
+        std::os::unix::fs::symlink(outside.path(), ws.path().join("sub")).unwrap();
+        let err = remove_outs(ws.path(), &["sub/o".into()]).unwrap_err();
+        assert!(err.to_string().contains("link"), "{err}");
+        assert!(outside.path().join("o").exists());
+        // A link at the output itself is removed, not what it points to.
+        std::os::unix::fs::symlink(outside.path().join("o"), ws.path().join("o")).unwrap();
+        remove_outs(ws.path(), &["o".into()]).unwrap();
+        assert!(std::fs::symlink_metadata(ws.path().join("o")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(outside.path().join("o")).unwrap(),
+            "the user's"
+        );
+        // A folder output goes with everything in it, links inside unfollowed.
+        std::fs::create_dir_all(ws.path().join("d/e")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.path().join("d/e/l")).unwrap();
+        remove_outs(ws.path(), &["d".into()]).unwrap();
+        assert!(!ws.path().join("d").exists());
+        assert!(outside.path().join("o").exists());
+        assert!(remove_outs(ws.path(), &["../x".into()]).is_err());
+    }
 }

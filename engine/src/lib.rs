@@ -23,7 +23,7 @@
 pub mod commit;
 pub mod error;
 pub mod exec;
-pub mod failpoint;
+pub(crate) use dagrun_cache::failpoint;
 pub mod fingerprint;
 pub mod interp;
 pub mod invoke;

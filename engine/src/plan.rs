@@ -124,7 +124,8 @@ impl<'a> Evaluator<'a> {
     /// are known (it is cached or has run), `None` while it is pending. A node is
     /// `Missing` when running it, or restoring its outputs when it is cached, would
     /// replace a workspace file that dagrun did not write and could not restore
-    /// ([`Reason::WouldDelete`]).
+    /// ([`Reason::WouldDelete`]), or write through a symbolic link
+    /// ([`Reason::ThroughLink`]).
     pub fn evaluate(
         &self,
         i: usize,
@@ -141,9 +142,7 @@ impl<'a> Evaluator<'a> {
         let mut in_the_way = Vec::new();
         let node = &self.pipeline.nodes[i];
         for o in replaced {
-            if self.ws.would_lose(o).map_err(at_output(node, o))? {
-                in_the_way.push(Reason::WouldDelete { path: o.clone() });
-            }
+            in_the_way.extend(self.ws.in_the_way(o).map_err(at_output(node, o))?);
         }
         mark_missing(&mut e.state, in_the_way);
         Ok(e)

@@ -27,7 +27,8 @@ pub enum Reason {
     ForcedDownstream {
         of: String,
     },
-    /// The node's last record was removed (by `cache gc` or `cache verify`).
+    /// The node's last record was removed (by `cache gc` or `cache verify`, or dropped
+    /// because an object it names turned out missing or damaged).
     RecordGone,
     KindChanged {
         old: String,
@@ -78,6 +79,14 @@ pub enum Reason {
     /// replace it.
     WouldDelete {
         path: String,
+    },
+    /// A folder on the way to a workspace output is a symbolic link: dagrun never writes
+    /// or deletes through one.
+    ThroughLink {
+        path: String,
+        /// The link, relative to the workspace, and where it points.
+        link: String,
+        target: String,
     },
     /// `--only` left out an upstream node that is not cached.
     OutsideSelection {
@@ -136,7 +145,11 @@ impl fmt::Display for Reason {
             Reason::ForcedDownstream { of } => {
                 write!(f, "forced: downstream of `{of}` (--downstream)")
             }
-            Reason::RecordGone => write!(f, "its last record was removed from the cache"),
+            Reason::RecordGone => write!(
+                f,
+                "its last record was removed from the cache (by `cache gc` or `cache verify`, \
+                 or because an object it names was missing or damaged)"
+            ),
             Reason::KindChanged { old, new } => write!(f, "kind changed: {old} → {new}"),
             Reason::VersionChanged { old, new } => write!(f, "kind version changed: {old} → {new}"),
             Reason::ParamChanged { name, old, new } => {
@@ -190,6 +203,12 @@ impl fmt::Display for Reason {
                 f,
                 "output `{path}` exists and dagrun did not write it: running or restoring the \
                  node would replace it (move it away or delete it, then run again)"
+            ),
+            Reason::ThroughLink { path, link, target } => write!(
+                f,
+                "output `{path}` lies behind the symbolic link `{link}` (to `{target}`): dagrun \
+                 never writes, replaces or deletes through a link (replace the link with a \
+                 folder, then run again)"
             ),
             Reason::OutsideSelection { node } => write!(
                 f,

@@ -142,6 +142,9 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
                 if let Reason::OutsideSelection { .. } = r {
                     problems.push(format!("`{}` {r}", node.id));
                 }
+                if let Reason::ThroughLink { .. } = r {
+                    problems.push(format!("{}: `{}`: {r}", node.loc, node.id));
+                }
                 if let Reason::WouldDelete { path } = r {
                     let loc = node
                         .outs
@@ -182,17 +185,68 @@ fn preflight(p: &Pipeline, plan: &[Option<Evaluation>], opts: &RunOptions) -> Re
 /// Puts workspace output `o` of node `node` back from the cache. The path is claimed
 /// first (as a node claims its outs before it runs): what is there afterwards is
 /// dagrun's, so a later run may replace it even if the user edited it meanwhile.
+/// `Ok(false)`: an object of it was missing or damaged, so the cache dropped the record
+/// (it said so in a warning) and the node is not cached any more.
 fn restore_output(
     ev: &Evaluator<'_>,
     cache: &Cache,
     node: &str,
     o: &str,
     artifact: &Artifact,
-) -> Result<()> {
+) -> Result<bool> {
     let dest = ev.ws.abs(o);
     cache.claim_output(&dest, node)?;
-    cache.restore(artifact, &dest)?;
-    ev.ws.remember_artifact(o, artifact)
+    match cache.restore_output(artifact, &ev.ws.root, o) {
+        Err(e) if e.damaged_object().is_some() => {
+            ev.ws.invalidate(o);
+            Ok(false)
+        }
+        r => {
+            r?;
+            ev.ws.remember_artifact(o, artifact)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Settles cached node `i`: puts back the workspace outputs `restore` lists, and when a
+/// node downstream of it will run, checks the outputs it keeps in the cache (the views
+/// that node will read; verified once per run). `Ok(false)`: something of it turned out
+/// missing or damaged; its record is gone and it must be evaluated again (it runs).
+/// On a no-op run (nothing downstream runs, nothing to restore) no object is read.
+fn settle_cached(
+    ev: &Evaluator,
+    cache: &Cache,
+    i: usize,
+    restore: &[String],
+    rec: &dagrun_cache::RecordHead,
+    plan: &[Option<Evaluation>],
+) -> Result<bool> {
+    let node = &ev.pipeline.nodes[i];
+    for o in restore {
+        if !restore_output(ev, cache, &node.id, o, &rec.outputs[o])? {
+            return Ok(false);
+        }
+    }
+    let downstream_runs = node.downstream.iter().any(|&d| {
+        plan[d]
+            .as_ref()
+            .is_some_and(|e| !matches!(e.state, State::Cached { .. }))
+    });
+    if downstream_runs {
+        for (name, art) in &rec.outputs {
+            if node.is_workspace_out(name) {
+                continue;
+            }
+            match cache.materialize(art) {
+                Err(e) if e.damaged_object().is_some() => return Ok(false),
+                r => {
+                    r?;
+                }
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// What the drain loop waits for.
@@ -231,7 +285,14 @@ pub fn run(
         {
             for o in restore {
                 tracing::info!(node = %p.nodes[i].id, output = %o, "restoring an upstream output");
-                restore_output(&ev, cache, &p.nodes[i].id, o, &rec.outputs[o])?;
+                if !restore_output(&ev, cache, &p.nodes[i].id, o, &rec.outputs[o])? {
+                    return Err(Error::Usage(format!(
+                        "`{}` is outside the selection, and its cached output `{o}` turned out \
+                         missing or damaged in the cache (its record is dropped): select it too, \
+                         or run without --only",
+                        p.nodes[i].id
+                    )));
+                }
             }
         }
     }
@@ -453,21 +514,40 @@ impl Drain<'_> {
             !self.opts.selection.includes(u)
                 || matches!(self.sched.outcome(u), Some(Outcome::Cached { .. }))
         });
-        let e = match self.plan[i].take() {
-            Some(e) if upstream_as_planned && e.key.is_some() => e,
-            _ => {
-                let outputs = self.outputs;
-                let known = |u: usize| outputs.lock().unwrap()[u].clone();
-                ev.evaluate(i, &self.opts.selection, &known)?
+        let mut planned = self.plan[i]
+            .take()
+            .filter(|e| upstream_as_planned && e.key.is_some());
+        // A cached node whose objects turn out missing or damaged loses its record while
+        // it is settled: evaluated again, it runs.
+        let mut attempts = 0u8;
+        let e = loop {
+            attempts += 1;
+            let e = match planned.take() {
+                Some(e) => e,
+                None => {
+                    let outputs = self.outputs;
+                    let known = |u: usize| outputs.lock().unwrap()[u].clone();
+                    ev.evaluate(i, &self.opts.selection, &known)?
+                }
+            };
+            tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
+            if let (State::Cached { restore }, Some(rec)) = (&e.state, &e.record) {
+                if !settle_cached(ev, cache, i, restore, rec, &self.plan)? {
+                    if attempts == 2 {
+                        return Err(Error::Usage(format!(
+                            "`{}`: its record was dropped for a damaged object, yet it is \
+                             still cached",
+                            node.id
+                        )));
+                    }
+                    continue;
+                }
             }
+            break e;
         };
-        tracing::debug!(node = %node.id, state = e.state.label(), key = ?e.key, "evaluated");
         match &e.state {
             State::Cached { restore } => {
                 let rec = e.record.as_ref().expect("cached has a record");
-                for o in restore {
-                    restore_output(ev, cache, &node.id, o, &rec.outputs[o])?;
-                }
                 if cache.failure(&node.id)?.is_some() {
                     cache.clear_failure(&node.id)?;
                 }

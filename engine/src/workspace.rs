@@ -8,9 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use dagrun_cache::{Artifact, ArtifactEntry, Cache, FileStat, Hash};
+use dagrun_cache::{Artifact, ArtifactEntry, Cache, Confined, Entry, FileStat, Hash};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    reason::Reason,
+};
 
 /// The workspace as dagrun sees it.
 pub struct Workspace<'a> {
@@ -148,32 +151,46 @@ impl<'a> Workspace<'a> {
         Ok(Some(Artifact::tree_hash(&entries)))
     }
 
-    /// Whether removing workspace path `rel` (as a node does with its outputs before it
-    /// runs) could lose something: it exists, no node of this cache ever wrote it, and
-    /// the cache does not hold its content (a file, or every file of a folder), so it
-    /// could not be restored.
-    pub fn would_lose(&self, rel: &str) -> Result<bool> {
+    /// Why removing or replacing workspace path `rel` (as a node does with its outputs
+    /// before it runs, or a restore does) is not dagrun's to do, if it is not:
+    /// - a folder on the way to it is a symbolic link ([`Reason::ThroughLink`]): dagrun
+    ///   never writes or deletes through one;
+    /// - something is there that no node of this cache ever wrote, and the cache does not
+    ///   hold its content (a file, or every file of a folder), so it could not be
+    ///   restored ([`Reason::WouldDelete`]); a symbolic link there is the user's unless
+    ///   dagrun wrote it, dangling or not.
+    pub fn in_the_way(&self, rel: &str) -> Result<Option<Reason>> {
+        let would_delete = Some(Reason::WouldDelete {
+            path: rel.to_string(),
+        });
+        let entry = match Confined::open(&self.root).and_then(|ws| ws.entry(rel)) {
+            Ok(e) => e,
+            Err(dagrun_cache::Error::ThroughLink { link, target, .. }) => {
+                let link = link.strip_prefix(&self.root).unwrap_or(&link);
+                return Ok(Some(Reason::ThroughLink {
+                    path: rel.to_string(),
+                    link: link.display().to_string(),
+                    target: target.display().to_string(),
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let p = self.abs(rel);
-        let meta = match std::fs::metadata(&p) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // A dangling link loses nothing but itself.
-                return Ok(false);
-            }
-            Err(e) => {
-                return Err(Error::Io {
-                    context: "cannot stat",
-                    path: p,
-                    source: e,
-                })
-            }
-            Ok(m) => m,
-        };
         let Some(cache) = self.cache else {
-            return Ok(true);
+            return Ok(if entry == Entry::Missing {
+                None
+            } else {
+                would_delete
+            });
         };
-        if cache.output_claim(&p)?.is_some() {
-            return Ok(false);
-        }
+        let meta = match entry {
+            Entry::Missing => return Ok(None),
+            _ if cache.output_claim(&p)?.is_some() => return Ok(None),
+            Entry::Link { .. } | Entry::Other => return Ok(would_delete),
+            Entry::File | Entry::Dir => {
+                std::fs::symlink_metadata(&p).map_err(Error::io("cannot stat", &p))?
+            }
+        };
         let hashes = if meta.is_dir() {
             let mut entries = Vec::new();
             self.walk(&p, &p, &mut entries)?;
@@ -183,10 +200,10 @@ impl<'a> Workspace<'a> {
         };
         for h in hashes {
             if !cache.contains_object(&h)? {
-                return Ok(true);
+                return Ok(would_delete);
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     fn file_hash(&self, p: &Path, meta: &std::fs::Metadata) -> Result<Hash> {

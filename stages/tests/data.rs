@@ -530,7 +530,8 @@ fn parquet_and_jsonl_round_trip_rows() {
             prompt: format!("prompt {i} — ünïcode"),
             chosen: format!("good {i}"),
             rejected: String::new(),
-            prompt_messages: (i % 2 == 0)
+            prompt_messages: i
+                .is_multiple_of(2)
                 .then(|| vec![Message::new("user", &format!("prompt {i} — ünïcode"))]),
         })
         .collect();

@@ -6,6 +6,8 @@ mod bad_input;
 mod cache_ops;
 mod caching;
 mod command_line;
+mod crash;
+mod damage;
 mod edge_params;
 mod faults;
 #[cfg(feature = "tch")]

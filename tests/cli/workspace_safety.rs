@@ -264,3 +264,123 @@ fn only_names_the_file_that_keeps_an_upstream_node_from_running() {
     );
     assert_eq!(ws.read("data.txt"), "mine\n");
 }
+
+/// `make` writes `sub/o`; `use` reads it.
+const SUB: &str = "stages:
+  make:
+    kind: command
+    cmd: mkdir -p sub && echo made > sub/o
+    outs: [sub/o]
+";
+
+#[test]
+fn an_output_behind_a_symbolic_link_is_never_written_or_deleted_through_it() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("o"), "precious\n").unwrap();
+    for (case, args) in [
+        // The output is cached: a restore would write through the link.
+        ("restore", vec!["p.yaml"]),
+        // The node reruns: removing its old output would delete through the link.
+        ("rerun", vec!["p.yaml", "--rerun", "make"]),
+    ] {
+        let ws = Ws::new();
+        ws.write("p.yaml", SUB);
+        ws.run(&["p.yaml"]);
+        std::fs::remove_dir_all(ws.p("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.p("sub")).unwrap();
+        let (out, _) = ws.ok(&["plan", "p.yaml"]);
+        assert!(
+            out.contains("missing  make") && out.contains("lies behind the symbolic link `sub`"),
+            "{case}: {out}"
+        );
+        let o = ws.dagrun(&args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{case}: {t}");
+        assert!(
+            t.contains("p.yaml:2:3: `make`: output `sub/o` lies behind the symbolic link `sub`"),
+            "{case}: {t}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.path().join("o")).unwrap(),
+            "precious\n",
+            "{case}"
+        );
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            1,
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn a_symbolic_link_the_user_put_at_an_output_is_never_replaced() {
+    let ws = Ws::new();
+    ws.write("p.yaml", SUB);
+    // Before the node ever ran, and after: a link of the user's, even a dangling one.
+    std::fs::create_dir_all(ws.p("sub")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", ws.p("sub/o")).unwrap();
+    let o = ws.dagrun(&["p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("output `sub/o` of `make` exists and dagrun did not write it"),
+        "{}",
+        text(&o)
+    );
+    assert!(std::fs::symlink_metadata(ws.p("sub/o"))
+        .unwrap()
+        .is_symlink());
+    std::fs::remove_file(ws.p("sub/o")).unwrap();
+    ws.run(&["p.yaml"]);
+    // Once dagrun wrote the path, it is dagrun's (as any hand edit of it is).
+    std::fs::remove_file(ws.p("sub/o")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", ws.p("sub/o")).unwrap();
+    assert!(ws.run(&["p.yaml"]).is_empty());
+    assert_eq!(ws.read("sub/o"), "made\n");
+}
+
+const EXPORTED: &str = "stages:
+  make:
+    kind: command
+    cmd: mkdir -p data/deep && echo a > data/a.txt && echo b > data/deep/b.txt && echo r > report.txt
+    outs: [data, report.txt]
+";
+
+#[test]
+fn export_merges_into_the_folder_and_never_overwrites_a_differing_file_unasked() {
+    let ws = Ws::new();
+    ws.write("p.yaml", EXPORTED);
+    ws.run(&["p.yaml"]);
+    // The user's folder holds files of their own, in the output's folder too.
+    ws.write("out/data/notes.txt", "mine\n");
+    ws.write("out/other.txt", "mine\n");
+    let (out, _) = ws.ok(&["export", "make", "out"]);
+    assert!(out.contains("out/data  (2 files)"), "{out}");
+    assert_eq!(ws.read("out/data/deep/b.txt"), "b\n");
+    assert_eq!(ws.read("out/data/notes.txt"), "mine\n");
+    assert_eq!(ws.read("out/other.txt"), "mine\n");
+    assert_eq!(ws.read("out/report.txt"), "r\n");
+    // Again: nothing differs, nothing is written.
+    let (out, _) = ws.ok(&["export", "make", "out"]);
+    assert!(
+        out.contains("out/data  (0 files written, 2 unchanged)"),
+        "{out}"
+    );
+    // A file that differs: refused, naming it, and nothing at all is written.
+    ws.write("out/data/a.txt", "edited\n");
+    std::fs::remove_file(ws.p("out/report.txt")).unwrap();
+    let o = ws.dagrun(&["export", "make", "out"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("nothing exported")
+            && t.contains("out/data/a.txt` exists with other content (--force replaces it)"),
+        "{t}"
+    );
+    assert_eq!(ws.read("out/data/a.txt"), "edited\n");
+    assert!(!ws.p("out/report.txt").exists());
+    ws.ok(&["export", "make", "out", "--force"]);
+    assert_eq!(ws.read("out/data/a.txt"), "a\n");
+    assert_eq!(ws.read("out/data/notes.txt"), "mine\n");
+    assert_eq!(ws.read("out/report.txt"), "r\n");
+}

@@ -227,7 +227,7 @@ impl StageKind for LmPretrainKind {
                 return Err(ParamError::at("max_grad_norm", "must be a number > 0"));
             }
         }
-        if p.n_embd % p.n_head != 0 {
+        if !p.n_embd.is_multiple_of(p.n_head) {
             return Err(ParamError::at(
                 "n_head",
                 format!(
@@ -342,7 +342,7 @@ impl StageKind for LmPretrainKind {
             }
             let loss = trainer.train_step()?;
             let step = trainer.step;
-            if p.checkpoint_every > 0 && step % p.checkpoint_every == 0 && step < p.steps {
+            if p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every) && step < p.steps {
                 trainer.save_checkpoint(&ckpt)?;
             }
             ctx.progress(step as u64, p.steps as u64, format!("loss {loss:.3}"));

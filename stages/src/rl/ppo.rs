@@ -192,7 +192,10 @@ pub fn train(
         stats.push(st);
         let done = stats.len();
         if let Some(dir) = checkpoint_dir {
-            if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps {
+            if cfg.checkpoint_every > 0
+                && done.is_multiple_of(cfg.checkpoint_every)
+                && done < cfg.steps
+            {
                 check_params(done, &pv)?;
                 let state = TrainerState {
                     stats: stats.clone(),

@@ -496,7 +496,7 @@ mod tests {
         let mut flat = gen.normal_vec(rows * width, 3.0);
         for r in 0..rows {
             flat[r * width + 11] = f32::NEG_INFINITY;
-            if r % 3 == 0 {
+            if r.is_multiple_of(3) {
                 flat[r * width + width - 5..(r + 1) * width].fill(f32::NEG_INFINITY);
             }
         }

@@ -201,7 +201,11 @@ impl ChatTemplate {
                 };
                 let mut out = String::from("<bos>");
                 for (i, m) in turns.iter().enumerate() {
-                    let expected = if i % 2 == 0 { "user" } else { "assistant" };
+                    let expected = if i.is_multiple_of(2) {
+                        "user"
+                    } else {
+                        "assistant"
+                    };
                     if m.role != expected {
                         return Err(MlError::Invalid(format!(
                             "the gemma template needs turns alternating user/assistant/…; \

@@ -127,7 +127,7 @@ impl Gpt2Config {
     /// Check the configuration is one this implementation computes faithfully.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(MlError::Config(m));
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd ({}) must be a multiple of n_head ({})",
                 self.n_embd, self.n_head

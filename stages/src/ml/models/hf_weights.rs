@@ -378,7 +378,7 @@ pub fn write_streaming(path: &Path, tensors: &[NamedTensor], dtype: WeightDtype)
         offset += len;
     }
     let mut header = serde_json::to_vec(&header).expect("json");
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     crate::files::write_atomic_with(path, |f| {

@@ -259,7 +259,9 @@ impl LmTrainer {
             ran += 1;
             let every = self.config.checkpoint_every;
             if let Some(dir) = checkpoint_dir {
-                if (every > 0 && self.step % every == 0) || self.step == self.config.max_steps {
+                if (every > 0 && self.step.is_multiple_of(every))
+                    || self.step == self.config.max_steps
+                {
                     self.save_checkpoint(dir)?;
                 }
             }
