@@ -525,7 +525,7 @@ fn errors_name_the_file_and_the_line_or_row() {
 #[test]
 fn parquet_and_jsonl_round_trip_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let pairs: Vec<PreferencePair> = (0..50)
+    let pairs: Vec<PreferencePair> = (0..50u32)
         .map(|i| PreferencePair {
             prompt: format!("prompt {i} — ünïcode"),
             chosen: format!("good {i}"),
