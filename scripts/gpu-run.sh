@@ -208,8 +208,8 @@ for len in "${RM_LENS[@]}"; do
     bench "rm$len-torch" "$PYTHON" scripts/bench_ppo_torch.py rm-score --device "$TORCH_DEV" "${RM[@]}" --len "$len"
 done
 # The PPO step again with burn's composed operations instead of libtorch's fused kernels
-# (stages/src/ml/fused.rs) and Adam per tensor instead of over one flat buffer
-# (ml/optim/libtorch.rs), and with the norms and GELU fused but the loss's LM head and
+# (stages/src/ml/ops/libtorch.rs) and Adam per tensor instead of over one flat buffer
+# (ml/training/optim/libtorch.rs), and with the norms and GELU fused but the loss's LM head and
 # log-softmax composed (Adam per tensor too): what each is worth on DEV (the table's Adam
 # row compares the flat and the per-tensor update).
 bench ppo-dagrun-composed env DAGRUN_FUSED_OPS=none "$BIN" bench ppo-step --device "$DEV" "${PPO[@]}"

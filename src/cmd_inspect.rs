@@ -557,10 +557,14 @@ pub fn resolve_model(ctx: &Ctx, given: &std::path::Path) -> CliResult<std::path:
             .find(|(_, a)| a.kind == dagrun_cache::ArtifactType::Model),
     };
     let (_, art) = pick.ok_or_else(|| {
-        let names: Vec<&String> = rec.outputs.keys().collect();
-        usage(format!(
-            "node `{node}` has no model output (outputs: {names:?}); name one as `{node}:OUTPUT`"
-        ))
+        let names: Vec<&str> = rec.outputs.keys().map(String::as_str).collect();
+        let names = names.join(", ");
+        usage(match &output {
+            Some(o) => format!("node `{node}` has no output `{o}` (its outputs: {names})"),
+            None => format!(
+                "node `{node}` has no model output (its outputs: {names}); name one as `{node}:OUTPUT`"
+            ),
+        })
     })?;
     Ok(cache.materialize(art)?)
 }

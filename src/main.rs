@@ -71,8 +71,18 @@ fn dispatch(cli: cli::Cli) -> exit::CliResult {
         Some(Cache(c)) => cmd_cache::cmd_cache(&ctx, &c),
         Some(Model(mut m)) => {
             let model = m.model_mut();
+            let given = model.display().to_string();
             *model = cmd_inspect::resolve_model(&ctx, model)?;
-            model_cmd::run(m).map_err(exit::Failure::Other)
+            // Errors name what the user gave (a node), not the cache's view folder of it.
+            let view = model.display().to_string();
+            model_cmd::run(m).map_err(|e| {
+                let text = format!("{e:#}");
+                exit::Failure::Other(if view == given {
+                    e
+                } else {
+                    anyhow::anyhow!(text.replace(&view, &given))
+                })
+            })
         }
         Some(Bench(b)) => cmd_bench::run(b).map_err(exit::Failure::Other),
     }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use dagrun_stages::ml::cli::{self, GenerateOptions};
-use dagrun_stages::ml::hf_weights::WeightDtype;
-use dagrun_stages::ml::sampling::SamplingConfig;
+use dagrun_stages::ml::inference::sampling::SamplingConfig;
+use dagrun_stages::ml::models::hf_weights::WeightDtype;
 use dagrun_stages::ml::DeviceSpec;
 
 /// Inspect models: per-token log-probs, generation, reward scores.

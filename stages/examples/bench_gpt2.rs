@@ -11,10 +11,10 @@
 use std::time::Instant;
 
 use burn::tensor::Tensor;
-use dagrun_stages::ml::generate::{generate, GenerateConfig};
+use dagrun_stages::ml::inference::generate::{generate, GenerateConfig};
+use dagrun_stages::ml::inference::sampling::SamplingConfig;
 use dagrun_stages::ml::rng::SeededRng;
-use dagrun_stages::ml::sampling::SamplingConfig;
-use dagrun_stages::ml::train_lm::LmTrainer;
+use dagrun_stages::ml::training::train_lm::LmTrainer;
 use dagrun_stages::ml::{DeviceSpec, Gpt2, Gpt2Config, TokenBatch};
 
 struct Args {

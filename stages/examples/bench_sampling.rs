@@ -14,8 +14,8 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use dagrun_stages::ml::inference::sampling::SamplingConfig;
 use dagrun_stages::ml::rng::SeededRng;
-use dagrun_stages::ml::sampling::SamplingConfig;
 
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()
@@ -58,10 +58,10 @@ fn main() {
     let us: Vec<Option<f64>> = draws.iter().map(|&u| Some(u)).collect();
     for (name, device) in devices {
         let t = Tensor::<2>::from_data(TensorData::new(logits.concat(), [rows, vocab]), &device);
-        let mut picks = cfg.pick_on_device(t.clone(), &us).expect("plain"); // warm-up
+        let mut picks = cfg.pick_on_device(t.clone(), &us).picked().expect("plain"); // warm-up
         let t0 = Instant::now();
         for _ in 0..iters {
-            picks = cfg.pick_on_device(t.clone(), &us).expect("plain");
+            picks = cfg.pick_on_device(t.clone(), &us).picked().expect("plain");
         }
         out[format!("{name}_device_ms_per_step")] =
             (t0.elapsed().as_secs_f64() * 1e3 / iters as f64).into();

@@ -1,5 +1,6 @@
-//! Benchmarks of the ML stages' real code paths (`dagrun bench ...`): one PPO step as the
-//! `ppo` kind runs it ([`crate::kinds::ppo::ppo_step`]) and reward-model scoring throughput.
+//! Benchmarks of the ML stages' real code paths (`dagrun bench ...`): one PPO step of the
+//! library the `ppo` kind runs ([`crate::rl::ppo::ppo_step`]) and reward-model scoring
+//! throughput.
 //!
 //! Models are GPT-2 of random init (`small`: 124M, or `tiny` for smoke tests); the reward
 //! model is a GPT-2 backbone with K linear heads, as `head_ensemble` makes. Prompts are
@@ -17,17 +18,19 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
-    kinds::ppo::{ppo_step, PolicyValue, PpoModels, PpoParams, StepTimes},
+    kinds::ppo::PpoParams,
     ml::{
-        generate::GenerateConfig,
-        heads::LinearHeads,
-        optim::{Adam, AdamConfig},
-        reward::RewardModel,
+        inference::{generate::GenerateConfig, sampling::SamplingConfig},
+        models::{heads::LinearHeads, reward_model::RewardModel, weights::to_f32_vec},
+        reward::{SampleScorer, Scores},
         rng::SeededRng,
-        sampling::SamplingConfig,
-        value_head::ValueHead,
-        weights::to_f32_vec,
         DeviceSpec, Gpt2, Gpt2Config, Padding, TokenBatch,
+    },
+    rl::{
+        policy::PolicyValue,
+        ppo::{ppo_step, PpoConfig},
+        rollout::PpoModels,
+        timing::StepTimes,
     },
 };
 
@@ -90,6 +93,39 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The benchmark's reward model reads the policy's token ids as they are (policy and reward
+/// model share the vocabulary): the stage decodes and re-encodes text there
+/// ([`crate::ml::reward::ReadSamples`]), a host-side cost these random-init models, which come
+/// without a tokenizer, cannot have. The last `max_len` ids, right-padded with `pad`.
+struct SameVocabulary {
+    model: RewardModel,
+    max_len: usize,
+    pad: u32,
+}
+
+impl SampleScorer for SameVocabulary {
+    fn num_heads(&self) -> usize {
+        self.model.heads.num_heads()
+    }
+
+    fn score_samples(
+        &self,
+        seqs: &[Vec<u32>],
+        _prompt_lens: &[usize],
+        _stop_ids: &[u32],
+    ) -> crate::ml::Result<Scores> {
+        let rows: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| s[s.len().saturating_sub(self.max_len)..].to_vec())
+            .collect();
+        let batch = TokenBatch::from_rows(&rows, self.pad, Padding::Right)?;
+        Ok(Scores {
+            heads: self.num_heads(),
+            values: to_f32_vec(self.model.forward(&batch)?),
+        })
+    }
+}
+
 fn phases(t: &StepTimes) -> Value {
     json!({
         "generation": t.generation, "generation_model": t.generation_model,
@@ -99,22 +135,25 @@ fn phases(t: &StepTimes) -> Value {
         "update": t.update,
         "update_forward": t.update_forward, "update_backward": t.update_backward,
         "update_optimizer": t.update_optimizer,
-        "total": t.generation + t.scoring + t.forward + t.update,
+        "total": t.total(),
     })
 }
 
 fn device_info(spec: DeviceSpec) -> BenchResult<Value> {
     let concrete = spec.concrete();
-    // libtorch's fused kernels in use (ml/fused.rs; `DAGRUN_FUSED_OPS` chooses).
+    // libtorch's fused kernels in use (ml/ops; `DAGRUN_FUSED_OPS` chooses).
     #[cfg(feature = "tch")]
     let fused = match concrete {
         DeviceSpec::Cpu => Value::Null,
-        _ => json!(crate::ml::fused::enabled()?),
+        _ => json!(crate::ml::ops::FusedSet::from_env()?
+            .ops()
+            .map(|op| op.name())
+            .collect::<Vec<_>>()),
     };
     #[cfg(not(feature = "tch"))]
     let fused = Value::Null;
     // Where generation picks its tokens (ml/sampling.rs; `DAGRUN_SAMPLING` chooses).
-    let sampling = crate::ml::sampling::SamplingPlace::for_spec(concrete)?;
+    let sampling = crate::ml::inference::sampling::SamplingPlace::for_spec(concrete)?;
     Ok(json!({
         "device": concrete.to_string(),
         "tch_built": crate::ml::device::TCH_BUILT,
@@ -124,7 +163,7 @@ fn device_info(spec: DeviceSpec) -> BenchResult<Value> {
     }))
 }
 
-/// One PPO step of the `ppo` kind's own code ([`ppo_step`]), `warmup` untimed then `steps`
+/// One PPO step of the library the `ppo` kind runs ([`ppo_step`]), `warmup` untimed then `steps`
 /// timed, on models of random init. Returns `{"impl": "dagrun", "what": "ppo-step", ...,
 /// "steps": [{generation, scoring, forward, update, total}], "median": {...}}` (seconds).
 /// `update` includes waiting for the device to finish the last optimizer step.
@@ -150,18 +189,14 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
         Gpt2::init(&config, b.seed + 1, &device)?,
         LinearHeads::init(n_embd, &seeds, &device)?,
     )?;
-    let rm_max_len = p.rm_max_len;
     let models = PpoModels {
         device: device.clone(),
         reference: Gpt2::init(&config, b.seed, &device)?,
-        rm,
-        // Policy and reward model share the vocabulary: the ids go over as they are (the
-        // stage decodes and re-encodes text here, a host-side cost these models cannot have:
-        // random init comes without a tokenizer).
-        to_rm_ids: Box::new(move |s: &[u32], _prompt_len: usize| {
-            Ok(s[s.len().saturating_sub(rm_max_len)..].to_vec())
+        reward: Box::new(SameVocabulary {
+            model: rm,
+            max_len: p.rm_max_len,
+            pad: eos,
         }),
-        rm_pad: eos,
         pad: eos,
         generate: GenerateConfig {
             max_new_tokens: b.new_tokens,
@@ -171,15 +206,13 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
         },
         profile: b.profile,
     };
-    let mut pv = PolicyValue {
-        lm: Gpt2::init(&config, b.seed, &ad)?,
-        value: ValueHead::init(n_embd, b.seed ^ 0x76_68, &ad)?,
-    };
-    // As run_ppo: Adam without weight decay.
-    let mut adam = Adam::new(AdamConfig {
-        weight_decay: 0.0,
-        ..AdamConfig::default()
-    });
+    let cfg = p.config();
+    let mut pv = PolicyValue::new(
+        Gpt2::init(&config, b.seed, &ad)?,
+        cfg.value_head_seed(),
+        &ad,
+    )?;
+    let mut adam = PpoConfig::optimizer();
     let mut rng = SeededRng::new(b.seed);
     device.sync()?;
     let setup = t_setup.elapsed().as_secs_f64();
@@ -188,7 +221,8 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
     let mut stats = Vec::new();
     for step in 0..b.warmup + b.steps {
         let prompts = prompt_ids(step * b.batch, b.batch, b.min_prompt, b.max_prompt, vocab);
-        let (next, st, mut times) = ppo_step(&p, &models, pv, &mut adam, &mut rng, &prompts, step)?;
+        let (next, st, mut times) =
+            ppo_step(&cfg, &models, pv, &mut adam, &mut rng, &prompts, step)?;
         pv = next;
         let t0 = Instant::now();
         device.sync()?;
@@ -203,7 +237,7 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
             "skipped": st.skipped}));
     }
     let med = |f: fn(&StepTimes) -> f64| median(timed.iter().map(f).collect());
-    let total = |t: &StepTimes| t.generation + t.scoring + t.forward + t.update;
+    let total = |t: &StepTimes| t.total();
     Ok(json!({
         "impl": "dagrun", "what": "ppo-step", "device": device_json, "bench": b,
         "params": config.num_params(), "setup_s": setup,

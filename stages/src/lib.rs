@@ -9,9 +9,13 @@ use dagrun_engine::stage::Registry;
 pub mod bench;
 pub mod command;
 pub mod data;
+pub mod files;
 pub mod kinds;
+pub mod memory;
 pub mod ml;
 pub mod rl;
+pub mod rm;
+pub mod stats;
 pub mod theory;
 
 /// Every stage kind of this build.

@@ -1,5 +1,5 @@
 //! The data kinds (`toy_task`, `dataset_mix`, `prompts`) run through the real engine on
-//! temporary workspaces, and the readers on the formats users bring (ALGORITHMS §9).
+//! temporary workspaces, and the readers on the formats users bring (docs/algorithms.md §9).
 
 mod engine_support;
 
@@ -15,6 +15,7 @@ use dagrun_stages::{
         write_jsonl, write_parquet, Column, Message, PreferenceFormat, PreferencePair, World,
     },
     kinds::{dataset_mix::DatasetMixKind, prompts::PromptsKind, toy_task::ToyTaskKind},
+    ml::io::tokenizer::{BpeTrainConfig, TextTokenizer},
 };
 use engine_support::{assert_ran, open, output, run_pipeline};
 use serde_json::{json, Value};
@@ -336,10 +337,46 @@ fn train_tokenizer(path: &Path) {
         .into_iter()
         .map(|r| r.text)
         .collect();
-    toy::train_tokenizer(&texts, 400)
-        .unwrap()
-        .save(path)
-        .unwrap();
+    built_in_tokenizer(&texts, 400).save(path).unwrap();
+}
+
+/// The built-in task's tokenizer: a byte-level BPE in GPT-2's layout, `<|endoftext|>` id 0.
+fn built_in_tokenizer(texts: &[String], vocab_size: usize) -> TextTokenizer {
+    let config = BpeTrainConfig {
+        vocab_size,
+        ..BpeTrainConfig::default()
+    };
+    TextTokenizer::train_bpe(texts.iter().map(String::as_str), &config).unwrap()
+}
+
+#[test]
+fn the_built_in_tokenizer_round_trips_and_is_deterministic() {
+    let w = World::generate(0, &WorldParams::default());
+    let texts: Vec<String> = toy::corpus(&w, 0, "train", 200)
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    let a = built_in_tokenizer(&texts, 400);
+    let b = built_in_tokenizer(&texts, 400);
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    a.save(&pa).unwrap();
+    b.save(&pb).unwrap();
+    assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    assert_eq!(a.vocab_size(), 400);
+    assert_eq!(a.eos_id(), Some(0));
+    let text = &texts[3];
+    let ids = a.encode(text).unwrap();
+    assert!(
+        ids.len() < text.len() / 2,
+        "merges compress: {} ids",
+        ids.len()
+    );
+    assert_eq!(&a.decode(&ids).unwrap(), text);
+    // Text the tokenizer never saw still round-trips (byte level).
+    let odd = "Zebra! ünïcode 42";
+    let ids = a.encode(odd).unwrap();
+    assert_eq!(a.decode(&ids).unwrap(), odd);
 }
 
 #[test]
@@ -488,12 +525,13 @@ fn errors_name_the_file_and_the_line_or_row() {
 #[test]
 fn parquet_and_jsonl_round_trip_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let pairs: Vec<PreferencePair> = (0..50)
+    let pairs: Vec<PreferencePair> = (0..50u32)
         .map(|i| PreferencePair {
             prompt: format!("prompt {i} — ünïcode"),
             chosen: format!("good {i}"),
             rejected: String::new(),
-            prompt_messages: (i % 2 == 0)
+            prompt_messages: i
+                .is_multiple_of(2)
                 .then(|| vec![Message::new("user", &format!("prompt {i} — ünïcode"))]),
         })
         .collect();
@@ -656,11 +694,10 @@ fn validate_names_the_parameter() {
     }
 }
 
+/// The built-in task's default sources and corpus have the sizes the docs give (how long
+/// they take to generate is a benchmark, not a test).
 #[test]
-fn built_in_task_generates_in_well_under_a_second() {
-    // The generation itself, without the engine (debug builds of dependencies are
-    // optimised in this workspace).
-    let t0 = std::time::Instant::now();
+fn built_in_task_generates_its_documented_sizes() {
     let world = World::generate(0, &WorldParams::default());
     let shape = PairShape {
         prompt_min_words: 2,
@@ -674,6 +711,4 @@ fn built_in_task_generates_in_well_under_a_second() {
     }
     n += toy::corpus(&world, 0, "train", 500).len() + toy::corpus(&world, 0, "test", 100).len();
     assert_eq!(n, 1400 + 600);
-    let secs = t0.elapsed().as_secs_f64();
-    assert!(secs < 1.0, "{secs} s");
 }

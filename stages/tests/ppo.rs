@@ -6,8 +6,13 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use dagrun_stages::{
-    kinds::ppo::{run_ppo, Aggregation, Method, PpoInputs, PpoParams, StepStats},
-    ml::{heads::LinearHeads, reward::RewardModel, Gpt2},
+    kinds::ppo::{PpoParams, Setup},
+    ml::{models::heads::LinearHeads, models::reward_model::RewardModel, Gpt2},
+    rl::{
+        policy::PolicyValue,
+        ppo::{train, PpoRun, StepStats},
+        rollout::{Aggregation, Method},
+    },
 };
 
 /// The tiny GPT-2 fixture (under `DAGRUN_FIXTURES` when set: a test executable run on another
@@ -65,12 +70,32 @@ fn prompts() -> Vec<String> {
     .collect()
 }
 
-fn weights(pv: &dagrun_stages::kinds::ppo::PolicyValue) -> Vec<(String, Vec<f32>)> {
+fn weights(pv: &PolicyValue) -> Vec<(String, Vec<f32>)> {
     pv.lm
         .named_weights()
         .into_iter()
         .map(|(n, t)| (n, t.values))
         .collect()
+}
+
+/// PPO as a `ppo` node runs it: its folders loaded, then the library's loop.
+fn run_ppo(
+    p: &PpoParams,
+    ckpt: Option<&Path>,
+    cancel: &dyn Fn() -> bool,
+    on_step: &dyn Fn(),
+) -> Result<PpoRun, String> {
+    let setup = Setup::load(p, &prompts(), &Device::flex()).map_err(|e| e.to_string())?;
+    train(
+        &p.config(),
+        &setup.models,
+        setup.policy,
+        &setup.prompts,
+        ckpt,
+        cancel,
+        &mut |_: usize, _: &[(&'static str, f64)]| on_step(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn run(
@@ -81,13 +106,9 @@ fn run(
     let steps = std::cell::Cell::new(0usize);
     let r = run_ppo(
         p,
-        PpoInputs {
-            prompts: prompts(),
-            device: Device::flex(),
-            checkpoint_dir: ckpt,
-        },
+        ckpt,
         &|| stop_after.is_some_and(|n| steps.get() >= n),
-        &mut |_s| steps.set(steps.get() + 1),
+        &|| steps.set(steps.get() + 1),
     );
     match r {
         Ok(run) => (weights(&run.policy), run.stats),
@@ -134,19 +155,7 @@ fn a_variance_of_one_head_is_refused_where_it_matters() {
         .unwrap()
         .save(&rm, Some(&fixture().join("tokenizer.json")))
         .unwrap();
-    let err = |p: &PpoParams| match run_ppo(
-        p,
-        PpoInputs {
-            prompts: prompts(),
-            device: Device::flex(),
-            checkpoint_dir: None,
-        },
-        &|| false,
-        &mut |_| {},
-    ) {
-        Ok(_) => None,
-        Err(e) => Some(e.to_string()),
-    };
+    let err = |p: &PpoParams| run_ppo(p, None, &|| false, &|| {}).err();
     let mut p = params(&rm, Method::VarianceAware);
     p.steps = 1;
     let e = err(&p).expect("variance-aware PPO on one head has no KL penalty");

@@ -12,11 +12,12 @@ use std::{
 use dagrun_engine::run::Outcome;
 use dagrun_stages::{
     data::{write_parquet, Column},
-    kinds::{ml_util::join_text, reward_bench::RewardBenchResults},
     ml::{
-        heads::LinearHeads, reward::RewardModel, tokenizer::TextTokenizer, weights::to_f32_vec,
+        io::{chat::ChatTemplate, tokenizer::TextTokenizer},
+        models::{heads::LinearHeads, reward_model::RewardModel, weights::to_f32_vec},
         DeviceSpec, Gpt2, TokenBatch,
     },
+    rm::bench::RewardBenchResults,
 };
 use engine_support::{output, run_pipeline};
 
@@ -122,7 +123,8 @@ fn a_k_head_model_is_scored_on_a_reward_bench_parquet_file() {
     let tok = TextTokenizer::from_file(&dir.join("rm/tokenizer.json")).unwrap();
     let mut truncated = 0;
     let mut score = |prompt: &str, response: &str| -> Vec<f64> {
-        let mut ids = tok.encode(&join_text(prompt, response)).unwrap();
+        let text = ChatTemplate::Plain.render_pair(prompt, response).unwrap();
+        let mut ids = tok.encode(&text).unwrap();
         if ids.len() > 24 {
             ids.drain(..ids.len() - 24);
             truncated += 1;

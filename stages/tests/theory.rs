@@ -1,4 +1,4 @@
-//! Checks of the theory stages against the paper's closed forms (ALGORITHMS.md §7).
+//! Checks of the theory stages against the paper's closed forms (docs/algorithms.md §7).
 
 use dagrun_stages::theory::{
     plot_bandit, plot_simulation, rng, run_bandit, run_simulation, solutions, BanditParams,

@@ -1,4 +1,4 @@
-//! libtorch's fused kernels (`stages/src/ml/fused.rs`) are part of a libtorch node's key: a
+//! libtorch's fused kernels (`stages/src/ml/ops/libtorch.rs`) are part of a libtorch node's key: a
 //! change of `DAGRUN_FUSED_OPS` makes libtorch results stale, says why, and leaves cpu
 //! results cached; a bad value stops the run before any work, naming it.
 

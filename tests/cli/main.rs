@@ -8,6 +8,7 @@ mod caching;
 mod command_line;
 mod crash;
 mod damage;
+mod edge_params;
 mod faults;
 #[cfg(feature = "tch")]
 mod fused_ops;
@@ -16,6 +17,7 @@ mod paper;
 mod paper_models;
 mod quickstart;
 mod remote;
+mod report_key;
 mod slurm;
 mod sweeps;
 mod theory;

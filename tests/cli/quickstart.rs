@@ -118,4 +118,24 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
     ]);
     let v: serde_json::Value = serde_json::from_str(&gen).unwrap();
     assert!(v["ids"].as_array().unwrap().len() >= 3);
+    // Errors about a node's model name the node, never the cache's folder it is read from,
+    // and an output that does not exist is named as such.
+    for (args, want) in [
+        (vec!["--model", "lm", "--dtype", "bf16"], "lm"),
+        (
+            vec!["--model", "lm:foo"],
+            "node `lm` has no output `foo` (its outputs: model)",
+        ),
+    ] {
+        let mut all = vec!["model", "logprobs", "--text", "the movie"];
+        all.extend(args);
+        let o = ws.dagrun(&all);
+        let out = text(&o);
+        assert!(!o.status.success(), "{all:?}: {out}");
+        assert!(out.contains(want), "{all:?}: {out}");
+        assert!(
+            !out.contains(".dagrun") && !out.contains("no model output"),
+            "{all:?}: {out}"
+        );
+    }
 }

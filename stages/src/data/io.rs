@@ -13,7 +13,7 @@
 use std::{
     fmt,
     fs::File,
-    io::{BufRead, BufReader, BufWriter, Write},
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -267,21 +267,19 @@ pub fn read_texts(path: &Path, column: &str) -> Result<Vec<TextRow>, DataError> 
     Ok(out)
 }
 
-/// Writes `rows` as JSON Lines, creating the parent folder.
+/// Writes `rows` as JSON Lines, creating the parent folder (atomically: [`crate::files`]).
 pub fn write_jsonl<'a, T: Serialize + 'a>(
     path: &Path,
     rows: impl IntoIterator<Item = &'a T>,
 ) -> Result<(), DataError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
-    }
-    let file = File::create(path).map_err(|e| DataError::io(path, e))?;
-    let mut w = BufWriter::new(file);
-    for row in rows {
-        serde_json::to_writer(&mut w, row).map_err(|e| DataError::file(path, e))?;
-        w.write_all(b"\n").map_err(|e| DataError::io(path, e))?;
-    }
-    w.flush().map_err(|e| DataError::io(path, e))
+    crate::files::write_atomic_with(path, |w| {
+        for row in rows {
+            serde_json::to_writer(&mut *w, row)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+    .map_err(|e| DataError::io(path, e))
 }
 
 /// One column of a table to write as Parquet.
@@ -345,12 +343,9 @@ pub fn write_parquet(path: &Path, columns: &[(&str, Column)]) -> Result<(), Data
             .set_compression(Compression::SNAPPY)
             .build(),
     );
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
-    }
-    let file = File::create(path).map_err(|e| DataError::io(path, e))?;
+    // The rows are encoded in memory, then written atomically ([`crate::files`]).
     let pq = |e: parquet::errors::ParquetError| DataError::file(path, e);
-    let mut writer = SerializedFileWriter::new(file, schema, props).map_err(pq)?;
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, props).map_err(pq)?;
     let mut start = 0;
     while start < rows || (rows == 0 && start == 0) {
         let end = (start + ROW_GROUP).min(rows);
@@ -420,8 +415,8 @@ pub fn write_parquet(path: &Path, columns: &[(&str, Column)]) -> Result<(), Data
         }
         start = end;
     }
-    writer.close().map_err(pq)?;
-    Ok(())
+    let bytes = writer.into_inner().map_err(pq)?;
+    crate::files::write_atomic(path, &bytes).map_err(|e| DataError::io(path, e))
 }
 
 /// A table of preference pairs with an optional `source` column: `prompt`, `chosen`,

@@ -1,5 +1,5 @@
 //! Data for the paper pipeline: the built-in toy task and the formats users bring
-//! (ALGORITHMS §9).
+//! (docs/algorithms.md §9).
 //!
 //! - [`world`]: the generated text world of the built-in task and its ground-truth reward
 //!   [`World::reward`].
@@ -7,7 +7,7 @@
 //!   JSON row (from JSON Lines or Parquet) becomes one, flat or chat format.
 //! - [`io`]: reading rows from `.jsonl` and `.parquet` files or folders of them, and
 //!   writing JSON Lines and Parquet. Errors name the file and the line or row.
-//! - [`reward_bench`]: RewardBench rows, sections and scoring (ALGORITHMS §8).
+//! - [`reward_bench`]: RewardBench rows, sections and scoring (docs/algorithms.md §8).
 //! - [`mix`]: the `dataset_mix` logic (filters, deduplication, weights and caps, shuffle,
 //!   split).
 //! - [`prompts`]: the `prompts` logic (the paper's rule: the first 2–7 tokens of reviews

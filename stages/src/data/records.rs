@@ -1,6 +1,6 @@
 //! Row types and their JSON forms.
 //!
-//! A preference row comes in one of two formats (ALGORITHMS §9):
+//! A preference row comes in one of two formats (docs/algorithms.md §9):
 //!
 //! - **flat**: `{"prompt": str, "chosen": str, "rejected": str}` (RewardBench style). An
 //!   optional `prompt_messages` list of `{role, content}` is read too (the normalised rows

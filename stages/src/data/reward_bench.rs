@@ -1,5 +1,5 @@
 //! RewardBench (Lambert et al. 2024): its row format, its sections, and its scoring
-//! (ALGORITHMS.md §8).
+//! (docs/algorithms.md §8).
 //!
 //! **Rows** `{prompt, chosen, rejected, subset}` (strings; other columns such as `id`,
 //! `chosen_model` are ignored), from JSON Lines or Parquet ([`read_rows`]): the layout of
@@ -28,7 +28,7 @@
 //! of the others renormalised, as RewardBench's leaderboard does with a masked average).
 //!
 //! Example counts ([`Weighting`]):
-//! - `counts` (default, ALGORITHMS.md §8): the number of rows of each subset in the file.
+//! - `counts` (default, docs/algorithms.md §8): the number of rows of each subset in the file.
 //! - `rewardbench`: RewardBench's leaderboard. The four core sections weight subsets by the
 //!   counts of `rewardbench/constants.py` (`EXAMPLE_COUNTS`), in which `math-prm` counts 984
 //!   rather than its 447 rows, so that math weighs as much as the six code subsets together
@@ -235,7 +235,7 @@ impl Section {
         }
     }
 
-    /// Its weight in the overall score (ALGORITHMS.md §8; `Other` takes no part).
+    /// Its weight in the overall score (docs/algorithms.md §8; `Other` takes no part).
     pub fn weight(&self) -> f64 {
         match self {
             Section::PriorSets => 0.5,
@@ -251,7 +251,7 @@ impl Section {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Weighting {
-    /// Rows of each subset in the data (ALGORITHMS.md §8).
+    /// Rows of each subset in the data (docs/algorithms.md §8).
     #[default]
     Counts,
     /// RewardBench's leaderboard constants.

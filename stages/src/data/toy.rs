@@ -16,7 +16,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{rng_for, world::World, TextRow};
-use crate::ml::tokenizer::{BpeTrainConfig, TextTokenizer};
 
 /// How a source's file is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -447,58 +446,5 @@ mod tests {
         assert_ne!(c[0], corpus(&w, 0, "test", 1)[0]);
         let pos = c.iter().filter(|r| r.label == Some(1)).count();
         assert!((140..=260).contains(&pos), "{pos}");
-    }
-}
-
-/// The end-of-text token of the trained tokenizer (GPT-2's).
-pub const END_OF_TEXT: &str = "<|endoftext|>";
-
-/// The tokenizer of the built-in task: a byte-level BPE in GPT-2's layout with
-/// [`END_OF_TEXT`] as id 0, trained on `texts` up to `vocab_size` tokens (merges need
-/// at least 2 occurrences).
-pub fn train_tokenizer(texts: &[String], vocab_size: usize) -> crate::ml::Result<TextTokenizer> {
-    TextTokenizer::train_bpe(
-        texts.iter().map(String::as_str),
-        &BpeTrainConfig {
-            vocab_size,
-            min_frequency: 2,
-            special_tokens: vec![END_OF_TEXT.to_string()],
-        },
-    )
-}
-
-#[cfg(test)]
-mod tokenizer_tests {
-    use super::*;
-    use crate::data::world::WorldParams;
-
-    #[test]
-    fn trained_tokenizer_round_trips_and_is_deterministic() {
-        let w = World::generate(0, &WorldParams::default());
-        let texts: Vec<String> = corpus(&w, 0, "train", 200)
-            .into_iter()
-            .map(|r| r.text)
-            .collect();
-        let a = train_tokenizer(&texts, 400).unwrap();
-        let b = train_tokenizer(&texts, 400).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
-        a.save(&pa).unwrap();
-        b.save(&pb).unwrap();
-        assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
-        assert_eq!(a.vocab_size(), 400);
-        assert_eq!(a.eos_id(), Some(0));
-        let text = &texts[3];
-        let ids = a.encode(text).unwrap();
-        assert!(
-            ids.len() < text.len() / 2,
-            "merges compress: {} ids",
-            ids.len()
-        );
-        assert_eq!(&a.decode(&ids).unwrap(), text);
-        // Text the tokenizer never saw still round-trips (byte level).
-        let odd = "Zebra! ünïcode 42";
-        let ids = a.encode(odd).unwrap();
-        assert_eq!(a.decode(&ids).unwrap(), odd);
     }
 }

@@ -307,7 +307,7 @@ impl World {
 
     /// Writes the world as pretty JSON.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        crate::kinds::write_json(path, self)
+        crate::files::write_json(path, self)
     }
 
     /// The ground-truth reward `r*(prompt, response)` (see the module documentation).

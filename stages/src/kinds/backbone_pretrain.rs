@@ -1,8 +1,10 @@
-//! The `backbone_pretrain` kind (ALGORITHMS.md §2): Bradley–Terry training of a whole
-//! backbone plus one scalar head, stopped early once the running training loss falls
-//! under a threshold (the paper: 0.4). Output: a reward model with one head. The `init`
-//! backbone is any Hugging Face folder `ml::backbone` loads (GPT-2, Gemma, Llama), trained in
-//! float32.
+//! The `backbone_pretrain` kind (docs/algorithms.md §2): Bradley–Terry training of a whole
+//! backbone plus one scalar head, stopped early once the running training loss falls under a
+//! threshold (the paper: 0.4). Output: a reward model with one head. The `init` backbone is
+//! any Hugging Face folder `ml::models::backbone` loads (GPT-2, Gemma, Llama), trained in
+//! float32, on pairs read as every reward model reads them ([`crate::ml::reward`]). Metrics:
+//! `steps`, `stopped_early`, `final_running_loss`, and `eval_accuracy` when the data has an
+//! `eval` split with pairs (absent otherwise).
 
 use std::collections::BTreeMap;
 
@@ -15,22 +17,29 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    ml_util::{backend_env, encode_tail, model_template, node_device, read_split},
+    ml_util::{backend_env, node_device, read_split},
     parse_params,
 };
+use crate::data::PreferencePair;
 use crate::ml::{
-    backbone::{Backbone, LanguageModel},
-    chat::ChatTemplate,
-    grads::ParamGrads,
-    heads::LinearHeads,
-    hf_weights::WeightDtype,
-    optim::{Adam, AdamConfig},
-    reward::{bradley_terry_loss, RewardModel},
+    io::chat::ChatTemplate,
+    models::{
+        backbone::{Backbone, LanguageModel},
+        gpt2_hf::TOKENIZER_FILE,
+        heads::LinearHeads,
+        hf_weights::WeightDtype,
+        reward_model::{bradley_terry_loss, RewardModel},
+        weights::to_f32_vec,
+    },
+    reward::{Exchange, RewardInput},
     rng::SeededRng,
-    schedule::LrSchedule,
-    tokenizer::TextTokenizer,
-    weights::to_f32_vec,
-    Padding, TokenBatch,
+    training::{
+        grads::ParamGrads,
+        guard::{check_loss, check_params},
+        optim::{Adam, AdamConfig},
+        schedule::LrSchedule,
+    },
+    TokenBatch,
 };
 
 /// Params of `backbone_pretrain` (defaults: the paper's Table 2 where it has one).
@@ -46,28 +55,28 @@ pub struct BackbonePretrainParams {
     #[serde(default)]
     pub chat_template: Option<ChatTemplate>,
     /// Pairs per step (the paper's effective batch).
-    #[serde(default = "b32")]
+    #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
     /// Peak learning rate (cosine schedule).
-    #[serde(default = "lr")]
+    #[serde(default = "defaults::lr")]
     pub lr: f64,
     /// Warm-up steps of the schedule.
     #[serde(default)]
     pub warmup_steps: usize,
     /// AdamW weight decay.
-    #[serde(default = "wd")]
+    #[serde(default = "defaults::weight_decay")]
     pub weight_decay: f64,
     /// Passes over the training pairs at most.
-    #[serde(default = "one")]
+    #[serde(default = "defaults::epochs")]
     pub epochs: f64,
     /// Stop once the running training loss is below this (0 disables early stopping).
-    #[serde(default = "threshold")]
+    #[serde(default = "defaults::loss_threshold")]
     pub loss_threshold: f64,
     /// Steps the running loss averages over.
-    #[serde(default = "window")]
+    #[serde(default = "defaults::running_window")]
     pub running_window: usize,
-    /// Tokens of prompt + response kept (the last ones).
-    #[serde(default = "max_len")]
+    /// Tokens of prompt + response kept (the last ones; a leading BOS stays).
+    #[serde(default = "defaults::max_len")]
     pub max_len: usize,
     /// Global gradient-norm clipping (none if absent).
     #[serde(default)]
@@ -77,45 +86,46 @@ pub struct BackbonePretrainParams {
     pub seed: u64,
 }
 
-fn b32() -> usize {
-    32
+/// The defaults of [`BackbonePretrainParams`], by field.
+mod defaults {
+    pub fn batch_size() -> usize {
+        32
+    }
+    pub fn lr() -> f64 {
+        1e-5
+    }
+    pub fn weight_decay() -> f64 {
+        0.001
+    }
+    pub fn epochs() -> f64 {
+        1.0
+    }
+    pub fn loss_threshold() -> f64 {
+        0.4
+    }
+    pub fn running_window() -> usize {
+        20
+    }
+    pub fn max_len() -> usize {
+        128
+    }
 }
-fn lr() -> f64 {
-    1e-5
-}
-fn wd() -> f64 {
-    0.001
-}
-fn one() -> f64 {
-    1.0
-}
-fn threshold() -> f64 {
-    0.4
-}
-fn window() -> usize {
-    20
-}
-fn max_len() -> usize {
-    128
-}
+
+/// Pairs per forward pass of the accuracy.
+const EVAL_BATCH: usize = 64;
 
 pub struct BackbonePretrainKind;
 
 /// Accuracy of a reward model on pairs: the fraction with `r(chosen) > r(rejected)`.
-pub fn pair_accuracy(
+fn pair_accuracy(
     rm: &RewardModel,
-    tok: &TextTokenizer,
-    template: ChatTemplate,
-    pairs: &[crate::data::PreferencePair],
-    max_len: usize,
+    input: &RewardInput,
+    pairs: &[PreferencePair],
 ) -> Result<f64, StageError> {
-    if pairs.is_empty() {
-        return Ok(f64::NAN);
-    }
     let rm = rm.valid();
     let mut right = 0usize;
-    for chunk in pairs.chunks(64) {
-        let (c, r) = encode_pairs(tok, template, chunk, max_len)?;
+    for chunk in pairs.chunks(EVAL_BATCH) {
+        let (c, r) = encode_pairs(input, chunk)?;
         let sc = to_f32_vec(rm.forward(&c)?);
         let sr = to_f32_vec(rm.forward(&r)?);
         right += sc.iter().zip(&sr).filter(|(a, b)| a > b).count();
@@ -123,32 +133,24 @@ pub fn pair_accuracy(
     Ok(right as f64 / pairs.len() as f64)
 }
 
-/// Right-padded batches of `prompt ⊕ chosen` and `prompt ⊕ rejected`, rendered with the
-/// model's chat template.
-pub fn encode_pairs(
-    tok: &TextTokenizer,
-    template: ChatTemplate,
-    pairs: &[crate::data::PreferencePair],
-    max_len: usize,
+/// Right-padded batches of the chosen and of the rejected exchanges of `pairs`.
+fn encode_pairs(
+    input: &RewardInput,
+    pairs: &[PreferencePair],
 ) -> Result<(TokenBatch, TokenBatch), StageError> {
-    let mut c = Vec::with_capacity(pairs.len());
-    let mut r = Vec::with_capacity(pairs.len());
-    for p in pairs {
-        c.push(encode_tail(
-            tok,
-            &template.render_pair(&p.prompt, &p.chosen)?,
-            max_len,
-        )?);
-        r.push(encode_tail(
-            tok,
-            &template.render_pair(&p.prompt, &p.rejected)?,
-            max_len,
-        )?);
-    }
-    Ok((
-        TokenBatch::from_rows(&c, tok.pad_id(), Padding::Right)?,
-        TokenBatch::from_rows(&r, tok.pad_id(), Padding::Right)?,
-    ))
+    let side = |chosen: bool| -> Result<TokenBatch, StageError> {
+        let rows = pairs
+            .iter()
+            .map(|p| {
+                let response = if chosen { &p.chosen } else { &p.rejected };
+                Ok(input
+                    .encode(&Exchange::pair(p.prompt.as_str(), response.as_str()))?
+                    .ids)
+            })
+            .collect::<Result<Vec<_>, StageError>>()?;
+        Ok(input.batch(&rows)?)
+    };
+    Ok((side(true)?, side(false)?))
 }
 
 impl StageKind for BackbonePretrainKind {
@@ -160,7 +162,11 @@ impl StageKind for BackbonePretrainKind {
     }
     fn version(&self) -> u32 {
         // 2: Adam in place on libtorch (the same update, other float rounding).
-        2
+        // 3: pairs read through `ml::reward` (one reader for every kind): `plain` text gets
+        // the special tokens its tokenizer adds (a BOS for Gemma/Llama tokenizers, nothing
+        // for GPT-2's), and a truncation keeps the leading BOS; no `eval_accuracy` metric
+        // (it was NaN) without eval pairs. GPT-2 backbones train exactly as before.
+        3
     }
     fn summary(&self) -> &'static str {
         "Bradley–Terry training of a reward backbone with one head, stopped at a loss threshold"
@@ -170,8 +176,27 @@ impl StageKind for BackbonePretrainKind {
         if p.batch_size == 0 {
             return Err(ParamError::at("batch_size", "must be at least 1"));
         }
-        if p.epochs.is_nan() || p.epochs <= 0.0 {
-            return Err(ParamError::at("epochs", "must be > 0"));
+        if !(p.epochs.is_finite() && p.epochs > 0.0) {
+            return Err(ParamError::at("epochs", "must be a number > 0"));
+        }
+        for (name, n) in [("running_window", p.running_window), ("max_len", p.max_len)] {
+            if n == 0 {
+                return Err(ParamError::at(name, "must be at least 1"));
+            }
+        }
+        if !(p.lr.is_finite() && p.lr > 0.0) {
+            return Err(ParamError::at("lr", "must be a number > 0"));
+        }
+        if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
+            return Err(ParamError::at("weight_decay", "must be a number ≥ 0"));
+        }
+        if p.loss_threshold.is_nan() {
+            return Err(ParamError::at("loss_threshold", "must be a number"));
+        }
+        if let Some(n) = p.max_grad_norm {
+            if !(n.is_finite() && n > 0.0) {
+                return Err(ParamError::at("max_grad_norm", "must be a number > 0"));
+            }
         }
         Ok(())
     }
@@ -196,10 +221,9 @@ impl StageKind for BackbonePretrainKind {
             .into());
         }
         let init_dir = std::path::Path::new(&p.init);
-        let tok_path = init_dir.join("tokenizer.json");
-        let tok = TextTokenizer::from_file(&tok_path)?;
-        let template = model_template(init_dir, p.chat_template, &tok)?;
-        ctx.log(format!("chat template: {template}"));
+        let tok_path = init_dir.join(TOKENIZER_FILE);
+        let input = RewardInput::for_model(init_dir, p.chat_template, p.max_len)?;
+        ctx.log(format!("chat template: {}", input.template()));
         let ad = device.clone().autodiff();
         let backbone = Backbone::from_hf_dir(init_dir, &ad, WeightDtype::F32)?;
         let heads = LinearHeads::init(backbone.hidden_size(), &[ctx.derive_seed("head")], &ad)?;
@@ -232,9 +256,10 @@ impl StageKind for BackbonePretrainKind {
                 .map(|&i| train[i].clone())
                 .collect();
             cursor += p.batch_size;
-            let (c, r) = encode_pairs(&tok, template, &batch, p.max_len)?;
+            let (c, r) = encode_pairs(&input, &batch)?;
             let loss = bradley_terry_loss(rm.forward(&c)?, rm.forward(&r)?);
             let value = loss.clone().into_scalar::<f32>() as f64;
+            check_loss(step + 1, "loss", value)?;
             let grads = ParamGrads::from_loss(loss, &rm);
             rm = adam.step_clipped(rm, grads, schedule.lr(step), p.max_grad_norm);
             losses.push(value);
@@ -260,20 +285,23 @@ impl StageKind for BackbonePretrainKind {
                 break;
             }
         }
+        check_params(losses.len(), &rm)?;
         let rm = rm.valid();
-        let acc_eval = pair_accuracy(&rm, &tok, template, &eval, p.max_len)?;
         ctx.metric("steps", losses.len() as f64);
         ctx.metric("stopped_early", stopped_early as u8 as f64);
-        ctx.metric("eval_accuracy", acc_eval);
+        if !eval.is_empty() {
+            let acc_eval = pair_accuracy(&rm, &input, &eval)?;
+            ctx.metric("eval_accuracy", acc_eval);
+            ctx.log(format!(
+                "eval accuracy {acc_eval:.3} on {} pairs",
+                eval.len()
+            ));
+        }
         ctx.metric("final_running_loss", {
             let w = &losses[losses.len().saturating_sub(p.running_window)..];
             w.iter().sum::<f64>() / w.len().max(1) as f64
         });
-        ctx.log(format!(
-            "{} steps; eval accuracy {acc_eval:.3} on {} pairs",
-            losses.len(),
-            eval.len()
-        ));
+        ctx.log(format!("{} steps", losses.len()));
         rm.save(&ctx.output_path("model"), Some(&tok_path))?;
         Ok(())
     }

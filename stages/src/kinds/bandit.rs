@@ -8,7 +8,8 @@ use dagrun_cache::ArtifactType;
 use dagrun_engine::stage::{OutputDecl, ParamError, StageContext, StageError, StageKind};
 use serde_json::Value;
 
-use super::{parse_params, write_json};
+use super::parse_params;
+use crate::files::write_json;
 use crate::theory::{run_bandit, BanditParams};
 
 pub struct BanditKind;
@@ -28,7 +29,7 @@ impl StageKind for BanditKind {
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: BanditParams = parse_params(params)?;
-        p.validate().map_err(|e| ParamError::general(e.to_string()))
+        p.validate().map_err(super::theory_param_error)
     }
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
         vec![OutputDecl::new("result", ArtifactType::Metrics)]

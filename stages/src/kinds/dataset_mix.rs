@@ -75,7 +75,7 @@ fn default_eval_fraction() -> f64 {
 fn default_max_chars() -> Option<usize> {
     Some(8192)
 }
-fn yes() -> bool {
+fn default_dedup() -> bool {
     true
 }
 
@@ -96,7 +96,7 @@ pub struct DatasetMixParams {
     #[serde(default = "default_max_chars")]
     pub max_chars: Option<usize>,
     /// Drop repeated (prompt, chosen, rejected) triples. Default true.
-    #[serde(default = "yes")]
+    #[serde(default = "default_dedup")]
     pub dedup: bool,
 }
 
@@ -222,6 +222,24 @@ impl StageKind for DatasetMixKind {
                     (w, None) => Amount::Weight(w.unwrap_or(1.0)),
                 },
             });
+        }
+        // Weights repeat pairs: the training split holds up to Σ round(weight × pairs) rows
+        // (filters only remove), each a copy of its pair, twice (the split and its output
+        // rows). Checked before repeating any.
+        let mut bytes = 0.0;
+        for (i, src) in sources.iter().enumerate() {
+            if let Amount::Weight(w) = src.amount {
+                let pair_bytes = src
+                    .pairs
+                    .iter()
+                    .map(|q| (q.prompt.len() + q.chosen.len() + q.rejected.len() + 128) as f64)
+                    .sum::<f64>()
+                    / src.pairs.len().max(1) as f64;
+                let rows = (w * src.pairs.len() as f64).round();
+                bytes += 2.0 * rows * pair_bytes;
+                crate::memory::fits_available(bytes, &format!("weight {w} of `{}`", src.name))
+                    .map_err(|e| format!("sources[{i}].weight: {e}"))?;
+            }
         }
         ctx.progress(p.sources.len() as u64, p.sources.len() as u64 + 1, "mixing");
         let mixed = mix(

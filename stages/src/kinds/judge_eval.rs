@@ -1,13 +1,13 @@
-//! The `judge_eval` kind (ALGORITHMS.md §6): every trained policy, and the reference,
-//! answers held-out prompts; a judge scores each answer; each policy gets its mean judge
-//! reward, and each method (a matrix key of the policies, `method` by default) gets the
-//! distribution of its policies' scores (Figure 7).
+//! The `judge_eval` kind: every trained policy, and the reference, answers held-out prompts;
+//! a judge scores each answer; each policy gets its mean judge reward, and each method (a
+//! matrix key of the policies, `method` by default) the distribution of its policies' scores.
+//! The algorithm is [`crate::rl::judge`]; this file is its params and the adapter.
 //!
 //! The judge is a reward model folder (its head `judge_head`, or the mean of its heads) —
 //! dagrun's heads on any backbone, or a Hugging Face Llama/Gemma `*ForSequenceClassification`
 //! folder such as the paper's FsfairX-LLaMA3-RM, loaded in `judge_dtype` (`f32` or `bf16`) —
 //! or, on the built-in task, the world's ground-truth reward (`judge_world`). Policies are
-//! Hugging Face folders of any architecture `ml::backbone` loads (GPT-2, Gemma, Llama).
+//! Hugging Face folders of any architecture `ml::models::backbone` loads (GPT-2, Gemma, Llama).
 
 use std::collections::BTreeMap;
 
@@ -15,30 +15,18 @@ use dagrun_cache::ArtifactType;
 use dagrun_engine::stage::{
     Cancelled, OutputDecl, ParamError, Place, StageContext, StageError, StageKind,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    ml_util::{
-        backend_env, encode_tail, model_template, node_device, split_file, without_stop,
-        Distribution,
-    },
-    parse_params, write_json,
+    ml_util::{backend_env, node_device, split_file},
+    parse_params, stage_error,
 };
 use crate::{
     data::{read_texts, World},
-    ml::{
-        backbone::Backbone,
-        chat::ChatTemplate,
-        generate::{generate, GenerateConfig},
-        hf_weights::WeightDtype,
-        reward::RewardModel,
-        rng::SeededRng,
-        sampling::SamplingConfig,
-        tokenizer::TextTokenizer,
-        weights::to_f32_vec,
-        Padding, TokenBatch,
-    },
+    files::write_json,
+    ml::{io::chat::ChatTemplate, models::hf_weights::WeightDtype, reward::RewardReader},
+    rl::judge::{evaluate_policy, summarize, AnswerConfig, Judge, JudgeResults, PolicyScore},
 };
 
 /// One policy to evaluate: a path, or `{node, matrix, path}` from a sweep reference.
@@ -83,138 +71,47 @@ pub struct JudgeEvalParams {
     #[serde(default)]
     pub judge_world: Option<String>,
     /// The matrix key that names a policy's method.
-    #[serde(default = "method")]
+    #[serde(default = "defaults::group_by")]
     pub group_by: String,
     /// Prompts evaluated (the first N of the test split).
-    #[serde(default = "n")]
+    #[serde(default = "defaults::max_prompts")]
     pub max_prompts: usize,
     /// Most tokens per sampled response.
-    #[serde(default = "ten")]
+    #[serde(default = "defaults::max_new_tokens")]
     pub max_new_tokens: usize,
     /// Sampling temperature of the responses.
-    #[serde(default = "one")]
+    #[serde(default = "defaults::temperature")]
     pub temperature: f64,
     /// Prompts per generation batch.
-    #[serde(default = "batch")]
+    #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
     /// Tokens the judge model reads (the last ones).
-    #[serde(default = "max_len")]
+    #[serde(default = "defaults::judge_max_len")]
     pub judge_max_len: usize,
     /// Seed of the sampling: every policy gets the same stream of draws.
     #[serde(default)]
     pub seed: u64,
 }
 
-fn method() -> String {
-    "method".into()
-}
-fn n() -> usize {
-    200
-}
-fn ten() -> usize {
-    10
-}
-fn one() -> f64 {
-    1.0
-}
-fn batch() -> usize {
-    64
-}
-fn max_len() -> usize {
-    128
-}
-
-/// One policy's evaluation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PolicyScore {
-    pub node: String,
-    pub group: String,
-    pub mean_reward: f64,
-    pub std_reward: f64,
-}
-
-/// The `results` output.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JudgeResults {
-    pub judge: String,
-    pub prompts: usize,
-    pub reference: f64,
-    pub policies: Vec<PolicyScore>,
-    /// Per group: the distribution of its policies' mean judge rewards, and the share of
-    /// its policies that fall below the reference policy.
-    pub groups: BTreeMap<String, GroupSummary>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupSummary {
-    pub distribution: Distribution,
-    pub share_below_reference: f64,
-}
-
-// One judge per run: the size of its variants does not matter.
-#[allow(clippy::large_enum_variant)]
-enum Judge {
-    World(World),
-    Model {
-        rm: RewardModel,
-        tok: TextTokenizer,
-        template: ChatTemplate,
-        head: Option<usize>,
-    },
-}
-
-impl Judge {
-    fn score(
-        &self,
-        prompts: &[String],
-        responses: &[String],
-        full: &[String],
-        max_len: usize,
-    ) -> Result<Vec<f64>, StageError> {
-        match self {
-            Judge::World(w) => Ok(prompts
-                .iter()
-                .zip(responses)
-                .map(|(p, r)| w.reward(p, r))
-                .collect()),
-            Judge::Model {
-                rm,
-                tok,
-                template,
-                head,
-            } => {
-                let k = rm.heads.num_heads();
-                // `plain` reads the policy's text as generated; a chat template gets a user
-                // turn and an assistant turn.
-                let texts: Vec<String> = match template {
-                    ChatTemplate::Plain => full.to_vec(),
-                    t => prompts
-                        .iter()
-                        .zip(responses)
-                        .map(|(p, r)| t.render_pair(p, r))
-                        .collect::<Result<_, _>>()?,
-                };
-                let mut out = Vec::with_capacity(texts.len());
-                for chunk in texts.chunks(64) {
-                    let rows = chunk
-                        .iter()
-                        .map(|t| encode_tail(tok, t, max_len))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let r = to_f32_vec(rm.forward(&TokenBatch::from_rows(
-                        &rows,
-                        tok.pad_id(),
-                        Padding::Right,
-                    )?)?);
-                    for row in r.chunks(k) {
-                        out.push(match head {
-                            Some(h) => row[*h] as f64,
-                            None => row.iter().map(|&x| x as f64).sum::<f64>() / k as f64,
-                        });
-                    }
-                }
-                Ok(out)
-            }
-        }
+/// The defaults of [`JudgeEvalParams`], by field.
+mod defaults {
+    pub fn group_by() -> String {
+        "method".into()
+    }
+    pub fn max_prompts() -> usize {
+        200
+    }
+    pub fn max_new_tokens() -> usize {
+        10
+    }
+    pub fn temperature() -> f64 {
+        1.0
+    }
+    pub fn batch_size() -> usize {
+        64
+    }
+    pub fn judge_max_len() -> usize {
+        128
     }
 }
 
@@ -230,7 +127,11 @@ impl StageKind for JudgeEvalKind {
     fn version(&self) -> u32 {
         // 2: a `plain` judge model reads the sequence without the response's closing EOS, as
         // a chat-template judge already did.
-        2
+        // 3: a judge model reads through `ml::reward` (one reader for every kind): `plain`
+        // text gets the special tokens its tokenizer adds, a chat template's prompt turn is
+        // the prompt as the policy's tokenizer decodes it, a truncation keeps the leading BOS.
+        // The built-in world's judge is unchanged.
+        3
     }
     fn summary(&self) -> &'static str {
         "mean judge reward of every policy and the reference on held-out prompts; per-method distributions"
@@ -246,8 +147,21 @@ impl StageKind for JudgeEvalKind {
             v["policies"] = Value::Array(vec![Value::String(s)]);
         }
         let p: JudgeEvalParams = parse_params(&v)?;
+        for (name, n) in [
+            ("max_prompts", p.max_prompts),
+            ("max_new_tokens", p.max_new_tokens),
+            ("batch_size", p.batch_size),
+            ("judge_max_len", p.judge_max_len),
+        ] {
+            if n == 0 {
+                return Err(ParamError::at(name, "must be at least 1"));
+            }
+        }
+        if !(p.temperature.is_finite() && p.temperature > 0.0) {
+            return Err(ParamError::at("temperature", "must be a number > 0"));
+        }
         match (&p.judge_model, &p.judge_world) {
-            (Some(_), Some(_)) => Err(ParamError::general("give `judge_model` or `judge_world`, not both")),
+            (Some(_), Some(_)) => Err(ParamError::at("judge_world", "give `judge_model` or `judge_world`, not both")),
             (None, None) => Err(ParamError::general("a judge is needed: `judge_model` (a reward model) or `judge_world` (the built-in task)")),
             _ => Ok(()),
         }
@@ -267,76 +181,60 @@ impl StageKind for JudgeEvalKind {
             .map(|r| r.text)
             .collect();
         prompts.truncate(p.max_prompts);
+        if prompts.is_empty() {
+            return Err(format!("`{}` has no prompts", file.display()).into());
+        }
         let judge = match (&p.judge_world, &p.judge_model) {
             (Some(w), _) => Judge::World(World::load(std::path::Path::new(w))?),
             (_, Some(m)) => {
-                let dir = std::path::Path::new(m);
-                let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-                let template = model_template(dir, p.judge_chat_template, &tok)?;
-                ctx.log(format!("judge chat template: {template}"));
+                let reader = RewardReader::load(
+                    std::path::Path::new(m),
+                    &device,
+                    p.judge_dtype,
+                    p.judge_chat_template,
+                    p.judge_max_len,
+                    JUDGE_BATCH,
+                )?;
+                ctx.log(format!(
+                    "judge chat template: {}",
+                    reader.input().template()
+                ));
+                if let Some(h) = p.judge_head.filter(|&h| h >= reader.num_heads()) {
+                    return Err(format!(
+                        "`judge_head` {h}, but the judge model has {} head(s)",
+                        reader.num_heads()
+                    )
+                    .into());
+                }
                 Judge::Model {
-                    rm: RewardModel::load_as(dir, &device, p.judge_dtype)?,
-                    tok,
-                    template,
+                    reader,
                     head: p.judge_head,
                 }
             }
             _ => unreachable!("validated"),
         };
-        let evaluate =
-            |path: &str, label: &str, i: usize, total: usize| -> Result<(f64, f64), StageError> {
-                if ctx.cancelled() {
-                    return Err(Box::new(Cancelled));
-                }
-                ctx.progress(i as u64, total as u64, label.to_string());
-                let dir = std::path::Path::new(path);
-                let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-                let lm = Backbone::from_hf_dir(dir, &device, WeightDtype::F32)?;
-                let cfg = GenerateConfig {
-                    max_new_tokens: p.max_new_tokens,
-                    sampling: SamplingConfig {
-                        temperature: p.temperature,
-                        ..SamplingConfig::default()
-                    },
-                    stop_ids: tok.eos_id().into_iter().collect(),
-                    pad_id: tok.pad_id(),
-                };
-                // The same sampling stream for every policy: differences come from the policies.
-                let mut rng = SeededRng::new(p.seed);
-                let mut scores = Vec::with_capacity(prompts.len());
-                for chunk in prompts.chunks(p.batch_size.max(1)) {
-                    let ids: Vec<Vec<u32>> = chunk
-                        .iter()
-                        .map(|t| {
-                            tok.encode(t).map(|mut v| {
-                                if v.is_empty() {
-                                    v.push(tok.eos_id().unwrap_or(0));
-                                }
-                                v
-                            })
-                        })
-                        .collect::<Result<_, _>>()?;
-                    let g = generate(&lm, &ids, &cfg, &mut rng)?;
-                    // The judge reads responses without their closing EOS, as `ppo`'s reward
-                    // model does (see `without_stop`).
-                    let responses: Vec<String> = g
-                        .responses
-                        .iter()
-                        .map(|r| tok.decode(without_stop(r, 0, &cfg.stop_ids)))
-                        .collect::<Result<_, _>>()?;
-                    let full: Vec<String> = g
-                        .sequences
-                        .iter()
-                        .zip(&g.prompt_lens)
-                        .map(|(s, &n)| tok.decode(without_stop(s, n, &cfg.stop_ids)))
-                        .collect::<Result<_, _>>()?;
-                    scores.extend(judge.score(chunk, &responses, &full, p.judge_max_len)?);
-                }
-                let d = Distribution::of(&scores, 10);
-                Ok((d.mean, d.std))
-            };
+        let answers = AnswerConfig {
+            max_new_tokens: p.max_new_tokens,
+            temperature: p.temperature,
+            batch_size: p.batch_size,
+            seed: p.seed,
+        };
         let total = p.policies.len() + 1;
-        let (reference, _) = evaluate(&p.reference, "reference", 0, total)?;
+        let evaluate = |path: &str, label: &str, i: usize| -> Result<(f64, f64), StageError> {
+            if ctx.cancelled() {
+                return Err(Box::new(Cancelled));
+            }
+            ctx.progress(i as u64, total as u64, label.to_string());
+            evaluate_policy(
+                std::path::Path::new(path),
+                &prompts,
+                &answers,
+                &judge,
+                &device,
+            )
+            .map_err(stage_error)
+        };
+        let (reference, _) = evaluate(&p.reference, "reference", 0)?;
         ctx.log(format!(
             "reference policy: mean judge reward {reference:.4}"
         ));
@@ -354,7 +252,7 @@ impl StageKind for JudgeEvalKind {
                     (node.clone(), g, path.clone())
                 }
             };
-            let (mean, std) = evaluate(&path, &node, i + 1, total)?;
+            let (mean, std) = evaluate(&path, &node, i + 1)?;
             ctx.log(format!("{node}: mean judge reward {mean:.4}"));
             scores.push(PolicyScore {
                 node,
@@ -363,26 +261,7 @@ impl StageKind for JudgeEvalKind {
                 std_reward: std,
             });
         }
-        let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for s in &scores {
-            groups
-                .entry(s.group.clone())
-                .or_default()
-                .push(s.mean_reward);
-        }
-        let groups: BTreeMap<String, GroupSummary> = groups
-            .into_iter()
-            .map(|(g, v)| {
-                let below = v.iter().filter(|&&x| x < reference).count() as f64 / v.len() as f64;
-                (
-                    g,
-                    GroupSummary {
-                        distribution: Distribution::of(&v, 10),
-                        share_below_reference: below,
-                    },
-                )
-            })
-            .collect();
+        let groups = summarize(reference, &scores);
         ctx.metric("reference.mean_reward", reference);
         for (g, s) in &groups {
             ctx.metric(&format!("{g}.mean"), s.distribution.mean);
@@ -415,3 +294,6 @@ impl StageKind for JudgeEvalKind {
         Ok(())
     }
 }
+
+/// Sequences per forward pass of a judge model.
+const JUDGE_BATCH: usize = 64;

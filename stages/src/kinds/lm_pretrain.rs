@@ -22,10 +22,10 @@ use super::{
 use crate::{
     data::read_texts,
     ml::{
-        optim::AdamConfig,
-        schedule::LrSchedule,
-        tokenizer::{BpeTrainConfig, TextTokenizer},
-        train_lm::{LmTrainConfig, LmTrainer},
+        io::tokenizer::{BpeTrainConfig, TextTokenizer},
+        training::optim::AdamConfig,
+        training::schedule::LrSchedule,
+        training::train_lm::{LmTrainConfig, LmTrainer},
         Gpt2, Gpt2Config,
     },
 };
@@ -37,90 +37,142 @@ pub struct LmPretrainParams {
     /// A text corpus: a JSONL/Parquet file or a folder of them (its `train*` files are used when present).
     pub corpus: String,
     /// The column holding the text.
-    #[serde(default = "text")]
+    #[serde(default = "defaults::text_column")]
     pub text_column: String,
     /// A `tokenizer.json`; without one, a byte-level BPE of `vocab_size` is trained on the corpus.
     #[serde(default)]
     pub tokenizer: Option<String>,
     /// Vocabulary size of a trained tokenizer.
-    #[serde(default = "vocab")]
+    #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
     /// Layers.
-    #[serde(default = "two")]
+    #[serde(default = "defaults::n_layer")]
     pub n_layer: usize,
     /// Attention heads.
-    #[serde(default = "four")]
+    #[serde(default = "defaults::n_head")]
     pub n_head: usize,
     /// Width.
-    #[serde(default = "sixty_four")]
+    #[serde(default = "defaults::n_embd")]
     pub n_embd: usize,
     /// Context length.
-    #[serde(default = "sixty_four")]
+    #[serde(default = "defaults::n_positions")]
     pub n_positions: usize,
     /// Tokens per training sequence.
-    #[serde(default = "thirty_two")]
+    #[serde(default = "defaults::seq_len")]
     pub seq_len: usize,
     /// Sequences per step.
-    #[serde(default = "sixteen")]
+    #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
     /// Optimizer steps.
-    #[serde(default = "three_hundred")]
+    #[serde(default = "defaults::steps")]
     pub steps: usize,
     /// Peak learning rate (cosine schedule with linear warm-up).
-    #[serde(default = "lr")]
+    #[serde(default = "defaults::lr")]
     pub lr: f64,
     /// Warm-up steps.
-    #[serde(default = "twenty")]
+    #[serde(default = "defaults::warmup_steps")]
     pub warmup_steps: usize,
     /// AdamW weight decay.
     #[serde(default)]
     pub weight_decay: f64,
     /// Global gradient-norm clipping (none if absent).
-    #[serde(default = "clip")]
+    #[serde(default = "defaults::max_grad_norm")]
     pub max_grad_norm: Option<f64>,
     /// Checkpoint every N steps into the scratch folder (0: never).
-    #[serde(default = "fifty")]
+    #[serde(default = "defaults::checkpoint_every")]
     pub checkpoint_every: usize,
     /// Seed of initialisation and data order.
     #[serde(default)]
     pub seed: u64,
 }
 
-fn text() -> String {
-    "text".into()
+/// The defaults of [`LmPretrainParams`], by field.
+mod defaults {
+    pub fn text_column() -> String {
+        "text".into()
+    }
+    pub fn vocab_size() -> usize {
+        1024
+    }
+    pub fn n_layer() -> usize {
+        2
+    }
+    pub fn n_head() -> usize {
+        4
+    }
+    pub fn n_embd() -> usize {
+        64
+    }
+    pub fn n_positions() -> usize {
+        64
+    }
+    pub fn seq_len() -> usize {
+        32
+    }
+    pub fn batch_size() -> usize {
+        16
+    }
+    pub fn steps() -> usize {
+        300
+    }
+    pub fn lr() -> f64 {
+        3e-3
+    }
+    pub fn warmup_steps() -> usize {
+        20
+    }
+    pub fn max_grad_norm() -> Option<f64> {
+        Some(1.0)
+    }
+    pub fn checkpoint_every() -> usize {
+        50
+    }
 }
-fn vocab() -> usize {
-    1024
-}
-fn two() -> usize {
-    2
-}
-fn four() -> usize {
-    4
-}
-fn sixty_four() -> usize {
-    64
-}
-fn thirty_two() -> usize {
-    32
-}
-fn sixteen() -> usize {
-    16
-}
-fn three_hundred() -> usize {
-    300
-}
-fn lr() -> f64 {
-    3e-3
-}
-fn twenty() -> usize {
-    20
-}
-fn fifty() -> usize {
-    50
-}
-fn clip() -> Option<f64> {
-    Some(1.0)
+
+impl LmPretrainParams {
+    /// The model and batch this trains, for a message.
+    fn describe(&self) -> String {
+        format!(
+            "a GPT-2 of width {}, {} layers, {} positions and a vocabulary of {}, on batches of {} × {} tokens",
+            self.n_embd, self.n_layer, self.n_positions, self.vocab_size, self.batch_size, self.seq_len
+        )
+    }
+
+    /// The size param that makes the memory estimate too large: the first one whose default
+    /// would bring the estimate down the most.
+    fn largest_size(&self) -> &'static str {
+        let d = |f: fn(&mut LmPretrainParams)| {
+            let mut q = self.clone();
+            f(&mut q);
+            q.memory_estimate(q.vocab_size)
+        };
+        let candidates: [(&'static str, f64); 6] = [
+            ("n_embd", d(|q| q.n_embd = defaults::n_embd())),
+            ("n_layer", d(|q| q.n_layer = defaults::n_layer())),
+            (
+                "n_positions",
+                d(|q| q.n_positions = defaults::n_positions()),
+            ),
+            ("vocab_size", d(|q| q.vocab_size = defaults::vocab_size())),
+            ("batch_size", d(|q| q.batch_size = defaults::batch_size())),
+            ("seq_len", d(|q| q.seq_len = defaults::seq_len())),
+        ];
+        candidates
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("n_embd", |c| c.0)
+    }
+
+    /// Bytes a training of these sizes needs at least, with a vocabulary of `vocab`: weights,
+    /// gradients and Adam's two moments (4 × 4 bytes a parameter), the activations autodiff
+    /// keeps (about 16 values of width `n_embd` per token and layer) and the logits (3 copies).
+    /// In f64, so that absurd sizes cannot overflow.
+    fn memory_estimate(&self, vocab: usize) -> f64 {
+        let (v, e, l) = (vocab as f64, self.n_embd as f64, self.n_layer as f64);
+        let params = v * e + self.n_positions as f64 * e + l * (12.0 * e * e + 13.0 * e) + 2.0 * e;
+        let tokens = self.batch_size as f64 * self.seq_len as f64;
+        16.0 * params + 4.0 * tokens * (16.0 * e * l + 3.0 * v)
+    }
 }
 
 pub struct LmPretrainKind;
@@ -142,6 +194,39 @@ impl StageKind for LmPretrainKind {
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: LmPretrainParams = parse_params(&crate::data::artifact_refs_as_text(params))?;
+        for (name, n) in [
+            ("n_layer", p.n_layer),
+            ("n_head", p.n_head),
+            ("n_embd", p.n_embd),
+            ("n_positions", p.n_positions),
+            ("batch_size", p.batch_size),
+            ("steps", p.steps),
+            ("vocab_size", p.vocab_size),
+        ] {
+            if n == 0 {
+                return Err(ParamError::at(name, "must be at least 1"));
+            }
+        }
+        if p.seq_len < 2 {
+            return Err(ParamError::at(
+                "seq_len",
+                "must be at least 2 (a token and the one it predicts)",
+            ));
+        }
+        if !(p.lr.is_finite() && p.lr > 0.0) {
+            return Err(ParamError::at(
+                "lr",
+                format!("must be a number > 0, not {}", p.lr),
+            ));
+        }
+        if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
+            return Err(ParamError::at("weight_decay", "must be a number ≥ 0"));
+        }
+        if let Some(n) = p.max_grad_norm {
+            if !(n.is_finite() && n > 0.0) {
+                return Err(ParamError::at("max_grad_norm", "must be a number > 0"));
+            }
+        }
         if !p.n_embd.is_multiple_of(p.n_head) {
             return Err(ParamError::at(
                 "n_head",
@@ -157,6 +242,9 @@ impl StageKind for LmPretrainKind {
                 format!("{} exceeds n_positions {}", p.seq_len, p.n_positions),
             ));
         }
+        // With a tokenizer given its vocabulary is only known at run time: `vocab_size` stands in.
+        crate::memory::fits_physical(p.memory_estimate(p.vocab_size), &p.describe())
+            .map_err(|e| ParamError::at(p.largest_size(), e))?;
         Ok(())
     }
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
@@ -216,6 +304,13 @@ impl StageKind for LmPretrainKind {
             eos_token_id: Some(eos),
             ..Gpt2Config::small()
         };
+        crate::memory::fits_available(
+            p.memory_estimate(tok.vocab_size()),
+            &format!(
+                "training a GPT-2 of width {} and {} layers",
+                p.n_embd, p.n_layer
+            ),
+        )?;
         let init = Gpt2::init(&config, ctx.derive_seed("init"), &device)?;
         let train_cfg = LmTrainConfig {
             seq_len: p.seq_len,
@@ -247,25 +342,22 @@ impl StageKind for LmPretrainKind {
             }
             let loss = trainer.train_step()?;
             let step = trainer.step;
-            if p.checkpoint_every > 0 && step % p.checkpoint_every == 0 && step < p.steps {
+            if p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every) && step < p.steps {
                 trainer.save_checkpoint(&ckpt)?;
             }
             ctx.progress(step as u64, p.steps as u64, format!("loss {loss:.3}"));
         }
+        trainer.check_params()?;
         for (i, l) in trainer.losses.iter().enumerate() {
             ctx.series("loss", (i + 1) as f64, *l as f64);
         }
         let tail = &trainer.losses[trainer.losses.len().saturating_sub(10)..];
         let final_loss = tail.iter().map(|&l| l as f64).sum::<f64>() / tail.len().max(1) as f64;
         ctx.metric("final_loss", final_loss);
-        ctx.metric(
-            "first_loss",
-            trainer.losses.first().copied().unwrap_or(f32::NAN) as f64,
-        );
-        ctx.log(format!(
-            "loss {:.3} → {final_loss:.3}",
-            trainer.losses.first().copied().unwrap_or(f32::NAN)
-        ));
+        // `steps` ≥ 1 (validated): there is a first loss.
+        let first = trainer.losses[0] as f64;
+        ctx.metric("first_loss", first);
+        ctx.log(format!("loss {first:.3} → {final_loss:.3}"));
         trainer
             .model()
             .valid()

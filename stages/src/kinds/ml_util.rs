@@ -1,4 +1,5 @@
-//! What the ML kinds share: devices, reading pairs, scoring texts with a reward model.
+//! What the ML kinds share: a node's device and its key component, and reading dataset
+//! splits.
 
 use std::{
     collections::BTreeMap,
@@ -10,15 +11,10 @@ use dagrun_engine::stage::{Place, StageContext, StageError};
 
 use crate::{
     data::{read_preferences, PreferenceFormat, PreferencePair},
-    ml::chat::ChatTemplate,
-    ml::tokenizer::TextTokenizer,
     ml::{
-        backbone::LanguageModel,
         device::{cuda_device_count, TCH_BUILT},
-        reward::last_token_features,
-        sampling::SamplingPlace,
-        weights::to_f32_vec,
-        DeviceSpec, Padding, TokenBatch,
+        inference::sampling::SamplingPlace,
+        DeviceSpec,
     },
 };
 
@@ -80,17 +76,14 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
     #[cfg(feature = "tch")]
     if backend.starts_with("libtorch") {
         // The operations in use run as libtorch's fused kernels rather than burn's composed
-        // ones (the same method, other float rounding; ml/fused.rs), and `adam` updates all
+        // ones (the same method, other float rounding; ml/ops), and `adam` updates all
         // parameters at once with in-place arithmetic where the per-tensor update falls back
-        // to tensor operations for a parameter whose storage is shared (ml/optim): a change
+        // to tensor operations for a parameter whose storage is shared (ml/training/optim): a change
         // to the list makes libtorch results stale, and only those.
-        let ops = crate::ml::fused::enabled()?;
-        let ops = if ops.is_empty() {
-            "none".to_string()
-        } else {
-            ops.join(" ")
-        };
-        env.insert("fused_ops".into(), ops);
+        env.insert(
+            "fused_ops".into(),
+            crate::ml::ops::FusedSet::from_env()?.key(),
+        );
     }
     // Generation's tokens chosen on the device (the default on CUDA, `DAGRUN_SAMPLING`
     // otherwise; ml/sampling.rs): the host's tokens up to the rounding of a sum of f64
@@ -101,23 +94,6 @@ pub fn backend_env(device: &str, place: Place) -> Result<BTreeMap<String, String
         env.insert("sampling".into(), sampling.name().into());
     }
     Ok(env)
-}
-
-/// A prompt and a response as one text, as dagrun's GPT-2 reward models read them (the
-/// `plain` chat template): a space between them unless either side already has whitespace
-/// at the join.
-pub fn join_text(prompt: &str, response: &str) -> String {
-    crate::ml::chat::plain_join(prompt, response)
-}
-
-/// The chat template a model reads prompt/response pairs with: the stage's
-/// `chat_template` param, else the one its folder implies ([`ChatTemplate::for_model`]).
-pub fn model_template(
-    dir: &Path,
-    chosen: Option<ChatTemplate>,
-    tok: &TextTokenizer,
-) -> Result<ChatTemplate, StageError> {
-    Ok(ChatTemplate::for_model(dir, tok, chosen)?)
 }
 
 /// The file of one split in a dataset folder (`train`, `eval`, `test`): Parquet if
@@ -147,153 +123,9 @@ pub fn read_split(dir: &Path, split: &str) -> Result<Vec<PreferencePair>, StageE
     )?)
 }
 
-/// What a reward model reads of a sampled sequence (prompt ⊕ response): the sequence
-/// without the stop token that closed the response. Generation cuts a response after its
-/// first stop token and keeps it (the policy's log-probs and the KL include it), but reward
-/// models are trained on preference text, which has none: scored with it, the reward would
-/// be read at a token the model never saw in that place (TRL, where GPT-2's pad is its
-/// EOS, reads the reward at the token before it too). `prompt_len` protects the prompt.
-pub fn without_stop<'a>(seq: &'a [u32], prompt_len: usize, stop_ids: &[u32]) -> &'a [u32] {
-    match seq.split_last() {
-        Some((last, rest)) if seq.len() > prompt_len && stop_ids.contains(last) => rest,
-        _ => seq,
-    }
-}
-
-/// Token ids of a text, keeping its last `max_len` tokens (the reward is read at the end).
-pub fn encode_tail(
-    tok: &TextTokenizer,
-    text: &str,
-    max_len: usize,
-) -> Result<Vec<u32>, StageError> {
-    let mut ids = tok.encode(text)?;
-    if ids.is_empty() {
-        ids.push(tok.eos_id().unwrap_or(0));
-    }
-    if ids.len() > max_len {
-        ids.drain(..ids.len() - max_len);
-    }
-    Ok(ids)
-}
-
-/// Last-token features `[n × n_embd]` (row-major, on the host) of texts, by batches.
-pub fn features(
-    model: &impl LanguageModel,
-    tok: &TextTokenizer,
-    texts: &[String],
-    batch: usize,
-    max_len: usize,
-) -> Result<Vec<f32>, StageError> {
-    let model = model.valid();
-    let mut out = Vec::with_capacity(texts.len() * model.hidden_size());
-    for chunk in texts.chunks(batch.max(1)) {
-        let rows = chunk
-            .iter()
-            .map(|t| encode_tail(tok, t, max_len))
-            .collect::<Result<Vec<_>, _>>()?;
-        let b = TokenBatch::from_rows(&rows, tok.pad_id(), Padding::Right)?;
-        out.extend(to_f32_vec(last_token_features(&model, &b)?));
-    }
-    Ok(out)
-}
-
-/// Summary statistics of a sample (for Figure 6 and the judge's distributions).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Distribution {
-    pub n: usize,
-    pub mean: f64,
-    pub variance: f64,
-    pub std: f64,
-    pub min: f64,
-    pub max: f64,
-    /// `[(level, value)]` at 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95.
-    pub quantiles: Vec<(f64, f64)>,
-    pub histogram_edges: Vec<f64>,
-    pub histogram_counts: Vec<u64>,
-}
-
-impl Distribution {
-    pub fn of(values: &[f64], bins: usize) -> Distribution {
-        let n = values.len();
-        let mut sorted: Vec<f64> = values.to_vec();
-        sorted.sort_by(|a, b| a.total_cmp(b));
-        let mean = if n > 0 {
-            values.iter().sum::<f64>() / n as f64
-        } else {
-            f64::NAN
-        };
-        let variance = if n > 1 {
-            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
-        let q = |l: f64| -> f64 {
-            if n == 0 {
-                return f64::NAN;
-            }
-            let pos = l * (n - 1) as f64;
-            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-        };
-        let (min, max) = (
-            sorted.first().copied().unwrap_or(f64::NAN),
-            sorted.last().copied().unwrap_or(f64::NAN),
-        );
-        let bins = bins.max(1);
-        let width = if max > min {
-            (max - min) / bins as f64
-        } else {
-            1.0
-        };
-        let edges: Vec<f64> = (0..=bins).map(|i| min + width * i as f64).collect();
-        let mut counts = vec![0u64; bins];
-        for v in values {
-            let i = (((v - min) / width) as usize).min(bins - 1);
-            counts[i] += 1;
-        }
-        Distribution {
-            n,
-            mean,
-            variance,
-            std: variance.sqrt(),
-            min,
-            max,
-            quantiles: [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]
-                .iter()
-                .map(|&l| (l, q(l)))
-                .collect(),
-            histogram_edges: edges,
-            histogram_counts: counts,
-        }
-    }
-
-    pub fn median(&self) -> f64 {
-        self.quantiles
-            .iter()
-            .find(|(l, _)| *l == 0.5)
-            .map(|(_, v)| *v)
-            .unwrap_or(f64::NAN)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_reward_model_reads_a_response_without_its_closing_stop_token() {
-        let stop = [50256, 7];
-        // prompt [1, 2], response [3, 4, stop]
-        assert_eq!(without_stop(&[1, 2, 3, 4, 50256], 2, &stop), &[1, 2, 3, 4]);
-        assert_eq!(without_stop(&[1, 2, 3, 7], 2, &stop), &[1, 2, 3]);
-        // a response cut by the length limit keeps its last token
-        assert_eq!(without_stop(&[1, 2, 3, 4], 2, &stop), &[1, 2, 3, 4]);
-        // an empty response: the prompt is never cut, even when it ends in a stop id
-        assert_eq!(without_stop(&[1, 7], 2, &stop), &[1, 7]);
-        // only the last token goes
-        assert_eq!(without_stop(&[1, 7, 7], 1, &stop), &[1, 7]);
-        assert_eq!(without_stop(&[], 0, &stop), &[] as &[u32]);
-    }
 
     #[test]
     fn the_environment_names_the_backend_and_on_libtorch_its_fused_ops() {

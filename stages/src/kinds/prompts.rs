@@ -26,20 +26,23 @@ use crate::data::{
     write_jsonl, write_parquet, Column, TextRow,
 };
 
-fn text() -> String {
-    "text".into()
-}
-fn d200() -> usize {
-    200
-}
-fn d2() -> usize {
-    2
-}
-fn d7() -> usize {
-    7
-}
-fn d01() -> f64 {
-    0.1
+/// The defaults of [`PromptsParams`], by field.
+mod defaults {
+    pub fn text_column() -> String {
+        "text".into()
+    }
+    pub fn min_chars() -> usize {
+        200
+    }
+    pub fn min_tokens() -> usize {
+        2
+    }
+    pub fn max_tokens() -> usize {
+        7
+    }
+    pub fn test_fraction() -> f64 {
+        0.1
+    }
 }
 
 /// Parameters of `prompts`.
@@ -50,16 +53,16 @@ pub struct PromptsParams {
     /// relative to the workspace), e.g. `${stages.task.corpus}` or an IMDB download.
     pub corpus: String,
     /// The string column holding the text. Default `text`.
-    #[serde(default = "text")]
+    #[serde(default = "defaults::text_column")]
     pub text_column: String,
     /// Keep rows whose text has more than this many characters. Default 200 (the paper).
-    #[serde(default = "d200")]
+    #[serde(default = "defaults::min_chars")]
     pub min_chars: usize,
     /// Fewest tokens of a prompt. Default 2 (the paper).
-    #[serde(default = "d2")]
+    #[serde(default = "defaults::min_tokens")]
     pub min_tokens: usize,
     /// Most tokens of a prompt. Default 7 (the paper).
-    #[serde(default = "d7")]
+    #[serde(default = "defaults::max_tokens")]
     pub max_tokens: usize,
     /// The policy's `tokenizer.json`; without it, tokens are whitespace-separated words
     /// (and the log says so).
@@ -69,7 +72,7 @@ pub struct PromptsParams {
     #[serde(default)]
     pub seed: u64,
     /// Share of a pooled corpus's rows that form the test split, in [0, 1). Default 0.1.
-    #[serde(default = "d01")]
+    #[serde(default = "defaults::test_fraction")]
     pub test_fraction: f64,
     /// Keep a seeded random subset of at most this many train prompts. Default: all.
     #[serde(default)]

@@ -2,18 +2,8 @@
 //! the numbers beside each plot, the plots again as PNG and SVG files, and every number
 //! as `numbers.json`.
 //!
-//! Params (each section is optional; a section appears when its input is given):
-//!
-//! | param      | value                                                  |
-//! |------------|--------------------------------------------------------|
-//! | `title`    | the page title                                         |
-//! | `bandit`   | `${stages.<bandit stage>.result}` (Figure 2)           |
-//! | `simulate` | `${stages.<simulate stage>.result}`, one or a sweep (Figure 5) |
-//! | `heads`    | `${stages.<head_ensemble stage>.stats}` (Figure 6, per-head accuracy) |
-//! | `ppo`      | `${stages.<ppo stage>.curves}`, a sweep (Figures 10–11)  |
-//! | `judge`    | `${stages.<judge_eval stage>.results}` (Figure 7)      |
-//! | `reward_bench` | `${stages.<reward_bench stage>.results}` (Figure 9: each head's and the ensemble's RewardBench score per section) |
-//! | `reward_bench_baseline` | another `reward_bench` result drawn beside them (the paper: the fully fine-tuned single-head model); needs `reward_bench` |
+//! Params: [`ReportParams`] (`dagrun kinds report`), each section optional; a section appears
+//! when its input is given.
 //!
 //! Output `report`: a folder with `index.html`, `numbers.json` and the figures.
 
@@ -23,19 +13,17 @@ use dagrun_cache::ArtifactType;
 use dagrun_engine::stage::{OutputDecl, ParamError, Place, StageContext, StageError, StageKind};
 use serde_json::Value;
 
-use super::{
-    figures::{render, Band, Bands, Figure, GroupPoints, HeadBars, Histograms},
-    head_ensemble::EnsembleStats,
-    judge_eval::JudgeResults,
-    reward_bench::RewardBenchResults,
+use super::figures::{render, Band, Bands, Figure, GroupPoints, HeadBars, Histograms};
+use crate::{
+    rl::judge::JudgeResults,
+    rm::{bench::RewardBenchResults, ensemble::EnsembleStats},
+    theory::{plot, BanditResult, SimulationResult},
 };
-use crate::theory::{plot, BanditResult, SimulationResult};
 
 pub struct ReportKind;
 
-/// The report's params, for `dagrun kinds report` (validation reads them by name:
-/// [`KNOWN`]; a test keeps the two equal). Each section is optional and appears when its
-/// input is given.
+/// The report's params: the one list of its sections, for `dagrun kinds report` and for
+/// validation ([`sections`]). Each section is optional and appears when its input is given.
 #[derive(schemars::JsonSchema)]
 #[allow(dead_code)]
 struct ReportParams {
@@ -59,16 +47,13 @@ struct ReportParams {
     reward_bench_baseline: Option<String>,
 }
 
-const KNOWN: [&str; 8] = [
-    "title",
-    "bandit",
-    "simulate",
-    "heads",
-    "ppo",
-    "judge",
-    "reward_bench",
-    "reward_bench_baseline",
-];
+/// The report's sections: the fields of [`ReportParams`], read from its schema.
+fn sections() -> Vec<String> {
+    super::params_schema::<ReportParams>()["properties"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
 
 impl StageKind for ReportKind {
     fn name(&self) -> &'static str {
@@ -76,6 +61,8 @@ impl StageKind for ReportKind {
     }
     fn version(&self) -> u32 {
         // 2: a note when the PPO methods' final KLs are not about equal.
+        // (The key's `font` entry became the font's content hash instead of its path: the
+        // same results, a key that is the same on every machine.)
         2
     }
     fn summary(&self) -> &'static str {
@@ -88,11 +75,12 @@ impl StageKind for ReportKind {
         let Value::Object(o) = params else {
             return Err(ParamError::general("params must be a map"));
         };
+        let known = sections();
         for k in o.keys() {
-            if !KNOWN.contains(&k.as_str()) {
+            if !known.contains(k) {
                 return Err(ParamError::at(
                     k,
-                    format!("unknown report section `{k}` (known: {})", KNOWN.join(", ")),
+                    format!("unknown report section `{k}` (known: {})", known.join(", ")),
                 ));
             }
         }
@@ -112,10 +100,9 @@ impl StageKind for ReportKind {
         _device: &str,
         _place: Place,
     ) -> Result<BTreeMap<String, String>, String> {
-        // Plot text is laid out with this font: a different font gives different files.
-        let font = plot::ensure_font()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "none".into());
+        // Plot text is laid out with this font: a different font gives different files. Named
+        // by its content, so that the key does not depend on where the machine keeps it.
+        let font = plot::font_id().unwrap_or_else(|_| "none".into());
         Ok([("font".to_string(), font)].into())
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
@@ -185,11 +172,8 @@ impl StageKind for ReportKind {
                 );
             }
         }
-        std::fs::write(
-            dir.join("numbers.json"),
-            serde_json::to_vec_pretty(&Value::Object(numbers))?,
-        )?;
-        std::fs::write(dir.join("index.html"), page.finish())?;
+        crate::files::write_json(&dir.join("numbers.json"), &Value::Object(numbers))?;
+        crate::files::write_atomic(&dir.join("index.html"), page.finish().as_bytes())?;
         ctx.log("wrote index.html, numbers.json and the figures (see them with `dagrun export NODE DIR`)");
         Ok(())
     }
@@ -256,7 +240,7 @@ const KL_MATCH_TOLERANCE: f64 = 0.2;
 
 /// A sentence for the report when the methods' final KLs (mean over runs) are not about
 /// equal. The paper compares vanilla and variance-aware PPO at equal KL, choosing each
-/// method's β for it (App. 8; ALGORITHMS.md §5): a policy allowed further from the
+/// method's β for it (App. 8; docs/algorithms.md §5): a policy allowed further from the
 /// reference can score higher for that alone.
 fn kl_mismatch(finals: &[(&str, f64)]) -> Option<String> {
     let lo = finals.iter().min_by(|a, b| a.1.total_cmp(&b.1))?;
@@ -720,18 +704,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_documented_params_are_the_known_sections() {
-        let schema = ReportKind.params_schema().unwrap();
-        let mut documented: Vec<&str> = schema["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        documented.sort();
-        let mut known = KNOWN.to_vec();
+    fn the_sections_are_the_params_fields() {
+        let mut known = sections();
         known.sort();
-        assert_eq!(documented, known);
+        assert_eq!(
+            known,
+            [
+                "bandit",
+                "heads",
+                "judge",
+                "ppo",
+                "reward_bench",
+                "reward_bench_baseline",
+                "simulate",
+                "title"
+            ]
+        );
+    }
+
+    /// The key names the font by its bytes: the same file under two paths is the same font.
+    #[test]
+    fn the_font_in_the_key_is_its_content() {
+        let Ok(id) = plot::font_id() else {
+            return; // no font on this machine: the key says `none`
+        };
+        let env = ReportKind.environment("cpu", Place::Here).unwrap();
+        assert_eq!(env["font"], id);
+        assert_eq!(id.len(), 16);
+        assert!(!env["font"].contains('/'));
     }
 
     #[test]

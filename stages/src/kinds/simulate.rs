@@ -11,7 +11,8 @@ use dagrun_cache::ArtifactType;
 use dagrun_engine::stage::{OutputDecl, ParamError, StageContext, StageError, StageKind};
 use serde_json::Value;
 
-use super::{parse_params, write_json};
+use super::parse_params;
+use crate::files::write_json;
 use crate::theory::{run_simulation, SimulateParams};
 
 pub struct SimulateKind;
@@ -33,7 +34,16 @@ impl StageKind for SimulateKind {
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: SimulateParams = parse_params(params)?;
-        p.validate().map_err(|e| ParamError::general(e.to_string()))
+        p.validate().map_err(super::theory_param_error)?;
+        // The returns of both methods per draw (and a sorted copy each for their summary),
+        // and a handful of vectors of length d.
+        let bytes = 32.0 * p.draws as f64 + 48.0 * p.d as f64;
+        let at = if p.draws >= p.d { "draws" } else { "d" };
+        crate::memory::fits_physical(bytes, &format!("{} draws in {} dimensions", p.draws, p.d))
+            .map_err(|e| ParamError::at(at, e))?;
+        // Two histograms (edges and counts) per method.
+        crate::memory::fits_physical(32.0 * p.bins as f64, &format!("{} histogram bins", p.bins))
+            .map_err(|e| ParamError::at("bins", e))
     }
     fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
         vec![OutputDecl::new("result", ArtifactType::Metrics)]

@@ -39,6 +39,8 @@ use crate::data::{
     world::WorldParams,
     write_jsonl, write_parquet, Column, Message, PreferencePair, World,
 };
+use crate::memory;
+use crate::ml::io::tokenizer::{BpeTrainConfig, TextTokenizer};
 
 /// Parameters of `toy_task`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -122,6 +124,32 @@ impl ToyTaskParams {
         if self.sources.is_empty() {
             return Err(ParamError::at("sources", "needs at least one source"));
         }
+        // Sizes the machine cannot hold fail here, named, instead of aborting the process
+        // when the rows or the tokenizer's tables are allocated. The estimates are rough
+        // upper bounds (f64, so that they cannot overflow): a row holds its words (~16
+        // bytes each) and a little bookkeeping, and is held about three times (rows, texts,
+        // the Parquet columns); a vocabulary entry costs a few hundred bytes in the trainer.
+        let row = 64.0 + 16.0 * (self.prompt_max_words as f64 + self.response_words as f64);
+        for (field, words) in [
+            ("prompt_max_words", self.prompt_max_words),
+            ("response_words", self.response_words),
+        ] {
+            memory::fits_physical(16.0 * words as f64, &format!("one row of {words} words"))
+                .map_err(|m| ParamError::at(field, m))?;
+        }
+        for (field, rows) in [
+            ("corpus_train", self.corpus_train as f64),
+            ("corpus_test", self.corpus_test as f64),
+            ("reward_bench_pairs", 2.0 * self.reward_bench_pairs as f64),
+        ] {
+            memory::fits_physical(3.0 * rows * row, &format!("{rows} rows"))
+                .map_err(|m| ParamError::at(field, m))?;
+        }
+        memory::fits_physical(
+            256.0 * self.tokenizer_vocab as f64,
+            &format!("a vocabulary of {}", self.tokenizer_vocab),
+        )
+        .map_err(|m| ParamError::at("tokenizer_vocab", m))?;
         let mut names = HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             let at = |f: &str| format!("sources[{i}].{f}");
@@ -231,7 +259,7 @@ impl StageKind for ToyTaskKind {
         "toy_task"
     }
     fn version(&self) -> u32 {
-        // 2: adds the `reward_bench` output; the tokenizer comes from ml::tokenizer's
+        // 2: adds the `reward_bench` output; the tokenizer comes from ml::io::tokenizer's
         // trainer (same ids, other post-processor settings in tokenizer.json).
         2
     }
@@ -268,7 +296,14 @@ impl StageKind for ToyTaskKind {
             let rows = toy::corpus(&world, p.seed, split, n);
             if split == "train" {
                 let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
-                let tok = toy::train_tokenizer(&texts, p.tokenizer_vocab)?;
+                // A byte-level BPE in GPT-2's layout, `<|endoftext|>` as id 0.
+                let tok = TextTokenizer::train_bpe(
+                    texts.iter().map(String::as_str),
+                    &BpeTrainConfig {
+                        vocab_size: p.tokenizer_vocab,
+                        ..BpeTrainConfig::default()
+                    },
+                )?;
                 tok.save(&ctx.output_path("tokenizer"))?;
                 ctx.metric("tokenizer.vocab", tok.vocab_size() as f64);
             }

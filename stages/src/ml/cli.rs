@@ -7,35 +7,33 @@
 //!   Llama 3's `<|begin_of_text|>`; none for GPT-2); so is a prompt for [`generate`].
 //! - [`generate`]: `{"ids": [...], "text": "..."}` — the prompt's ids followed by the generated
 //!   ones, and the decoded text of all of them.
-//! - [`reward`]: `{"rewards": [...], "mean": x, "variance": y}` — per-head rewards of
-//!   prompt ⊕ response (prompt and response are tokenized separately and their ids joined, as
-//!   when a policy's sampled response is scored; see [`reward_input_ids`]), their mean and
-//!   sample variance (ddof 1).
+//! - [`reward`]: `{"rewards": [...], "mean": x, "variance": y}` — per-head rewards of a
+//!   prompt and a response, read as every kind reads them ([`super::reward`]: the chat
+//!   template its folder implies, no truncation), their mean and sample variance (ddof 1).
 //!
 //! A model folder is a Hugging Face folder with a `tokenizer.json`: GPT-2, Gemma or Llama
 //! (detected from `config.json`, weights single-file or sharded, loaded in the given
 //! [`WeightDtype`]). A reward model folder is one of those plus dagrun's heads, or a Gemma/Llama
-//! `*ForSequenceClassification` folder (see [`super::reward`]).
+//! `*ForSequenceClassification` folder (see [`super::models::reward_model`]).
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::backbone::Backbone;
-use super::chat::ChatTemplate;
-use super::decoder_hf::configured_eos_ids;
 use super::device::DeviceSpec;
 use super::error::{MlError, Result};
-use super::generate::{generate as generate_ids, GenerateConfig};
-use super::gpt2_hf::TOKENIZER_FILE;
-use super::hf_weights::WeightDtype;
-use super::logprobs::token_logprobs_rows;
-use super::reward::{ensemble_stats, RewardModel};
+use super::inference::generate::{generate as generate_ids, GenerateConfig};
+use super::inference::logprobs::token_logprobs_rows;
+use super::inference::sampling::SamplingConfig;
+use super::io::tokenizer::TextTokenizer;
+use super::models::backbone::Backbone;
+use super::models::decoder_hf::configured_eos_ids;
+use super::models::gpt2_hf::TOKENIZER_FILE;
+use super::models::hf_weights::WeightDtype;
+use super::reward::{Exchange, RewardReader};
 use super::rng::SeededRng;
-use super::sampling::SamplingConfig;
-use super::tokenizer::TextTokenizer;
-use super::weights::to_f32_vec;
 use super::TokenBatch;
+use crate::stats::mean_var;
 
 /// Options of [`generate`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -133,28 +131,6 @@ pub fn generate(model_dir: &Path, prompt: &str, opts: &GenerateOptions) -> Resul
     Ok(json!({"ids": all, "text": tok.decode(all)?}))
 }
 
-/// The token ids a reward model reads for `prompt` ⊕ `response`: rendered with the chat
-/// template its folder implies ([`ChatTemplate::for_model`]: GPT-2 → plain text with a space
-/// at the join, as dagrun's reward models train; a Llama-3 reward model such as
-/// FsfairX-LLaMA3-RM → `<|begin_of_text|>` and role headers; Gemma → turn markers; plain
-/// when the tokenizer has no such tokens), tokenised without added special tokens, as
-/// transformers' `apply_chat_template(tokenize=True)` does.
-pub fn reward_input_ids(
-    model_dir: &Path,
-    tok: &TextTokenizer,
-    prompt: &str,
-    response: &str,
-) -> Result<Vec<u32>> {
-    let template = ChatTemplate::for_model(model_dir, tok, None)?;
-    let ids = template.encode_text(tok, &template.render_pair(prompt, response)?)?;
-    if ids.is_empty() {
-        return Err(MlError::Invalid(
-            "prompt and response encode to no tokens".into(),
-        ));
-    }
-    Ok(ids)
-}
-
 /// Per-head rewards of `prompt` ⊕ `response` under the reward model in `model_dir`.
 pub fn reward(
     model_dir: &Path,
@@ -164,12 +140,11 @@ pub fn reward(
     dtype: WeightDtype,
 ) -> Result<Value> {
     let device = device.resolve()?;
-    let tok = load_tokenizer(model_dir)?;
-    let ids = reward_input_ids(model_dir, &tok, prompt, response)?;
-    let rm = RewardModel::load_as(model_dir, &device, dtype)?;
-    let rewards = to_f32_vec(rm.forward(&TokenBatch::unpadded(&[ids])?)?);
-    let (mean, variance) = ensemble_stats(&rewards, 1);
-    Ok(json!({"rewards": rewards, "mean": mean, "variance": variance}))
+    let reader = RewardReader::load(model_dir, &device, dtype, None, usize::MAX, 1)?;
+    let scores = reader.score(&[Exchange::pair(prompt, response)])?;
+    let heads: Vec<f64> = scores.row(0).iter().map(|&x| x as f64).collect();
+    let (mean, variance) = mean_var(&heads, 1);
+    Ok(json!({"rewards": scores.row(0), "mean": mean, "variance": variance}))
 }
 
 /// The text of each token id (for human-readable output).

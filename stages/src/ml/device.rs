@@ -116,7 +116,7 @@ impl DeviceSpec {
 #[allow(deprecated)]
 fn libtorch_device(spec: DeviceSpec) -> Result<Device> {
     // A bad DAGRUN_FUSED_OPS fails here, before any work, for every user of the device.
-    super::fused::enabled().map_err(MlError::Invalid)?;
+    super::ops::FusedSet::from_env().map_err(MlError::Invalid)?;
     match spec {
         DeviceSpec::LibtorchCpu => Ok(Device::libtorch()),
         DeviceSpec::Cuda(n) => {

@@ -90,6 +90,20 @@ pub enum MlError {
     /// The tokenizers crate failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A training's loss or parameters stopped being finite (it diverged).
+    #[error(
+        "the training diverged at step {step}: {what}; nothing is kept (a smaller learning \
+         rate, or gradient clipping with `max_grad_norm`, usually helps)"
+    )]
+    NonFinite {
+        /// The step (counted from 1) whose numbers were not finite.
+        step: usize,
+        /// What was not finite.
+        what: String,
+    },
+    /// The work was asked to stop (Ctrl-C) and stopped between two steps.
+    #[error("interrupted")]
+    Cancelled,
     /// Invalid arguments to a function of this module (sampling options, shapes, ...).
     #[error("{0}")]
     Invalid(String),

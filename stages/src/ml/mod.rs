@@ -1,51 +1,33 @@
 //! The ML core of dagrun's stages, on burn 0.22 (generics-free; the backend is the run-time
-//! [`burn::tensor::Device`] that a [`DeviceSpec`] names).
+//! [`burn::tensor::Device`] that a [`DeviceSpec`] names). Grouped by what a reader looks for:
 //!
-//! Map:
-//! - [`device`]: `auto|cpu|libtorch-cpu|cuda[:N]` → burn device, checked before work starts.
-//! - [`gpt2`]: [`Gpt2Config`] and the [`Gpt2`] model; [`gpt2_hf`] loads and exports Hugging Face
-//!   folders.
-//! - [`decoder`]: the Gemma/Llama [`Decoder`](decoder::Decoder); [`decoder_hf`] reads their
-//!   Hugging Face configs and (sharded) weights through [`hf_weights`], in f32 or bf16.
-//! - [`backbone`]: [`Backbone`](backbone::Backbone) (any of them) and the
-//!   [`LanguageModel`](backbone::LanguageModel) trait that log-probs, generation and reward
-//!   models use; [`attention`]: the [`KvCache`] and causal attention they share.
-//! - [`chat`]: chat templates (`gemma`, `llama3`, `llama3.1`, `plain`) and their tokenisation.
-//! - [`batch`]: padded [`TokenBatch`]es with attention masks.
-//! - [`weights`]: named host tensors ↔ safetensors files.
-//! - [`rng`]: a checkpointable seeded RNG.
+//! - [`models`]: the networks and their files — GPT-2 ([`Gpt2`]), the Gemma/Llama
+//!   [`Decoder`](models::decoder::Decoder), the [`Backbone`](models::backbone::Backbone) over
+//!   both and the [`LanguageModel`](models::backbone::LanguageModel) trait, attention's KV cache,
+//!   linear heads, the value head, the [`RewardModel`](models::reward_model::RewardModel);
+//!   safetensors and Hugging Face folders (load and export).
+//! - [`training`]: Adam/AdamW, schedules, gradients by parameter path, checkpoints, the
+//!   causal-LM trainer, and the guard that stops a training whose numbers stop being finite.
+//! - [`inference`]: generation with a KV cache, sampling (on the host or the device), log-probs.
+//! - [`io`]: text in and out of a model — tokenizers, chat templates, padded [`TokenBatch`]es.
+//! - [`reward`]: the one reward-model reader (prompt + response → template → tokens → batched
+//!   scores), used by every kind and command that scores text with a reward model.
+//! - [`ops`]: tensor operations with libtorch fast paths, one function each.
+//! - [`device`], [`rng`] (a checkpointable seeded RNG), [`cli`] (what `dagrun model` computes).
 mod error;
 
-pub mod attention;
-pub mod backbone;
-pub mod batch;
-pub mod chat;
-pub mod checkpoint;
 pub mod cli;
-pub mod decoder;
-pub mod decoder_hf;
 pub mod device;
-#[cfg(feature = "tch")]
-pub mod fused;
-pub mod generate;
-pub mod gpt2;
-pub mod gpt2_hf;
-pub mod grads;
-pub mod heads;
-pub mod hf_weights;
-pub mod logprobs;
-pub mod optim;
+pub mod inference;
+pub mod io;
+pub mod models;
+pub mod ops;
 pub mod reward;
 pub mod rng;
-pub mod sampling;
-pub mod schedule;
-pub mod tokenizer;
-pub mod train_lm;
-pub mod value_head;
-pub mod weights;
+pub mod training;
 
-pub use attention::KvCache;
-pub use batch::{Padding, TokenBatch};
 pub use device::DeviceSpec;
 pub use error::{MlError, Result};
-pub use gpt2::{Gpt2, Gpt2Config};
+pub use io::batch::{Padding, TokenBatch};
+pub use models::attention::KvCache;
+pub use models::gpt2::{Gpt2, Gpt2Config};

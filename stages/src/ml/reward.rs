@@ -1,320 +1,484 @@
-//! Reward models: a [`Backbone`] (GPT-2, Gemma or Llama) and K linear heads on the final hidden
-//! state of the last non-pad token, giving `[batch, K]` rewards (ALGORITHMS.md §1, §3).
+//! The one reward-model reader: a prompt and a response → text (the chat template) → token
+//! ids → right-padded batches → per-head scores. Every kind and command that shows text to a
+//! reward model goes through here: `ppo` (the rollout's scores), `judge_eval` (a model judge),
+//! `reward_bench`, `head_ensemble` (the frozen backbone's features), `backbone_pretrain` (its
+//! training batches, [`RewardInput`] alone) and `dagrun model reward`.
 //!
-//! # Folder formats ([`RewardModel::load`] accepts both)
-//! 1. dagrun's `reward-model-v1`: a Hugging Face backbone folder (`config.json`, safetensors
-//!    weights, `tokenizer.json`; GPT-2 as `GPT2LMHeadModel`, or a Gemma/Llama folder) plus
-//!    - `reward_heads.safetensors`: `weight` `[n_embd, K]` (column k = head k), `bias` `[K]`,
-//!      F32;
-//!    - `reward_model.json`: `{"format": "dagrun-reward-model-v1", "num_heads": K,
-//!      "n_embd": E}`.
+//! What a reward model reads, decided once (docs/algorithms.md §1; checked against
+//! transformers by `stages/tests/ml/reward.rs` with `tests/fixtures/reward-reader.json`, written
+//! by `scripts/make_reward_reader_fixtures.py`):
 //!
-//!    Features are pooled at each row's last real token (attention mask), or, with
-//!    `"pool_skip_id": P` (written when a sequence classifier is saved), as in format 2.
-//! 2. A Hugging Face `LlamaForSequenceClassification` / `GemmaForSequenceClassification`
-//!    folder (such as the paper's judge, FsfairX-LLaMA3-RM-v0.1): its `score.weight`
-//!    `[num_labels, hidden]` (no bias) becomes K = num_labels heads with zero bias, pooled as
-//!    transformers does: at the rightmost token whose id is not `pad_token_id` (within the
-//!    attention mask), so a real EOS that equals the pad id is skipped as transformers skips it.
-//!
-//! A plain language-model folder without either is not a reward model ([`RewardModel::load`]
-//! says so).
+//! - **Text.** A chat template renders a user turn and an assistant turn
+//!   ([`ChatTemplate::render_pair`]). `plain` (dagrun's GPT-2 reward models) joins a prompt and
+//!   a response given as two texts with one space, unless either side has whitespace at the
+//!   join ([`Exchange::Pair`]); a response a policy sampled continues its prompt and is read as
+//!   generated: the whole sequence decoded at once ([`Exchange::Sampled`]).
+//! - **Special tokens.** A chat template writes its BOS as text, and the text is tokenised
+//!   without adding special tokens (transformers' `apply_chat_template(tokenize=True)`);
+//!   `plain` text is tokenised as `tokenizer(text)` does, with what the tokenizer's
+//!   post-processor adds (nothing for GPT-2; the BOS of Gemma's and Llama's tokenizers).
+//! - **EOS.** Nothing is appended. A sampled response loses the stop token that ended it
+//!   ([`without_stop`]): preference text has none, and the reward would otherwise be read at a
+//!   token the model never saw in that place.
+//! - **Length.** At most `max_len` tokens, the last ones (the reward is read at the end), and a
+//!   leading BOS stays: BOS + the last `max_len − 1` tokens, as transformers truncates on the
+//!   left before adding special tokens.
+//! - **Empty.** A text of no tokens (`plain`, empty prompt and response) is read as the
+//!   tokenizer's `<|endoftext|>` alone (GPT-2's document boundary); a tokenizer without one
+//!   cannot read it, which is an error.
+//! - **Batches** are right-padded with the tokenizer's pad id, which the attention mask hides;
+//!   the reward is read where the [`RewardModel`]'s pooling says (the last real token, or
+//!   where transformers' sequence classifiers read it).
 
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::activation::log_sigmoid;
-use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::Device;
 
-use super::backbone::{Backbone, LanguageModel};
-use super::batch::TokenBatch;
-use super::decoder::LmHead;
-use super::decoder_hf::{decoder_config, load_decoder, model_kind, read_score_head};
 use super::error::{MlError, Result};
-use super::gpt2_hf::CONFIG_FILE;
-use super::heads::LinearHeads;
-use super::hf_weights::WeightDtype;
-use super::weights::HostTensors;
+use super::io::chat::ChatTemplate;
+use super::io::tokenizer::TextTokenizer;
+use super::models::gpt2_hf::TOKENIZER_FILE;
+use super::models::hf_weights::WeightDtype;
+use super::models::reward_model::RewardModel;
+use super::models::weights::to_f32_vec;
+use super::{Padding, TokenBatch};
 
-/// File holding the heads' weights.
-pub const HEADS_FILE: &str = "reward_heads.safetensors";
-/// File describing the heads.
-pub const META_FILE: &str = "reward_model.json";
-/// The `format` value of [`META_FILE`].
-pub const FORMAT: &str = "dagrun-reward-model-v1";
-
-/// The contents of `reward_model.json`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RewardModelMeta {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// Number of heads K.
-    pub num_heads: usize,
-    /// Backbone width (rows of the head matrix).
-    pub n_embd: usize,
-    /// Pool at the rightmost token whose id is not this one ([`Pooling::LastNonPad`], kept
-    /// from a Hugging Face sequence classifier); absent: the last real token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool_skip_id: Option<u32>,
+/// A prompt and a response, as a reward model is asked about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    /// Two texts given apart (preference data, RewardBench rows, `dagrun model reward`).
+    Pair { prompt: String, response: String },
+    /// A response a policy sampled after its prompt: `text` is the whole sequence decoded at
+    /// once (what `plain` reads: the policy's text as generated); a chat template reads the
+    /// prompt and the response as two turns.
+    Sampled {
+        prompt: String,
+        response: String,
+        text: String,
+    },
 }
 
-/// Which token's hidden state a reward model scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Pooling {
-    /// Each row's last real token (attention mask): dagrun's heads.
-    #[default]
-    LastReal,
-    /// The rightmost real token whose id is not this pad id (transformers'
-    /// `*ForSequenceClassification`); with `None`, the last real token.
-    LastNonPad(Option<u32>),
-}
-
-impl Pooling {
-    /// The pooled column of each row of `batch` (0 for a row with no such token, as
-    /// transformers' argmax gives).
-    pub fn columns(&self, batch: &TokenBatch) -> Vec<usize> {
-        match self {
-            Pooling::LastReal | Pooling::LastNonPad(None) => batch.last_real_index(),
-            Pooling::LastNonPad(Some(pad)) => (0..batch.rows)
-                .map(|r| {
-                    let s = r * batch.len;
-                    (0..batch.len)
-                        .rposition(|c| batch.mask[s + c] == 1 && batch.ids[s + c] != *pad)
-                        .unwrap_or(0)
-                })
-                .collect(),
+impl Exchange {
+    /// A prompt and a response given as two texts.
+    pub fn pair(prompt: impl Into<String>, response: impl Into<String>) -> Self {
+        Exchange::Pair {
+            prompt: prompt.into(),
+            response: response.into(),
         }
     }
-}
 
-/// The final hidden state of each row's last real token: `[rows, n_embd]`.
-pub fn last_token_features(model: &impl LanguageModel, batch: &TokenBatch) -> Result<Tensor<2>> {
-    let hidden = model.hidden_states(batch, None)?;
-    Ok(gather_last(hidden, batch))
-}
-
-/// Rows of `hidden` `[b, t, e]` at each row's last real token → `[b, e]`.
-pub fn gather_last(hidden: Tensor<3>, batch: &TokenBatch) -> Tensor<2> {
-    gather_columns(hidden, &batch.last_real_index())
-}
-
-/// Rows of `hidden` `[b, t, e]` at column `columns[r]` of row `r` → `[b, e]`.
-pub fn gather_columns(hidden: Tensor<3>, columns: &[usize]) -> Tensor<2> {
-    let [b, t, e] = hidden.dims();
-    let device = hidden.device();
-    let index: Vec<i64> = columns
-        .iter()
-        .enumerate()
-        .map(|(r, &c)| (r * t + c) as i64)
-        .collect();
-    let index: Tensor<1, Int> = Tensor::from_data(TensorData::new(index, [b]), &device);
-    hidden.reshape([b * t, e]).select(0, index)
-}
-
-/// Backbone + K heads.
-#[derive(Module, Debug)]
-pub struct RewardModel {
-    /// The transformer (its LM head is unused).
-    pub backbone: Backbone,
-    /// The K scalar heads.
-    pub heads: LinearHeads,
-    /// Where the features are taken.
-    #[module(skip)]
-    pooling: Pooling,
-}
-
-impl RewardModel {
-    /// A reward model from a backbone ([`Gpt2`](super::Gpt2), [`Decoder`](super::decoder::Decoder)
-    /// or [`Backbone`]) and heads (widths must agree), pooling at the last real token.
-    pub fn new(backbone: impl Into<Backbone>, heads: LinearHeads) -> Result<Self> {
-        let backbone = backbone.into();
-        if heads.n_embd() != backbone.hidden_size() {
-            return Err(MlError::Invalid(format!(
-                "heads of width {} on a backbone of width {}",
-                heads.n_embd(),
-                backbone.hidden_size()
-            )));
-        }
-        Ok(RewardModel {
-            backbone,
-            heads,
-            pooling: Pooling::LastReal,
+    /// A sequence a policy sampled (its token ids: the prompt's `prompt_len`, then the
+    /// response), decoded with the policy's tokenizer, without the stop token that ended the
+    /// response ([`without_stop`]).
+    pub fn sampled(
+        policy: &TextTokenizer,
+        seq: &[u32],
+        prompt_len: usize,
+        stop_ids: &[u32],
+    ) -> Result<Self> {
+        let seq = without_stop(seq, prompt_len, stop_ids);
+        let cut = prompt_len.min(seq.len());
+        Ok(Exchange::Sampled {
+            prompt: policy.decode(&seq[..cut])?,
+            response: policy.decode(&seq[cut..])?,
+            text: policy.decode(seq)?,
         })
     }
 
-    /// The same model pooling with `pooling`.
-    pub fn with_pooling(self, pooling: Pooling) -> Self {
-        RewardModel { pooling, ..self }
-    }
-
-    /// How features are pooled.
-    pub fn pooling(&self) -> Pooling {
-        self.pooling
-    }
-
-    /// Stop gradients into the backbone (only the heads train).
-    pub fn freeze_backbone(self) -> Self {
-        RewardModel {
-            backbone: self.backbone.no_grad(),
-            ..self
+    /// The prompt.
+    pub fn prompt(&self) -> &str {
+        match self {
+            Exchange::Pair { prompt, .. } | Exchange::Sampled { prompt, .. } => prompt,
         }
     }
 
-    /// The pooled final hidden states `[rows, hidden]` of `batch` (the heads' input).
-    pub fn features(&self, batch: &TokenBatch) -> Result<Tensor<2>> {
-        let hidden = self.backbone.hidden_states(batch, None)?;
-        Ok(gather_columns(hidden, &self.pooling.columns(batch)))
-    }
-
-    /// Rewards `[rows, K]` of the sequences in `batch` (any padding side), in the heads' dtype
-    /// (features are cast to it: f32 heads on a bf16 backbone score in f32).
-    pub fn forward(&self, batch: &TokenBatch) -> Result<Tensor<2>> {
-        let dtype = FloatDType::from(self.heads.weight.val().dtype());
-        Ok(self.heads.forward(self.features(batch)?.cast(dtype)))
-    }
-
-    /// Load a reward-model folder in float32 (see the module docs).
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_as(dir, device, WeightDtype::F32)
-    }
-
-    /// Load a reward-model folder (either format of the module docs), the backbone (and a
-    /// sequence classifier's score head) in `dtype`; dagrun's heads stay float32.
-    pub fn load_as(dir: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
-        let meta_path = dir.join(META_FILE);
-        if !meta_path.exists() {
-            return Self::load_seq_cls(dir, device, dtype);
+    /// The response.
+    pub fn response(&self) -> &str {
+        match self {
+            Exchange::Pair { response, .. } | Exchange::Sampled { response, .. } => response,
         }
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| MlError::io(&meta_path, e))?;
-        let meta: RewardModelMeta =
-            serde_json::from_str(&text).map_err(|e| MlError::json(&meta_path, e))?;
-        if meta.format != FORMAT {
-            return Err(MlError::Invalid(format!(
-                "{}: format `{}` is not `{FORMAT}`",
-                meta_path.display(),
-                meta.format
-            )));
+    }
+}
+
+/// What a reward model reads of a sampled sequence (prompt ⊕ response): the sequence without
+/// the stop token that closed the response. Generation cuts a response after its first stop
+/// token and keeps it (the policy's log-probs and the KL include it), but reward models are
+/// trained on preference text, which has none (TRL, where GPT-2's pad is its EOS, reads the
+/// reward at the token before it too). `prompt_len` protects the prompt.
+pub fn without_stop<'a>(seq: &'a [u32], prompt_len: usize, stop_ids: &[u32]) -> &'a [u32] {
+    match seq.split_last() {
+        Some((last, rest)) if seq.len() > prompt_len && stop_ids.contains(last) => rest,
+        _ => seq,
+    }
+}
+
+/// The token ids of one exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    /// Tokens were cut from the front to fit `max_len`.
+    pub truncated: bool,
+}
+
+/// How a reward model's tokenizer and chat template turn exchanges into token ids (the text
+/// half of the reader; `backbone_pretrain` trains on its batches).
+#[derive(Debug, Clone)]
+pub struct RewardInput {
+    tokenizer: TextTokenizer,
+    template: ChatTemplate,
+    max_len: usize,
+    /// The id a truncation keeps in front, if the tokenised text starts with it.
+    bos: Option<u32>,
+}
+
+impl RewardInput {
+    /// `tokenizer` and `template` (checked against each other), keeping at most `max_len` ≥ 1
+    /// tokens per sequence.
+    pub fn new(tokenizer: TextTokenizer, template: ChatTemplate, max_len: usize) -> Result<Self> {
+        if max_len == 0 {
+            return Err(MlError::Invalid(
+                "a reward model reads at least 1 token (max_len 0)".into(),
+            ));
         }
-        let backbone = Backbone::from_hf_dir(dir, device, dtype)?;
-        let mut set = HostTensors::read(&dir.join(HEADS_FILE))?;
-        let heads = LinearHeads::from_host(&mut set, meta.n_embd, meta.num_heads, device)?;
-        let pooling = match meta.pool_skip_id {
-            Some(id) => Pooling::LastNonPad(Some(id)),
-            None => Pooling::LastReal,
+        template.check_tokenizer(&tokenizer)?;
+        let bos = match template.bos_token() {
+            Some(text) => tokenizer.encode(text)?.first().copied(),
+            // What the post-processor puts before a text (Gemma's, Llama's BOS; GPT-2: none).
+            None => tokenizer.encode_with_special_tokens("")?.first().copied(),
         };
-        Ok(Self::new(backbone, heads)?.with_pooling(pooling))
+        Ok(RewardInput {
+            tokenizer,
+            template,
+            max_len,
+            bos,
+        })
     }
 
-    /// A Hugging Face `*ForSequenceClassification` folder (Gemma or Llama).
-    fn load_seq_cls(dir: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
-        let config_path = dir.join(CONFIG_FILE);
-        let (kind, value) = model_kind(&config_path)?;
-        let (Some(labels), false) = (kind.seq_cls_labels, kind.model_type == "gpt2") else {
+    /// The input of the reward model in folder `dir`: its `tokenizer.json`, and `chosen` or the
+    /// chat template its folder implies ([`ChatTemplate::for_model`]).
+    pub fn for_model(dir: &Path, chosen: Option<ChatTemplate>, max_len: usize) -> Result<Self> {
+        let path = dir.join(TOKENIZER_FILE);
+        if !path.exists() {
             return Err(MlError::Invalid(format!(
-                "{} is not a reward model: no {META_FILE} (dagrun's heads) and config.json's \
-                 architectures is not a Llama/Gemma *ForSequenceClassification",
+                "{}: no {TOKENIZER_FILE} (a reward model folder needs its tokenizer)",
                 dir.display()
             )));
-        };
-        let config = decoder_config(&value, &config_path)?;
-        let mut loaded =
-            load_decoder(dir, &config, LmHead::None, dtype, device, &["score.weight"])?;
-        let score = read_score_head(&mut loaded.rest, labels, config.hidden_size, dtype, device)?;
-        let bias = Tensor::zeros([labels], (device, dtype.dtype()));
-        let heads = LinearHeads::from_tensors(score.transpose(), bias);
-        Ok(Self::new(loaded.model, heads)?.with_pooling(Pooling::LastNonPad(config.pad_token_id)))
+        }
+        let tokenizer = TextTokenizer::from_file(&path)?;
+        let template = ChatTemplate::for_model(dir, &tokenizer, chosen)?;
+        Self::new(tokenizer, template, max_len)
     }
 
-    /// Write the folder (backbone as a HF GPT-2 folder, heads, meta); `tokenizer` is copied.
-    pub fn save(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
-        self.backbone.save_hf_dir(dir, tokenizer)?;
-        let heads_path = dir.join(HEADS_FILE);
-        self.heads.to_host(&heads_path).write(&heads_path)?;
-        let meta = RewardModelMeta {
-            format: FORMAT.to_string(),
-            num_heads: self.heads.num_heads(),
-            n_embd: self.heads.n_embd(),
-            pool_skip_id: match self.pooling {
-                Pooling::LastNonPad(id) => id,
-                Pooling::LastReal => None,
-            },
+    /// The chat template in use.
+    pub fn template(&self) -> ChatTemplate {
+        self.template
+    }
+
+    /// The reward model's tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The most tokens a sequence keeps.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The text the reward model reads.
+    pub fn text(&self, exchange: &Exchange) -> Result<String> {
+        match (self.template, exchange) {
+            (ChatTemplate::Plain, Exchange::Sampled { text, .. }) => Ok(text.clone()),
+            (t, e) => t.render_pair(e.prompt(), e.response()),
+        }
+    }
+
+    /// The token ids the reward model reads (see the module docs).
+    pub fn encode(&self, exchange: &Exchange) -> Result<Encoded> {
+        let text = self.text(exchange)?;
+        let mut ids = if self.template.bos_token().is_some() {
+            self.tokenizer.encode(&text)?
+        } else {
+            self.tokenizer.encode_with_special_tokens(&text)?
         };
-        let meta_path = dir.join(META_FILE);
-        let json = serde_json::to_string_pretty(&meta).expect("json") + "\n";
-        std::fs::write(&meta_path, json).map_err(|e| MlError::io(&meta_path, e))
+        if ids.is_empty() {
+            ids.push(self.tokenizer.eos_id().ok_or_else(|| {
+                MlError::Invalid(
+                    "an empty prompt and response make no tokens, and the reward model's \
+                     tokenizer has no `<|endoftext|>` to read instead"
+                        .into(),
+                )
+            })?);
+        }
+        let truncated = ids.len() > self.max_len;
+        if truncated {
+            let keep_bos = self.max_len > 1 && self.bos.is_some_and(|b| ids[0] == b);
+            let front = usize::from(keep_bos);
+            ids.drain(front..ids.len() - (self.max_len - front));
+        }
+        Ok(Encoded { ids, truncated })
+    }
+
+    /// Token rows as one right-padded batch (pad: the tokenizer's, masked out).
+    pub fn batch(&self, rows: &[Vec<u32>]) -> Result<TokenBatch> {
+        TokenBatch::from_rows(rows, self.tokenizer.pad_id(), Padding::Right)
     }
 }
 
-/// Bradley–Terry loss of `[b, K]` rewards of chosen and rejected responses: the sum over the
-/// K heads of each head's `-mean_b log σ(r_k(x, y+) - r_k(x, y-))` (ALGORITHMS.md §1, §3).
-pub fn bradley_terry_loss(chosen: Tensor<2>, rejected: Tensor<2>) -> Tensor<1> {
-    let [b, _] = chosen.dims();
-    log_sigmoid(chosen - rejected).sum().neg() / b as f64
+/// Per-head rewards of `n` sequences: `[n × heads]`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    pub heads: usize,
+    pub values: Vec<f32>,
 }
 
-/// Mean and variance (with `ddof`: 1 = sample variance, the paper's) of per-head rewards.
-pub fn ensemble_stats(rewards: &[f32], ddof: usize) -> (f64, f64) {
-    let k = rewards.len();
-    let mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / k as f64;
-    let ss: f64 = rewards.iter().map(|&r| (r as f64 - mean).powi(2)).sum();
-    let var = if k > ddof {
-        ss / (k - ddof) as f64
-    } else {
-        0.0
-    };
-    (mean, var)
+impl Scores {
+    /// Sequences scored.
+    pub fn len(&self) -> usize {
+        self.values.len() / self.heads.max(1)
+    }
+
+    /// Were no sequences scored?
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The heads' rewards of sequence `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.heads..(i + 1) * self.heads]
+    }
+
+    /// The rows, in order.
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.values.chunks(self.heads.max(1))
+    }
+
+    /// The ensemble mean reward `(1/K) Σ_k r_k` of sequence `i`.
+    pub fn mean(&self, i: usize) -> f64 {
+        self.row(i).iter().map(|&x| x as f64).sum::<f64>() / self.heads as f64
+    }
+
+    /// Head `h`'s reward of sequence `i`.
+    pub fn head(&self, i: usize, h: usize) -> f64 {
+        self.row(i)[h] as f64
+    }
+}
+
+/// A reward model with its input: exchanges in, scores out, by batches.
+#[derive(Debug)]
+pub struct RewardReader {
+    input: RewardInput,
+    model: RewardModel,
+    batch_size: usize,
+}
+
+impl RewardReader {
+    /// A reader of `model` through `input`, `batch_size` ≥ 1 sequences per forward pass.
+    pub fn new(model: RewardModel, input: RewardInput, batch_size: usize) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(MlError::Invalid(
+                "reward batches need at least 1 sequence".into(),
+            ));
+        }
+        Ok(RewardReader {
+            input,
+            model,
+            batch_size,
+        })
+    }
+
+    /// The reward model folder `dir` loaded on `device` in `dtype` (see
+    /// [`RewardModel::load_as`]), read with `template` (default: its folder's).
+    pub fn load(
+        dir: &Path,
+        device: &Device,
+        dtype: WeightDtype,
+        template: Option<ChatTemplate>,
+        max_len: usize,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let input = RewardInput::for_model(dir, template, max_len)?;
+        let model = RewardModel::load_as(dir, device, dtype)?;
+        Self::new(model, input, batch_size)
+    }
+
+    /// The input half.
+    pub fn input(&self) -> &RewardInput {
+        &self.input
+    }
+
+    /// The reward model.
+    pub fn model(&self) -> &RewardModel {
+        &self.model
+    }
+
+    /// The reward model, given back.
+    pub fn into_model(self) -> RewardModel {
+        self.model
+    }
+
+    /// Number of heads K.
+    pub fn num_heads(&self) -> usize {
+        self.model.heads.num_heads()
+    }
+
+    /// Token ids of `exchanges`.
+    pub fn encode(&self, exchanges: &[Exchange]) -> Result<Vec<Encoded>> {
+        exchanges.iter().map(|e| self.input.encode(e)).collect()
+    }
+
+    /// Scores of `exchanges`.
+    pub fn score(&self, exchanges: &[Exchange]) -> Result<Scores> {
+        let rows: Vec<Vec<u32>> = self.encode(exchanges)?.into_iter().map(|e| e.ids).collect();
+        self.score_ids(&rows, &mut |_| Ok(()))
+    }
+
+    /// Scores of token rows (from [`RewardReader::encode`]), by batches; `after_batch` sees
+    /// the number of rows scored so far (progress, cancellation: an error stops the reading).
+    pub fn score_ids(
+        &self,
+        rows: &[Vec<u32>],
+        after_batch: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<Scores> {
+        let heads = self.num_heads();
+        let mut values = Vec::with_capacity(rows.len() * heads);
+        for chunk in rows.chunks(self.batch_size) {
+            let batch = self.input.batch(chunk)?;
+            values.extend(to_f32_vec(self.model.forward(&batch)?));
+            after_batch(values.len() / heads)?;
+        }
+        Ok(Scores { heads, values })
+    }
+
+    /// The pooled final hidden states `[n × hidden]` (row-major, on the host) that the heads
+    /// read, of `exchanges` (`head_ensemble` trains its heads on them).
+    pub fn features(&self, exchanges: &[Exchange]) -> Result<Vec<f32>> {
+        let model = self.model.valid();
+        let mut out = Vec::new();
+        for chunk in exchanges.chunks(self.batch_size) {
+            let rows: Vec<Vec<u32>> = self.encode(chunk)?.into_iter().map(|e| e.ids).collect();
+            out.extend(to_f32_vec(model.features(&self.input.batch(&rows)?)?));
+        }
+        Ok(out)
+    }
+}
+
+/// Scores of sequences a policy sampled (prompt ⊕ response, the policy's token ids): what PPO's
+/// rollout asks of its reward model.
+pub trait SampleScorer {
+    /// Number of heads K.
+    fn num_heads(&self) -> usize;
+    /// Scores of `seqs` (`prompt_lens[i]` prompt tokens each), whose responses end at one of
+    /// `stop_ids` or at the length limit.
+    fn score_samples(
+        &self,
+        seqs: &[Vec<u32>],
+        prompt_lens: &[usize],
+        stop_ids: &[u32],
+    ) -> Result<Scores>;
+}
+
+/// A [`RewardReader`] reading a policy's samples as text: decoded with the policy's tokenizer
+/// ([`Exchange::sampled`]), then read as any exchange.
+#[derive(Debug)]
+pub struct ReadSamples {
+    pub reader: RewardReader,
+    pub policy_tokenizer: TextTokenizer,
+}
+
+impl SampleScorer for ReadSamples {
+    fn num_heads(&self) -> usize {
+        self.reader.num_heads()
+    }
+
+    fn score_samples(
+        &self,
+        seqs: &[Vec<u32>],
+        prompt_lens: &[usize],
+        stop_ids: &[u32],
+    ) -> Result<Scores> {
+        let exchanges = seqs
+            .iter()
+            .zip(prompt_lens)
+            .map(|(s, &n)| Exchange::sampled(&self.policy_tokenizer, s, n, stop_ids))
+            .collect::<Result<Vec<_>>>()?;
+        self.reader.score(&exchanges)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ml::io::tokenizer::{BpeTrainConfig, EOS_TOKEN};
+
+    fn gpt2_tokenizer() -> TextTokenizer {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny");
+        TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap()
+    }
 
     #[test]
-    #[allow(clippy::approx_constant)] // 0.693147 is ALGORITHMS.md's test vector, not ln 2.
-    fn bradley_terry_loss_matches_the_test_vectors() {
-        let device = Device::flex();
-        let t = |v: Vec<f32>, k: usize| {
-            let b = v.len() / k;
-            Tensor::<2>::from_data(TensorData::new(v, [b, k]), &device)
-        };
-        let loss = |c: Vec<f32>, r: Vec<f32>, k: usize| -> f32 {
-            bradley_terry_loss(t(c, k), t(r, k)).into_scalar()
-        };
-        // ALGORITHMS.md §1: margin 0 → 0.693147, margin 1 → 0.313262.
-        assert!((loss(vec![0.5], vec![0.5], 1) - 0.693147).abs() < 1e-6);
-        assert!((loss(vec![1.0], vec![0.0], 1) - 0.313262).abs() < 1e-6);
-        // Mean over pairs, sum over heads: pairs with margins (0, 1) on head 0 and (1, 1) on
-        // head 1 → (0.693147 + 0.313262) / 2 + 0.313262.
-        let two = loss(vec![0.0, 1.0, 1.0, 1.0], vec![0.0, 0.0, 0.0, 0.0], 2);
-        assert!(
-            (two - ((0.693147 + 0.313262) / 2.0 + 0.313262)).abs() < 1e-5,
-            "{two}"
+    fn the_reward_model_reads_a_response_without_its_closing_stop_token() {
+        let stop = [50256, 7];
+        // prompt [1, 2], response [3, 4, stop]
+        assert_eq!(without_stop(&[1, 2, 3, 4, 50256], 2, &stop), &[1, 2, 3, 4]);
+        assert_eq!(without_stop(&[1, 2, 3, 7], 2, &stop), &[1, 2, 3]);
+        // a response cut by the length limit keeps its last token
+        assert_eq!(without_stop(&[1, 2, 3, 4], 2, &stop), &[1, 2, 3, 4]);
+        // an empty response: the prompt is never cut, even when it ends in a stop id
+        assert_eq!(without_stop(&[1, 7], 2, &stop), &[1, 7]);
+        // only the last token goes
+        assert_eq!(without_stop(&[1, 7, 7], 1, &stop), &[1, 7]);
+        assert_eq!(without_stop(&[], 0, &stop), &[] as &[u32]);
+    }
+
+    /// `plain` reads a sampled continuation as generated (no space added inside a word that
+    /// the response continues), and a pair of texts with one space at the join.
+    #[test]
+    fn plain_reads_samples_as_generated_and_pairs_joined() {
+        let tok = gpt2_tokenizer();
+        let input = RewardInput::new(tok.clone(), ChatTemplate::Plain, 64).unwrap();
+        let prompt = tok.encode("the mo").unwrap();
+        let response = tok.encode("vie was good").unwrap();
+        let eos = tok.eos_id().unwrap();
+        let seq: Vec<u32> = [&prompt[..], &response[..], &[eos]].concat();
+        let sampled = Exchange::sampled(&tok, &seq, prompt.len(), &[eos]).unwrap();
+        assert_eq!(sampled.response(), "vie was good");
+        assert_eq!(input.text(&sampled).unwrap(), "the movie was good");
+        let pair = Exchange::pair("the movie", "was good");
+        assert_eq!(input.text(&pair).unwrap(), "the movie was good");
+        // The stop token is not read; the ids are the text's.
+        assert_eq!(
+            input.encode(&sampled).unwrap().ids,
+            tok.encode("the movie was good").unwrap()
         );
     }
 
     #[test]
-    fn pooling_skips_trailing_pad_ids_like_transformers() {
-        // Row 0 ends with a real token equal to the pad id (an EOS used as pad): transformers
-        // pools at the token before it. Row 1 is right-padded, row 2 left-padded.
-        let batch = TokenBatch {
-            rows: 3,
-            len: 4,
-            ids: vec![5, 6, 7, 0, 5, 6, 0, 0, 0, 5, 6, 7],
-            mask: vec![1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1],
+    fn an_empty_text_is_read_as_end_of_text_and_long_ones_keep_their_end() {
+        let tok = gpt2_tokenizer();
+        let input = RewardInput::new(tok.clone(), ChatTemplate::Plain, 3).unwrap();
+        let empty = input.encode(&Exchange::pair("", "")).unwrap();
+        assert_eq!(empty.ids, [tok.eos_id().unwrap()]);
+        let long = input.encode(&Exchange::pair("a b c d e", "f g h")).unwrap();
+        let all = tok.encode("a b c d e f g h").unwrap();
+        assert!(long.truncated);
+        assert_eq!(long.ids, all[all.len() - 3..]);
+        // Without an `<|endoftext|>`, an empty text cannot be read.
+        let config = BpeTrainConfig {
+            vocab_size: 300,
+            min_frequency: 1,
+            special_tokens: vec!["<pad>".into()],
         };
-        assert_eq!(Pooling::LastReal.columns(&batch), vec![3, 1, 3]);
-        assert_eq!(Pooling::LastNonPad(Some(0)).columns(&batch), vec![2, 1, 3]);
-        assert_eq!(Pooling::LastNonPad(None).columns(&batch), vec![3, 1, 3]);
-    }
-
-    #[test]
-    fn ensemble_stats_use_the_sample_variance() {
-        let (m, v) = ensemble_stats(&[1.0, 2.0, 3.0, 6.0], 1);
-        assert!((m - 3.0).abs() < 1e-12);
-        // deviations -2, -1, 0, 3 → ss 14 → /3
-        assert!((v - 14.0 / 3.0).abs() < 1e-12);
-        let (_, v0) = ensemble_stats(&[1.0, 2.0, 3.0, 6.0], 0);
-        assert!((v0 - 3.5).abs() < 1e-12);
-        assert_eq!(ensemble_stats(&[5.0], 1), (5.0, 0.0));
+        let no_eos =
+            TextTokenizer::train_bpe(["some text here"].iter().cycle().take(5), &config).unwrap();
+        assert!(no_eos.eos_id().is_none() && EOS_TOKEN != "<pad>");
+        let input = RewardInput::new(no_eos, ChatTemplate::Plain, 8).unwrap();
+        let e = input
+            .encode(&Exchange::pair("", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no `<|endoftext|>`"), "{e}");
+        assert!(RewardInput::new(tok, ChatTemplate::Plain, 0).is_err());
     }
 }

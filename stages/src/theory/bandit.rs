@@ -11,7 +11,7 @@
 //!   ratio it is measured against 0 (the reference's zero policy change), so adding a
 //!   constant to all estimates changes it.
 //! - `weighted_kl`: the exact maximiser of `πᵀr̂ - β·Σᵢ σᵢ²·πᵢ·ln(πᵢ/π0ᵢ)`, the objective whose
-//!   per-sample form `β·σ²·kl` the paper's variance-aware PPO uses (§5, ALGORITHMS.md §5).
+//!   per-sample form `β·σ²·kl` the paper's variance-aware PPO uses (§5, docs/algorithms.md §5).
 //!   Stationarity `r̂ᵢ - βσᵢ²(ln(πᵢ/π0ᵢ) + 1) = λ` gives `πᵢ = π0ᵢ·exp((r̂ᵢ - λ)/(βσᵢ²) - 1)`;
 //!   λ (the multiplier of `Σπ = 1`) is found by bisection. It is shift-invariant, but note what
 //!   it does on Figure 2's arms: a low-variance arm is cheap to move in *both* directions, so

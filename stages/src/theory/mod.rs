@@ -1,4 +1,4 @@
-//! The theory of paper §2–3 and App. 6 (ALGORITHMS.md §7) as plain numerical code,
+//! The theory of paper §2–3 and App. 6 (docs/algorithms.md §7) as plain numerical code,
 //! for the `bandit` and `simulate` stage kinds and the report.
 //!
 //! | module | what |

@@ -36,13 +36,25 @@ const VANILLA: RGBColor = RGBColor(31, 119, 180);
 const AWARE: RGBColor = RGBColor(214, 39, 40);
 const TRUE_GREEN: RGBColor = RGBColor(44, 160, 44);
 
-static REGISTERED: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The registered font: its path and the blake3 hash of its bytes (hex).
+static REGISTERED: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
 
 /// Registers a TrueType font for plot text (once per process); returns its path.
 pub fn ensure_font() -> Result<PathBuf, TheoryError> {
+    registered_font().map(|(path, _)| path)
+}
+
+/// The font plot text is laid out with, named by the hash of its bytes (the first 16 hex
+/// digits of blake3): the same font gives the same name on every machine, wherever its file
+/// lives (a `report` node's cache key holds it).
+pub fn font_id() -> Result<String, TheoryError> {
+    registered_font().map(|(_, hash)| hash)
+}
+
+fn registered_font() -> Result<(PathBuf, String), TheoryError> {
     let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = registered.as_ref() {
-        return Ok(path.clone());
+    if let Some(found) = registered.as_ref() {
+        return Ok(found.clone());
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(env) = std::env::var_os("DAGRUN_FONT") {
@@ -59,14 +71,15 @@ pub fn ensure_font() -> Result<PathBuf, TheoryError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
+    let hash = blake3::hash(&bytes).to_hex()[..16].to_string();
     // plotters keeps fonts for the whole process and wants `&'static` bytes: leak this one copy.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     register_font(FONT, FontStyle::Normal, bytes).map_err(|_| TheoryError::BadFont {
         path: path.clone(),
         reason: "not a TrueType/OpenType font".into(),
     })?;
-    *registered = Some(path.clone());
-    Ok(path.clone())
+    *registered = Some((path.clone(), hash.clone()));
+    Ok((path.clone(), hash))
 }
 
 /// Draws Figure 2 for `result` to `path` (`.svg` or `.png`, 1100×450).

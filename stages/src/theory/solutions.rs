@@ -1,4 +1,4 @@
-//! Closed forms of paper §2–3 (ALGORITHMS.md §7) for a diagonal Σ, given by its diagonal.
+//! Closed forms of paper §2–3 (docs/algorithms.md §7) for a diagonal Σ, given by its diagonal.
 //!
 //! - Definition 3.1 (vanilla): `max wᵀr̂ s.t. ‖w‖² ≤ ε` → `w = √ε·r̂/‖r̂‖`.
 //! - Definition 3.2 (variance-aware): `max wᵀr̂ s.t. wᵀΣw ≤ ε'`, `ε' = λ_min(Σ)·ε`
@@ -80,7 +80,7 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
 mod tests {
     use super::*;
 
-    /// ALGORITHMS.md §7 test vector: r̂ = (1, 1), Σ = diag(1, 4).
+    /// docs/algorithms.md §7 test vector: r̂ = (1, 1), Σ = diag(1, 4).
     #[test]
     fn algorithms_section_7_vector() {
         let r_hat = [1.0, 1.0];

@@ -1,10 +1,10 @@
 //! The functions behind `dagrun model logprobs|generate|reward`.
 
 use dagrun_stages::ml::cli::{self, GenerateOptions};
-use dagrun_stages::ml::heads::LinearHeads;
-use dagrun_stages::ml::hf_weights::WeightDtype;
-use dagrun_stages::ml::reward::RewardModel;
-use dagrun_stages::ml::sampling::SamplingConfig;
+use dagrun_stages::ml::inference::sampling::SamplingConfig;
+use dagrun_stages::ml::models::heads::LinearHeads;
+use dagrun_stages::ml::models::hf_weights::WeightDtype;
+use dagrun_stages::ml::models::reward_model::RewardModel;
 use dagrun_stages::ml::{DeviceSpec, Gpt2};
 
 use crate::common::{max_abs_diff, reference, tiny_hf_dir};

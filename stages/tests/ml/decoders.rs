@@ -15,14 +15,14 @@
 
 use std::path::{Path, PathBuf};
 
-use dagrun_stages::ml::backbone::{Backbone, LanguageModel};
 use dagrun_stages::ml::cli::{self, GenerateOptions};
-use dagrun_stages::ml::decoder_hf::{decoder_config, model_kind};
-use dagrun_stages::ml::hf_weights::WeightDtype;
-use dagrun_stages::ml::logprobs::token_logprobs_rows;
-use dagrun_stages::ml::reward::{Pooling, RewardModel};
-use dagrun_stages::ml::sampling::SamplingConfig;
-use dagrun_stages::ml::weights::{to_f32_vec, HostTensors};
+use dagrun_stages::ml::inference::logprobs::token_logprobs_rows;
+use dagrun_stages::ml::inference::sampling::SamplingConfig;
+use dagrun_stages::ml::models::backbone::{Backbone, LanguageModel};
+use dagrun_stages::ml::models::decoder_hf::{decoder_config, model_kind};
+use dagrun_stages::ml::models::hf_weights::WeightDtype;
+use dagrun_stages::ml::models::reward_model::{Pooling, RewardModel};
+use dagrun_stages::ml::models::weights::{to_f32_vec, HostTensors};
 use dagrun_stages::ml::{DeviceSpec, KvCache, Padding, TokenBatch};
 use serde_json::Value;
 

@@ -2,9 +2,9 @@
 //! log-probs (runs when python with torch + transformers is available: DAGRUN_PYTHON or
 //! python3; skipped with a message otherwise).
 
-use dagrun_stages::ml::logprobs::token_logprobs_rows;
-use dagrun_stages::ml::schedule::LrSchedule;
-use dagrun_stages::ml::train_lm::{LmTrainConfig, LmTrainer};
+use dagrun_stages::ml::inference::logprobs::token_logprobs_rows;
+use dagrun_stages::ml::training::schedule::LrSchedule;
+use dagrun_stages::ml::training::train_lm::{LmTrainConfig, LmTrainer};
 use dagrun_stages::ml::{DeviceSpec, Gpt2, Gpt2Config, TokenBatch};
 
 use crate::common::{max_abs_diff, python_with_transformers};
@@ -81,8 +81,8 @@ fn dagrun_trained_export_loads_in_transformers_with_the_same_logprobs() {
 /// give the same log-probs (skipped without python + transformers).
 #[test]
 fn exported_decoders_load_in_transformers_with_the_same_logprobs() {
-    use dagrun_stages::ml::backbone::Backbone;
-    use dagrun_stages::ml::hf_weights::WeightDtype;
+    use dagrun_stages::ml::models::backbone::Backbone;
+    use dagrun_stages::ml::models::hf_weights::WeightDtype;
     let Some(python) = python_with_transformers() else {
         return;
     };

@@ -1,10 +1,10 @@
 //! KV-cache decoding and generation.
 
 use burn::tensor::Tensor;
-use dagrun_stages::ml::generate::{generate, generate_timed, GenerateConfig};
+use dagrun_stages::ml::inference::generate::{generate, generate_timed, GenerateConfig};
+use dagrun_stages::ml::inference::sampling::{SamplingConfig, SamplingPlace};
+use dagrun_stages::ml::models::weights::to_f32_vec;
 use dagrun_stages::ml::rng::SeededRng;
-use dagrun_stages::ml::sampling::{SamplingConfig, SamplingPlace};
-use dagrun_stages::ml::weights::to_f32_vec;
 use dagrun_stages::ml::{Gpt2, KvCache, Padding, TokenBatch};
 
 use crate::common::{cpu_devices, cuda_device, max_abs_diff, reference, tiny_hf_dir};

@@ -1,9 +1,9 @@
 //! dagrun's GPT-2 against Hugging Face transformers' outputs on the tiny fixture
 //! (scripts/make_hf_fixtures.py): per-token log-probs within 1e-4 in float32.
 
-use dagrun_stages::ml::logprobs::token_logprobs_rows;
-use dagrun_stages::ml::tokenizer::TextTokenizer;
-use dagrun_stages::ml::weights::{HostTensor, HostTensors};
+use dagrun_stages::ml::inference::logprobs::token_logprobs_rows;
+use dagrun_stages::ml::io::tokenizer::TextTokenizer;
+use dagrun_stages::ml::models::weights::{HostTensor, HostTensors};
 use dagrun_stages::ml::{Gpt2, Padding, TokenBatch};
 
 use crate::common::{cpu_devices, cuda_device, max_abs_diff, reference, tiny_hf_dir};
@@ -117,7 +117,7 @@ fn fixture_logprobs(model: &Gpt2) -> Vec<f32> {
 fn checkpoint_layout_variants_load_to_the_same_model() {
     let device = dagrun_stages::ml::DeviceSpec::Cpu.resolve().unwrap();
     let dir = tiny_hf_dir();
-    let config = dagrun_stages::ml::gpt2_hf::read_config(&dir.join("config.json")).unwrap();
+    let config = dagrun_stages::ml::models::gpt2_hf::read_config(&dir.join("config.json")).unwrap();
     let original = HostTensors::read(&dir.join("model.safetensors")).unwrap();
     let baseline = fixture_logprobs(&Gpt2::from_hf_dir(&dir, &device).unwrap());
 

@@ -2,11 +2,13 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use dagrun_stages::ml::grads::ParamGrads;
-use dagrun_stages::ml::heads::LinearHeads;
-use dagrun_stages::ml::optim::{Adam, AdamConfig};
-use dagrun_stages::ml::reward::{bradley_terry_loss, last_token_features, RewardModel};
-use dagrun_stages::ml::weights::to_f32_vec;
+use dagrun_stages::ml::models::heads::LinearHeads;
+use dagrun_stages::ml::models::reward_model::{
+    bradley_terry_loss, last_token_features, RewardModel,
+};
+use dagrun_stages::ml::models::weights::to_f32_vec;
+use dagrun_stages::ml::training::grads::ParamGrads;
+use dagrun_stages::ml::training::optim::{Adam, AdamConfig};
 use dagrun_stages::ml::{DeviceSpec, Gpt2, Padding, TokenBatch};
 
 use crate::common::{cpu_devices, max_abs_diff, tiny_hf_dir};
@@ -129,8 +131,8 @@ fn reward_model_folder_round_trips() {
 /// weight (under HF-style paths, no enum level) and one Adam step lowers the loss.
 #[test]
 fn a_decoder_backbone_gets_gradients_and_learns() {
-    use dagrun_stages::ml::backbone::Backbone;
-    use dagrun_stages::ml::hf_weights::WeightDtype;
+    use dagrun_stages::ml::models::backbone::Backbone;
+    use dagrun_stages::ml::models::hf_weights::WeightDtype;
     let device = DeviceSpec::Cpu.resolve().unwrap().autodiff();
     let dir = crate::common::fixtures().join("llama-tiny");
     let backbone = Backbone::from_hf_dir(&dir, &device, WeightDtype::F32).unwrap();
@@ -161,4 +163,47 @@ fn a_decoder_backbone_gets_gradients_and_learns() {
     let rm = adam.step(rm, grads, 1e-2);
     let after: f32 = loss(&rm).into_scalar();
     assert!(after < before, "{before} -> {after}");
+}
+
+/// What a reward model reads — the text, the special tokens, the left truncation that keeps
+/// the BOS — against transformers' tokenisation of the same cases
+/// (`tests/fixtures/reward-reader.json`, written by scripts/make_reward_reader_fixtures.py).
+#[test]
+fn the_reward_reader_reads_what_transformers_tokenises() {
+    use dagrun_stages::ml::io::{chat::ChatTemplate, tokenizer::TextTokenizer};
+    use dagrun_stages::ml::reward::{Exchange, RewardInput};
+    let path = crate::common::fixtures().join("reward-reader.json");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(cases.len() >= 30, "{} cases", cases.len());
+    let mut truncated_with_bos = 0;
+    for c in &cases {
+        let s = |k: &str| c[k].as_str().unwrap().to_string();
+        let dir = crate::common::fixtures().join(s("tokenizer"));
+        let tok = TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        let template: ChatTemplate = s("template").parse().unwrap();
+        let max_len = c["max_len"].as_u64().unwrap() as usize;
+        let input = RewardInput::new(tok, template, max_len).unwrap();
+        let exchange = Exchange::pair(s("prompt"), s("response"));
+        let what = format!(
+            "{} {} {max_len} {:?}",
+            s("tokenizer"),
+            s("template"),
+            s("prompt")
+        );
+        assert_eq!(input.text(&exchange).unwrap(), s("text"), "{what}");
+        let got = input.encode(&exchange).unwrap();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(got.ids, want, "{what}");
+        assert_eq!(got.truncated, c["truncated"].as_bool().unwrap(), "{what}");
+        if got.truncated && s("tokenizer") != "gpt2-tiny" {
+            truncated_with_bos += 1;
+        }
+    }
+    assert!(truncated_with_bos >= 8, "the BOS rule is exercised");
 }

@@ -1,9 +1,9 @@
 //! Language-model training: the loss falls, and kill + resume is bit-identical on `cpu`.
 
-use dagrun_stages::ml::optim::AdamConfig;
-use dagrun_stages::ml::schedule::LrSchedule;
-use dagrun_stages::ml::tokenizer::{BpeTrainConfig, TextTokenizer};
-use dagrun_stages::ml::train_lm::{LmTrainConfig, LmTrainer};
+use dagrun_stages::ml::io::tokenizer::{BpeTrainConfig, TextTokenizer};
+use dagrun_stages::ml::training::optim::AdamConfig;
+use dagrun_stages::ml::training::schedule::LrSchedule;
+use dagrun_stages::ml::training::train_lm::{LmTrainConfig, LmTrainer};
 use dagrun_stages::ml::{DeviceSpec, Gpt2, Gpt2Config, TokenBatch};
 
 const CORPUS: &str = "the cat sat on the mat. the dog sat on the log. \

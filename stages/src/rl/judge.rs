@@ -1,0 +1,175 @@
+//! Judge evaluation (docs/algorithms.md §6, the paper's Figure 7): every trained policy, and
+//! the reference, answers held-out prompts; a judge scores each answer; a policy's result is
+//! its mean judge reward, and each method's is the distribution of its policies' results.
+//!
+//! The judge is a reward model read through [`crate::ml::reward`] (one of its heads, or their
+//! mean) or, on the built-in task, the world's ground-truth reward.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::World;
+use crate::ml::inference::generate::{generate, GenerateConfig};
+use crate::ml::inference::sampling::SamplingConfig;
+use crate::ml::io::tokenizer::TextTokenizer;
+use crate::ml::models::backbone::Backbone;
+use crate::ml::models::gpt2_hf::TOKENIZER_FILE;
+use crate::ml::models::hf_weights::WeightDtype;
+use crate::ml::reward::{Exchange, RewardReader};
+use crate::ml::rng::SeededRng;
+use crate::ml::{MlError, Result};
+use crate::stats::Distribution;
+
+/// Who scores the answers.
+// One judge per run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Judge {
+    /// The built-in task's ground-truth reward.
+    World(World),
+    /// A reward model: head `head`, or the mean of its heads.
+    Model {
+        reader: RewardReader,
+        head: Option<usize>,
+    },
+}
+
+impl Judge {
+    /// The judge's score of each exchange.
+    pub fn score(&self, exchanges: &[Exchange]) -> Result<Vec<f64>> {
+        match self {
+            Judge::World(w) => Ok(exchanges
+                .iter()
+                .map(|e| w.reward(e.prompt(), e.response()))
+                .collect()),
+            Judge::Model { reader, head } => {
+                let scores = reader.score(exchanges)?;
+                Ok((0..scores.len())
+                    .map(|i| match head {
+                        Some(h) => scores.head(i, *h),
+                        None => scores.mean(i),
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// How answers are sampled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerConfig {
+    /// Most tokens per answer.
+    pub max_new_tokens: usize,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Prompts per generation batch.
+    pub batch_size: usize,
+    /// Seed of the sampling: every policy gets the same stream of draws.
+    pub seed: u64,
+}
+
+/// The mean and standard deviation of the judge's scores of the answers of the policy in
+/// folder `dir` (any architecture [`Backbone`] loads, with its `tokenizer.json`) to `prompts`.
+pub fn evaluate_policy(
+    dir: &Path,
+    prompts: &[String],
+    cfg: &AnswerConfig,
+    judge: &Judge,
+    device: &Device,
+) -> Result<(f64, f64)> {
+    let tok = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
+    let lm = Backbone::from_hf_dir(dir, device, WeightDtype::F32)?;
+    let generation = GenerateConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        sampling: SamplingConfig {
+            temperature: cfg.temperature,
+            ..SamplingConfig::default()
+        },
+        stop_ids: tok.eos_id().into_iter().collect(),
+        pad_id: tok.pad_id(),
+    };
+    // The same sampling stream for every policy: differences come from the policies.
+    let mut rng = SeededRng::new(cfg.seed);
+    let mut scores = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(cfg.batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|t| {
+                tok.encode(t).map(|mut v| {
+                    if v.is_empty() {
+                        v.push(tok.eos_id().unwrap_or(0));
+                    }
+                    v
+                })
+            })
+            .collect::<Result<_>>()?;
+        let g = generate(&lm, &ids, &generation, &mut rng)?;
+        let exchanges = g
+            .sequences
+            .iter()
+            .zip(&g.prompt_lens)
+            .map(|(s, &n)| Exchange::sampled(&tok, s, n, &generation.stop_ids))
+            .collect::<Result<Vec<_>>>()?;
+        scores.extend(judge.score(&exchanges)?);
+    }
+    if scores.is_empty() {
+        return Err(MlError::Invalid("no prompts to evaluate".into()));
+    }
+    let d = Distribution::of(&scores, 10);
+    Ok((d.mean, d.std))
+}
+
+/// One policy's evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyScore {
+    pub node: String,
+    pub group: String,
+    pub mean_reward: f64,
+    pub std_reward: f64,
+}
+
+/// The `judge_eval` kind's `results`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JudgeResults {
+    pub judge: String,
+    pub prompts: usize,
+    pub reference: f64,
+    pub policies: Vec<PolicyScore>,
+    /// Per group: the distribution of its policies' mean judge rewards, and the share of
+    /// its policies that fall below the reference policy.
+    pub groups: BTreeMap<String, GroupSummary>,
+}
+
+/// One group's (method's) policies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub distribution: Distribution,
+    pub share_below_reference: f64,
+}
+
+/// Groups the policies' mean rewards by their `group` and summarises each group against the
+/// reference policy's mean reward.
+pub fn summarize(reference: f64, policies: &[PolicyScore]) -> BTreeMap<String, GroupSummary> {
+    let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for s in policies {
+        groups
+            .entry(s.group.clone())
+            .or_default()
+            .push(s.mean_reward);
+    }
+    groups
+        .into_iter()
+        .map(|(g, v)| {
+            let below = v.iter().filter(|&&x| x < reference).count() as f64 / v.len() as f64;
+            (
+                g,
+                GroupSummary {
+                    distribution: Distribution::of(&v, 10),
+                    share_below_reference: below,
+                },
+            )
+        })
+        .collect()
+}
