@@ -50,7 +50,7 @@ pub fn location(ctx: &Ctx, p: &Pipeline, flag: Option<&str>) -> CliResult<Locati
         return Location::parse(r, &p.workdir).map_err(|e| {
             let at = std::fs::read_to_string(&p.file)
                 .ok()
-                .and_then(|src| Positions::read(&src)?.find(&ypath(&["remote"])))
+                .and_then(|src| Positions::read(&src).ok()?.find(&ypath(&["remote"])))
                 .map(|(l, c)| format!(":{l}:{c}"))
                 .unwrap_or_default();
             usage(format!("{}{at}: `remote`: {e}", p.file.display()))
