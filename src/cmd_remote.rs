@@ -81,6 +81,13 @@ pub fn record_check() -> RecordCheck {
 }
 
 fn open(loc: &Location, jobs: usize, create: bool) -> CliResult<Remote> {
+    // main() restores SIGPIPE's default (die quietly on `dagrun plan | head`); a socket
+    // whose server went away must give the transfer an error instead (the server stopped
+    // mid-transfer test: the push died of SIGPIPE, exit status 13, without a word).
+    // SAFETY: changing a signal's disposition; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     Remote::open(
         loc,
         &RemoteOptions {
