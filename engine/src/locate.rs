@@ -35,6 +35,11 @@ pub struct Positions {
 /// (aliases of aliases of aliases) is refused before anything expands it.
 pub const MAX_EXPANDED: u64 = 1_000_000;
 
+/// serde_yaml refuses a document whose aliases are followed more than 100 times per
+/// event it holds ("repetition limit exceeded", with no position); the same rule is
+/// checked here, where the alias that crosses it is known.
+const JUMPS_PER_EVENT: u64 = 100;
+
 impl Positions {
     /// Reads positions. When the document does not parse, the position (1-based line
     /// and column) and message of the parser's error.
@@ -46,7 +51,10 @@ impl Positions {
             return Ok(rec.out);
         }
         match res {
-            Ok(()) => Ok(rec.out),
+            Ok(()) => {
+                rec.check_jumps();
+                Ok(rec.out)
+            }
             Err(e) => Err((Recorder::pos(e.marker()), e.info().to_string())),
         }
     }
@@ -83,10 +91,19 @@ struct Recorder {
     documents: usize,
     /// Values read so far with every alias counted as the values it stands for.
     expanded: u64,
-    /// For each open collection: its anchor id (0: none) and `expanded` at its start.
-    open: Vec<(usize, u64)>,
+    /// For each open collection: its anchor id (0: none), and `expanded` and `jumps`
+    /// at its start.
+    open: Vec<(usize, u64, u64)>,
     /// Expanded size of each anchored value, by anchor id.
     anchored: HashMap<usize, u64>,
+    /// Events (scalars, aliases, collection starts and ends), as serde_yaml counts them.
+    events: u64,
+    /// Aliases followed when the whole document is read, nested ones included.
+    jumps: u64,
+    /// Aliases followed inside each anchored value, by anchor id.
+    anchored_jumps: HashMap<usize, u64>,
+    /// `jumps` after each alias event, with its position.
+    jumps_at: Vec<(u64, (usize, usize))>,
 }
 
 impl Recorder {
@@ -123,6 +140,24 @@ impl Recorder {
 }
 
 impl Recorder {
+    /// Refuses the document where serde_yaml would stop following its aliases.
+    fn check_jumps(&mut self) {
+        let limit = self.events.saturating_mul(JUMPS_PER_EVENT);
+        if self.out.refused.is_some() || self.jumps <= limit {
+            return;
+        }
+        if let Some(&(_, at)) = self.jumps_at.iter().find(|(j, _)| *j > limit) {
+            self.out.refused = Some((
+                at,
+                format!(
+                    "aliases here are followed more than {JUMPS_PER_EVENT} times per value \
+                     in the file, more than the YAML reader allows; write the values out or \
+                     use fewer nested aliases"
+                ),
+            ));
+        }
+    }
+
     /// Counts `n` values (an alias counts as what it stands for); refuses past the limit.
     fn count(&mut self, n: u64, mark: &Marker) {
         self.expanded = self.expanded.saturating_add(n);
@@ -157,23 +192,32 @@ impl MarkedEventReceiver for Recorder {
                 }
             }
             Event::Scalar(_, _, anchor, _) => {
+                self.events += 1;
                 self.count(1, &mark);
                 if *anchor != 0 {
                     self.anchored.insert(*anchor, 1);
+                    self.anchored_jumps.insert(*anchor, 0);
                 }
             }
             Event::Alias(id) => {
+                self.events += 1;
                 let n = self.anchored.get(id).copied().unwrap_or(1);
                 self.count(n, &mark);
+                let j = 1 + self.anchored_jumps.get(id).copied().unwrap_or(0);
+                self.jumps = self.jumps.saturating_add(j);
+                self.jumps_at.push((self.jumps, Self::pos(&mark)));
             }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                self.events += 1;
                 self.count(1, &mark);
-                self.open.push((*anchor, self.expanded - 1));
+                self.open.push((*anchor, self.expanded - 1, self.jumps));
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                if let Some((anchor, start)) = self.open.pop() {
+                self.events += 1;
+                if let Some((anchor, start, jumps)) = self.open.pop() {
                     if anchor != 0 {
                         self.anchored.insert(anchor, self.expanded - start);
+                        self.anchored_jumps.insert(anchor, self.jumps - jumps);
                     }
                 }
             }
@@ -254,6 +298,30 @@ mod tests {
         assert_eq!(p.find(&deps1), Some((9, 9)));
         // Unknown tails fall back to the longest known prefix.
         assert_eq!(p.find(&path(&["stages", "train", "nope"])), Some((4, 3)));
+    }
+
+    #[test]
+    fn aliases_followed_past_serde_yamls_limit_are_refused_in_place() {
+        // 8 aliases per level: 8, 72, 584, 4680, 37448 jumps; ~70 events allow 7,000.
+        let mut src = String::from("a: &a [1]\n");
+        for (name, prev) in [("b", "a"), ("c", "b"), ("d", "c"), ("e", "d"), ("f", "e")] {
+            src.push_str(&format!(
+                "{name}: &{name} [{}]\n",
+                vec![format!("*{prev}"); 8].join(", ")
+            ));
+        }
+        let p = Positions::read(&src).unwrap();
+        let ((line, _), msg) = p.refused.expect("refused");
+        assert_eq!(line, 6, "{msg}");
+        assert!(msg.contains("followed more than 100 times"), "{msg}");
+        // serde_yaml agrees that it would not read it.
+        let e = serde_yaml::from_str::<serde_yaml::Value>(&src).unwrap_err();
+        assert!(e.to_string().contains("repetition limit"), "{e}");
+        // One level less is within both limits.
+        let short: String = src.lines().take(4).map(|l| format!("{l}\n")).collect();
+        let serde = serde_yaml::from_str::<serde_yaml::Value>(&short).map(|_| ());
+        let ours = Positions::read(&short).unwrap().refused;
+        assert!(ours.is_none() && serde.is_ok(), "{ours:?} {serde:?}");
     }
 
     #[test]

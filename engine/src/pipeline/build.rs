@@ -39,9 +39,23 @@ impl<'a> Builder<'a> {
             }
             Ok(p) => b.pos = p,
             Err(((line, col), msg)) => {
-                // Let serde_yaml describe the syntax error.
+                // Let serde_yaml describe the syntax error where it can place it; some
+                // of its errors carry no position ("more than one document" for a second
+                // root without `---`, "repetition limit exceeded"), and then the
+                // position reader's error, which always has one, is the better report.
                 if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(src) {
-                    return Err(b.yaml_error(e));
+                    if e.location().is_some() {
+                        return Err(b.yaml_error(e));
+                    }
+                    let file = b.file.clone();
+                    let msg = if msg.contains("expected <document start>") {
+                        "text after the end of the pipeline's top-level mapping: a pipeline \
+                         file holds one YAML document (is this line indented as it should be?)"
+                            .to_string()
+                    } else {
+                        msg
+                    };
+                    return Err(SpecError::new(Location { file, line, col }, msg).into());
                 }
                 // serde_yaml (libyaml) reads it, the position reader (yaml-rust2) does
                 // not: a construct the two read differently (a bare `-` in a flow map,
