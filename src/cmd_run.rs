@@ -258,7 +258,8 @@ pub fn cmd_plan(
         } else {
             extra
         };
-        println!("  {:<8} {id:<width$}  {extra}", e.state.label());
+        let line = format!("  {:<8} {id:<width$}  {extra}", e.state.label());
+        println!("{}", line.trim_end());
         for r in reasons.iter().skip(1) {
             println!("  {:<8} {:<width$}  {r}", "", "");
         }

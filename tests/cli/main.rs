@@ -16,6 +16,7 @@ mod model_hf;
 mod paper;
 mod paper_models;
 mod quickstart;
+mod readme;
 mod remote;
 mod report_key;
 mod slurm;
