@@ -21,10 +21,8 @@
 //! kept across the step makes the step write fresh buffers instead), which is also how
 //! burn-tch decides its own in-place arithmetic.
 //!
-//! Lints: burn marks burn-tch deprecated (libtorch is the backend this project names), and
-//! the `Err`s hand the caller's own values back untouched, where boxing them would only add
-//! an allocation.
-#![allow(deprecated, clippy::result_large_err)]
+//! Lint: burn marks burn-tch deprecated (libtorch is the backend this project names).
+#![allow(deprecated)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +37,14 @@ use crate::ml::training::grads::{join_path, path_segment, ParamGrads};
 /// What [`update`] hands back when it cannot work in place (another backend, or a tensor
 /// whose storage is shared): the inputs, untouched.
 type Back = (Tensor<1>, Tensor<1>, Option<Moments>);
+
+/// The outcome of an in-place attempt: done, or declined with the caller's own values
+/// handed back untouched (not an error: the caller then takes the general path).
+pub(super) enum InPlace<T, B> {
+    Done(T),
+    Declined(B),
+}
+use InPlace::{Declined, Done};
 
 fn on_libtorch<const D: usize>(t: &Tensor<D>) -> bool {
     matches!(
@@ -116,17 +122,17 @@ pub(super) fn update(
     state: Option<Moments>,
     step: u64,
     lr: f64,
-) -> Result<(Tensor<1>, Tensor<1>, Tensor<1>), Back> {
+) -> InPlace<(Tensor<1>, Tensor<1>, Tensor<1>), Back> {
     if !in_place_ok(c, lr) {
-        return Err((p, g, state));
+        return Declined((p, g, state));
     }
     let p = match unique(p) {
         Ok(p) => p,
-        Err(p) => return Err((p, g, state)),
+        Err(p) => return Declined((p, g, state)),
     };
     let g = match unique(g) {
         Ok(g) => g,
-        Err(g) => return Err((wrap(p), g, state)),
+        Err(g) => return Declined((wrap(p), g, state)),
     };
     let (m, v) = match state {
         Some(s) => match (unique(s.m), unique(s.v)) {
@@ -138,7 +144,7 @@ pub(super) fn update(
                     m: back(m),
                     v: back(v),
                 };
-                return Err((wrap(p), wrap(g), Some(s)));
+                return Declined((wrap(p), wrap(g), Some(s)));
             }
         },
         None => {
@@ -158,7 +164,7 @@ pub(super) fn update(
             lr,
         ),
     );
-    Ok((wrap(p), wrap(m), wrap(v)))
+    Done((wrap(p), wrap(m), wrap(v)))
 }
 
 /// The flat path's state.
@@ -260,7 +266,7 @@ impl<F: FnMut(usize, TchTensor) -> TchTensor> ModuleMapper for EachParam<'_, F> 
 }
 
 /// One step over all parameters in `grads` at once, the gradients first clipped to a global
-/// L2 norm of `max_norm` if given; `Err` hands module and gradients back untouched when the
+/// L2 norm of `max_norm` if given; `Declined` hands module and gradients back untouched when the
 /// flat path does not apply (see the module's doc), and the caller updates per tensor.
 pub(super) fn flat_step<M: Module>(
     opt: &mut Adam,
@@ -268,19 +274,19 @@ pub(super) fn flat_step<M: Module>(
     grads: ParamGrads,
     lr: f64,
     max_norm: Option<f64>,
-) -> Result<M, (M, ParamGrads)> {
+) -> InPlace<M, (M, ParamGrads)> {
     if !crate::ml::ops::FusedOp::Adam.is_enabled()
         || !in_place_ok(&opt.config, lr)
         || grads.grads.is_empty()
     {
-        return Err((module, grads));
+        return Declined((module, grads));
     }
     // The gradients, in path order.
     let mut g_parts = Vec::with_capacity(grads.grads.len());
     let mut layout = Vec::with_capacity(grads.grads.len());
     for (path, g) in &grads.grads {
         if !on_libtorch(g) {
-            return Err((module, grads));
+            return Declined((module, grads));
         }
         let t = primitive(g.clone()).tensor;
         layout.push((path.clone(), t.numel()));
@@ -291,7 +297,7 @@ pub(super) fn flat_step<M: Module>(
         .iter()
         .any(|t| t.kind() != kind || t.device() != device)
     {
-        return Err((module, grads));
+        return Declined((module, grads));
     }
     let index: BTreeMap<String, usize> = layout
         .iter()
@@ -348,7 +354,7 @@ pub(super) fn flat_step<M: Module>(
     });
     let Some(handles) = handles.into_iter().collect::<Option<Vec<_>>>() else {
         // A gradient without its parameter, or one of another size, dtype or device.
-        return Err((module, grads));
+        return Declined((module, grads));
     };
 
     // The moments: carried on, gathered from per-parameter state, or new.
@@ -378,12 +384,12 @@ pub(super) fn flat_step<M: Module>(
                 };
                 let (m, v) = (cat(|s| &s.m), cat(|s| &s.v));
                 if m.kind() != kind || m.device() != device {
-                    return Err((module, grads));
+                    return Declined((module, grads));
                 }
                 (have[0].step, m, v)
             } else {
                 // Parameters with different histories: per tensor.
-                return Err((module, grads));
+                return Declined((module, grads));
             };
             for (path, _) in &layout {
                 opt.state.remove(path);
@@ -468,7 +474,7 @@ pub(super) fn flat_step<M: Module>(
         scratch: g,
         params: Some(buffer),
     });
-    Ok(module)
+    Done(module)
 }
 
 /// Total elements of a layout given its offsets.

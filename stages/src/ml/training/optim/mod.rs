@@ -179,11 +179,11 @@ impl Adam {
         let step = state.as_ref().map_or(1, |s| s.step + 1);
         #[cfg(feature = "tch")]
         let (p, g, state) = match libtorch::update(&self.config, p, g, state, step, lr) {
-            Ok((p, m, v)) => {
+            libtorch::InPlace::Done((p, m, v)) => {
                 self.state.insert(path.to_string(), Moments { step, m, v });
                 return p;
             }
-            Err(back) => back,
+            libtorch::InPlace::Declined(back) => back,
         };
         let (p, m, v) = update_tensors(&self.config, p, g, state, step, lr);
         self.state.insert(path.to_string(), Moments { step, m, v });
@@ -210,8 +210,8 @@ impl Adam {
     ) -> M {
         #[cfg(feature = "tch")]
         let (module, grads) = match libtorch::flat_step(self, module, grads, lr, max_norm) {
-            Ok(module) => return module,
-            Err(back) => back,
+            libtorch::InPlace::Done(module) => return module,
+            libtorch::InPlace::Declined(back) => back,
         };
         let mut grads = grads;
         if let Some(max_norm) = max_norm {
