@@ -83,14 +83,8 @@ pub struct PpoBench {
 }
 
 /// Median of a non-empty list.
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+fn median(v: Vec<f64>) -> f64 {
+    crate::stats::quantile(&v, 0.5)
 }
 
 /// The benchmark's reward model reads the policy's token ids as they are (policy and reward

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod command;
 pub mod data;
 pub mod files;
+pub mod findings;
 pub mod kinds;
 pub mod memory;
 pub mod ml;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::figures::{render, Band, Bands, Figure, GroupPoints, HeadBars, Histograms};
 use crate::{
+    findings::{findings, Findings, Inputs, Settings, Verdict},
     rl::judge::JudgeResults,
     rm::{bench::RewardBenchResults, ensemble::EnsembleStats},
     theory::{plot, BanditResult, SimulationResult},
@@ -63,7 +64,8 @@ impl StageKind for ReportKind {
         // 2: a note when the PPO methods' final KLs are not about equal.
         // (The key's `font` entry became the font's content hash instead of its path: the
         // same results, a key that is the same on every machine.)
-        2
+        // 3: the claims table and `findings` in numbers.json (stages/src/findings.rs).
+        3
     }
     fn summary(&self) -> &'static str {
         "an HTML report with plots and tables of upstream results, plus numbers.json"
@@ -116,6 +118,9 @@ impl StageKind for ReportKind {
             .to_string();
         let mut page = Page::new(&title);
         let mut numbers = serde_json::Map::new();
+        // What the findings are computed from, as each section loads it.
+        let (mut simulations, mut heads, mut judge) = (Vec::new(), None, None);
+        let mut final_kl: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         if let Some(v) = ctx.params.get("bandit") {
             let (label, r): (String, BanditResult) = load_one(v, "bandit")?;
             page.bandit(&dir, &r, &label, ctx)?;
@@ -125,16 +130,27 @@ impl StageKind for ReportKind {
             let results: Vec<(String, SimulationResult)> = load_all(v)?;
             page.simulation(&dir, &results, ctx)?;
             numbers.insert("simulate".into(), by_label(&results)?);
+            simulations = results;
         }
         if let Some(v) = ctx.params.get("heads") {
             let (_, st): (String, EnsembleStats) = load_one(v, "heads")?;
             page.heads(&dir, &st, ctx)?;
             numbers.insert("heads".into(), serde_json::to_value(&st)?);
+            heads = Some(st);
         }
         if let Some(v) = ctx.params.get("ppo") {
             let runs: Vec<(String, Value)> = load_all(v)?;
             page.ppo(&dir, &runs, ctx)?;
             numbers.insert("ppo".into(), by_label(&runs)?);
+            for (_, r) in &runs {
+                let kl = r["steps"]
+                    .as_array()
+                    .and_then(|s| s.last())
+                    .and_then(|s| s["kl"].as_f64());
+                if let (Some(m), Some(kl)) = (r["method"].as_str(), kl) {
+                    final_kl.entry(m.to_string()).or_default().push(kl);
+                }
+            }
         }
         if let Some(v) = ctx.params.get("judge") {
             let (_, j): (String, JudgeResults) = load_one(v, "judge")?;
@@ -149,6 +165,7 @@ impl StageKind for ReportKind {
                 );
             }
             ctx.metric("judge.reference", j.reference);
+            judge = Some(j);
         }
         if let Some(v) = ctx.params.get("reward_bench") {
             let (_, r): (String, RewardBenchResults) = load_one(v, "reward_bench")?;
@@ -172,6 +189,23 @@ impl StageKind for ReportKind {
                 );
             }
         }
+        let inputs = Inputs {
+            judge: judge.as_ref(),
+            final_kl,
+            heads: heads.as_ref(),
+            simulations: simulations.iter().map(|(l, r)| (l.clone(), r)).collect(),
+        };
+        let found = findings(&inputs, Settings::default());
+        for c in &found.claims {
+            let v = match c.verdict {
+                Verdict::Supported => 1.0,
+                Verdict::Contradicted => -1.0,
+                Verdict::Inconclusive => 0.0,
+            };
+            ctx.metric(&format!("claims.{}", c.id), v);
+        }
+        page.claims(&found);
+        numbers.insert("findings".into(), serde_json::to_value(&found)?);
         crate::files::write_json(&dir.join("numbers.json"), &Value::Object(numbers))?;
         crate::files::write_atomic(&dir.join("index.html"), page.finish().as_bytes())?;
         ctx.log("wrote index.html, numbers.json and the figures (see them with `dagrun export NODE DIR`)");
@@ -232,6 +266,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, StageError
 /// The HTML page under construction.
 struct Page {
     html: String,
+    /// Where the claims table goes: right after the title.
+    claims_at: usize,
 }
 
 /// The methods' final KLs differ by more than this share of the larger one: the
@@ -278,7 +314,58 @@ impl Page {
              .note{{color:#555;font-size:.9em}}</style></head><body><h1>{t}</h1>",
             t = esc(title)
         );
-        Page { html }
+        let claims_at = html.len();
+        Page { html, claims_at }
+    }
+
+    /// The claims table, placed at the top of the page (after the title).
+    fn claims(&mut self, f: &Findings) {
+        if f.claims.is_empty() {
+            return;
+        }
+        let mut t = String::from("<h2>Claims</h2><p class=\"note\">Each claim of the paper this pipeline measures: the measured value with its confidence interval and a verdict — supported or contradicted when the interval excludes the other side, inconclusive otherwise (with the number of policies per method that would make the interval as narrow as the measured effect). Intervals resample policies (seeded); the details are in numbers.json under <code>findings</code>.</p><table><tr><th>claim</th><th>measured</th><th>value [interval]</th><th>verdict</th></tr>");
+        for c in &f.claims {
+            let value = c
+                .interval
+                .map(|i| format!("{:.4} [{:.4}, {:.4}]", i.estimate, i.lo, i.hi))
+                .unwrap_or_default();
+            let verdict = match (c.verdict, c.policies_to_settle) {
+                (Verdict::Supported, _) => "<b>supported</b>".to_string(),
+                (Verdict::Contradicted, _) => "<b>contradicted</b>".to_string(),
+                (Verdict::Inconclusive, Some(n)) => {
+                    format!("inconclusive (about {n} policies per method would settle it)")
+                }
+                (Verdict::Inconclusive, None) => "inconclusive".to_string(),
+            };
+            let _ = write!(
+                t,
+                "<tr><td>{}</td><td>{}</td><td>{value}</td><td>{verdict}</td></tr>",
+                esc(&c.claim),
+                esc(&c.measured)
+            );
+        }
+        t.push_str("</table>");
+        if !f.methods.is_empty() {
+            t.push_str("<table><tr><th>method</th><th>policies</th><th>mean judge reward</th><th>variance</th><th>10% quantile</th><th>at or below reference</th><th>final KL</th></tr>");
+            let show = |i: &crate::stats::infer::Interval| {
+                format!("{:.4} [{:.4}, {:.4}]", i.estimate, i.lo, i.hi)
+            };
+            for (g, m) in &f.methods {
+                let _ = write!(
+                    t,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(g),
+                    m.policies,
+                    show(&m.mean),
+                    show(&m.variance),
+                    show(&m.q10),
+                    show(&m.share_at_or_below_reference),
+                    m.final_kl.as_ref().map(show).unwrap_or_default()
+                );
+            }
+            t.push_str("</table>");
+        }
+        self.html.insert_str(self.claims_at, &t);
     }
 
     /// Writes a figure as SVG and PNG and embeds the SVG; without a font, says so.

@@ -1,6 +1,66 @@
-//! Summary statistics shared by the kinds: the mean and variance of an ensemble's rewards
-//! ([`mean_var`]), and the distribution of a sample ([`Distribution`]: Figure 6's histograms,
-//! the judge's per-method spreads).
+//! Statistics shared by the kinds, each rule in one place: the mean and variance of an
+//! ensemble's rewards ([`mean_var`]), the sample quantile ([`quantile_sorted`], type 7) and
+//! histogram ([`histogram_edges`], [`histogram`]), the distribution of a sample
+//! ([`Distribution`]: Figure 6's histograms, the judge's per-method spreads), and in
+//! [`infer`] what the report's findings rest on: bootstrap intervals and two tests.
+
+pub mod infer;
+
+/// The type-7 quantile (linear interpolation between order statistics; numpy's default)
+/// of an ascending, non-empty sample at `level` in [0, 1].
+pub fn quantile_sorted(sorted: &[f64], level: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * level;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+}
+
+/// The type-7 quantile of an unsorted sample (NaN when it is empty).
+pub fn quantile(values: &[f64], level: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    quantile_sorted(&sorted, level)
+}
+
+/// `bins + 1` equally spaced edges covering `[min, max]` (widened by ±0.5 when min = max).
+pub fn histogram_edges(min: f64, max: f64, bins: usize) -> Vec<f64> {
+    let (lo, hi) = if max > min {
+        (min, max)
+    } else {
+        (min - 0.5, max + 0.5)
+    };
+    let width = (hi - lo) / bins as f64;
+    (0..=bins)
+        .map(|i| if i == bins { hi } else { lo + width * i as f64 })
+        .collect()
+}
+
+/// Counts of `values` per bin of `edges`; bins are `[eᵢ, eᵢ₊₁)`, the last one closed.
+/// Values outside `[e₀, e_last]` are not counted.
+pub fn histogram(values: &[f64], edges: &[f64]) -> Vec<u64> {
+    let bins = edges.len() - 1;
+    let (lo, hi) = (edges[0], edges[bins]);
+    let width = (hi - lo) / bins as f64;
+    let mut counts = vec![0u64; bins];
+    for &x in values {
+        if !(lo..=hi).contains(&x) {
+            continue;
+        }
+        let mut i = (((x - lo) / width) as usize).min(bins - 1);
+        // Guard the rounding of the division at bin boundaries.
+        while i > 0 && x < edges[i] {
+            i -= 1;
+        }
+        while i + 1 < bins && x >= edges[i + 1] {
+            i += 1;
+        }
+        counts[i] += 1;
+    }
+    counts
+}
 
 /// Mean and variance (with `ddof`: 1 for the sample variance) of ensemble rewards.
 pub fn mean_var(xs: &[f64], ddof: usize) -> (f64, f64) {
@@ -48,28 +108,23 @@ impl Distribution {
         };
         let q = |l: f64| -> f64 {
             if n == 0 {
-                return f64::NAN;
+                f64::NAN
+            } else {
+                quantile_sorted(&sorted, l)
             }
-            let pos = l * (n - 1) as f64;
-            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
         };
         let (min, max) = (
             sorted.first().copied().unwrap_or(f64::NAN),
             sorted.last().copied().unwrap_or(f64::NAN),
         );
         let bins = bins.max(1);
-        let width = if max > min {
-            (max - min) / bins as f64
+        let (edges, counts) = if n == 0 {
+            (Vec::new(), vec![0; bins])
         } else {
-            1.0
+            let edges = histogram_edges(min, max, bins);
+            let counts = histogram(values, &edges);
+            (edges, counts)
         };
-        let edges: Vec<f64> = (0..=bins).map(|i| min + width * i as f64).collect();
-        let mut counts = vec![0u64; bins];
-        for v in values {
-            let i = (((v - min) / width) as usize).min(bins - 1);
-            counts[i] += 1;
-        }
         Distribution {
             n,
             mean,

@@ -62,50 +62,7 @@ impl Summary {
     }
 }
 
-/// The type-7 quantile of an ascending sample.
-pub fn quantile_sorted(sorted: &[f64], level: f64) -> f64 {
-    let h = (sorted.len() - 1) as f64 * level;
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(sorted.len() - 1);
-    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
-}
-
-/// `bins + 1` equally spaced edges covering `[min, max]` (widened by ±0.5 when min = max).
-pub fn histogram_edges(min: f64, max: f64, bins: usize) -> Vec<f64> {
-    let (lo, hi) = if max > min {
-        (min, max)
-    } else {
-        (min - 0.5, max + 0.5)
-    };
-    let width = (hi - lo) / bins as f64;
-    (0..=bins)
-        .map(|i| if i == bins { hi } else { lo + width * i as f64 })
-        .collect()
-}
-
-/// Counts of `values` per bin of `edges`; bins are `[eᵢ, eᵢ₊₁)`, the last one closed.
-/// Values outside `[e₀, e_last]` are not counted.
-pub fn histogram(values: &[f64], edges: &[f64]) -> Vec<u64> {
-    let bins = edges.len() - 1;
-    let (lo, hi) = (edges[0], edges[bins]);
-    let width = (hi - lo) / bins as f64;
-    let mut counts = vec![0u64; bins];
-    for &x in values {
-        if !(lo..=hi).contains(&x) {
-            continue;
-        }
-        let mut i = (((x - lo) / width) as usize).min(bins - 1);
-        // Guard the rounding of the division at bin boundaries.
-        while i > 0 && x < edges[i] {
-            i -= 1;
-        }
-        while i + 1 < bins && x >= edges[i + 1] {
-            i += 1;
-        }
-        counts[i] += 1;
-    }
-    counts
-}
+pub use crate::stats::{histogram, histogram_edges, quantile_sorted};
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,534 @@
+//! The paper's claims as measured findings: each claim the pipeline can measure, with the
+//! measured value, its confidence interval and a verdict — supported, contradicted, or
+//! inconclusive at this sample size (with how many policies per method would settle it).
+//! The report kind renders [`Findings`] as its first table and writes it to `numbers.json`
+//! under `findings` (the keys are documented in docs/algorithms.md, "Findings").
+//!
+//! The unit of evidence for the RLHF claims is a *policy* (one PPO run): the judge's mean
+//! reward of each policy is one observation, and intervals resample policies. Everything is
+//! seeded ([`Settings::seed`]), so the same results give the same numbers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rl::judge::JudgeResults;
+use crate::rm::ensemble::EnsembleStats;
+use crate::stats::infer::{
+    bootstrap, bootstrap_two, brown_forsythe, mean, permutation_test, policies_to_settle, variance,
+    wilson, Interval, Test,
+};
+use crate::stats::quantile;
+use crate::theory::simulate::SimulationResult;
+
+/// How the findings are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Confidence level of every interval.
+    pub level: f64,
+    /// Bootstrap resamples per interval.
+    pub resamples: usize,
+    /// Relabellings of the permutation test.
+    pub permutations: usize,
+    /// Seed of the resampling.
+    pub seed: u64,
+    /// Final KLs count as comparable when their ratio lies within `1 ± kl_tolerance`.
+    pub kl_tolerance: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            level: 0.95,
+            resamples: crate::stats::infer::RESAMPLES,
+            permutations: 20_000,
+            seed: 0,
+            kl_tolerance: 0.2,
+        }
+    }
+}
+
+/// What a claim's measurement says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Supported,
+    Contradicted,
+    Inconclusive,
+}
+
+/// One claim of the paper and what the pipeline measured about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    /// A stable key (`judge_variance_lower`, …).
+    pub id: String,
+    /// The claim, in words, with where the paper makes it.
+    pub claim: String,
+    /// What was measured, in words.
+    pub measured: String,
+    /// The measured value and its interval (none where the claim is a count).
+    pub interval: Option<Interval>,
+    pub verdict: Verdict,
+    /// For an inconclusive comparison: policies per method that would make the interval
+    /// as narrow as the measured effect.
+    pub policies_to_settle: Option<usize>,
+}
+
+/// One method's policies, judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodFindings {
+    pub policies: usize,
+    pub mean: Interval,
+    pub variance: Interval,
+    /// The 10% quantile of the policies' judge rewards.
+    pub q10: Interval,
+    /// The fraction of policies whose judge reward is at or below the reference policy's.
+    pub share_at_or_below_reference: Interval,
+    /// Final KL to the reference policy (mean over the method's PPO runs), when known.
+    pub final_kl: Option<Interval>,
+}
+
+/// Two methods compared: `b − a` for each statistic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub a: String,
+    pub b: String,
+    pub mean_difference: Interval,
+    pub variance_difference: Interval,
+    pub q10_difference: Interval,
+    /// Brown–Forsythe test of equal variances.
+    pub brown_forsythe: Option<Test>,
+    /// Permutation test of equal means.
+    pub permutation_means: Option<Test>,
+}
+
+/// Everything the report states with intervals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Findings {
+    pub settings: Settings,
+    pub claims: Vec<Claim>,
+    pub methods: BTreeMap<String, MethodFindings>,
+    pub comparisons: Vec<Comparison>,
+}
+
+/// The measured results a report holds (any of them may be missing).
+#[derive(Default)]
+pub struct Inputs<'a> {
+    pub judge: Option<&'a JudgeResults>,
+    /// Final KL of each PPO run, by method.
+    pub final_kl: BTreeMap<String, Vec<f64>>,
+    pub heads: Option<&'a EnsembleStats>,
+    pub simulations: Vec<(String, &'a SimulationResult)>,
+}
+
+/// The method names the paper compares: `vanilla` is `a`, `variance_aware` is `b`.
+const VANILLA: &str = "vanilla";
+const VARIANCE_AWARE: &str = "variance_aware";
+
+fn q10(xs: &[f64]) -> f64 {
+    quantile(xs, 0.1)
+}
+
+/// The verdict of a claim "the value is above `bar`" from its interval.
+fn above(i: &Interval, bar: f64) -> Verdict {
+    if i.lo > bar {
+        Verdict::Supported
+    } else if i.hi < bar {
+        Verdict::Contradicted
+    } else {
+        Verdict::Inconclusive
+    }
+}
+
+fn flip(v: Verdict) -> Verdict {
+    match v {
+        Verdict::Supported => Verdict::Contradicted,
+        Verdict::Contradicted => Verdict::Supported,
+        Verdict::Inconclusive => Verdict::Inconclusive,
+    }
+}
+
+/// Four significant digits.
+fn sig(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let digits = (3 - x.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    format!("{x:.digits$}")
+}
+
+pub fn findings(inputs: &Inputs, s: Settings) -> Findings {
+    let mut out = Findings {
+        settings: s,
+        claims: Vec::new(),
+        methods: BTreeMap::new(),
+        comparisons: Vec::new(),
+    };
+    let pct = (s.level * 100.0).round();
+    theory_claims(inputs, s, &mut out.claims);
+    heads_claims(inputs, s, &mut out.claims);
+    let Some(j) = inputs.judge else {
+        kl_claim(inputs, s, &mut out.claims);
+        return out;
+    };
+    let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for p in &j.policies {
+        by.entry(p.group.clone()).or_default().push(p.mean_reward);
+    }
+    for (i, (g, xs)) in by.iter().enumerate() {
+        let seed = s.seed.wrapping_add(1000 * i as u64);
+        let reference = j.reference;
+        let at_or_below = move |v: &[f64]| {
+            v.iter().filter(|&&x| x <= reference).count() as f64 / v.len().max(1) as f64
+        };
+        let m = MethodFindings {
+            policies: xs.len(),
+            mean: bootstrap(xs, mean, s.resamples, s.level, seed),
+            variance: bootstrap(xs, variance, s.resamples, s.level, seed + 1),
+            q10: bootstrap(xs, q10, s.resamples, s.level, seed + 2),
+            share_at_or_below_reference: bootstrap(xs, at_or_below, s.resamples, s.level, seed + 3),
+            final_kl: inputs
+                .final_kl
+                .get(g)
+                .map(|k| bootstrap(k, mean, s.resamples, s.level, seed + 4)),
+        };
+        // Each method beats the reference: its mean judge reward is above the reference's.
+        let diff = Interval {
+            estimate: m.mean.estimate - reference,
+            lo: m.mean.lo - reference,
+            hi: m.mean.hi - reference,
+            level: s.level,
+        };
+        out.claims.push(Claim {
+            id: format!("{g}_beats_reference"),
+            claim: format!("`{g}` policies improve on the reference policy (Figure 7)"),
+            measured: format!(
+                "mean judge reward of {} policies minus the reference's ({}), {pct}% bootstrap interval",
+                xs.len(),
+                sig(reference)
+            ),
+            interval: Some(diff),
+            verdict: above(&diff, 0.0),
+            policies_to_settle: None,
+        });
+        out.methods.insert(g.clone(), m);
+    }
+    if let (Some(a), Some(b)) = (by.get(VANILLA), by.get(VARIANCE_AWARE)) {
+        let seed = s.seed.wrapping_add(77);
+        let two = |f: fn(&[f64]) -> f64, k: u64| {
+            bootstrap_two(a, b, |x, y| f(y) - f(x), s.resamples, s.level, seed + k)
+        };
+        let c = Comparison {
+            a: VANILLA.into(),
+            b: VARIANCE_AWARE.into(),
+            mean_difference: two(mean, 0),
+            variance_difference: two(variance, 1),
+            q10_difference: two(q10, 2),
+            brown_forsythe: brown_forsythe(&[a, b]),
+            permutation_means: permutation_test(a, b, s.permutations, seed + 3),
+        };
+        let v = &c.variance_difference;
+        let verdict = flip(above(v, 0.0));
+        let bf = c
+            .brown_forsythe
+            .map(|t| {
+                format!(
+                    "; Brown–Forsythe F = {}, p = {}",
+                    sig(t.statistic),
+                    sig(t.p_value)
+                )
+            })
+            .unwrap_or_default();
+        out.claims.push(Claim {
+            id: "judge_variance_lower".into(),
+            claim: "variance-aware policies have a lower spread of the judge's reward than vanilla ones (Figure 7)".into(),
+            measured: format!(
+                "variance of policies' judge rewards, variance-aware minus vanilla ({} and {} policies), {pct}% bootstrap interval{bf}",
+                b.len(),
+                a.len()
+            ),
+            interval: Some(*v),
+            verdict,
+            policies_to_settle: (verdict == Verdict::Inconclusive)
+                .then(|| policies_to_settle(v, a.len().min(b.len())))
+                .flatten(),
+        });
+        let q = &c.q10_difference;
+        let verdict = above(q, 0.0);
+        out.claims.push(Claim {
+            id: "judge_q10_higher".into(),
+            claim: "variance-aware policies are less risky: their worst policies (10% quantile) score higher (Figure 7)".into(),
+            measured: format!("10% quantile of policies' judge rewards, variance-aware minus vanilla, {pct}% bootstrap interval"),
+            interval: Some(*q),
+            verdict,
+            policies_to_settle: (verdict == Verdict::Inconclusive)
+                .then(|| policies_to_settle(q, a.len().min(b.len())))
+                .flatten(),
+        });
+        out.comparisons.push(c);
+    }
+    kl_claim(inputs, s, &mut out.claims);
+    out
+}
+
+/// The methods are compared at comparable KL: the ratio of mean final KLs within tolerance.
+fn kl_claim(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
+    let (Some(a), Some(b)) = (
+        inputs.final_kl.get(VANILLA),
+        inputs.final_kl.get(VARIANCE_AWARE),
+    ) else {
+        return;
+    };
+    let ratio = bootstrap_two(
+        a,
+        b,
+        |x, y| mean(y) / mean(x),
+        s.resamples,
+        s.level,
+        s.seed.wrapping_add(91),
+    );
+    let (lo, hi) = (1.0 - s.kl_tolerance, 1.0 + s.kl_tolerance);
+    let verdict = if ratio.lo >= lo && ratio.hi <= hi {
+        Verdict::Supported
+    } else if ratio.hi < lo || ratio.lo > hi {
+        Verdict::Contradicted
+    } else {
+        Verdict::Inconclusive
+    };
+    claims.push(Claim {
+        id: "kl_comparable".into(),
+        claim: format!(
+            "the methods are compared at comparable KL to the reference policy (App. 8; here: within ±{:.0}%)",
+            100.0 * s.kl_tolerance
+        ),
+        measured: format!(
+            "mean final KL, variance-aware ÷ vanilla ({} and {} runs), {:.0}% bootstrap interval",
+            b.len(),
+            a.len(),
+            s.level * 100.0
+        ),
+        interval: Some(ratio),
+        verdict,
+        policies_to_settle: None,
+    });
+}
+
+/// Theorem 3.3's closed form for `P(wᵀr* ≤ 0)` against the Monte Carlo frequency: supported
+/// when every closed form lies within its frequency's Wilson interval.
+fn theory_claims(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
+    for (label, r) in &inputs.simulations {
+        let mut inside = true;
+        let mut parts = Vec::new();
+        // The interval shown is that of the method furthest from its closed form.
+        let mut worst: Option<(f64, Interval)> = None;
+        for (name, m) in [
+            ("vanilla", &r.vanilla),
+            ("variance-aware", &r.variance_aware),
+        ] {
+            let u = &m.underperformance;
+            let w = wilson(u.monte_carlo, r.draws, s.level);
+            inside &= w.lo <= u.closed_form && u.closed_form <= w.hi;
+            parts.push(format!(
+                "{name}: Monte Carlo {} [{}, {}] vs closed form {}",
+                sig(u.monte_carlo),
+                sig(w.lo),
+                sig(w.hi),
+                sig(u.closed_form)
+            ));
+            let miss = (u.monte_carlo - u.closed_form).abs();
+            if worst.is_none_or(|(m, _)| miss > m) {
+                let i = Interval {
+                    estimate: u.monte_carlo - u.closed_form,
+                    lo: w.lo - u.closed_form,
+                    hi: w.hi - u.closed_form,
+                    level: s.level,
+                };
+                worst = Some((miss, i));
+            }
+        }
+        let worst = worst.map(|(_, i)| i);
+        claims.push(Claim {
+            id: format!("theorem_3_3[{label}]"),
+            claim: "Theorem 3.3: the closed form gives the probability that a method's solution underperforms (wᵀr* ≤ 0)".into(),
+            measured: format!(
+                "{} draws; {}; Wilson {:.0}% intervals",
+                r.draws,
+                parts.join("; "),
+                s.level * 100.0
+            ),
+            interval: worst,
+            verdict: if inside {
+                Verdict::Supported
+            } else {
+                Verdict::Contradicted
+            },
+            policies_to_settle: None,
+        });
+    }
+}
+
+/// Figure 6: the heads disagree — the variance across heads of a chosen response's reward is
+/// above zero on average (interval: the normal approximation over the evaluation pairs).
+fn heads_claims(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
+    let Some(h) = inputs.heads else { return };
+    let d = &h.chosen_variance;
+    if d.n == 0 {
+        return;
+    }
+    let z = statrs::distribution::ContinuousCDF::inverse_cdf(
+        &statrs::distribution::Normal::standard(),
+        0.5 + s.level / 2.0,
+    );
+    let se = d.std / (d.n as f64).sqrt();
+    let i = Interval {
+        estimate: d.mean,
+        lo: d.mean - z * se,
+        hi: d.mean + z * se,
+        level: s.level,
+    };
+    claims.push(Claim {
+        id: "heads_disagree".into(),
+        claim: "the reward heads disagree: the variance across heads of a response's reward is not zero (Figure 6)".into(),
+        measured: format!(
+            "mean variance across {} heads over {} chosen responses (median {}), {:.0}% normal interval",
+            h.heads,
+            d.n,
+            sig(d.median()),
+            s.level * 100.0
+        ),
+        interval: Some(i),
+        verdict: above(&i, 0.0),
+        policies_to_settle: None,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rl::judge::{summarize, PolicyScore};
+
+    fn judge(vanilla: &[f64], aware: &[f64], reference: f64) -> JudgeResults {
+        let mut policies = Vec::new();
+        for (g, xs) in [(VANILLA, vanilla), (VARIANCE_AWARE, aware)] {
+            for (i, &x) in xs.iter().enumerate() {
+                policies.push(PolicyScore {
+                    node: format!("ppo[method={g},seed={i}]"),
+                    group: g.into(),
+                    mean_reward: x,
+                    std_reward: 0.1,
+                });
+            }
+        }
+        JudgeResults {
+            judge: "test".into(),
+            prompts: 10,
+            reference,
+            groups: summarize(reference, &policies),
+            policies,
+        }
+    }
+
+    fn claim<'a>(f: &'a Findings, id: &str) -> &'a Claim {
+        f.claims.iter().find(|c| c.id == id).unwrap()
+    }
+
+    #[test]
+    fn a_clear_difference_is_supported_and_its_reverse_contradicted() {
+        let wide = [0.2, 1.9, 0.5, 2.4, 1.1, 0.1, 2.2, 1.6, 0.4, 2.0, 0.9, 1.8];
+        let narrow = [
+            1.5, 1.55, 1.45, 1.6, 1.5, 1.52, 1.48, 1.58, 1.42, 1.5, 1.53, 1.47,
+        ];
+        let j = judge(&wide, &narrow, -0.5);
+        let f = findings(
+            &Inputs {
+                judge: Some(&j),
+                ..Inputs::default()
+            },
+            Settings::default(),
+        );
+        assert_eq!(
+            claim(&f, "judge_variance_lower").verdict,
+            Verdict::Supported
+        );
+        assert_eq!(
+            claim(&f, "vanilla_beats_reference").verdict,
+            Verdict::Supported
+        );
+        assert_eq!(
+            claim(&f, "variance_aware_beats_reference").verdict,
+            Verdict::Supported
+        );
+        let bf = f.comparisons[0].brown_forsythe.unwrap();
+        assert!(bf.p_value < 0.01, "{bf:?}");
+        let swapped = judge(&narrow, &wide, 5.0);
+        let f = findings(
+            &Inputs {
+                judge: Some(&swapped),
+                ..Inputs::default()
+            },
+            Settings::default(),
+        );
+        assert_eq!(
+            claim(&f, "judge_variance_lower").verdict,
+            Verdict::Contradicted
+        );
+        assert_eq!(
+            claim(&f, "vanilla_beats_reference").verdict,
+            Verdict::Contradicted
+        );
+        // The same inputs give the same numbers.
+        let again = findings(
+            &Inputs {
+                judge: Some(&swapped),
+                ..Inputs::default()
+            },
+            Settings::default(),
+        );
+        assert_eq!(f, again);
+    }
+
+    #[test]
+    fn a_small_noisy_difference_is_inconclusive_with_a_sample_size_to_settle_it() {
+        let a = [1.0, 1.4, 0.9, 1.3, 1.1, 0.8, 1.2, 1.25];
+        let b = [1.05, 1.3, 0.95, 1.35, 1.1, 0.85, 1.15, 1.2];
+        let j = judge(&a, &b, 0.0);
+        let f = findings(
+            &Inputs {
+                judge: Some(&j),
+                ..Inputs::default()
+            },
+            Settings::default(),
+        );
+        let c = claim(&f, "judge_variance_lower");
+        assert_eq!(c.verdict, Verdict::Inconclusive, "{c:?}");
+        assert!(c.policies_to_settle.unwrap() > 8, "{c:?}");
+    }
+
+    #[test]
+    fn kl_ratio_decides_comparability() {
+        let mut inputs = Inputs::default();
+        inputs
+            .final_kl
+            .insert(VANILLA.into(), vec![1.0, 1.1, 0.9, 1.05, 0.95, 1.0]);
+        inputs.final_kl.insert(
+            VARIANCE_AWARE.into(),
+            vec![1.02, 0.98, 1.0, 1.04, 0.97, 1.01],
+        );
+        let f = findings(&inputs, Settings::default());
+        assert_eq!(claim(&f, "kl_comparable").verdict, Verdict::Supported);
+        inputs
+            .final_kl
+            .insert(VARIANCE_AWARE.into(), vec![3.0, 3.1, 2.9, 3.2, 2.8, 3.0]);
+        let f = findings(&inputs, Settings::default());
+        assert_eq!(claim(&f, "kl_comparable").verdict, Verdict::Contradicted);
+    }
+
+    #[test]
+    fn four_significant_digits() {
+        assert_eq!(sig(1.23456), "1.235");
+        assert_eq!(sig(-0.0046712), "-0.004671");
+        assert_eq!(sig(1234.4), "1234");
+        assert_eq!(sig(0.0), "0");
+        assert_eq!(sig(f64::NAN), "NaN");
+    }
+}
