@@ -280,6 +280,32 @@ impl Cache {
         Ok((out, bad))
     }
 
+    /// Every readable record of the given node ids: every variant (key) the cache holds
+    /// for each of them, whichever run made it. The index is keyed by key, not by node,
+    /// so this reads every record once, decoding in full only the ones asked for.
+    pub fn records_of(&self, nodes: &HashSet<&str>) -> Result<Vec<Record>> {
+        #[derive(serde::Deserialize)]
+        struct NodeOnly<'a> {
+            #[serde(borrow)]
+            node: std::borrow::Cow<'a, str>,
+        }
+        let mut out = Vec::new();
+        for item in self.records.iter() {
+            let (k, v) = item.map_err(db_err)?;
+            let Ok(head) = serde_json::from_slice::<NodeOnly>(&v) else {
+                continue;
+            };
+            if !nodes.contains(head.node.as_ref()) {
+                continue;
+            }
+            match serde_json::from_slice(&v) {
+                Ok(r) => out.push(r),
+                Err(e) => self.report_unreadable(&k, &e.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes the record of `key` (its objects stay until `cache gc`).
     pub fn drop_record(&self, key: &Hash) -> Result<()> {
         self.records.remove(key.0).map_err(db_err)?;
@@ -919,6 +945,7 @@ mod tests {
             log: None,
             engine_version: "test".into(),
             pipeline: "p.yaml".into(),
+            param_refs: Default::default(),
         }
     }
 

@@ -16,6 +16,8 @@ pub(super) struct Builder<'a> {
     pub(super) pos: Positions,
     pub(super) registry: &'a Registry,
     pub(super) errors: Vec<SpecError>,
+    /// `-S`/`--params` overrides: errors at or under their keys point at them.
+    pub(super) overrides: super::Overrides,
 }
 
 impl<'a> Builder<'a> {
@@ -28,6 +30,7 @@ impl<'a> Builder<'a> {
             pos: Positions::default(),
             registry,
             errors: Vec::new(),
+            overrides: Default::default(),
         };
         match Positions::read(src) {
             Ok(Positions {
@@ -97,6 +100,9 @@ impl<'a> Builder<'a> {
     }
 
     pub(super) fn loc(&self, path: &[Seg]) -> Location {
+        if let Some(o) = self.overrides.origin_of(path) {
+            return o.clone();
+        }
         let (line, col) = self.pos.find(path).unwrap_or((0, 0));
         Location {
             file: self.file.clone(),
@@ -277,6 +283,7 @@ impl<'a> Builder<'a> {
             slurm: spec.slurm.clone(),
             remote: spec.remote.clone(),
             cache_dir: self.cache_dir.clone(),
+            overrides: self.overrides.describe(),
         })
     }
 }
