@@ -950,6 +950,32 @@ mod tests {
     }
 
     #[test]
+    fn records_of_finds_every_variant_of_the_nodes_asked_for() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        for (node, k) in [("a", b"1"), ("a", b"2"), ("b", b"3")] {
+            cache
+                .commit(&record_for(node, crate::hash_bytes(k), BTreeMap::new()))
+                .unwrap();
+        }
+        let got = |ids: &[&str]| {
+            let mut keys: Vec<Hash> = cache
+                .records_of(&ids.iter().copied().collect())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.key)
+                .collect();
+            keys.sort_by_key(|k| k.to_hex());
+            keys
+        };
+        let mut want = vec![crate::hash_bytes(b"1"), crate::hash_bytes(b"2")];
+        want.sort_by_key(|k| k.to_hex());
+        assert_eq!(got(&["a"]), want);
+        assert_eq!(got(&["b"]), vec![crate::hash_bytes(b"3")]);
+        assert!(got(&["c"]).is_empty());
+    }
+
+    #[test]
     fn small_and_large_files_round_trip() {
         let ws = tempfile::tempdir().unwrap();
         let cache = open(&ws.path().join(".dagrun"));

@@ -135,7 +135,7 @@ fn bad_overrides_are_usage_errors_that_name_them() {
     let o = ws.dagrun(&["plan", "p.yaml", "--params", "bad.yaml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        err(&o).contains("bad.yaml:3:1: no param `nope` (params: lr, opt, seeds)"),
+        err(&o).contains("bad.yaml:3:7: no param `nope` (params: lr, opt, seeds)"),
         "{}",
         err(&o)
     );

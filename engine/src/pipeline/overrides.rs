@@ -31,6 +31,9 @@ pub struct Override {
     pub value: Yaml,
     /// Where errors about it point: the `-S` argument, or the key in a `--params` file.
     pub origin: Location,
+    /// `KEY=VALUE` for the run history: a `-S` as the user wrote it, a `--params` leaf
+    /// with its value on one line.
+    pub shown: String,
 }
 
 /// The overrides of one command line, applied in order (a later one wins).
@@ -58,9 +61,14 @@ impl Override {
                 "-S {text}: no value after `=` (write `''` for an empty string, `null` for null)"
             ));
         }
-        let value: Yaml = serde_yaml::from_str(value)
+        let parsed: Yaml = serde_yaml::from_str(value)
             .map_err(|e| format!("-S {text}: the value is not YAML: {e}"))?;
-        Ok(Override { key, value, origin })
+        Ok(Override {
+            shown: format!("{}={}", key.join("."), value.trim()),
+            key,
+            value: parsed,
+            origin,
+        })
     }
 
     /// The key as written (`params.lr`).
@@ -68,9 +76,9 @@ impl Override {
         self.key.join(".")
     }
 
-    /// `KEY=VALUE` with the value as compact JSON-like YAML, for the run history.
+    /// `KEY=VALUE`, for the run history.
     pub fn describe(&self) -> String {
-        format!("{}={}", self.key_text(), inline(&self.value))
+        self.shown.clone()
     }
 
     /// The key as a path into the document, for locating errors (a numeric segment
@@ -171,6 +179,7 @@ impl Overrides {
                         let mut full = vec!["params".to_string()];
                         full.extend(key);
                         out.push(Override {
+                            shown: format!("{}={}", full.join("."), inline(&v)),
                             key: full,
                             value: v,
                             origin: at(line, col),
@@ -483,7 +492,7 @@ mod tests {
         let src = "lr: 0.2\nopt:\n  beta: 0.5\n";
         let o = Overrides::from_params_file(Path::new("p.yaml"), src).unwrap();
         assert_eq!(o.describe(), ["params.lr=0.2", "params.opt.beta=0.5"]);
-        assert_eq!(o.0[1].origin.to_string(), "p.yaml:3:3");
+        assert_eq!(o.0[1].origin.to_string(), "p.yaml:3:9");
         let mut d = doc();
         o.apply(&mut d, &Registry::new()).unwrap();
         assert_eq!(d["params"]["opt"]["beta"].as_f64(), Some(0.5));
@@ -496,7 +505,7 @@ mod tests {
         let e = o.apply(&mut doc(), &Registry::new()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "p.yaml:1:1: no param `nope` (params: lr, seeds, opt)"
+            "p.yaml:1:7: no param `nope` (params: lr, seeds, opt)"
         );
     }
 
