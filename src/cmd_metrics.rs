@@ -3,7 +3,7 @@
 //! markdown, CSV or JSON. The rows come from `dagrun_engine::variants`; this is only
 //! their rendering.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use dagrun_engine::variants::{variants, Variant};
 use serde_json::{json, Value};

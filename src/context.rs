@@ -108,10 +108,6 @@ impl Ctx {
         self.load_overridden(file, &o)
     }
 
-    pub fn load(&self, file: &Path) -> CliResult<Pipeline> {
-        self.load_overridden(file, &Overrides::default())
-    }
-
     fn load_overridden(&self, file: &Path, overrides: &Overrides) -> CliResult<Pipeline> {
         let shown = file;
         let file = &self.user_path(file);
