@@ -183,6 +183,12 @@ pub fn cmd_show(ctx: &Ctx, a: &ShowArgs) -> CliResult {
             println!("  {k}: {}", compact(v));
         }
     }
+    if !rec.param_refs.is_empty() {
+        println!("pipeline params it reads");
+        for (k, v) in &rec.param_refs {
+            println!("  {k}: {}", compact(v));
+        }
+    }
     for section in ["inputs", "env"] {
         if let Some(m) = comps
             .get(section)
