@@ -116,7 +116,7 @@ fn bad_overrides_are_usage_errors_that_name_them() {
         // A list where the command needs a scalar: the error is at the reference.
         (
             &["-S", "params.lr=[1,2]"],
-            "p.yaml:",
+            "(`params.lr` is set by `-S params.lr=[1,2]`)",
         ),
         (&["--params", "nope.yaml"], "--params `nope.yaml`"),
     ];

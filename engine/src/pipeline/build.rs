@@ -112,6 +112,12 @@ impl<'a> Builder<'a> {
     }
 
     pub(super) fn err(&mut self, path: &[Seg], msg: impl Into<String>) {
+        let mut msg = msg.into();
+        // A reference to an overridden param, refused where it is written: say where the
+        // value came from.
+        if let Some(o) = self.overrides.referenced_in(&msg) {
+            msg.push_str(&format!(" (`{}` is set by `{}`)", o.key_text(), o.origin));
+        }
         let e = SpecError::new(self.loc(path), msg);
         if !self.errors.contains(&e) {
             self.errors.push(e);

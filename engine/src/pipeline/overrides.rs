@@ -217,6 +217,23 @@ impl Overrides {
         }
     }
 
+    /// The last override of a pipeline param that a message's `${params...}` reference
+    /// names (the param itself, or a part of it).
+    pub fn referenced_in(&self, msg: &str) -> Option<&Override> {
+        self.0.iter().rev().find(|o| {
+            if o.key[0] != "params" {
+                return false;
+            }
+            let needle = format!("${{{}", o.key_text());
+            msg.match_indices(&needle).any(|(at, _)| {
+                matches!(
+                    msg[at + needle.len()..].chars().next(),
+                    Some('}') | Some('.')
+                )
+            })
+        })
+    }
+
     /// Where an error at `path` (a key path of the pipeline document) should point: the
     /// last override whose key is `path` or encloses it.
     pub fn origin_of(&self, path: &[Seg]) -> Option<&Location> {
@@ -528,5 +545,8 @@ mod tests {
         assert_eq!(o.origin_of(&p).unwrap().to_string(), "-S params.seeds.0=3");
         assert!(o.origin_of(&k(&["params", "lr"])).is_none());
         assert!(o.origin_of(&k(&["params"])).is_none());
+        let m = "`${params.opt.beta}` is a list or map and cannot be placed inside text";
+        assert_eq!(o.referenced_in(m).unwrap().key_text(), "params.opt");
+        assert!(o.referenced_in("`${params.optimizer}` is a list").is_none());
     }
 }
