@@ -72,7 +72,7 @@ pub fn variants(p: &Pipeline, cache: &Cache, nodes: &[usize], all: bool) -> Resu
         }
         if let Some(mut rest) = others.remove(&n.id) {
             rest.retain(|r| Some(r.key) != key);
-            rest.sort_by(|a, b| b.timing.finished.cmp(&a.timing.finished));
+            rest.sort_by_key(|r| std::cmp::Reverse(r.timing.finished));
             out.rows
                 .extend(rest.iter().map(|r| variant(&n.stage, r, false)));
         }
