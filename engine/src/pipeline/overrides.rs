@@ -349,7 +349,16 @@ fn apply_one(doc: &mut Yaml, o: &Override, registry: &Registry) -> Result<(), St
         match props {
             Some(p) if p.contains_key(name.as_str()) => {
                 if o.key.len() > 4 {
-                    params.insert(Yaml::String(name.clone()), Yaml::Mapping(Mapping::new()));
+                    // A part of a param left at its default: the maps down to the value
+                    // (the kind fills in the rest of it, or says what it lacks).
+                    let mut v = o.value.clone();
+                    for k in o.key[4..].iter().rev() {
+                        let mut m = Mapping::new();
+                        m.insert(Yaml::String(k.clone()), v);
+                        v = Yaml::Mapping(m);
+                    }
+                    params.insert(Yaml::String(name.clone()), v);
+                    return Ok(());
                 }
             }
             _ => {
@@ -502,6 +511,56 @@ mod tests {
         assert!(e.contains("`params.lr` is a number, not a map"), "{e}");
         let e = set(&mut d, "stages.b.params.x=1").unwrap_err();
         assert!(e.contains("no stage `b` (stages: a)"), "{e}");
+    }
+
+    struct Fake;
+
+    impl crate::stage::StageKind for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn summary(&self) -> &'static str {
+            "a kind with params `lr` and `opt`"
+        }
+        fn params_schema(&self) -> Option<serde_json::Value> {
+            Some(serde_json::json!({"properties": {"lr": {}, "opt": {}}}))
+        }
+        fn run(
+            &self,
+            _ctx: &mut crate::stage::StageContext,
+        ) -> Result<(), crate::stage::StageError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_native_stage_takes_its_kinds_params_written_or_not() {
+        let mut reg = Registry::new();
+        reg.register(std::sync::Arc::new(Fake));
+        let mut d: Yaml = serde_yaml::from_str(
+            "stages:\n  t:\n    kind: fake\n    params: {lr: 1}\n  c:\n    kind: command\n    cmd: x\n",
+        )
+        .unwrap();
+        let set = |d: &mut Yaml, s: &str| {
+            Overrides(vec![Override::parse_set(s).unwrap()])
+                .apply(d, &reg)
+                .map_err(|e| e.to_string())
+        };
+        set(&mut d, "stages.t.params.lr=2").unwrap();
+        set(&mut d, "stages.t.params.opt.beta=3").unwrap();
+        assert_eq!(d["stages"]["t"]["params"]["lr"].as_u64(), Some(2));
+        assert_eq!(d["stages"]["t"]["params"]["opt"]["beta"].as_u64(), Some(3));
+        let e = set(&mut d, "stages.t.params.nope=1").unwrap_err();
+        assert!(
+            e.ends_with("stage `t` (fake) has no param `nope` (params: lr, opt)"),
+            "{e}"
+        );
+        // (This registry has no `command` kind; tests/cli/experiments.rs checks that one.)
+        let e = set(&mut d, "stages.c.params.x=1").unwrap_err();
+        assert!(e.contains("no known kind (`command`)"), "{e}");
     }
 
     #[test]
