@@ -298,3 +298,25 @@ fn the_metrics_table_shows_every_variant_sorts_and_aggregates() {
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("no stage `nope`"), "{}", err(&o));
 }
+
+#[test]
+fn cache_gc_keeps_the_variants_of_the_overrides_it_is_given() {
+    let ws = Ws::new();
+    ws.write("p.yaml", TRAIN);
+    ws.ok(&["p.yaml"]);
+    ws.ok(&["p.yaml", "-S", "params.lr=0.5"]);
+    // The file's variants (lr 0.1) are neither current under the override nor the last
+    // run's: they go; the override's stay.
+    ws.ok(&["cache", "gc", "p.yaml", "-S", "params.lr=0.5"]);
+    let (out, _) = ws.ok(&[
+        "metrics", "p.yaml", "--stage", "train", "--all", "--format", "json",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows.iter().all(|r| r["params"]["lr"] == 0.5), "{out}");
+    // And the file's value runs again.
+    assert_eq!(
+        ws.run(&["p.yaml"]),
+        set(&["train[seed=1]", "train[seed=2]"])
+    );
+}
