@@ -23,6 +23,8 @@ Examples:
   dagrun run p.yaml --rerun train           force `train`; downstream reruns only if its outputs change
   dagrun why 'train[seed=1]'                which key components changed since the last run
   dagrun show report                        params, outputs, metrics and log of a node
+  dagrun run p.yaml -S params.lr=3e-5       try another value without editing the file
+  dagrun metrics p.yaml --all               every cached variant's params and metrics
   dagrun run p.yaml --executor slurm        submit the nodes as Slurm jobs (sweeps as job arrays)
   dagrun cache push p.yaml --remote s3://bucket/team    share the cached nodes (`cache pull` fetches)
 
@@ -87,6 +89,10 @@ pub enum Command {
     Why(WhyArgs),
     /// List past runs in this workspace.
     Log(LogArgs),
+    /// Compare results: one row per node (its matrix values, the params that differ
+    /// between the rows, every scalar metric), or with --all every variant the cache holds.
+    #[command(after_help = METRICS_HELP)]
+    Metrics(MetricsArgs),
     /// Copy a node's outputs out of the cache into a folder (merged into what is there;
     /// a file that differs is replaced only with --force).
     Export(ExportArgs),
@@ -124,6 +130,29 @@ pub struct SelectArgs {
     /// Run these stages or nodes and everything they depend on, nothing else.
     #[arg(long, value_name = "STAGE|NODE", num_args = 1..)]
     pub until: Vec<String>,
+}
+
+/// Params changed for one command, without editing the pipeline file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OverrideArgs {
+    /// Set a param for this command: `params.NAME=VALUE` (a pipeline param; `params.a.b`
+    /// reaches into a map, `params.seeds.0` into a list) or `stages.STAGE.params.NAME=VALUE`
+    /// (a native stage's param, written in the pipeline or not). VALUE is YAML:
+    /// `-S params.lr=3e-5`, `-S params.seeds=[1,2,3]`. Repeatable; a later one wins. The
+    /// key must exist. An overridden node is an ordinary variant with its own key: setting
+    /// the value back finds the earlier variant cached.
+    #[arg(short = 'S', long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// A YAML map of pipeline params merged over the pipeline's `params` (nested maps key
+    /// by key), applied before any -S.
+    #[arg(long = "params", value_name = "FILE")]
+    pub params_file: Option<PathBuf>,
+}
+
+impl OverrideArgs {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.params_file.is_none()
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -169,6 +198,8 @@ pub struct RunArgs {
     pub remote: Option<String>,
     #[command(flatten)]
     pub select: SelectArgs,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 /// A count that must be at least 1 (`--jobs`).
@@ -197,6 +228,7 @@ impl RunArgs {
             && !self.select.downstream
             && self.select.only.is_empty()
             && self.select.until.is_empty()
+            && self.overrides.is_empty()
     }
 }
 
@@ -239,6 +271,8 @@ pub struct PlanArgs {
     pub gpus: Option<u32>,
     #[command(flatten)]
     pub select: SelectArgs,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -259,6 +293,8 @@ pub struct GraphArgs {
     /// Show every node of a sweep instead of one box per stage.
     #[arg(long)]
     pub expand: bool,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 #[derive(Args, Debug)]
@@ -268,6 +304,8 @@ pub struct StatusArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 #[derive(Args, Debug)]
@@ -289,6 +327,64 @@ pub struct WhyArgs {
     /// The pipeline file [default: the one the node last ran from].
     #[arg(long, short = 'p')]
     pub pipeline: Option<PathBuf>,
+    /// Compare as if the pipeline were loaded with these overrides: `why` then names the
+    /// params they change.
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+}
+
+const METRICS_HELP: &str = "\
+Examples:
+  dagrun metrics p.yaml                          the current variant of every node
+  dagrun metrics p.yaml --stage train --all      every cached variant of `train`'s nodes
+  dagrun run p.yaml -S params.lr=0.01 && dagrun metrics p.yaml --all --sort loss
+  dagrun metrics p.yaml --stage ppo --group-by method     mean, sd, min, max per method
+  dagrun metrics p.yaml --format json | jq '.[] | select(.current)'
+
+A node's params are a native kind's resolved params, or the pipeline params a command
+stage's fields refer to (`${params.lr}` shows as `lr`). A command stage reports metrics
+through its `metrics:` JSON files and `dagrun:metric NAME VALUE [STEP]` lines.";
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum MetricsFormat {
+    /// Aligned columns, numbers shortened to 4 significant digits.
+    Table,
+    /// A Markdown table.
+    Md,
+    /// CSV with full values (and every key in full).
+    Csv,
+    /// A list of `{node, stage, key, current, matrix, params, metrics}`.
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct MetricsArgs {
+    /// The pipeline file [default: the pipeline of the last run here].
+    pub pipeline: Option<PathBuf>,
+    /// Only these stages' nodes (or nodes: `train[seed=1]`). Repeatable.
+    #[arg(long, value_name = "STAGE|NODE")]
+    pub stage: Vec<String>,
+    /// Every variant the cache holds for each node (earlier params, other overrides), not
+    /// only the one the pipeline gives it now; the current ones are marked `*`.
+    #[arg(long)]
+    pub all: bool,
+    /// Sort the rows by this metric (or param, or matrix key), smallest first; rows
+    /// without it go last.
+    #[arg(long, value_name = "METRIC")]
+    pub sort: Option<String>,
+    /// With --sort: largest first.
+    #[arg(long, requires = "sort")]
+    pub desc: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = MetricsFormat::Table)]
+    pub format: MetricsFormat,
+    /// Aggregate each numeric metric over the rows sharing a value of KEY (a matrix key
+    /// or a param): n, mean, sample sd, min and max per value.
+    #[arg(long, value_name = "KEY")]
+    pub group_by: Option<String>,
+    /// The current variants are those of the pipeline as loaded with these overrides.
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 #[derive(Args, Debug)]
@@ -335,6 +431,10 @@ pub enum CacheCommand {
         /// Only report what would be freed.
         #[arg(long)]
         dry_run: bool,
+        /// Keep the nodes of the pipelines as loaded with these overrides (every
+        /// pipeline gets the same ones).
+        #[command(flatten)]
+        overrides: OverrideArgs,
     },
     /// Rehash every artifact; drop corrupt ones and the records that use them.
     Verify,
@@ -374,4 +474,7 @@ pub struct RemoteArgs {
     /// Transfers in flight at once.
     #[arg(long, short = 'j', value_name = "N", default_value_t = 8, value_parser = at_least_one)]
     pub jobs: usize,
+    /// The nodes of the pipelines as loaded with these overrides.
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }

@@ -25,14 +25,18 @@ pub fn cmd_cache(ctx: &Ctx, c: &CacheCommand) -> CliResult {
         .open_existing_cache("cache")?
         .ok_or_else(|| usage("no cache here yet"))?;
     match c {
-        CacheCommand::Gc { pipelines, dry_run } => {
+        CacheCommand::Gc {
+            pipelines,
+            dry_run,
+            overrides,
+        } => {
             // Keep, for every node of the given pipelines, the record its current key
             // names and the record of its last run.
             let mut keep = HashSet::new();
             let mut current = std::collections::HashMap::new();
             let mut stagings = std::collections::BTreeSet::new();
             for file in pipelines {
-                let p = ctx.load(file)?;
+                let p = ctx.load_with(file, overrides)?;
                 stagings.insert(SlurmSettings::new(&p.slurm, &p.workdir, cache.dir()).staging);
                 let ev = Evaluator::new(&p, Some(&cache), false);
                 for (i, e) in ev.plan(&Selection::default())?.into_iter().enumerate() {

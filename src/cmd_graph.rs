@@ -17,7 +17,7 @@ struct Unit {
 }
 
 pub fn cmd_graph(ctx: &Ctx, a: &GraphArgs) -> CliResult {
-    let p = ctx.load(&a.pipeline)?;
+    let p = ctx.load_with(&a.pipeline, &a.overrides)?;
     let cache = ctx.open_existing_cache("graph")?;
     let ev = Evaluator::new(&p, cache.as_ref(), false);
     let plan = ev.plan(&Selection::default())?;

@@ -19,7 +19,7 @@ pub fn cmd_status(ctx: &Ctx, a: &StatusArgs) -> CliResult {
         other => other?,
     };
     let file = ctx.pipeline_or_last(a.pipeline.as_deref(), cache.as_ref())?;
-    let p = ctx.load(&file)?;
+    let p = ctx.load_with(&file, &a.overrides)?;
     let ev = Evaluator::new(&p, cache.as_ref(), false);
     let plan = ev.plan(&Selection::default())?;
     let mut per_stage: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
@@ -183,6 +183,12 @@ pub fn cmd_show(ctx: &Ctx, a: &ShowArgs) -> CliResult {
             println!("  {k}: {}", compact(v));
         }
     }
+    if !rec.param_refs.is_empty() {
+        println!("pipeline params it reads");
+        for (k, v) in &rec.param_refs {
+            println!("  {k}: {}", compact(v));
+        }
+    }
     for section in ["inputs", "env"] {
         if let Some(m) = comps
             .get(section)
@@ -220,6 +226,9 @@ pub fn cmd_show(ctx: &Ctx, a: &ShowArgs) -> CliResult {
     if !rec.metrics.is_empty() {
         println!("metrics");
         for (k, v) in &rec.metrics.scalars {
+            println!("  {k} = {v}");
+        }
+        for (k, v) in &rec.metrics.other {
             println!("  {k} = {v}");
         }
         for (k, s) in &rec.metrics.series {
@@ -304,7 +313,7 @@ pub fn cmd_why(ctx: &Ctx, a: &WhyArgs) -> CliResult {
         Some(f) => f,
         None => ctx.pipeline_or_last(a.pipeline.as_deref(), cache.as_ref())?,
     };
-    let p = ctx.load(&file)?;
+    let p = ctx.load_with(&file, &a.overrides)?;
     let nodes = p.select(&a.node).map_err(usage)?;
     let ev = Evaluator::new(&p, cache.as_ref(), false);
     let plan = ev.plan(&Selection::default())?;
@@ -375,6 +384,9 @@ pub fn cmd_log(ctx: &Ctx, a: &LogArgs) -> CliResult {
         }
         line.push_str(&format!("  ({})", fmt_secs(secs)));
         println!("{line}");
+        if !r.overrides.is_empty() {
+            println!("    with -S {}", r.overrides.join(" -S "));
+        }
     }
     if runs.is_empty() {
         println!("no runs yet");

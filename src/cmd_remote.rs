@@ -214,7 +214,7 @@ pub fn cmd_push(ctx: &Ctx, a: &RemoteArgs) -> CliResult {
     let pipelines = a
         .pipelines
         .iter()
-        .map(|f| ctx.load(f))
+        .map(|f| ctx.load_with(f, &a.overrides))
         .collect::<CliResult<Vec<_>>>()?;
     let groups = by_remote(ctx, a, &pipelines)?;
     let cache = ctx
@@ -359,7 +359,7 @@ pub fn cmd_pull(ctx: &Ctx, a: &RemoteArgs) -> CliResult {
     let pipelines = a
         .pipelines
         .iter()
-        .map(|f| ctx.load(f))
+        .map(|f| ctx.load_with(f, &a.overrides))
         .collect::<CliResult<Vec<_>>>()?;
     let groups = by_remote(ctx, a, &pipelines)?;
     // Every remote answers before the cache is opened (a fresh clone's is created).

@@ -16,7 +16,7 @@ use dagrun_engine::{
 use serde_json::json;
 
 use crate::{
-    cli::{ExecutorArg, OnInterruptArg, RunArgs, SelectArgs, WorkerArgs},
+    cli::{ExecutorArg, OnInterruptArg, OverrideArgs, RunArgs, SelectArgs, WorkerArgs},
     context::{detect_gpus, Ctx},
     display::{fmt_secs, Display},
     exit::{usage, CliResult, Failure},
@@ -49,10 +49,18 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
         return Err(usage(no_pipeline(&args.select)));
     };
     if args.dry_run {
-        return cmd_plan(ctx, file, &args.select, args.json, args.executor, args.gpus);
+        return cmd_plan(
+            ctx,
+            file,
+            &args.select,
+            args.json,
+            args.executor,
+            args.gpus,
+            &args.overrides,
+        );
     }
     let t0 = std::time::Instant::now();
-    let mut p = ctx.load(file)?;
+    let mut p = ctx.load_with(file, &args.overrides)?;
     if let Some(e) = args.executor {
         p.set_default_executor(executor(e));
     }
@@ -191,8 +199,9 @@ pub fn cmd_plan(
     json_out: bool,
     exec: Option<ExecutorArg>,
     gpus: Option<u32>,
+    overrides: &OverrideArgs,
 ) -> CliResult {
-    let mut p = ctx.load(file)?;
+    let mut p = ctx.load_with(file, overrides)?;
     if let Some(e) = exec {
         p.set_default_executor(executor(e));
     }

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use dagrun_cache::{Cache, OpenOptions};
-use dagrun_engine::{plan::Selection, stage::Registry, Pipeline};
+use dagrun_engine::{pipeline::Overrides, plan::Selection, stage::Registry, Pipeline};
 
 use crate::{
-    cli::{Global, SelectArgs},
+    cli::{Global, OverrideArgs, SelectArgs},
     exit::{usage, CliResult, Failure},
 };
 
@@ -87,7 +87,28 @@ impl Ctx {
         }
     }
 
-    pub fn load(&self, file: &Path) -> CliResult<Pipeline> {
+    /// The overrides of `-S` and `--params` (the file first, then each -S in order).
+    pub fn overrides(&self, a: &OverrideArgs) -> CliResult<Overrides> {
+        let mut all = Overrides::default();
+        if let Some(f) = &a.params_file {
+            let path = self.user_path(f);
+            let src = std::fs::read_to_string(&path)
+                .map_err(|e| usage(format!("--params `{}`: {e}", f.display())))?;
+            let from_file =
+                Overrides::from_params_file(f, &src).map_err(|e| Failure::Usage(e.into()))?;
+            all.0.extend(from_file.0);
+        }
+        all.0.extend(Overrides::from_sets(&a.set).map_err(usage)?.0);
+        Ok(all)
+    }
+
+    /// Loads a pipeline with the overrides of the command line.
+    pub fn load_with(&self, file: &Path, a: &OverrideArgs) -> CliResult<Pipeline> {
+        let o = self.overrides(a)?;
+        self.load_overridden(file, &o)
+    }
+
+    fn load_overridden(&self, file: &Path, overrides: &Overrides) -> CliResult<Pipeline> {
         let shown = file;
         let file = &self.user_path(file);
         if !file.exists() {
@@ -108,8 +129,14 @@ impl Ctx {
         } else {
             file.as_path()
         };
-        Pipeline::load_with_cache(named, &self.workdir, &self.cache_dir, &self.registry)
-            .map_err(|e| Failure::Usage(e.into()))
+        Pipeline::load_with_overrides(
+            named,
+            &self.workdir,
+            &self.cache_dir,
+            &self.registry,
+            overrides,
+        )
+        .map_err(|e| Failure::Usage(e.into()))
     }
 
     /// A folder holding a dagrun cache on the way from the pipeline file up to the

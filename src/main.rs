@@ -5,6 +5,7 @@ mod cmd_bench;
 mod cmd_cache;
 mod cmd_graph;
 mod cmd_inspect;
+mod cmd_metrics;
 mod cmd_remote;
 mod cmd_run;
 mod context;
@@ -57,15 +58,22 @@ fn dispatch(cli: cli::Cli) -> exit::CliResult {
     match cli.command {
         None => cmd_run::cmd_run(&ctx, &cli.run),
         Some(Run(a)) => cmd_run::cmd_run(&ctx, &a),
-        Some(Plan(a)) => {
-            cmd_run::cmd_plan(&ctx, &a.pipeline, &a.select, a.json, a.executor, a.gpus)
-        }
+        Some(Plan(a)) => cmd_run::cmd_plan(
+            &ctx,
+            &a.pipeline,
+            &a.select,
+            a.json,
+            a.executor,
+            a.gpus,
+            &a.overrides,
+        ),
         Some(Worker(_)) => unreachable!("handled above"),
         Some(Graph(a)) => cmd_graph::cmd_graph(&ctx, &a),
         Some(Status(a)) => cmd_inspect::cmd_status(&ctx, &a),
         Some(Show(a)) => cmd_inspect::cmd_show(&ctx, &a),
         Some(Why(a)) => cmd_inspect::cmd_why(&ctx, &a),
         Some(Log(a)) => cmd_inspect::cmd_log(&ctx, &a),
+        Some(Metrics(a)) => cmd_metrics::cmd_metrics(&ctx, &a),
         Some(Export(a)) => cmd_inspect::cmd_export(&ctx, &a),
         Some(Kinds(a)) => cmd_inspect::cmd_kinds(&ctx, &a),
         Some(Cache(c)) => cmd_cache::cmd_cache(&ctx, &c),

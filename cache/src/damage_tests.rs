@@ -39,6 +39,7 @@ fn record(node: &str, key: &[u8], outputs: &[(&str, &Artifact)]) -> Record {
         log: None,
         engine_version: "test".into(),
         pipeline: "p.yaml".into(),
+        param_refs: Default::default(),
     }
 }
 

@@ -24,11 +24,15 @@ pub struct Metrics {
         with = "metric_values::series"
     )]
     pub series: BTreeMap<String, Vec<(f64, f64)>>,
+    /// Metrics that are not numbers: booleans and strings (from a command stage's
+    /// `metrics:` files). Absent from records of older versions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 impl Metrics {
     pub fn is_empty(&self) -> bool {
-        self.scalars.is_empty() && self.series.is_empty()
+        self.scalars.is_empty() && self.series.is_empty() && self.other.is_empty()
     }
 }
 
@@ -157,6 +161,12 @@ pub struct Record {
     pub engine_version: String,
     /// The pipeline file the node came from, relative to the workspace.
     pub pipeline: String,
+    /// For a `command` stage: the pipeline params its fields refer to (`lr` for
+    /// `${params.lr}`), with their values, so that `dagrun metrics` can show them (its
+    /// key has them only inside the command's text). Empty for other kinds, and in
+    /// records of older versions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub param_refs: BTreeMap<String, serde_json::Value>,
 }
 
 impl Record {
@@ -193,6 +203,11 @@ pub struct RunSummary {
     /// `executed` counted failed and interrupted nodes too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<RunCounts>,
+    /// The overrides the run's pipeline was loaded with (`-S`, `--params`), each as
+    /// `KEY=VALUE`; empty (and absent from the JSON) for runs without, and for records
+    /// of older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// How the nodes of one run ended: each node is counted once.
@@ -299,6 +314,7 @@ mod tests {
             "cut_off":0,"failed":["b"],"outcome":"failed"}"#;
         let r: RunSummary = serde_json::from_str(old).unwrap();
         assert_eq!(r.counts, None);
+        assert!(r.overrides.is_empty());
         assert_eq!(r.executed.len(), 2);
         let c = RunCounts {
             ran: 3,

@@ -280,6 +280,32 @@ impl Cache {
         Ok((out, bad))
     }
 
+    /// Every readable record of the given node ids: every variant (key) the cache holds
+    /// for each of them, whichever run made it. The index is keyed by key, not by node,
+    /// so this reads every record once, decoding in full only the ones asked for.
+    pub fn records_of(&self, nodes: &HashSet<&str>) -> Result<Vec<Record>> {
+        #[derive(serde::Deserialize)]
+        struct NodeOnly<'a> {
+            #[serde(borrow)]
+            node: std::borrow::Cow<'a, str>,
+        }
+        let mut out = Vec::new();
+        for item in self.records.iter() {
+            let (k, v) = item.map_err(db_err)?;
+            let Ok(head) = serde_json::from_slice::<NodeOnly>(&v) else {
+                continue;
+            };
+            if !nodes.contains(head.node.as_ref()) {
+                continue;
+            }
+            match serde_json::from_slice(&v) {
+                Ok(r) => out.push(r),
+                Err(e) => self.report_unreadable(&k, &e.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes the record of `key` (its objects stay until `cache gc`).
     pub fn drop_record(&self, key: &Hash) -> Result<()> {
         self.records.remove(key.0).map_err(db_err)?;
@@ -919,7 +945,34 @@ mod tests {
             log: None,
             engine_version: "test".into(),
             pipeline: "p.yaml".into(),
+            param_refs: Default::default(),
         }
+    }
+
+    #[test]
+    fn records_of_finds_every_variant_of_the_nodes_asked_for() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        for (node, k) in [("a", b"1"), ("a", b"2"), ("b", b"3")] {
+            cache
+                .commit(&record_for(node, crate::hash_bytes(k), BTreeMap::new()))
+                .unwrap();
+        }
+        let got = |ids: &[&str]| {
+            let mut keys: Vec<Hash> = cache
+                .records_of(&ids.iter().copied().collect())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.key)
+                .collect();
+            keys.sort_by_key(|k| k.to_hex());
+            keys
+        };
+        let mut want = vec![crate::hash_bytes(b"1"), crate::hash_bytes(b"2")];
+        want.sort_by_key(|k| k.to_hex());
+        assert_eq!(got(&["a"]), want);
+        assert_eq!(got(&["b"]), vec![crate::hash_bytes(b"3")]);
+        assert!(got(&["c"]).is_empty());
     }
 
     #[test]

@@ -159,6 +159,7 @@ mod tests {
             log: None,
             engine_version: "test".into(),
             pipeline: "p.yaml".into(),
+            param_refs: BTreeMap::new(),
         }
     }
 

@@ -3,7 +3,8 @@
 
 use std::{fmt, path::PathBuf};
 
-/// A place in a pipeline file, 1-based.
+/// A place in a pipeline file, 1-based. A value set on the command line has no line:
+/// its `file` is the override as given (`-S params.lr=abc`) and `line` is 0.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Location {
     pub file: PathBuf,

@@ -134,6 +134,7 @@ pub fn execute(
         log,
         engine_version: crate::ENGINE_VERSION.to_string(),
         pipeline: p.name.clone(),
+        param_refs: node.param_refs.clone(),
     })
 }
 

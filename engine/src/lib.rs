@@ -13,6 +13,8 @@
 //!   [`exec::execute`] (one node into a record) and [`commit::committer`] (group commit
 //!   in dependency order, off the critical path).
 //! - [`invoke::invoke`]: the one way a stage runs, here or in a Slurm job.
+//! - [`variants`]: every cached variant of a pipeline's nodes with its params and
+//!   metrics (`dagrun metrics`).
 //! - [`slurm`]: nodes with `executor: slurm` as Slurm jobs (arrays, bulk polling, retries);
 //!   [`job`]: the job files on the shared filesystem and the worker that compute nodes run.
 //! - [`stage::StageKind`]: the interface stage kinds implement; [`stage::StageContext`] is
@@ -38,6 +40,7 @@ pub mod selector;
 pub mod slurm;
 pub mod spec;
 pub mod stage;
+pub mod variants;
 pub mod workspace;
 
 pub use error::{Error, Location, Result, SpecError, SpecErrors};

@@ -398,6 +398,7 @@ impl<'a> Evaluator<'a> {
         let Some(rec) = cache.record(&key)? else {
             return Ok(vec![Reason::RecordGone]);
         };
+        let refs = param_ref_changes(&rec.param_refs, &node.param_refs);
         let Ok(mut old) = serde_json::from_value::<KeyComponents>(rec.components) else {
             return Ok(vec![Reason::RecordGone]);
         };
@@ -414,6 +415,9 @@ impl<'a> Evaluator<'a> {
         }
         old.inputs.retain(|k, _| new.inputs.contains_key(k));
         let mut d = diff(&old, &new);
+        if !d.is_empty() {
+            d.splice(0..0, refs);
+        }
         for r in &mut d {
             if let Reason::InputChanged { name, folder, .. } = r {
                 if let Some(path) = name.strip_prefix("file:") {
@@ -479,6 +483,16 @@ impl<'a> Evaluator<'a> {
             Err(_) => return Ok(vec![Reason::RecordGone]),
         };
         let mut d = diff(&old, components);
+        if let Some(n) = self
+            .pipeline
+            .by_id
+            .get(node)
+            .map(|&i| &self.pipeline.nodes[i])
+        {
+            if !d.is_empty() {
+                d.splice(0..0, param_ref_changes(&rec.param_refs, &n.param_refs));
+            }
+        }
         for r in &mut d {
             if let Reason::InputChanged { name, folder, .. } = r {
                 if let Some(path) = name.strip_prefix("file:") {
@@ -638,4 +652,27 @@ pub fn runtime_params(
         Some(e) => Err(e),
         None => Ok(rendered),
     }
+}
+
+/// For a `command` stage: the pipeline params its fields read whose values changed since
+/// the record (`cmd` changed says that the text did, not which param made it). Nothing
+/// when the record predates `param_refs`.
+fn param_ref_changes(
+    old: &BTreeMap<String, serde_json::Value>,
+    new: &BTreeMap<String, serde_json::Value>,
+) -> Vec<Reason> {
+    if old.is_empty() {
+        return Vec::new();
+    }
+    old.keys()
+        .chain(new.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| Reason::ParamChanged {
+            name: format!("params.{k}"),
+            old: old.get(k).cloned(),
+            new: new.get(k).cloned(),
+        })
+        .collect()
 }

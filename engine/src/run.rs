@@ -472,6 +472,7 @@ pub fn run(
         cached: counts.cached,
         cut_off: counts.cut_off,
         counts: Some(counts),
+        overrides: p.overrides.clone(),
         outcome: if report.interrupted {
             "interrupted".into()
         } else if failed.is_empty() {

@@ -23,6 +23,7 @@
 //!     cmd: ...               # command kind
 //!     deps: [file, dir/]     # files and folders read from the workspace
 //!     outs: [file]           # files and folders written into the workspace
+//!     metrics: [m.json]      # command kind: JSON files of metrics the command writes
 //! ```
 
 use indexmap::IndexMap;
@@ -135,6 +136,10 @@ pub struct StageSpec {
     pub deps: Vec<String>,
     #[serde(default)]
     pub outs: Vec<String>,
+    /// Command stages: JSON files the command writes whose values become the node's
+    /// metrics (stored and restored like `outs`).
+    #[serde(default)]
+    pub metrics: Vec<String>,
 }
 
 /// `resources:` as written; every field falls back to `defaults.resources`.

@@ -230,6 +230,11 @@ impl StageContext {
         self.metrics.scalars.insert(name.to_string(), value);
     }
 
+    /// A metric that is not a number (a boolean, a string).
+    pub fn other_metric(&mut self, name: &str, value: Value) {
+        self.metrics.other.insert(name.to_string(), value);
+    }
+
     pub fn series(&mut self, name: &str, step: f64, value: f64) {
         self.metrics
             .series

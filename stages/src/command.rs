@@ -14,7 +14,11 @@
 //! | `DAGRUN_MATRIX_<K>` | each matrix value (key upper-cased)                |
 //! | `CUDA_VISIBLE_DEVICES` | the GPUs the scheduler assigned, when `resources.gpus` > 0 |
 //!
-//! A line `dagrun:progress DONE/TOTAL [message]` in its output updates the live display.
+//! A line `dagrun:progress DONE/TOTAL [message]` in its output updates the live display;
+//! a line `dagrun:metric NAME VALUE [STEP]` adds a metric to the node's record (a scalar,
+//! or a point of a series when STEP is given). Once the command has succeeded, each file
+//! of the stage's `metrics:` (JSON objects) adds its values: nested objects flattened
+//! with dots (`eval.acc`), numbers as scalars, booleans and strings kept as they are.
 
 use std::{
     io::{BufRead, BufReader},
@@ -129,15 +133,23 @@ impl StageKind for CommandKind {
         let pid = child.id() as i32;
         let _tracked = ctx.track_group(pid, &token);
         let ctx_ref: &StageContext = ctx;
-        let status = std::thread::scope(|s| {
-            s.spawn(|| pump(ctx_ref, reader));
-            wait_or_cancel(child, pid, || ctx_ref.cancelled())
-        })?;
+        let (status, reported) = std::thread::scope(|s| {
+            let pumping = s.spawn(|| pump(ctx_ref, reader));
+            let status = wait_or_cancel(child, pid, || ctx_ref.cancelled());
+            (status, pumping.join().unwrap_or_default())
+        });
+        let status = status?;
         if ctx.cancelled() {
             return Err(Box::new(Cancelled));
         }
+        for m in reported {
+            match m.step {
+                Some(step) => ctx.series(&m.name, step, m.value),
+                None => ctx.metric(&m.name, m.value),
+            }
+        }
         match status {
-            Some(st) if st.success() => Ok(()),
+            Some(st) if st.success() => read_metric_files(ctx),
             Some(st) => match st.code() {
                 Some(code) => Err(format!("command exited with status {code}").into()),
                 None => Err("command was killed by a signal".into()),
@@ -212,13 +224,150 @@ fn signal_group(pgid: i32, sig: libc::c_int) {
     unsafe { libc::kill(-pgid, sig) };
 }
 
-/// Logs the command's output line by line; `dagrun:progress` lines update the display.
-fn pump(ctx: &StageContext, stream: impl std::io::Read) {
+/// Reads the stage's `metrics:` files (workspace paths, in the node's params) into the
+/// node's metrics.
+fn read_metric_files(ctx: &mut StageContext) -> Result<(), StageError> {
+    let files: Vec<String> = match ctx.params.get("metrics") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => return Ok(()),
+    };
+    for f in files {
+        let path = ctx.workdir.join(&f);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!("the command did not write its metrics file `{f}`")
+            } else {
+                format!("cannot read the metrics file `{f}`: {e}")
+            }
+        })?;
+        let doc: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("the metrics file `{f}` is not JSON: {e}"))?;
+        let Value::Object(_) = doc else {
+            return Err(format!(
+                "the metrics file `{f}` holds {}, not a JSON object of metrics",
+                json_what(&doc)
+            )
+            .into());
+        };
+        let mut skipped = Vec::new();
+        for (name, v) in flatten_metrics(&doc) {
+            match v {
+                Value::Number(n) => match n.as_f64() {
+                    Some(x) => ctx.metric(&name, x),
+                    None => skipped.push(name),
+                },
+                Value::Bool(_) | Value::String(_) => ctx.other_metric(&name, v.clone()),
+                _ => skipped.push(name),
+            }
+        }
+        if !skipped.is_empty() {
+            ctx.log(format!(
+                "dagrun: {f}: left out of the metrics (lists and nulls are not metrics): {}",
+                skipped.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn json_what(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A JSON object's leaves with dotted names (`{"eval": {"acc": 1}}` → `eval.acc`).
+fn flatten_metrics(v: &Value) -> Vec<(String, &Value)> {
+    fn walk<'a>(prefix: &str, v: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&name, x, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other)),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", v, &mut out);
+    out
+}
+
+/// A `dagrun:metric NAME VALUE [STEP]` report.
+#[derive(Debug, PartialEq)]
+struct MetricReport {
+    name: String,
+    value: f64,
+    step: Option<f64>,
+}
+
+/// The metric report in a line, if any: `Err` for a line that has the marker but not
+/// the form (so that it is logged with a note rather than silently lost).
+fn metric_in(line: &str) -> Option<Result<MetricReport, ()>> {
+    const MARK: &str = "dagrun:metric ";
+    let at = line.rfind(MARK)?;
+    let rest = &line[at + MARK.len()..];
+    if rest.contains('\r') {
+        return None;
+    }
+    let parts: Vec<&str> = rest.split_whitespace().collect();
+    let number = |s: &str| s.parse::<f64>().ok();
+    Some(match parts.as_slice() {
+        [name, value] => number(value)
+            .map(|value| MetricReport {
+                name: name.to_string(),
+                value,
+                step: None,
+            })
+            .ok_or(()),
+        [name, value, step] => match (number(value), number(step)) {
+            (Some(value), Some(step)) => Ok(MetricReport {
+                name: name.to_string(),
+                value,
+                step: Some(step),
+            }),
+            _ => Err(()),
+        },
+        _ => Err(()),
+    })
+}
+
+/// Logs the command's output line by line; `dagrun:progress` lines update the display;
+/// `dagrun:metric` lines are logged and returned.
+fn pump(ctx: &StageContext, stream: impl std::io::Read) -> Vec<MetricReport> {
     let reader = BufReader::new(stream);
+    let mut metrics = Vec::new();
     for line in reader.split(b'\n') {
         let Ok(line) = line else { break };
         let line = String::from_utf8_lossy(&line);
         let line = line.trim_end_matches('\r');
+        match metric_in(line) {
+            Some(Ok(m)) => {
+                metrics.push(m);
+                ctx.log(line);
+                continue;
+            }
+            Some(Err(())) => {
+                ctx.log(line);
+                ctx.log("dagrun: not a metric report, left out (the form is `dagrun:metric NAME VALUE [STEP]`)");
+                continue;
+            }
+            None => {}
+        }
         match progress_in(line) {
             Some(p) => {
                 if !p.before.trim().is_empty() {
@@ -229,6 +378,7 @@ fn pump(ctx: &StageContext, stream: impl std::io::Read) {
             None => ctx.log(line),
         }
     }
+    metrics
 }
 
 /// A `dagrun:progress DONE/TOTAL [message]` report found in a line of output.
@@ -268,6 +418,35 @@ mod tests {
 
     fn report(line: &str) -> Option<(String, u64, u64, String)> {
         progress_in(line).map(|p| (p.before.to_string(), p.done, p.total, p.message.to_string()))
+    }
+
+    #[test]
+    fn metric_reports_and_files() {
+        let m = |n: &str, v, s| {
+            Some(Ok(MetricReport {
+                name: n.to_string(),
+                value: v,
+                step: s,
+            }))
+        };
+        assert_eq!(metric_in("dagrun:metric loss 0.25"), m("loss", 0.25, None));
+        assert_eq!(
+            metric_in("dagrun:metric loss 0.5 10"),
+            m("loss", 0.5, Some(10.0))
+        );
+        assert_eq!(
+            metric_in("epoch 3 dagrun:metric acc 1e-3"),
+            m("acc", 1e-3, None)
+        );
+        assert_eq!(metric_in("dagrun:metric loss"), Some(Err(())));
+        assert_eq!(metric_in("dagrun:metric loss high"), Some(Err(())));
+        assert_eq!(metric_in("dagrun:metric loss 1 2 3"), Some(Err(())));
+        assert_eq!(metric_in("loss 0.3"), None);
+        let doc: Value =
+            serde_json::from_str(r#"{"acc": 0.5, "eval": {"f1": 1, "ok": true}, "tag": "x"}"#)
+                .unwrap();
+        let flat: Vec<String> = flatten_metrics(&doc).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(flat, ["acc", "eval.f1", "eval.ok", "tag"]);
     }
 
     #[test]

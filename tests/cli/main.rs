@@ -9,6 +9,7 @@ mod command_line;
 mod crash;
 mod damage;
 mod edge_params;
+mod experiments;
 mod faults;
 #[cfg(feature = "tch")]
 mod fused_ops;

@@ -16,6 +16,8 @@ pub(super) struct Builder<'a> {
     pub(super) pos: Positions,
     pub(super) registry: &'a Registry,
     pub(super) errors: Vec<SpecError>,
+    /// `-S`/`--params` overrides: errors at or under their keys point at them.
+    pub(super) overrides: super::Overrides,
 }
 
 impl<'a> Builder<'a> {
@@ -28,6 +30,7 @@ impl<'a> Builder<'a> {
             pos: Positions::default(),
             registry,
             errors: Vec::new(),
+            overrides: Default::default(),
         };
         match Positions::read(src) {
             Ok(Positions {
@@ -111,6 +114,9 @@ impl<'a> Builder<'a> {
     }
 
     pub(super) fn loc(&self, path: &[Seg]) -> Location {
+        if let Some(o) = self.overrides.origin_of(path) {
+            return o.clone();
+        }
         let (line, col) = self.pos.find(path).unwrap_or((0, 0));
         Location {
             file: self.file.clone(),
@@ -120,6 +126,12 @@ impl<'a> Builder<'a> {
     }
 
     pub(super) fn err(&mut self, path: &[Seg], msg: impl Into<String>) {
+        let mut msg = msg.into();
+        // A reference to an overridden param, refused where it is written: say where the
+        // value came from.
+        if let Some(o) = self.overrides.referenced_in(&msg) {
+            msg.push_str(&format!(" (`{}` is set by `{}`)", o.key_text(), o.origin));
+        }
         let e = SpecError::new(self.loc(path), msg);
         if !self.errors.contains(&e) {
             self.errors.push(e);
@@ -291,6 +303,7 @@ impl<'a> Builder<'a> {
             slurm: spec.slurm.clone(),
             remote: spec.remote.clone(),
             cache_dir: self.cache_dir.clone(),
+            overrides: self.overrides.describe(),
         })
     }
 }

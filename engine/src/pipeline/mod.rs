@@ -10,15 +10,18 @@
 //! | `edges.rs`  | edges from files, `needs` and `${stages...}` references           |
 //! | `graph.rs`  | the petgraph graph: topological order, walks, cycles             |
 //! | `paths.rs`  | workspace paths: normalising, enclosing outputs, absolute paths   |
+//! | `overrides.rs` | `-S KEY=VALUE` and `--params FILE` applied to the YAML tree     |
 
 mod build;
 mod edges;
 mod graph;
 mod matrix;
 mod node;
+mod overrides;
 mod paths;
 
 pub use graph::Graph;
+pub use overrides::{Override, Overrides};
 pub use paths::{absolute_clean, is_inside, normalize};
 
 use build::Builder;
@@ -87,6 +90,9 @@ pub struct Node {
     pub matrix: IndexMap<String, Value>,
     /// Resolved parameters with `{"$artifact": i}` markers for `bindings[i]`.
     pub params: Value,
+    /// For a `command` stage: the pipeline params its fields refer to, by name
+    /// (`a.b` for `${params.a.b}`), with their values (see `Record::param_refs`).
+    pub param_refs: std::collections::BTreeMap<String, Value>,
     pub bindings: Vec<Binding>,
     pub deps: Vec<Dep>,
     /// Workspace outputs (normalised relative paths).
@@ -153,6 +159,8 @@ pub struct Pipeline {
     pub remote: Option<String>,
     /// The cache folder (absolute); outputs may not contain it and folder inputs skip it.
     pub cache_dir: PathBuf,
+    /// The overrides applied (`-S`, `--params`), as `KEY=VALUE`, for the run history.
+    pub overrides: Vec<String>,
 }
 
 impl Pipeline {
@@ -177,6 +185,17 @@ impl Pipeline {
         cache_dir: &Path,
         registry: &Registry,
     ) -> Result<Pipeline, SpecErrors> {
+        Self::load_with_overrides(file, workdir, cache_dir, registry, &Overrides::default())
+    }
+
+    /// [`Pipeline::load_with_cache`], with `overrides` applied to the file's params.
+    pub fn load_with_overrides(
+        file: &Path,
+        workdir: &Path,
+        cache_dir: &Path,
+        registry: &Registry,
+        overrides: &Overrides,
+    ) -> Result<Pipeline, SpecErrors> {
         let bytes = std::fs::read(file).map_err(|e| {
             SpecError::new(
                 Location {
@@ -188,7 +207,7 @@ impl Pipeline {
         })?;
         let src =
             String::from_utf8(bytes).map_err(|e| not_utf8(file, e.as_bytes(), e.utf8_error()))?;
-        Self::parse_with_cache(&src, file, workdir, cache_dir, registry)
+        Self::parse_with_overrides(&src, file, workdir, cache_dir, registry, overrides)
     }
 
     pub fn parse(
@@ -207,6 +226,28 @@ impl Pipeline {
         cache_dir: &Path,
         registry: &Registry,
     ) -> Result<Pipeline, SpecErrors> {
+        Self::parse_with_overrides(
+            src,
+            file,
+            workdir,
+            cache_dir,
+            registry,
+            &Overrides::default(),
+        )
+    }
+
+    /// Parses and checks a pipeline with `overrides` applied. The file is read as it is
+    /// first (so that its own mistakes point at its lines), then the overrides change
+    /// its value tree, and the result is built as if it had been written so; errors at
+    /// or under an overridden key point at the override.
+    pub fn parse_with_overrides(
+        src: &str,
+        file: &Path,
+        workdir: &Path,
+        cache_dir: &Path,
+        registry: &Registry,
+        overrides: &Overrides,
+    ) -> Result<Pipeline, SpecErrors> {
         let src = &interp::protect(src);
         let mut b = Builder::new(src, file, registry)?;
         b.workdir = absolute_clean(workdir);
@@ -217,8 +258,22 @@ impl Pipeline {
             .ok()
             .map(|r| r.to_string_lossy().into_owned())
             .filter(|r| !r.is_empty());
-        let spec: PipelineFile = serde_yaml::from_str(src).map_err(|e| b.yaml_error(e))?;
+        let mut spec: PipelineFile = serde_yaml::from_str(src).map_err(|e| b.yaml_error(e))?;
         b.check_duplicates()?;
+        if !overrides.is_empty() {
+            let mut doc: serde_yaml::Value =
+                serde_yaml::from_str(src).map_err(|e| b.yaml_error(e))?;
+            overrides.apply(&mut doc, registry)?;
+            // Only `params` maps changed, whose values may be anything: this cannot fail
+            // where the file itself deserialised; if it does, say which overrides.
+            spec = serde_yaml::from_value(doc).map_err(|e| {
+                SpecErrors::from(SpecError::new(
+                    overrides.0[0].origin.clone(),
+                    format!("the overrides make the pipeline unreadable: {e}"),
+                ))
+            })?;
+            b.overrides = overrides.clone();
+        }
         b.build(spec, file, workdir)
     }
 

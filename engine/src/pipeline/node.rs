@@ -2,6 +2,44 @@
 //! resources, device and executor; and the `slurm:` section's checks.
 use super::*;
 
+/// The pipeline params that `${params...}` references in `texts` name, with their
+/// values (a reference that does not resolve is reported elsewhere and left out here).
+fn referenced_params<'s>(
+    texts: impl Iterator<Item = &'s String>,
+    params: &IndexMap<String, Value>,
+) -> std::collections::BTreeMap<String, Value> {
+    const MARK: &str = "${params.";
+    let mut out = std::collections::BTreeMap::new();
+    for t in texts {
+        let t = interp::unprotect(t);
+        let mut from = 0;
+        while let Some(at) = t[from..].find(MARK).map(|a| a + from) {
+            from = at + MARK.len();
+            // `$${` is a literal `${`.
+            if t[..at].ends_with('$') {
+                continue;
+            }
+            let Some(end) = t[from..].find('}').map(|e| e + from) else {
+                break;
+            };
+            let name = &t[from..end];
+            let mut parts = name.split('.');
+            let mut v = parts.next().and_then(|first| params.get(first));
+            for part in parts {
+                v = v.and_then(|x| match x {
+                    Value::Object(m) => m.get(part),
+                    Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+                    _ => None,
+                });
+            }
+            if let Some(v) = v {
+                out.insert(name.to_string(), v.clone());
+            }
+        }
+    }
+    out
+}
+
 impl Builder<'_> {
     #[allow(clippy::type_complexity)]
     pub(super) fn node(
@@ -87,6 +125,15 @@ impl Builder<'_> {
                 ),
             );
         }
+        if !kind.takes_cmd() && !st.metrics.is_empty() {
+            self.err(
+                &field("metrics"),
+                format!(
+                    "`metrics` files are only for `command` stages; `{}` records its own metrics (`dagrun show NODE`)",
+                    kind.name()
+                ),
+            );
+        }
         if kind.takes_cmd() && !st.params.is_empty() {
             self.err(
                 &field("params"),
@@ -109,10 +156,25 @@ impl Builder<'_> {
         };
         let deps_raw = text_list("deps", &st.deps, self);
         let outs_raw = text_list("outs", &st.outs, self);
+        let metrics_raw = text_list("metrics", &st.metrics, self);
         let needs_raw = text_list("needs", &st.needs, self);
         let mut outs = Vec::new();
         let mut out_locs = Vec::new();
-        for (i, (o, loc)) in outs_raw.iter().enumerate() {
+        // A metrics file is an output like `outs` (cached, restored), which the command
+        // kind also reads into the record's metrics once the command has succeeded.
+        let mut metric_files = Vec::new();
+        let written = outs_raw
+            .iter()
+            .enumerate()
+            .map(|(i, o)| ("outs", i, o))
+            .chain(
+                metrics_raw
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| ("metrics", i, o)),
+            );
+        for (f, i, (o, loc)) in written {
+            let item = |_: &str, i: usize| item(f, i);
             match normalize(o) {
                 // Removed before the stage runs: the workspace itself, the cache folder or
                 // a folder holding it would be deleted with everything in it.
@@ -139,6 +201,9 @@ impl Builder<'_> {
                     ),
                 ),
                 Ok(p) => {
+                    if f == "metrics" {
+                        metric_files.push(Value::String(p.clone()));
+                    }
                     outs.push(p);
                     out_locs.push(loc.clone());
                 }
@@ -208,6 +273,9 @@ impl Builder<'_> {
             spec.defaults.resources.as_ref(),
         );
         let executor = st.executor.or(spec.defaults.executor).unwrap_or_default();
+        if !metric_files.is_empty() {
+            node_params.insert("metrics".into(), Value::Array(metric_files));
+        }
         let params_v = Value::Object(node_params);
         if self.errors.len() == n_before {
             if let Err(pe) = kind.validate(&params_v) {
@@ -246,6 +314,18 @@ impl Builder<'_> {
                 kind: kind.clone(),
                 matrix,
                 params: params_v,
+                param_refs: if kind.takes_cmd() {
+                    referenced_params(
+                        st.cmd
+                            .iter()
+                            .chain(&st.deps)
+                            .chain(&st.outs)
+                            .chain(&st.metrics),
+                        params,
+                    )
+                } else {
+                    Default::default()
+                },
                 bindings: Vec::new(),
                 deps,
                 outs,
