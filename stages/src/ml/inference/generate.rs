@@ -80,7 +80,7 @@ fn pick_step(
                         .for_each(|(p, _)| *p = 0);
                     return (picks, 0.0);
                 }
-                DevicePick::Host(logits) => logits,
+                DevicePick::Host(logits) => *logits,
             }
         }
         SamplingPlace::Host => logits,

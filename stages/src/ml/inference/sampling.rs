@@ -124,8 +124,9 @@ pub struct SamplingConfig {
 pub enum DevicePick {
     /// One token id per row.
     Picked(Vec<u32>),
-    /// The logits, for the host to choose from.
-    Host(Tensor<2>),
+    /// The logits, for the host to choose from (boxed: a tensor handle is 256 bytes, the
+    /// picks 24, and this is one allocation per generated token at most).
+    Host(Box<Tensor<2>>),
 }
 
 impl DevicePick {
@@ -301,7 +302,7 @@ impl SamplingConfig {
             return DevicePick::Picked(int_values(logits.argmax(1)));
         }
         if !self.is_plain(width) {
-            return DevicePick::Host(logits);
+            return DevicePick::Host(Box::new(logits));
         }
         let device = logits.device();
         let scaled = logits.clone().cast(DType::F64).div_scalar(self.temperature);

@@ -60,16 +60,17 @@ fn primitive<const D: usize>(t: Tensor<D>) -> TchTensor {
     }
 }
 
-fn unique(t: Tensor<1>) -> Result<TchTensor, Tensor<1>> {
+/// The tensor's libtorch primitive when this code may write over it, else the tensor back.
+fn unique(t: Tensor<1>) -> InPlace<TchTensor, Tensor<1>> {
     if !on_libtorch(&t) {
-        return Err(t);
+        return Declined(t);
     }
     let prim = primitive(t);
     if prim.can_mut() {
-        Ok(prim)
+        Done(prim)
     } else {
         // Shared storage (another tensor views it): not ours to write over.
-        Err(wrap(prim))
+        Declined(wrap(prim))
     }
 }
 
@@ -127,18 +128,21 @@ pub(super) fn update(
         return Declined((p, g, state));
     }
     let p = match unique(p) {
-        Ok(p) => p,
-        Err(p) => return Declined((p, g, state)),
+        Done(p) => p,
+        Declined(p) => return Declined((p, g, state)),
     };
     let g = match unique(g) {
-        Ok(g) => g,
-        Err(g) => return Declined((wrap(p), g, state)),
+        Done(g) => g,
+        Declined(g) => return Declined((wrap(p), g, state)),
     };
     let (m, v) = match state {
         Some(s) => match (unique(s.m), unique(s.v)) {
-            (Ok(m), Ok(v)) => (m, v),
+            (Done(m), Done(v)) => (m, v),
             (m, v) => {
-                let back = |r: Result<TchTensor, Tensor<1>>| r.map_or_else(|t| t, wrap);
+                let back = |r: InPlace<TchTensor, Tensor<1>>| match r {
+                    Done(t) => wrap(t),
+                    Declined(t) => t,
+                };
                 let s = Moments {
                     step: s.step,
                     m: back(m),
