@@ -10,7 +10,7 @@
 //!   inside a matmul or an elementwise chain differs from PyTorch's kernels, so the results
 //!   agree to a few bf16 ulps of the logits, not to float32 precision. Observed (2026-11-28,
 //!   torch 2.9.0, both CPU devices): 2.5e-2 (Gemma) and 2.2e-2 (Llama) for log-probs, 1.4e-2
-//!   for scores — the same size as transformers' own bf16-vs-float32 gap on these weights
+//!   for scores; Qwen2 (2026-12-06, transformers 5.25): 3.5e-2 for log-probs — the same size as transformers' own bf16-vs-float32 gap on these weights
 //!   (1.4e-2 to 2.8e-2); the tolerances leave about 2× headroom.
 
 use std::path::{Path, PathBuf};

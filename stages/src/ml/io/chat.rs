@@ -376,12 +376,16 @@ impl ChatTemplate {
 
     /// Checks that every special token the template writes is one token of `tok`.
     pub fn check_tokenizer(&self, tok: &TextTokenizer) -> Result<()> {
+        let name = match self {
+            ChatTemplate::Own(_) => self.to_string(),
+            named => format!("`{named}`"),
+        };
         for s in self.special_tokens() {
             let ids = tok.encode(s)?;
             let single = ids.len() == 1 && tok.decode(&ids)? == s;
             if !single {
                 return Err(MlError::Invalid(format!(
-                    "the chat template {self} writes `{s}`, which this tokenizer does not \
+                    "the chat template {name} writes `{s}`, which this tokenizer does not \
                      know as one token: is it the model's template?"
                 )));
             }

@@ -675,7 +675,7 @@ mod tests {
         let out = config_json(&c, true, WeightDtype::F32);
         assert_eq!(decoder_config(&out, Path::new("back.json")).unwrap(), c);
         // `layer_types` decides when present; all layers below max_window_layers: no window.
-        v["layer_types"] = json!(vec!["full_attention"; 24]);
+        v["layer_types"] = serde_json::to_value(["full_attention"; 24]).unwrap();
         let c = decoder_config(&v, Path::new("c.json")).unwrap();
         assert_eq!(c.sliding_window, None);
         v["layer_types"] = json!(["full_attention", "chunked_attention"]);
@@ -683,7 +683,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("2 entries for 24 layers"), "{e}");
-        let mut types = vec!["full_attention"; 24];
+        let mut types = ["full_attention"; 24];
         types[3] = "chunked_attention";
         v["layer_types"] = json!(types);
         let e = decoder_config(&v, Path::new("c.json"))
