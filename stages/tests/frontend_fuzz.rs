@@ -155,7 +155,7 @@ fn mutate(rng: &mut fastrand::Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
                 let end = (at + rng.usize(1..12)).min(s.len());
                 s.drain(at..end);
             }
-            2 | 3 | 4 => {
+            2..=4 => {
                 let t = TOKENS[rng.usize(..TOKENS.len())].as_bytes();
                 s.splice(at..at, t.iter().copied());
             }

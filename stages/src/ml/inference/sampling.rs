@@ -121,6 +121,8 @@ pub struct SamplingConfig {
 
 /// What [`SamplingConfig::pick_on_device`] did: the picks, one per row, or the logits
 /// handed back untouched for the host (top-k and top-p are chosen there).
+// One value per sampling step, returned at once: boxing the tensor would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum DevicePick {
     /// One token id per row.
     Picked(Vec<u32>),
