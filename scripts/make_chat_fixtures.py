@@ -1,18 +1,26 @@
 #!/usr/bin/env python3
-"""Reference outputs of Hugging Face's chat templates for dagrun's `ml/chat.rs`.
+"""Reference outputs of Hugging Face's chat templates for dagrun's `ml/io/chat.rs`.
 
 Writes `tests/fixtures/chat/`:
-  gemma/tokenizer.json, llama3/tokenizer.json   tiny tokenizers with the models' special tokens
-  expected.json   per template and conversation: the rendered text
-                  (`apply_chat_template(tokenize=False)`) and the ids
-                  (`apply_chat_template(tokenize=True)`), plus the ids that tokenising the text
-                  again *with* special tokens gives (the double-BOS mistake to avoid)
+  gemma/tokenizer.json, llama3/tokenizer.json, qwen2.5/tokenizer.json
+                  tiny tokenizers with the models' special tokens
+  <template>/     per template (gemma, gemma3, llama3, llama3.1, qwen2.5): a model folder's
+                  text files as the hub has them: `config.json` (its model_type),
+                  `tokenizer.json` (a copy of the family's) and `tokenizer_config.json` with
+                  the `chat_template` and the special tokens' strings
+  expected.json   per template: its source, and per conversation the rendered text
+                  (`apply_chat_template(tokenize=False)`) without and with
+                  `add_generation_prompt=True`, the ids (`tokenize=True`), plus the ids that
+                  tokenising the text again *with* special tokens gives (the double-BOS mistake
+                  to avoid); or the error the template raises
 
 No weights or downloads: the tokenizers are byte-level BPEs trained here on a few sentences,
-with the special tokens of Gemma and Llama-3 added. The templates are the models' published
-ones (the `chat_template` of google/gemma-2b-it, google/gemma-3-*-it for a system message,
-meta-llama/Meta-Llama-3-8B-Instruct and meta-llama/Llama-3.1-8B-Instruct), copied below.
-Llama-3.1 shares the Llama-3 tokenizer folder.
+with the special tokens of Gemma, Llama-3 and Qwen2.5 added. The templates are the models'
+published ones, the `chat_template` strings of the `tokenizer_config.json` of
+google/gemma-2b-it, google/gemma-3-*-it (string contents only), meta-llama/Meta-Llama-3-8B-Instruct,
+meta-llama/Llama-3.1-8B-Instruct and Qwen/Qwen2.5-*-Instruct, transcribed below as literal
+strings (this machine cannot reach the hub). dagrun carries the same texts as its named
+templates (`ml/io/chat.rs`), and its tests check they are byte-equal to these.
 
     /opt/dagrun/torch-venv/bin/python scripts/make_chat_fixtures.py
 """
@@ -176,6 +184,63 @@ LLAMA31 = """{{- bos_token }}
 {%- endif %}
 """
 
+# Qwen/Qwen2.5-*-Instruct (0.5B to 72B share it; whitespace as published).
+QWEN25 = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- message.content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
 CORPUS = [
     "the movie was great and the actors were wonderful",
     "a dull film with a boring plot",
@@ -204,8 +269,15 @@ CONVERSATIONS = {
         {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "Paris."},
     ],
+    # What a policy is prompted with: the conversation so far, then the generation prompt.
+    "prompt_only": [
+        {"role": "user", "content": "Write a poem about the sea."},
+    ],
+    "system_prompt_only": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "café 東京?"},
+    ],
 }
-
 
 def tiny_tokenizer(specials, bos):
     tok = Tokenizer(models.BPE())
@@ -218,6 +290,8 @@ def tiny_tokenizer(specials, bos):
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
+    if bos is None:
+        return tok
     # Like Gemma's and Llama-3's own tokenizers: encoding with special tokens adds the BOS.
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
@@ -235,45 +309,82 @@ def ids_of(result):
 def main():
     expected = {}
     llama = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    # template name: (tokenizer folder, special tokens, bos, eos, chat template)
+    # Qwen2.5's tokenizer has no BOS (bos_token null): its post-processor adds nothing, so
+    # tokenising the text again with special tokens gives the same ids.
+    qwen = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    # tokenizer folder: (special tokens, bos (added by the post-processor), eos, model_type)
+    families = {
+        "gemma": (["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "gemma"),
+        "llama3": (llama, "<|begin_of_text|>", "<|eot_id|>", "llama"),
+        "qwen2.5": (qwen, None, "<|im_end|>", "qwen2"),
+    }
+    # template name: (tokenizer folder, chat template). `gemma` is google/gemma-2b-it's own
+    # (a system message raises); `gemma3` is dagrun's named `gemma` template.
     setups = {
-        "gemma": ("gemma", ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", GEMMA),
-        "llama3": ("llama3", llama, "<|begin_of_text|>", "<|eot_id|>", LLAMA3),
-        "llama3.1": ("llama3", llama, "<|begin_of_text|>", "<|eot_id|>", LLAMA31),
+        "gemma": ("gemma", GEMMA),
+        "gemma3": ("gemma", GEMMA3),
+        "llama3": ("llama3", LLAMA3),
+        "llama3.1": ("llama3", LLAMA31),
+        "qwen2.5": ("qwen2.5", QWEN25),
     }
     tokenizers = {}
-    for name, (folder_name, specials, bos, eos, template) in setups.items():
-        if folder_name not in tokenizers:
-            tokenizers[folder_name] = tiny_tokenizer(specials, bos)
-            folder = os.path.join(OUT, folder_name)
-            os.makedirs(folder, exist_ok=True)
-            tokenizers[folder_name].save(os.path.join(folder, "tokenizer.json"))
+    for folder_name, (specials, bos, _eos, _mt) in families.items():
+        tok = tiny_tokenizer(specials, bos)
+        tokenizers[folder_name] = tok
+        folder = os.path.join(OUT, folder_name)
+        os.makedirs(folder, exist_ok=True)
+        tok.save(os.path.join(folder, "tokenizer.json"))
+    for name, (folder_name, template) in setups.items():
+        specials, bos, eos, model_type = families[folder_name]
         tok = tokenizers[folder_name]
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos)
+        # The model folder as the hub has it (text files only).
+        folder = os.path.join(OUT, name)
+        os.makedirs(folder, exist_ok=True)
+        if folder != os.path.join(OUT, folder_name):
+            tok.save(os.path.join(folder, "tokenizer.json"))
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump({"model_type": model_type}, f, indent=1)
+            f.write("\n")
+        config = {"bos_token": bos, "eos_token": eos, "chat_template": template}
+        if name == "gemma":
+            # Gemma's hub config writes special tokens as AddedToken dicts; both forms occur.
+            config["bos_token"] = {"content": bos, "lstrip": False, "normalized": False,
+                                   "rstrip": False, "single_word": False, "__type": "AddedToken"}
+        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f, indent=1, ensure_ascii=False)
+            f.write("\n")
         cases = {}
         for cname, conv in CONVERSATIONS.items():
-            tmpl = template
-            if name == "gemma" and conv[0]["role"] == "system":
-                tmpl = GEMMA3
-                try:
-                    hf.apply_chat_template(conv, tokenize=False, chat_template=GEMMA)
-                    raise SystemExit("the Gemma 1/2 template accepted a system message")
-                except Exception as e:  # jinja's TemplateError
-                    if "System role not supported" not in str(e):
-                        raise
-            text = hf.apply_chat_template(conv, tokenize=False, chat_template=tmpl)
-            ids = ids_of(hf.apply_chat_template(conv, tokenize=True, chat_template=tmpl))
+            try:
+                text = hf.apply_chat_template(conv, tokenize=False, chat_template=template)
+            except Exception as e:  # jinja's TemplateError from raise_exception
+                cases[cname] = {"messages": conv, "error": str(e)}
+                continue
+            gen = hf.apply_chat_template(conv, tokenize=False, chat_template=template, add_generation_prompt=True)
+            ids = ids_of(hf.apply_chat_template(conv, tokenize=True, chat_template=template))
             assert ids == hf(text, add_special_tokens=False)["input_ids"], cname
             with_specials = hf(text, add_special_tokens=True)["input_ids"]
-            assert with_specials[:2] == [tok.token_to_id(bos)] * 2, "the post-processor adds a BOS"
-            assert ids.count(tok.token_to_id(bos)) == 1, cname
+            if bos is not None:
+                assert with_specials[:2] == [tok.token_to_id(bos)] * 2, "the post-processor adds a BOS"
+                assert ids.count(tok.token_to_id(bos)) == 1, cname
             cases[cname] = {
                 "messages": conv,
                 "text": text,
+                "text_with_generation_prompt": gen,
                 "ids": ids,
                 "ids_with_special_tokens": with_specials,
             }
-        expected[name] = {"bos_token": bos, "tokenizer": folder_name, "cases": cases}
+        if name == "gemma":
+            assert "System role not supported" in cases["system"]["error"]
+        expected[name] = {
+            "template": template,
+            "bos_token": bos,
+            "eos_token": eos,
+            "tokenizer": folder_name,
+            "folder": name,
+            "cases": cases,
+        }
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1, ensure_ascii=False)
         f.write("\n")

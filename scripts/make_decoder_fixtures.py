@@ -1,4 +1,4 @@
-"""Hugging Face reference fixtures of dagrun's Gemma/Llama decoder (stages/src/ml/decoder.rs).
+"""Hugging Face reference fixtures of dagrun's Gemma/Llama/Qwen2 decoder (stages/src/ml/decoder.rs).
 
 Called by scripts/make_hf_fixtures.py (`--only decoders`); writes, next to the GPT-2 fixture:
 
@@ -6,7 +6,11 @@ Called by scripts/make_hf_fixtures.py (`--only decoders`); writes, next to the G
     tests/fixtures/llama-tiny/         LlamaForCausalLM (GQA 4/2, llama3 rope scaling, untied head)
     tests/fixtures/llama-rm-tiny/      LlamaForSequenceClassification (num_labels 1, pad 0)
     tests/fixtures/gemma-rm-tiny/      GemmaForSequenceClassification (num_labels 2, pad 0)
-    tests/fixtures/<name>-bf16/        the first three in bfloat16
+    tests/fixtures/qwen2-tiny/         Qwen2ForCausalLM (GQA 4/2, biases on q/k/v only, rope theta
+                                       1e6, tied head, sliding window configured but off, as in the
+                                       released Qwen2.5 configs)
+    tests/fixtures/qwen2-rm-tiny/      Qwen2ForSequenceClassification (num_labels 1, pad 0)
+    tests/fixtures/<name>-bf16/        gemma-tiny, llama-tiny, llama-rm-tiny, qwen2-tiny in bfloat16
     tests/fixtures/decoders-reference.json
 
 Every folder is saved SHARDED (a small max_shard_size, so `model.safetensors.index.json` and
@@ -31,6 +35,9 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2ForSequenceClassification,
 )
 
 # Small enough that the tiny weights split into several shards.
@@ -84,6 +91,32 @@ def llama_config(**extra) -> LlamaConfig:
             "original_max_position_embeddings": 256,
         },
         tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        **extra,
+    )
+
+
+def qwen2_config(**extra) -> Qwen2Config:
+    # Qwen2.5's switches at a tiny size: rope theta 1e6, untied only in the 7B+ models (tied
+    # here, like 0.5B-3B), `use_sliding_window: false` with a window and max_window_layers
+    # still written (transformers then builds full attention on every layer).
+    return Qwen2Config(
+        vocab_size=320,
+        hidden_size=32,
+        intermediate_size=72,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        use_sliding_window=False,
+        sliding_window=16,
+        max_window_layers=1,
+        tie_word_embeddings=True,
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
@@ -177,6 +210,8 @@ def write_decoders(out: str, tok, texts, prompts, seed: int) -> None:
         ("llama-tiny", LlamaForCausalLM, llama_config(), False, "causal", True),
         ("llama-rm-tiny", LlamaForSequenceClassification, llama_config(num_labels=1), False, "reward", True),
         ("gemma-rm-tiny", GemmaForSequenceClassification, gemma_config(num_labels=2), True, "reward", False),
+        ("qwen2-tiny", Qwen2ForCausalLM, qwen2_config(), False, "causal", True),
+        ("qwen2-rm-tiny", Qwen2ForSequenceClassification, qwen2_config(num_labels=1), False, "reward", False),
     ]
     reference = {
         "generator": "scripts/make_decoder_fixtures.py",
@@ -189,8 +224,14 @@ def write_decoders(out: str, tok, texts, prompts, seed: int) -> None:
         model = perturbed(cls, config, seed + i, gemma)
         save(model, tokenizer_json, os.path.join(out, name))
         entry = {"kind": kind, "f32": reference_of(model, kind, tok, texts, prompts)}
-        if name == "llama-tiny":
+        if name in ("llama-tiny", "qwen2-tiny"):
             entry["inv_freq"] = model.model.rotary_emb.inv_freq.tolist()
+        if name == "qwen2-tiny":
+            # Every layer attends fully: the window is configured but not used.
+            assert model.config.sliding_window is None, model.config.sliding_window
+            assert model.config.layer_types == ["full_attention"] * 2, model.config.layer_types
+            assert model.model.layers[0].self_attn.q_proj.bias is not None
+            assert model.model.layers[0].self_attn.o_proj.bias is None
         if with_bf16:
             folder = os.path.join(out, name + "-bf16")
             save(perturbed(cls, config, seed + i, gemma).to(torch.bfloat16), tokenizer_json, folder)

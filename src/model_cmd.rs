@@ -21,7 +21,7 @@ pub enum ModelCommand {
     Logprobs {
         /// Model folder (Hugging Face layout: config.json, model.safetensors or sharded
         /// model-*.safetensors with model.safetensors.index.json, tokenizer.json); GPT-2,
-        /// Gemma or Llama.
+        /// Gemma, Llama or Qwen2.
         #[arg(long, value_name = "M")]
         model: PathBuf,
         /// The text to score.
@@ -38,7 +38,7 @@ pub enum ModelCommand {
     ///
     /// JSON: {"ids": [...], "text": "..."}; ids include the prompt's.
     Generate {
-        /// Model folder (Hugging Face GPT-2, Gemma or Llama layout, with tokenizer.json).
+        /// Model folder (Hugging Face GPT-2, Gemma, Llama or Qwen2 layout, with tokenizer.json).
         #[arg(long, value_name = "M")]
         model: PathBuf,
         /// The prompt to continue.
@@ -74,7 +74,8 @@ pub enum ModelCommand {
     /// JSON: {"rewards": [...], "mean": x, "variance": y} (sample variance over heads).
     Reward {
         /// Reward model folder: a model folder plus reward_heads.safetensors and
-        /// reward_model.json, or a Hugging Face Llama/Gemma *ForSequenceClassification folder.
+        /// reward_model.json, or a Hugging Face Llama/Gemma/Qwen2 *ForSequenceClassification
+        /// folder.
         #[arg(long, value_name = "M")]
         model: PathBuf,
         /// The prompt.
@@ -97,7 +98,7 @@ pub struct Compute {
     /// Where to run: auto, cpu, libtorch-cpu, cuda, cuda:N.
     #[arg(long, value_name = "D", default_value = "auto")]
     device: DeviceSpec,
-    /// Weights and compute dtype: f32, or bf16 (Gemma/Llama).
+    /// Weights and compute dtype: f32, or bf16 (Gemma/Llama/Qwen2).
     #[arg(long, value_name = "T", default_value = "f32")]
     dtype: WeightDtype,
 }

@@ -1,4 +1,4 @@
-//! `dagrun model reward|logprobs` on the Hugging Face Gemma/Llama fixtures (sharded folders
+//! `dagrun model reward|logprobs` on the Hugging Face Gemma/Llama/Qwen2 fixtures (sharded folders
 //! written by scripts/make_decoder_fixtures.py), against transformers' reference outputs.
 
 use std::path::PathBuf;
@@ -69,6 +69,70 @@ fn model_reward_scores_a_llama_sequence_classifier_folder() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["sum_logprob"].as_f64().unwrap() < 0.0);
+}
+
+/// Qwen2 through the binary: log-probs of the causal LM (f32 against transformers; bf16 runs)
+/// and the scores of its sequence classifier.
+#[test]
+fn model_logprobs_and_reward_on_qwen2_folders() {
+    let r = reference();
+    let ws = Ws::new();
+    let text = &r["models"]["qwen2-tiny"]["f32"]["texts"][0];
+    let (out, _) = ws.ok(&[
+        "model",
+        "logprobs",
+        "--model",
+        fixture("qwen2-tiny").to_str().unwrap(),
+        "--text",
+        text["text"].as_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ids"], text["ids"], "{v}");
+    let got = v["token_logprobs"].as_array().unwrap();
+    let want = text["token_logprobs"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g.as_f64().unwrap() - w.as_f64().unwrap()).abs() <= 1e-4,
+            "{g} vs {w}"
+        );
+    }
+    let (out, _) = ws.ok(&[
+        "model",
+        "logprobs",
+        "--model",
+        fixture("qwen2-tiny-bf16").to_str().unwrap(),
+        "--text",
+        "Hello",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bf16",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["sum_logprob"].as_f64().unwrap() < 0.0, "{v}");
+    let case = &r["models"]["qwen2-rm-tiny"]["f32"]["cases"][0];
+    let (out, _) = ws.ok(&[
+        "model",
+        "reward",
+        "--model",
+        fixture("qwen2-rm-tiny").to_str().unwrap(),
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--response",
+        case["response"].as_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let got = v["rewards"][0].as_f64().unwrap();
+    let expected = case["scores"][0].as_f64().unwrap();
+    assert!((got - expected).abs() <= 1e-4, "{got} vs {expected}");
 }
 
 /// `dagrun model generate` stops where transformers' `generate` stops: at any `eos_token_id`

@@ -50,8 +50,10 @@ pub struct BackbonePretrainParams {
     pub data: String,
     /// The backbone to start from: a Hugging Face GPT-2 folder with its tokenizer.json.
     pub init: String,
-    /// How pairs are rendered (`plain`, `gemma`, `llama3`, `llama3.1`); default: from `init`'s
-    /// `config.json` (GPT-2 → plain, Gemma-2B-it → gemma).
+    /// The chat template (`model`: the folder's own; `gemma`, `llama3`, `llama3.1`, `qwen2.5`,
+    /// `plain`); default: the folder's own `chat_template` (tokenizer_config.json) when it has
+    /// one, else from the `model_type` of its `config.json` (gpt2 → plain, gemma → gemma,
+    /// llama → llama3, qwen2 → qwen2.5).
     #[serde(default)]
     pub chat_template: Option<ChatTemplate>,
     /// Pairs per step (the paper's effective batch).

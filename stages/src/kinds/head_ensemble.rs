@@ -39,8 +39,10 @@ use crate::{
 pub struct HeadEnsembleParams {
     /// The reward model whose backbone is frozen (the `backbone_pretrain` output).
     pub backbone: String,
-    /// How pairs are rendered (`plain`, `gemma`, `llama3`, `llama3.1`); default: from the backbone's
-    /// `config.json`.
+    /// The chat template (`model`: the folder's own; `gemma`, `llama3`, `llama3.1`, `qwen2.5`,
+    /// `plain`); default: the folder's own `chat_template` (tokenizer_config.json) when it has
+    /// one, else from the `model_type` of its `config.json` (gpt2 → plain, gemma → gemma,
+    /// llama → llama3, qwen2 → qwen2.5).
     #[serde(default)]
     pub chat_template: Option<ChatTemplate>,
     /// Preference data with `train` and `eval` splits.

@@ -56,8 +56,10 @@ pub struct JudgeEvalParams {
     /// A judge reward model folder.
     #[serde(default)]
     pub judge_model: Option<String>,
-    /// How the judge reads a prompt and a response (`plain`, `gemma`, `llama3`, `llama3.1`); default:
-    /// from its `config.json` (a Llama-3 reward model → llama3, a Llama-3.1 one → llama3.1).
+    /// The chat template (`model`: the folder's own; `gemma`, `llama3`, `llama3.1`, `qwen2.5`,
+    /// `plain`); default: the folder's own `chat_template` (tokenizer_config.json) when it has
+    /// one, else from the `model_type` of its `config.json` (gpt2 → plain, gemma → gemma,
+    /// llama → llama3, qwen2 → qwen2.5).
     #[serde(default)]
     pub judge_chat_template: Option<ChatTemplate>,
     /// The head of the judge model to use (default: the mean of its heads).

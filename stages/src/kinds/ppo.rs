@@ -460,11 +460,11 @@ impl Setup {
             Path::new(&p.reward_model),
             device,
             WeightDtype::F32,
-            p.rm_chat_template,
+            p.rm_chat_template.clone(),
             p.rm_max_len,
             p.batch_size,
         )?;
-        let rm_template = reader.input().template();
+        let rm_template = reader.input().template().clone();
         let models = PpoModels {
             device: device.clone(),
             reference: Gpt2::from_hf_dir(policy_dir, device)?,

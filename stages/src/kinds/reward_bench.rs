@@ -40,8 +40,10 @@ pub struct RewardBenchParams {
     /// RewardBench rows `prompt, chosen, rejected, subset`: a `.parquet`/`.jsonl` file or a
     /// folder of them.
     pub data: String,
-    /// The chat template (`gemma`, `llama3`, `llama3.1`, `plain`); default: from the
-    /// `model_type` of the model's `config.json` (gpt2 → plain).
+    /// The chat template (`model`: the folder's own; `gemma`, `llama3`, `llama3.1`, `qwen2.5`,
+    /// `plain`); default: the folder's own `chat_template` (tokenizer_config.json) when it has
+    /// one, else from the `model_type` of its `config.json` (gpt2 → plain, gemma → gemma,
+    /// llama → llama3, qwen2 → qwen2.5).
     #[serde(default)]
     pub chat_template: Option<ChatTemplate>,
     /// Sequences per forward pass.

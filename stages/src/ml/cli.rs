@@ -11,9 +11,9 @@
 //!   prompt and a response, read as every kind reads them ([`super::reward`]: the chat
 //!   template its folder implies, no truncation), their mean and sample variance (ddof 1).
 //!
-//! A model folder is a Hugging Face folder with a `tokenizer.json`: GPT-2, Gemma or Llama
-//! (detected from `config.json`, weights single-file or sharded, loaded in the given
-//! [`WeightDtype`]). A reward model folder is one of those plus dagrun's heads, or a Gemma/Llama
+//! A model folder is a Hugging Face folder with a `tokenizer.json`: GPT-2, Gemma, Llama or
+//! Qwen2 (detected from `config.json`, weights single-file or sharded, loaded in the given
+//! [`WeightDtype`]). A reward model folder is one of those plus dagrun's heads, or a Gemma/Llama/Qwen2
 //! `*ForSequenceClassification` folder (see [`super::models::reward_model`]).
 
 use std::path::Path;

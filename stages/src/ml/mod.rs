@@ -1,7 +1,7 @@
 //! The ML core of dagrun's stages, on burn 0.22 (generics-free; the backend is the run-time
 //! [`burn::tensor::Device`] that a [`DeviceSpec`] names). Grouped by what a reader looks for:
 //!
-//! - [`models`]: the networks and their files — GPT-2 ([`Gpt2`]), the Gemma/Llama
+//! - [`models`]: the networks and their files — GPT-2 ([`Gpt2`]), the Gemma/Llama/Qwen2
 //!   [`Decoder`](models::decoder::Decoder), the [`Backbone`](models::backbone::Backbone) over
 //!   both and the [`LanguageModel`](models::backbone::LanguageModel) trait, attention's KV cache,
 //!   linear heads, the value head, the [`RewardModel`](models::reward_model::RewardModel);

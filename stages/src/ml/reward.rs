@@ -144,6 +144,8 @@ impl RewardInput {
         template.check_tokenizer(&tokenizer)?;
         let bos = match template.bos_token() {
             Some(text) => tokenizer.encode(text)?.first().copied(),
+            // A chat template without a BOS (Qwen2.5's) writes none, and none is added.
+            None if template.is_chat() => None,
             // What the post-processor puts before a text (Gemma's, Llama's BOS; GPT-2: none).
             None => tokenizer.encode_with_special_tokens("")?.first().copied(),
         };
@@ -171,8 +173,8 @@ impl RewardInput {
     }
 
     /// The chat template in use.
-    pub fn template(&self) -> ChatTemplate {
-        self.template
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
     }
 
     /// The reward model's tokenizer.
@@ -187,7 +189,7 @@ impl RewardInput {
 
     /// The text the reward model reads.
     pub fn text(&self, exchange: &Exchange) -> Result<String> {
-        match (self.template, exchange) {
+        match (&self.template, exchange) {
             (ChatTemplate::Plain, Exchange::Sampled { text, .. }) => Ok(text.clone()),
             (t, e) => t.render_pair(e.prompt(), e.response()),
         }
@@ -196,7 +198,7 @@ impl RewardInput {
     /// The token ids the reward model reads (see the module docs).
     pub fn encode(&self, exchange: &Exchange) -> Result<Encoded> {
         let text = self.text(exchange)?;
-        let mut ids = if self.template.bos_token().is_some() {
+        let mut ids = if self.template.is_chat() {
             self.tokenizer.encode(&text)?
         } else {
             self.tokenizer.encode_with_special_tokens(&text)?

@@ -1,6 +1,6 @@
-//! The Gemma/Llama decoder against Hugging Face transformers on the tiny sharded fixtures of
-//! scripts/make_decoder_fixtures.py (tests/fixtures/{gemma,llama}-tiny, llama-rm-tiny,
-//! gemma-rm-tiny, and their -bf16 copies).
+//! The Gemma/Llama/Qwen2 decoder against Hugging Face transformers on the tiny sharded fixtures
+//! of scripts/make_decoder_fixtures.py (tests/fixtures/{gemma,llama,qwen2}-tiny, llama-rm-tiny,
+//! gemma-rm-tiny, qwen2-rm-tiny, and their -bf16 copies).
 //!
 //! Tolerances (max absolute difference):
 //! - float32, and bf16 weights upcast to float32: [`TOL`] = 1e-4 (log-probs and scores), on
@@ -10,7 +10,7 @@
 //!   inside a matmul or an elementwise chain differs from PyTorch's kernels, so the results
 //!   agree to a few bf16 ulps of the logits, not to float32 precision. Observed (2026-11-28,
 //!   torch 2.9.0, both CPU devices): 2.5e-2 (Gemma) and 2.2e-2 (Llama) for log-probs, 1.4e-2
-//!   for scores — the same size as transformers' own bf16-vs-float32 gap on these weights
+//!   for scores; Qwen2 (2026-12-06, transformers 5.25): 3.5e-2 for log-probs — the same size as transformers' own bf16-vs-float32 gap on these weights
 //!   (1.4e-2 to 2.8e-2); the tolerances leave about 2× headroom.
 
 use std::path::{Path, PathBuf};
@@ -125,7 +125,7 @@ fn score_diff(rm: &RewardModel, section: &Value) -> f32 {
 #[test]
 fn causal_logprobs_match_transformers_in_f32_on_every_cpu_device() {
     let r = reference();
-    for name in ["gemma-tiny", "llama-tiny"] {
+    for name in ["gemma-tiny", "llama-tiny", "qwen2-tiny"] {
         for spec in cpu_devices() {
             let device = spec.resolve().unwrap();
             let model = Backbone::from_hf_dir(&dir(name), &device, WeightDtype::F32).unwrap();
@@ -139,7 +139,7 @@ fn causal_logprobs_match_transformers_in_f32_on_every_cpu_device() {
 #[test]
 fn sequence_classifier_scores_match_transformers_in_f32_on_every_cpu_device() {
     let r = reference();
-    for name in ["llama-rm-tiny", "gemma-rm-tiny"] {
+    for name in ["llama-rm-tiny", "gemma-rm-tiny", "qwen2-rm-tiny"] {
         for spec in cpu_devices() {
             let device = spec.resolve().unwrap();
             let rm = RewardModel::load(&dir(name), &device).unwrap();
@@ -158,7 +158,7 @@ fn bf16_checkpoints_match_transformers_in_bf16_and_upcast() {
     let r = reference();
     for spec in cpu_devices() {
         let device = spec.resolve().unwrap();
-        for name in ["gemma-tiny", "llama-tiny"] {
+        for name in ["gemma-tiny", "llama-tiny", "qwen2-tiny"] {
             let folder = dir(&format!("{name}-bf16"));
             let entry = &r["models"][name];
             let up = Backbone::from_hf_dir(&folder, &device, WeightDtype::F32).unwrap();
@@ -196,17 +196,67 @@ fn bf16_checkpoints_match_transformers_in_bf16_and_upcast() {
 }
 
 #[test]
-fn llama3_rope_frequencies_match_transformers() {
+fn llama3_and_qwen2_rope_frequencies_match_transformers() {
     let r = reference();
-    let path = dir("llama-tiny").join("config.json");
+    for name in ["llama-tiny", "qwen2-tiny"] {
+        let path = dir(name).join("config.json");
+        let (_, value) = model_kind(&path).unwrap();
+        let config = decoder_config(&value, &path).unwrap();
+        let expected = f32s(&r["models"][name]["inv_freq"]);
+        let got = config.inv_freq();
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(&expected) {
+            assert!(
+                (g - e).abs() <= 1e-6 * e.abs(),
+                "{name}: {got:?} vs {expected:?}"
+            );
+        }
+    }
+}
+
+/// Qwen2: the fixture's config is read with biases on q/k/v only, theta 1e6 and no window;
+/// with `use_sliding_window: true` a sequence up to the window computes as before (the
+/// windowed mask equals the causal one) and a longer one is refused, cache included.
+#[test]
+fn qwen2_biases_and_the_sliding_window_refusal() {
+    let device = DeviceSpec::Cpu.resolve().unwrap();
+    let path = dir("qwen2-tiny").join("config.json");
     let (_, value) = model_kind(&path).unwrap();
     let config = decoder_config(&value, &path).unwrap();
-    let expected = f32s(&r["models"]["llama-tiny"]["inv_freq"]);
-    let got = config.inv_freq();
-    assert_eq!(got.len(), expected.len());
-    for (g, e) in got.iter().zip(&expected) {
-        assert!((g - e).abs() <= 1e-6 * e.abs(), "{got:?} vs {expected:?}");
-    }
+    assert!(config.qkv_bias && !config.attention_bias && config.tie_word_embeddings);
+    assert_eq!((config.rope_theta, config.sliding_window), (1e6, None));
+    let r = reference();
+    let cases = texts(&r["models"]["qwen2-tiny"]["f32"]);
+    let ids = cases[0].0.clone();
+    let tmp = copy_folder("qwen2-tiny");
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
+            .unwrap();
+    v["use_sliding_window"] = serde_json::json!(true);
+    v["sliding_window"] = serde_json::json!(ids.len());
+    v.as_object_mut().unwrap().remove("layer_types");
+    std::fs::write(tmp.path().join("config.json"), v.to_string()).unwrap();
+    let windowed = Backbone::from_hf_dir(tmp.path(), &device, WeightDtype::F32).unwrap();
+    let full = Backbone::from_hf_dir(&dir("qwen2-tiny"), &device, WeightDtype::F32).unwrap();
+    let batch = TokenBatch::unpadded(std::slice::from_ref(&ids)).unwrap();
+    assert_eq!(
+        token_logprobs_rows(&windowed, &batch).unwrap(),
+        token_logprobs_rows(&full, &batch).unwrap()
+    );
+    let mut longer = ids.clone();
+    longer.push(ids[0]);
+    let err = token_logprobs_rows(&windowed, &TokenBatch::unpadded(&[longer]).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sliding-window attention") && err.contains(&format!("window {}", ids.len())),
+        "{err}"
+    );
+    // Through a cache: the prompt fits, one more token does not.
+    let mut cache = KvCache::new();
+    windowed.logits_of(&batch, Some(&mut cache)).unwrap();
+    let one = TokenBatch::unpadded(&[vec![ids[0]]]).unwrap();
+    assert!(windowed.logits_of(&one, Some(&mut cache)).is_err());
 }
 
 /// Merge a sharded folder's tensors into one `model.safetensors` (plus its config) in `out`.
@@ -228,7 +278,7 @@ fn unshard(folder: &Path, out: &Path) {
 fn sharded_load_equals_single_file_load() {
     let device = DeviceSpec::Cpu.resolve().unwrap();
     let r = reference();
-    for name in ["gemma-tiny", "llama-tiny"] {
+    for name in ["gemma-tiny", "llama-tiny", "qwen2-tiny"] {
         let folder = dir(name);
         assert!(folder.join("model.safetensors.index.json").exists());
         let tmp = tempfile::tempdir().unwrap();
@@ -249,7 +299,7 @@ fn sharded_load_equals_single_file_load() {
 #[test]
 fn kv_cache_decoding_equals_recomputation() {
     let r = reference();
-    for name in ["gemma-tiny", "llama-tiny"] {
+    for name in ["gemma-tiny", "llama-tiny", "qwen2-tiny"] {
         for spec in cpu_devices() {
             let device = spec.resolve().unwrap();
             let model = Backbone::from_hf_dir(&dir(name), &device, WeightDtype::F32).unwrap();
@@ -298,7 +348,7 @@ fn kv_cache_decoding_equals_recomputation() {
 #[test]
 fn greedy_generation_reproduces_transformers() {
     let r = reference();
-    for name in ["gemma-tiny", "llama-tiny"] {
+    for name in ["gemma-tiny", "llama-tiny", "qwen2-tiny"] {
         for case in r["models"][name]["f32"]["greedy"].as_array().unwrap() {
             let expected = u32s(&case["ids"]);
             let prompt_len = case["prompt_ids"].as_array().unwrap().len();
@@ -472,6 +522,8 @@ fn saved_decoders_load_back_to_the_same_outputs() {
     for (name, dtype) in [
         ("gemma-tiny", WeightDtype::F32),
         ("llama-tiny-bf16", WeightDtype::Bf16),
+        ("qwen2-tiny", WeightDtype::F32),
+        ("qwen2-tiny-bf16", WeightDtype::Bf16),
     ] {
         let model = Backbone::from_hf_dir(&dir(name), &device, dtype).unwrap();
         let tmp = tempfile::tempdir().unwrap();

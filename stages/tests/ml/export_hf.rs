@@ -77,7 +77,7 @@ fn dagrun_trained_export_loads_in_transformers_with_the_same_logprobs() {
     }
 }
 
-/// Gemma and Llama folders written by dagrun load in transformers (AutoModelForCausalLM) and
+/// Gemma, Llama and Qwen2 folders written by dagrun load in transformers (AutoModelForCausalLM) and
 /// give the same log-probs (skipped without python + transformers).
 #[test]
 fn exported_decoders_load_in_transformers_with_the_same_logprobs() {
@@ -88,7 +88,7 @@ fn exported_decoders_load_in_transformers_with_the_same_logprobs() {
     };
     let device = DeviceSpec::Cpu.resolve().unwrap();
     let texts = ["The quick brown fox", "café 42!"];
-    for name in ["gemma-tiny", "llama-tiny"] {
+    for name in ["gemma-tiny", "llama-tiny", "qwen2-tiny"] {
         let src = crate::common::fixtures().join(name);
         let model = Backbone::from_hf_dir(&src, &device, WeightDtype::F32).unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! Causal self-attention shared by every architecture (GPT-2 in `gpt2.rs`, Gemma/Llama in
+//! Causal self-attention shared by every architecture (GPT-2 in `gpt2.rs`, Gemma/Llama/Qwen2 in
 //! `decoder.rs`): the [`KvCache`], the additive causal + padding mask with the positions of the
 //! new tokens ([`KvCache::begin`]) (the attention itself: [`crate::ml::ops::attention`]).
 //!

@@ -1,9 +1,9 @@
-//! Every transformer dagrun runs, behind one type: [`Backbone`] (GPT-2, or the Gemma/Llama
+//! Every transformer dagrun runs, behind one type: [`Backbone`] (GPT-2, or the Gemma/Llama/Qwen2
 //! [`Decoder`]) and the [`LanguageModel`] trait that log-probs, generation and reward models
 //! are written against.
 //!
 //! [`Backbone::from_hf_dir`] detects the architecture from `config.json` (`model_type`:
-//! `gpt2`, `llama`, `gemma`) and loads the folder in the requested [`WeightDtype`] (GPT-2:
+//! `gpt2`, `llama`, `gemma`, `qwen2`) and loads the folder in the requested [`WeightDtype`] (GPT-2:
 //! float32 only).
 
 use std::path::Path;
@@ -74,7 +74,7 @@ impl LanguageModel for Decoder {
     }
 }
 
-/// GPT-2 or a Gemma/Llama decoder.
+/// GPT-2 or a Gemma/Llama/Qwen2 decoder.
 #[derive(Module, Debug)]
 pub enum Backbone {
     /// GPT-2 (`gpt2.rs`).
@@ -106,7 +106,7 @@ impl Backbone {
             "gpt2" => {
                 if dtype != WeightDtype::F32 {
                     return Err(MlError::Config(format!(
-                        "{}: GPT-2 loads in f32 only (bf16 is implemented for llama and gemma)",
+                        "{}: GPT-2 loads in f32 only (bf16 is implemented for llama, gemma and qwen2)",
                         dir.display()
                     )));
                 }

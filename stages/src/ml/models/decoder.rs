@@ -1,15 +1,26 @@
 //! A pre-norm decoder-only transformer with RMSNorm, a gated MLP, rotary embeddings and
-//! grouped-query attention: the architecture of Hugging Face's `LlamaForCausalLM` (Llama 3) and
-//! `GemmaForCausalLM` (Gemma 1), which differ only in the switches of [`DecoderConfig`]:
+//! grouped-query attention: the architecture of Hugging Face's `LlamaForCausalLM` (Llama 3),
+//! `GemmaForCausalLM` (Gemma 1) and `Qwen2ForCausalLM` (Qwen2, Qwen2.5), which differ only in
+//! the switches of [`DecoderConfig`]:
 //!
-//! | switch                 | Llama 3                 | Gemma 1                              |
-//! |------------------------|-------------------------|--------------------------------------|
-//! | `norm_weight_offset`   | false: `w · x̂`          | true: `(1 + w) · x̂` (float32 product) |
-//! | `hidden_act`           | `silu` (SwiGLU)         | `gelu_pytorch_tanh` (GeGLU)          |
-//! | `scale_embeddings`     | false                   | true: `× √hidden_size` (in the dtype) |
-//! | `tie_word_embeddings`  | per config (8B: false)  | true                                 |
-//! | `rope_scaling`         | `llama3` (3.1+), or none| none                                 |
-//! | `num_key_value_heads`  | 8 of 32 (GQA)           | 1 (MQA, 2B)                          |
+//! | switch                 | Llama 3                 | Gemma 1                              | Qwen2 / Qwen2.5          |
+//! |------------------------|-------------------------|--------------------------------------|--------------------------|
+//! | `norm_weight_offset`   | false: `w · x̂`          | true: `(1 + w) · x̂` (float32 product) | false                    |
+//! | `hidden_act`           | `silu` (SwiGLU)         | `gelu_pytorch_tanh` (GeGLU)          | `silu`                   |
+//! | `scale_embeddings`     | false                   | true: `× √hidden_size` (in the dtype) | false                    |
+//! | `tie_word_embeddings`  | per config (8B: false)  | true                                 | per config (≤3B: true)   |
+//! | `qkv_bias`             | false                   | false                                | true (o_proj: no bias)   |
+//! | `rope_theta`           | 500000                  | 10000                                | 1000000 (Qwen2.5)        |
+//! | `rope_scaling`         | `llama3` (3.1+), or none| none                                 | none                     |
+//! | `sliding_window`       | none                    | none                                 | none unless `use_sliding_window` |
+//! | `num_key_value_heads`  | 8 of 32 (GQA)           | 1 (MQA, 2B)                          | 2 of 14 (0.5B)           |
+//!
+//! Sliding-window attention (Qwen2 with `use_sliding_window: true`: layers from
+//! `max_window_layers` on attend to the last `sliding_window` positions only) is not
+//! implemented: such a model runs while a sequence (cached tokens included, padding counted)
+//! is no longer than the window, where the windowed mask equals the full causal one, and a
+//! longer sequence is refused with an error naming the window. Released Qwen2.5 configs set
+//! `use_sliding_window: false`.
 //!
 //! Read bottom-up: [`DecoderConfig`], [`Rope`], the private blocks [`RmsNorm`], [`Linear`],
 //! [`Attention`], [`Mlp`], [`Block`], then the public [`Decoder`]. Parameter names and layouts
@@ -44,11 +55,11 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: f64,
 }
 
-/// Hyper-parameters of a [`Decoder`], normalised from a Gemma or Llama `config.json`
+/// Hyper-parameters of a [`Decoder`], normalised from a Gemma, Llama or Qwen2 `config.json`
 /// (`decoder_hf.rs`); the same struct is serialised as dagrun's description of the model.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DecoderConfig {
-    /// `model_type` of the source config (`llama`, `gemma`), for messages.
+    /// `model_type` of the source config (`llama`, `gemma`, `qwen2`).
     pub model_type: String,
     /// Vocabulary size (rows of the token embedding).
     pub vocab_size: usize,
@@ -82,6 +93,18 @@ pub struct DecoderConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v/o projections have biases.
     pub attention_bias: bool,
+    /// q/k/v projections have biases even when `attention_bias` is false (Qwen2).
+    #[serde(default)]
+    pub qkv_bias: bool,
+    /// The attention window of the layers that use one (Qwen2 with `use_sliding_window`);
+    /// `None` when every layer attends to the whole sequence. Sequences longer than the window
+    /// are refused (see the module docs).
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// The layers that use `sliding_window` (Qwen2: from `max_window_layers` on, or those
+    /// `layer_types` names `sliding_attention`); empty when it is `None`.
+    #[serde(default)]
+    pub sliding_layers: Vec<usize>,
     /// MLP projections have biases.
     pub mlp_bias: bool,
     /// Beginning-of-sequence token id.
@@ -124,6 +147,20 @@ impl DecoderConfig {
                 self.head_dim
             ));
         }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window must be positive".into());
+        }
+        if self.sliding_window.is_some() == self.sliding_layers.is_empty()
+            || self
+                .sliding_layers
+                .iter()
+                .any(|&l| l >= self.num_hidden_layers)
+        {
+            return bad(format!(
+                "sliding window {:?} on layers {:?} of {}",
+                self.sliding_window, self.sliding_layers, self.num_hidden_layers
+            ));
+        }
         if !matches!(self.hidden_act.as_str(), "silu" | "gelu_pytorch_tanh") {
             return bad(format!(
                 "hidden_act `{}` is not supported (silu, gelu_pytorch_tanh)",
@@ -154,10 +191,10 @@ impl DecoderConfig {
         let (e, i) = (self.hidden_size, self.intermediate_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let ab = if self.attention_bias {
-            q + 2 * kv + e
-        } else {
-            0
+        let ab = match (self.attention_bias, self.qkv_bias) {
+            (true, _) => q + 2 * kv + e,
+            (false, true) => q + 2 * kv,
+            (false, false) => 0,
         };
         let mb = if self.mlp_bias { 2 * i + e } else { 0 };
         let block = 2 * e + e * q + 2 * e * kv + q * e + ab + 3 * e * i + mb;
@@ -372,7 +409,7 @@ pub enum LmHead {
     None,
 }
 
-/// A Gemma/Llama decoder. Parameter names follow Hugging Face (`embed_tokens`, `layers`,
+/// A Gemma/Llama/Qwen2 decoder. Parameter names follow Hugging Face (`embed_tokens`, `layers`,
 /// `norm`, optional untied `lm_head`).
 #[derive(Module, Debug)]
 pub struct Decoder {
@@ -436,11 +473,12 @@ impl Decoder {
                 })
             };
             let ab = config.attention_bias;
+            let qkvb = ab || config.qkv_bias;
             let mb = config.mlp_bias;
             let self_attn = Attention {
-                q_proj: linear("self_attn.q_proj", e, q, ab)?,
-                k_proj: linear("self_attn.k_proj", e, kv, ab)?,
-                v_proj: linear("self_attn.v_proj", e, kv, ab)?,
+                q_proj: linear("self_attn.q_proj", e, q, qkvb)?,
+                k_proj: linear("self_attn.k_proj", e, kv, qkvb)?,
+                v_proj: linear("self_attn.v_proj", e, kv, qkvb)?,
                 o_proj: linear("self_attn.o_proj", q, e, ab)?,
                 heads: config.num_attention_heads,
                 kv_heads: config.num_key_value_heads,
@@ -555,6 +593,17 @@ impl Decoder {
         let (b, t) = (batch.rows, batch.len);
         let mut own = KvCache::new();
         let cache = cache.unwrap_or(&mut own);
+        if let Some(window) = self.config.sliding_window {
+            let total = cache.seen() + t;
+            if total > window {
+                return Err(MlError::Invalid(format!(
+                    "this {} model uses sliding-window attention (window {window}, \
+                     `use_sliding_window: true`), which dagrun does not implement: a sequence \
+                     of {total} tokens (padding and cached tokens included) exceeds the window",
+                    self.config.model_type
+                )));
+            }
+        }
         let step = cache.begin(
             batch,
             self.layers.len(),

@@ -1,7 +1,10 @@
-//! Hugging Face Gemma/Llama folders → [`Decoder`]: `config.json` (read into a
+//! Hugging Face Gemma/Llama/Qwen2 folders → [`Decoder`]: `config.json` (read into a
 //! [`DecoderConfig`]) and safetensors weights, single-file or sharded, in float32 or bfloat16.
 //!
-//! Accepted: `model_type` `llama` or `gemma`; `architectures` `*ForCausalLM`, `*Model` or
+//! Accepted: `model_type` `llama`, `gemma` or `qwen2` (Qwen2 and Qwen2.5: biases on q/k/v, its
+//! sliding-window settings read as transformers reads them: a window only when
+//! `use_sliding_window` is true, on the layers `layer_types` marks `sliding_attention`, or else
+//! on layers from `max_window_layers` (default 28) on; see `decoder.rs` for what runs then); `architectures` `*ForCausalLM`, `*Model` or
 //! `*ForSequenceClassification` (whose `score.weight` `[num_labels, hidden]` is read by
 //! [`read_score_head`]). Rope settings are read from either layout transformers has written:
 //! `rope_theta` + `rope_scaling` (Llama 3 checkpoints on the hub) or `rope_parameters`
@@ -189,22 +192,85 @@ fn rope(v: &Value, path: &Path, default_theta: f64) -> Result<(f64, Option<Llama
     }
 }
 
-/// Normalise a Gemma (1) or Llama `config.json` (already parsed) into a [`DecoderConfig`].
+/// The model types [`decoder_config`] reads (GPT-2 has its own reader).
+pub const DECODER_MODEL_TYPES: [&str; 3] = ["llama", "gemma", "qwen2"];
+
+/// Qwen2's sliding window and the layers that use it, as transformers' `Qwen2Config` derives
+/// them: none unless `use_sliding_window`; then the layers `layer_types` marks
+/// `sliding_attention`, or without `layer_types` those from `max_window_layers` (default 28) on.
+fn qwen2_sliding(v: &Value, path: &Path, layers: usize) -> Result<(Option<usize>, Vec<usize>)> {
+    if !v
+        .get("use_sliding_window")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        return Ok((None, Vec::new()));
+    }
+    let window = match v.get("sliding_window") {
+        None | Some(Value::Null) => return Ok((None, Vec::new())),
+        Some(w) => w.as_u64().filter(|&w| w > 0).ok_or_else(|| {
+            MlError::Config(format!(
+                "{}: `sliding_window` is not a positive integer",
+                path.display()
+            ))
+        })? as usize,
+    };
+    let sliding: Vec<usize> = match v.get("layer_types").and_then(Value::as_array) {
+        Some(types) => {
+            if types.len() != layers {
+                return Err(MlError::Config(format!(
+                    "{}: `layer_types` has {} entries for {layers} layers",
+                    path.display(),
+                    types.len()
+                )));
+            }
+            let mut out = Vec::new();
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    Some("sliding_attention") => out.push(i),
+                    Some("full_attention") => {}
+                    other => {
+                        return Err(MlError::Config(format!(
+                            "{}: layer_types[{i}] {other:?} is not supported \
+                             (full_attention, sliding_attention)",
+                            path.display()
+                        )))
+                    }
+                }
+            }
+            out
+        }
+        None => {
+            let from = v
+                .get("max_window_layers")
+                .and_then(Value::as_u64)
+                .map_or(28, |n| n as usize);
+            (from..layers).collect()
+        }
+    };
+    Ok(if sliding.is_empty() {
+        (None, sliding)
+    } else {
+        (Some(window), sliding)
+    })
+}
+
+/// Normalise a Gemma (1), Llama or Qwen2 `config.json` (already parsed) into a
+/// [`DecoderConfig`].
 pub fn decoder_config(v: &Value, path: &Path) -> Result<DecoderConfig> {
     let model_type = field(v, path, "model_type")?
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let gemma = match model_type.as_str() {
-        "gemma" => true,
-        "llama" => false,
-        other => {
-            return Err(MlError::Config(format!(
-                "{}: model_type `{other}` is not supported (gpt2, llama, gemma)",
-                path.display()
-            )))
-        }
-    };
+    if !DECODER_MODEL_TYPES.contains(&model_type.as_str()) {
+        return Err(MlError::Config(format!(
+            "{}: model_type `{model_type}` is not supported (gpt2, {})",
+            path.display(),
+            DECODER_MODEL_TYPES.join(", ")
+        )));
+    }
+    let gemma = model_type == "gemma";
+    let qwen2 = model_type == "qwen2";
     let hidden_size = usize_field(v, path, "hidden_size")?;
     let heads = usize_field(v, path, "num_attention_heads")?;
     let head_dim = match v.get("head_dim").and_then(Value::as_u64) {
@@ -232,13 +298,19 @@ pub fn decoder_config(v: &Value, path: &Path) -> Result<DecoderConfig> {
             path.display()
         )));
     }
-    let (rope_theta, rope_scaling) = rope(v, path, 10000.0)?;
+    let (rope_theta, rope_scaling) = rope(v, path, if qwen2 { 1_000_000.0 } else { 10000.0 })?;
+    let num_hidden_layers = usize_field(v, path, "num_hidden_layers")?;
+    let (sliding_window, sliding_layers) = if qwen2 {
+        qwen2_sliding(v, path, num_hidden_layers)?
+    } else {
+        (None, Vec::new())
+    };
     let config = DecoderConfig {
         model_type,
         vocab_size: usize_field(v, path, "vocab_size")?,
         hidden_size,
         intermediate_size: usize_field(v, path, "intermediate_size")?,
-        num_hidden_layers: usize_field(v, path, "num_hidden_layers")?,
+        num_hidden_layers,
         num_attention_heads: heads,
         num_key_value_heads: v
             .get("num_key_value_heads")
@@ -259,11 +331,16 @@ pub fn decoder_config(v: &Value, path: &Path) -> Result<DecoderConfig> {
             .get("tie_word_embeddings")
             .and_then(Value::as_bool)
             .unwrap_or(gemma),
-        attention_bias: v
-            .get("attention_bias")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        // Qwen2 has no such switch: transformers ignores one in its config.
+        attention_bias: !qwen2
+            && v.get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         mlp_bias: v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
+        // Qwen2's q/k/v projections always have biases (its config has no switch for them).
+        qkv_bias: qwen2,
+        sliding_window,
+        sliding_layers,
         bos_token_id: ids(v.get("bos_token_id")).first().copied(),
         eos_token_ids: ids(v.get("eos_token_id")),
         pad_token_id: ids(v.get("pad_token_id")).first().copied(),
@@ -291,7 +368,7 @@ impl DecoderWeights for FolderWeights<'_> {
     }
 }
 
-/// A Gemma/Llama model loaded from a folder, with the unread rest of its weights (a score head).
+/// A Gemma/Llama/Qwen2 model loaded from a folder, with the unread rest of its weights (a score head).
 pub struct LoadedDecoder {
     /// The decoder.
     pub model: Decoder,
@@ -299,7 +376,7 @@ pub struct LoadedDecoder {
     pub rest: SafetensorsDir,
 }
 
-/// Load the decoder of a Gemma/Llama folder, leaving `keep` tensors (e.g. `score.weight`) in
+/// Load the decoder of a Gemma/Llama/Qwen2 folder, leaving `keep` tensors (e.g. `score.weight`) in
 /// [`LoadedDecoder::rest`]; any other leftover tensor is an error naming it.
 pub fn load_decoder(
     dir: &Path,
@@ -365,10 +442,10 @@ pub fn read_score_head(
 /// The `config.json` transformers reads for `config` (the inverse of [`decoder_config`]):
 /// `*ForCausalLM` when the model has an LM head, the headless `*Model` otherwise.
 pub fn config_json(config: &DecoderConfig, has_lm_head: bool, dtype: WeightDtype) -> Value {
-    let family = if config.model_type == "gemma" {
-        "Gemma"
-    } else {
-        "Llama"
+    let family = match config.model_type.as_str() {
+        "gemma" => "Gemma",
+        "qwen2" => "Qwen2",
+        _ => "Llama",
     };
     let arch = if has_lm_head {
         format!("{family}ForCausalLM")
@@ -389,7 +466,7 @@ pub fn config_json(config: &DecoderConfig, has_lm_head: bool, dtype: WeightDtype
         [one] => (*one).into(),
         many => many.to_vec().into(),
     };
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "architectures": [arch],
         "model_type": config.model_type,
         "vocab_size": config.vocab_size,
@@ -411,7 +488,37 @@ pub fn config_json(config: &DecoderConfig, has_lm_head: bool, dtype: WeightDtype
         "eos_token_id": eos,
         "pad_token_id": config.pad_token_id,
         "torch_dtype": match dtype { WeightDtype::F32 => "float32", WeightDtype::Bf16 => "bfloat16" },
-    })
+    });
+    if config.model_type == "qwen2" {
+        // Qwen2's config has no `attention_bias` (q/k/v always have biases) but its window.
+        let obj = json.as_object_mut().expect("an object");
+        obj.remove("attention_bias");
+        let layer_types: Vec<&str> = (0..config.num_hidden_layers)
+            .map(|l| {
+                if config.sliding_layers.contains(&l) {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        obj.insert(
+            "use_sliding_window".into(),
+            config.sliding_window.is_some().into(),
+        );
+        obj.insert("sliding_window".into(), config.sliding_window.into());
+        obj.insert(
+            "max_window_layers".into(),
+            config
+                .sliding_layers
+                .first()
+                .copied()
+                .unwrap_or(config.num_hidden_layers)
+                .into(),
+        );
+        obj.insert("layer_types".into(), layer_types.into());
+    }
+    json
 }
 
 impl Decoder {
@@ -521,5 +628,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("mistral"), "{err}");
+    }
+
+    /// Qwen/Qwen2.5-0.5B-Instruct's `config.json` (as published on the hub).
+    fn qwen25_05b() -> Value {
+        json!({
+            "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+            "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu",
+            "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
+            "max_position_embeddings": 32768, "max_window_layers": 21, "model_type": "qwen2",
+            "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+            "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
+            "vocab_size": 151936
+        })
+    }
+
+    #[test]
+    fn qwen25_config_reads_with_qkv_biases_tied_head_and_no_window() {
+        let c = decoder_config(&qwen25_05b(), Path::new("config.json")).unwrap();
+        assert_eq!((c.head_dim, c.num_key_value_heads), (64, 2));
+        assert!(c.qkv_bias && !c.attention_bias && !c.mlp_bias);
+        assert!(c.tie_word_embeddings && !c.norm_weight_offset && !c.scale_embeddings);
+        assert_eq!(c.rope_theta, 1_000_000.0);
+        assert_eq!((c.sliding_window, c.sliding_layers.len()), (None, 0));
+        assert_eq!(c.eos_token_ids, vec![151645]);
+        // Qwen2.5-0.5B: 494,032,768 parameters (the model card's 0.49B).
+        assert_eq!(c.num_params(), 494_032_768);
+        // Written back for transformers: Qwen2's own keys, no `attention_bias`.
+        let out = config_json(&c, true, WeightDtype::Bf16);
+        assert_eq!(out["architectures"][0], "Qwen2ForCausalLM");
+        assert!(out.get("attention_bias").is_none());
+        assert_eq!(out["use_sliding_window"], false);
+        assert_eq!(decoder_config(&out, Path::new("back.json")).unwrap(), c);
+    }
+
+    #[test]
+    fn qwen2_sliding_window_is_read_as_transformers_reads_it() {
+        let mut v = qwen25_05b();
+        v["use_sliding_window"] = json!(true);
+        let c = decoder_config(&v, Path::new("c.json")).unwrap();
+        assert_eq!(c.sliding_window, Some(32768));
+        assert_eq!(c.sliding_layers, (21..24).collect::<Vec<_>>());
+        // Round trip through the config dagrun writes.
+        let out = config_json(&c, true, WeightDtype::F32);
+        assert_eq!(decoder_config(&out, Path::new("back.json")).unwrap(), c);
+        // `layer_types` decides when present; all layers below max_window_layers: no window.
+        v["layer_types"] = serde_json::to_value(["full_attention"; 24]).unwrap();
+        let c = decoder_config(&v, Path::new("c.json")).unwrap();
+        assert_eq!(c.sliding_window, None);
+        v["layer_types"] = json!(["full_attention", "chunked_attention"]);
+        let e = decoder_config(&v, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2 entries for 24 layers"), "{e}");
+        let mut types = ["full_attention"; 24];
+        types[3] = "chunked_attention";
+        v["layer_types"] = json!(types);
+        let e = decoder_config(&v, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layer_types[3]") && e.contains("chunked_attention"),
+            "{e}"
+        );
+        v["sliding_window"] = json!(-4);
+        let e = decoder_config(&v, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`sliding_window` is not a positive integer"),
+            "{e}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! # Folder formats ([`RewardModel::load`] accepts both)
 //! 1. dagrun's `reward-model-v1`: a Hugging Face backbone folder (`config.json`, safetensors
-//!    weights, `tokenizer.json`; GPT-2 as `GPT2LMHeadModel`, or a Gemma/Llama folder) plus
+//!    weights, `tokenizer.json`; GPT-2 as `GPT2LMHeadModel`, or a Gemma/Llama/Qwen2 folder) plus
 //!    - `reward_heads.safetensors`: `weight` `[n_embd, K]` (column k = head k), `bias` `[K]`,
 //!      F32;
 //!    - `reward_model.json`: `{"format": "dagrun-reward-model-v1", "num_heads": K,
@@ -212,7 +212,7 @@ impl RewardModel {
         let (Some(labels), false) = (kind.seq_cls_labels, kind.model_type == "gpt2") else {
             return Err(MlError::Invalid(format!(
                 "{} is not a reward model: no {META_FILE} (dagrun's heads) and config.json's \
-                 architectures is not a Llama/Gemma *ForSequenceClassification",
+                 architectures is not a Llama/Gemma/Qwen2 *ForSequenceClassification",
                 dir.display()
             )));
         };
