@@ -121,6 +121,17 @@ pub struct Inputs<'a> {
     pub simulations: Vec<(String, &'a SimulationResult)>,
 }
 
+/// Fewer policies (or runs) than this in a group give no interval worth a verdict: a
+/// resample of one value is that value, and the variance of one value is 0.
+pub const MIN_PER_GROUP: usize = 3;
+
+/// A seed of its own for each group, from its name (adding a group changes no other
+/// group's intervals).
+fn group_seed(seed: u64, name: &str) -> u64 {
+    let h = blake3::hash(name.as_bytes());
+    seed ^ u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// The method names the paper compares: `vanilla` is `a`, `variance_aware` is `b`.
 const VANILLA: &str = "vanilla";
 const VARIANCE_AWARE: &str = "variance_aware";
@@ -175,8 +186,8 @@ pub fn findings(inputs: &Inputs, s: Settings) -> Findings {
     for p in &j.policies {
         by.entry(p.group.clone()).or_default().push(p.mean_reward);
     }
-    for (i, (g, xs)) in by.iter().enumerate() {
-        let seed = s.seed.wrapping_add(1000 * i as u64);
+    for (g, xs) in &by {
+        let seed = group_seed(s.seed, g);
         let reference = j.reference;
         let at_or_below = move |v: &[f64]| {
             v.iter().filter(|&&x| x <= reference).count() as f64 / v.len().max(1) as f64
@@ -184,13 +195,19 @@ pub fn findings(inputs: &Inputs, s: Settings) -> Findings {
         let m = MethodFindings {
             policies: xs.len(),
             mean: bootstrap(xs, mean, s.resamples, s.level, seed),
-            variance: bootstrap(xs, variance, s.resamples, s.level, seed + 1),
-            q10: bootstrap(xs, q10, s.resamples, s.level, seed + 2),
-            share_at_or_below_reference: bootstrap(xs, at_or_below, s.resamples, s.level, seed + 3),
+            variance: bootstrap(xs, variance, s.resamples, s.level, seed.wrapping_add(1)),
+            q10: bootstrap(xs, q10, s.resamples, s.level, seed.wrapping_add(2)),
+            share_at_or_below_reference: bootstrap(
+                xs,
+                at_or_below,
+                s.resamples,
+                s.level,
+                seed.wrapping_add(3),
+            ),
             final_kl: inputs
                 .final_kl
                 .get(g)
-                .map(|k| bootstrap(k, mean, s.resamples, s.level, seed + 4)),
+                .map(|k| bootstrap(k, mean, s.resamples, s.level, seed.wrapping_add(4))),
         };
         // Each method beats the reference: its mean judge reward is above the reference's.
         let diff = Interval {
@@ -208,15 +225,27 @@ pub fn findings(inputs: &Inputs, s: Settings) -> Findings {
                 sig(reference)
             ),
             interval: Some(diff),
-            verdict: above(&diff, 0.0),
+            verdict: if xs.len() < MIN_PER_GROUP {
+                Verdict::Inconclusive
+            } else {
+                above(&diff, 0.0)
+            },
             policies_to_settle: None,
         });
         out.methods.insert(g.clone(), m);
     }
     if let (Some(a), Some(b)) = (by.get(VANILLA), by.get(VARIANCE_AWARE)) {
-        let seed = s.seed.wrapping_add(77);
+        let seed = group_seed(s.seed, "vanilla vs variance_aware");
+        let enough = a.len().min(b.len()) >= MIN_PER_GROUP;
         let two = |f: fn(&[f64]) -> f64, k: u64| {
-            bootstrap_two(a, b, |x, y| f(y) - f(x), s.resamples, s.level, seed + k)
+            bootstrap_two(
+                a,
+                b,
+                |x, y| f(y) - f(x),
+                s.resamples,
+                s.level,
+                seed.wrapping_add(k),
+            )
         };
         let c = Comparison {
             a: VANILLA.into(),
@@ -225,10 +254,14 @@ pub fn findings(inputs: &Inputs, s: Settings) -> Findings {
             variance_difference: two(variance, 1),
             q10_difference: two(q10, 2),
             brown_forsythe: brown_forsythe(&[a, b]),
-            permutation_means: permutation_test(a, b, s.permutations, seed + 3),
+            permutation_means: permutation_test(a, b, s.permutations, seed.wrapping_add(3)),
         };
         let v = &c.variance_difference;
-        let verdict = flip(above(v, 0.0));
+        let verdict = if enough {
+            flip(above(v, 0.0))
+        } else {
+            Verdict::Inconclusive
+        };
         let bf = c
             .brown_forsythe
             .map(|t| {
@@ -254,7 +287,11 @@ pub fn findings(inputs: &Inputs, s: Settings) -> Findings {
                 .flatten(),
         });
         let q = &c.q10_difference;
-        let verdict = above(q, 0.0);
+        let verdict = if enough {
+            above(q, 0.0)
+        } else {
+            Verdict::Inconclusive
+        };
         out.claims.push(Claim {
             id: "judge_q10_higher".into(),
             claim: "variance-aware policies are less risky: their worst policies (10% quantile) score higher (Figure 7)".into(),
@@ -285,10 +322,14 @@ fn kl_claim(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
         |x, y| mean(y) / mean(x),
         s.resamples,
         s.level,
-        s.seed.wrapping_add(91),
+        group_seed(s.seed, "final KL"),
     );
     let (lo, hi) = (1.0 - s.kl_tolerance, 1.0 + s.kl_tolerance);
-    let verdict = if ratio.lo >= lo && ratio.hi <= hi {
+    // A ratio means something only for positive KLs and enough runs on each side.
+    let usable = a.len().min(b.len()) >= MIN_PER_GROUP && mean(a) > 0.0 && mean(b) > 0.0;
+    let verdict = if !usable {
+        Verdict::Inconclusive
+    } else if ratio.lo >= lo && ratio.hi <= hi {
         Verdict::Supported
     } else if ratio.hi < lo || ratio.lo > hi {
         Verdict::Contradicted
@@ -316,7 +357,13 @@ fn kl_claim(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
 /// Theorem 3.3's closed form for `P(wᵀr* ≤ 0)` against the Monte Carlo frequency: supported
 /// when every closed form lies within its frequency's Wilson interval.
 fn theory_claims(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
+    // Two checks per simulation (one per method): each at the level that keeps the pair's
+    // chance of a false "contradicted" at 1 − level (Bonferroni).
+    let each = 1.0 - (1.0 - s.level) / 2.0;
     for (label, r) in &inputs.simulations {
+        if r.draws == 0 {
+            continue;
+        }
         let mut inside = true;
         let mut parts = Vec::new();
         // The interval shown is that of the method furthest from its closed form.
@@ -326,7 +373,7 @@ fn theory_claims(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
             ("variance-aware", &r.variance_aware),
         ] {
             let u = &m.underperformance;
-            let w = wilson(u.monte_carlo, r.draws, s.level);
+            let w = wilson(u.monte_carlo, r.draws, each);
             inside &= w.lo <= u.closed_form && u.closed_form <= w.hi;
             parts.push(format!(
                 "{name}: Monte Carlo {} [{}, {}] vs closed form {}",
@@ -341,7 +388,7 @@ fn theory_claims(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
                     estimate: u.monte_carlo - u.closed_form,
                     lo: w.lo - u.closed_form,
                     hi: w.hi - u.closed_form,
-                    level: s.level,
+                    level: each,
                 };
                 worst = Some((miss, i));
             }
@@ -351,10 +398,10 @@ fn theory_claims(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
             id: format!("theorem_3_3[{label}]"),
             claim: "Theorem 3.3: the closed form gives the probability that a method's solution underperforms (wᵀr* ≤ 0)".into(),
             measured: format!(
-                "{} draws; {}; Wilson {:.0}% intervals",
+                "{} draws; {}; Wilson {:.1}% intervals (Bonferroni over the two methods)",
                 r.draws,
                 parts.join("; "),
-                s.level * 100.0
+                each * 100.0
             ),
             interval: worst,
             verdict: if inside {
@@ -521,6 +568,48 @@ mod tests {
             .insert(VARIANCE_AWARE.into(), vec![3.0, 3.1, 2.9, 3.2, 2.8, 3.0]);
         let f = findings(&inputs, Settings::default());
         assert_eq!(claim(&f, "kl_comparable").verdict, Verdict::Contradicted);
+    }
+
+    #[test]
+    fn one_policy_or_a_nan_gives_no_verdict_and_no_panic() {
+        let j = judge(&[1.0], &[2.0], 0.0);
+        let f = findings(
+            &Inputs {
+                judge: Some(&j),
+                ..Inputs::default()
+            },
+            Settings::default(),
+        );
+        for c in &f.claims {
+            assert_eq!(c.verdict, Verdict::Inconclusive, "{c:?}");
+        }
+        let j = judge(&[1.0, f64::NAN, 1.2, 0.9], &[1.1, 1.3, 1.0, 1.2], 0.0);
+        let f = findings(
+            &Inputs {
+                judge: Some(&j),
+                ..Inputs::default()
+            },
+            Settings::default(),
+        );
+        assert!(f.comparisons[0].brown_forsythe.is_none());
+        assert!(f.comparisons[0].permutation_means.is_none());
+        assert_eq!(
+            claim(&f, "vanilla_beats_reference").verdict,
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            claim(&f, "judge_variance_lower").verdict,
+            Verdict::Inconclusive
+        );
+        let mut inputs = Inputs::default();
+        inputs
+            .final_kl
+            .insert(VANILLA.into(), vec![-0.1, -0.2, -0.15]);
+        inputs
+            .final_kl
+            .insert(VARIANCE_AWARE.into(), vec![-0.1, -0.2, -0.15]);
+        let f = findings(&inputs, Settings::default());
+        assert_eq!(claim(&f, "kl_comparable").verdict, Verdict::Inconclusive);
     }
 
     #[test]

@@ -43,6 +43,7 @@ fn parse(readme: &str) -> Vec<Section> {
     let mut pending_file: Option<String> = None;
     while let Some((n, line)) = lines.next() {
         if let Some(t) = line.strip_prefix("## ") {
+            pending_file = None;
             sections.push(Section {
                 title: t.to_string(),
                 ..Section::default()
@@ -72,7 +73,7 @@ fn parse(readme: &str) -> Vec<Section> {
         let section = sections.last_mut().unwrap();
         if let Some(name) = pending_file.take() {
             section.files.push((name, body.join("\n") + "\n"));
-        } else if info.trim() == "console" {
+        } else if info.split_whitespace().next() == Some("console") {
             section.blocks.push((n + 1, steps(&body)));
         }
     }
@@ -83,10 +84,11 @@ fn steps(body: &[&str]) -> Vec<Step> {
     let mut out: Vec<Step> = Vec::new();
     for l in body {
         if let Some(cmd) = l.strip_prefix("$ ") {
-            let (cmd, exit) = match cmd.rsplit_once("# exit ") {
-                Some((c, code)) => (c.trim_end(), code.trim().parse().expect("`# exit N`")),
-                None => (cmd, 0),
-            };
+            // `# exit N` at the end of the line; anything else is part of the command.
+            let annotated = cmd
+                .rsplit_once(" # exit ")
+                .and_then(|(c, code)| Some((c.trim_end(), code.trim().parse::<i32>().ok()?)));
+            let (cmd, exit) = annotated.unwrap_or((cmd, 0));
             out.push(Step {
                 cmd: cmd.to_string(),
                 expected: String::new(),
@@ -105,10 +107,15 @@ fn steps(body: &[&str]) -> Vec<Step> {
 fn run_block(dir: &Path, steps: &[Step]) -> Vec<(String, i32)> {
     // Each command's output is framed by a marker line with its exit code.
     const MARK: &str = "\u{1}dagrun-readme-step";
-    let mut script = String::new();
+    // A pipe's status is its first failure's; the marker starts a line of its own even
+    // after output without a final newline (the newline added before it is taken off).
+    let mut script = String::from("set -o pipefail\n");
     for s in steps {
         // `:` keeps a group holding only a comment valid.
-        script.push_str(&format!("{{ :\n{}\n}} 2>&1\necho \"{MARK} $?\"\n", s.cmd));
+        script.push_str(&format!(
+            "{{ :\n{}\n}} 2>&1\nprintf '\\n%s %d\\n' \"{MARK}\" \"$?\"\n",
+            s.cmd
+        ));
     }
     let bin_dir = Path::new(BIN).parent().unwrap();
     let path = format!(
@@ -132,7 +139,9 @@ fn run_block(dir: &Path, steps: &[Step]) -> Vec<(String, i32)> {
     let mut cur = String::new();
     for line in text.split_inclusive('\n') {
         if let Some(code) = line.strip_prefix(MARK) {
-            results.push((std::mem::take(&mut cur), code.trim().parse().unwrap_or(-1)));
+            let mut got = std::mem::take(&mut cur);
+            got.pop(); // the newline printed before the marker
+            results.push((got, code.trim().parse().unwrap_or(-1)));
         } else {
             cur.push_str(line);
         }
@@ -169,6 +178,12 @@ fn readme_console_examples_print_what_the_readme_says() {
             std::fs::write(ws.join(name), text).unwrap();
         }
         for (line, steps) in &section.blocks {
+            if steps.is_empty() {
+                failures.push(format!(
+                    "README.md:{line}: a console block without a `$ ` command"
+                ));
+                continue;
+            }
             let results = run_block(&ws, steps);
             for (i, step) in steps.iter().enumerate() {
                 let place = format!("README.md:{line} ({}): $ {}", section.title, step.cmd);

@@ -63,9 +63,21 @@ fn resample(rng: &mut ChaCha8Rng, xs: &[f64], out: &mut Vec<f64>) {
     out.extend((0..xs.len()).map(|_| xs[rng.random_range(0..xs.len())]));
 }
 
+/// The interval from the recomputed statistics; NaN bounds when more of them are not finite
+/// (a NaN in the data, a ratio over a zero mean) than a tail holds, since dropping them
+/// would leave an interval narrower than the data allow.
 fn percentile_interval(estimate: f64, mut draws: Vec<f64>, level: f64) -> Interval {
-    draws.retain(|x| x.is_finite());
     let tail = (1.0 - level) / 2.0;
+    let total = draws.len();
+    draws.retain(|x| x.is_finite());
+    if !estimate.is_finite() || (total - draws.len()) as f64 > tail * total as f64 {
+        return Interval {
+            estimate,
+            lo: f64::NAN,
+            hi: f64::NAN,
+            level,
+        };
+    }
     Interval {
         estimate,
         lo: quantile(&draws, tail),
@@ -167,6 +179,9 @@ pub fn brown_forsythe(groups: &[&[f64]]) -> Option<Test> {
     if k < 2 || n <= k || groups.iter().any(|g| g.is_empty()) {
         return None;
     }
+    if groups.iter().flat_map(|g| g.iter()).any(|x| !x.is_finite()) {
+        return None;
+    }
     // Absolute deviations from each group's median.
     let z: Vec<Vec<f64>> = groups
         .iter()
@@ -192,6 +207,9 @@ pub fn brown_forsythe(groups: &[&[f64]]) -> Option<Test> {
     }
     let (d1, d2) = ((k - 1) as f64, (n - k) as f64);
     let f = (between / d1) / (within / d2);
+    if !f.is_finite() {
+        return None;
+    }
     let p = FisherSnedecor::new(d1, d2).ok()?.sf(f);
     Some(Test {
         statistic: f,
@@ -201,7 +219,7 @@ pub fn brown_forsythe(groups: &[&[f64]]) -> Option<Test> {
 
 /// Two-sided permutation test of equal means: the statistic is `mean(b) − mean(a)`.
 pub fn permutation_test(a: &[f64], b: &[f64], permutations: usize, seed: u64) -> Option<Test> {
-    if a.is_empty() || b.is_empty() {
+    if a.is_empty() || b.is_empty() || a.iter().chain(b).any(|x| !x.is_finite()) {
         return None;
     }
     let observed = mean(b) - mean(a);
@@ -209,8 +227,9 @@ pub fn permutation_test(a: &[f64], b: &[f64], permutations: usize, seed: u64) ->
     let total: f64 = pooled.iter().sum();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (na, nb) = (a.len(), b.len());
-    // Ties within rounding count as at least as extreme.
-    let bar = observed.abs() * (1.0 - 1e-12);
+    // Ties within rounding (of sums of the data) count as at least as extreme.
+    let scale = pooled.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let bar = observed.abs() - 1e-9 * scale.max(f64::MIN_POSITIVE);
     let mut extreme = 0usize;
     for _ in 0..permutations {
         // A partial Fisher–Yates shuffle picks the first group.
@@ -232,6 +251,14 @@ pub fn permutation_test(a: &[f64], b: &[f64], permutations: usize, seed: u64) ->
 
 /// The Wilson score interval of a proportion `p` measured on `n` trials.
 pub fn wilson(p: f64, n: usize, level: f64) -> Interval {
+    if n == 0 || !p.is_finite() {
+        return Interval {
+            estimate: p,
+            lo: f64::NAN,
+            hi: f64::NAN,
+            level,
+        };
+    }
     let z = Normal::standard().inverse_cdf(0.5 + level / 2.0);
     let n = n as f64;
     let denom = 1.0 + z * z / n;

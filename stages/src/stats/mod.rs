@@ -9,7 +9,10 @@ pub mod infer;
 /// The type-7 quantile (linear interpolation between order statistics; numpy's default)
 /// of an ascending, non-empty sample at `level` in [0, 1].
 pub fn quantile_sorted(sorted: &[f64], level: f64) -> f64 {
-    let h = (sorted.len() - 1) as f64 * level;
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let h = (sorted.len() - 1) as f64 * level.clamp(0.0, 1.0);
     let lo = h.floor() as usize;
     let hi = (lo + 1).min(sorted.len() - 1);
     sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
@@ -27,6 +30,7 @@ pub fn quantile(values: &[f64], level: f64) -> f64 {
 
 /// `bins + 1` equally spaced edges covering `[min, max]` (widened by ±0.5 when min = max).
 pub fn histogram_edges(min: f64, max: f64, bins: usize) -> Vec<f64> {
+    let bins = bins.max(1);
     let (lo, hi) = if max > min {
         (min, max)
     } else {
@@ -41,6 +45,9 @@ pub fn histogram_edges(min: f64, max: f64, bins: usize) -> Vec<f64> {
 /// Counts of `values` per bin of `edges`; bins are `[eᵢ, eᵢ₊₁)`, the last one closed.
 /// Values outside `[e₀, e_last]` are not counted.
 pub fn histogram(values: &[f64], edges: &[f64]) -> Vec<u64> {
+    if edges.len() < 2 {
+        return Vec::new();
+    }
     let bins = edges.len() - 1;
     let (lo, hi) = (edges[0], edges[bins]);
     let width = (hi - lo) / bins as f64;
@@ -119,7 +126,7 @@ impl Distribution {
         );
         let bins = bins.max(1);
         let (edges, counts) = if n == 0 {
-            (Vec::new(), vec![0; bins])
+            (vec![f64::NAN; bins + 1], vec![0; bins])
         } else {
             let edges = histogram_edges(min, max, bins);
             let counts = histogram(values, &edges);
@@ -165,6 +172,18 @@ mod tests {
         assert!((m - 3.0).abs() < 1e-12 && (v - 14.0 / 3.0).abs() < 1e-12);
         assert_eq!(mean_var(&[5.0], 1), (5.0, 0.0));
         assert!(mean_var(&[], 1).0.is_nan());
+    }
+
+    #[test]
+    fn empty_and_degenerate_samples_do_not_panic() {
+        let d = Distribution::of(&[], 4);
+        assert_eq!((d.histogram_edges.len(), d.histogram_counts.len()), (5, 4));
+        assert!(d.mean.is_nan() && d.median().is_nan());
+        assert!(quantile_sorted(&[], 0.5).is_nan());
+        assert_eq!(histogram(&[1.0], &[]), Vec::<u64>::new());
+        assert_eq!(histogram_edges(0.0, 1.0, 0), vec![0.0, 1.0]);
+        let one = Distribution::of(&[2.0], 2);
+        assert_eq!(one.histogram_counts.iter().sum::<u64>(), 1);
     }
 
     #[test]
