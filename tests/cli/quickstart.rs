@@ -126,14 +126,16 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
             "{c}"
         );
     }
-    // PPO beats the reference by far on the built-in task: clearly supported.
+    // PPO beats the reference by far on the built-in task (the interval is well above 0),
+    // but the reduced run has 2 policies a method, below findings::MIN_PER_GROUP: no verdict.
     let beats = f["claims"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["id"] == "vanilla_beats_reference")
         .unwrap();
-    assert_eq!(beats["verdict"], "supported", "{beats}");
+    assert!(beats["interval"]["lo"].as_f64().unwrap() > 0.0, "{beats}");
+    assert_eq!(beats["verdict"], "inconclusive", "{beats}");
     assert!(ws.read("out/report/index.html").contains("<h2>Claims</h2>"));
     for fig in [
         "fig2_bandit",
