@@ -16,7 +16,7 @@ use crate::rl::judge::JudgeResults;
 use crate::rm::ensemble::EnsembleStats;
 use crate::stats::infer::{
     bootstrap, bootstrap_two, brown_forsythe, mean, permutation_test, policies_to_settle, variance,
-    wilson, Interval, Test,
+    wilson, z_two_sided, Interval, Test,
 };
 use crate::stats::quantile;
 use crate::theory::simulate::SimulationResult;
@@ -422,10 +422,7 @@ fn heads_claims(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
     if d.n == 0 {
         return;
     }
-    let z = statrs::distribution::ContinuousCDF::inverse_cdf(
-        &statrs::distribution::Normal::standard(),
-        0.5 + s.level / 2.0,
-    );
+    let z = z_two_sided(s.level);
     let se = d.std / (d.n as f64).sqrt();
     let i = Interval {
         estimate: d.mean,

@@ -249,6 +249,11 @@ pub fn permutation_test(a: &[f64], b: &[f64], permutations: usize, seed: u64) ->
     })
 }
 
+/// The standard normal quantile that a two-sided interval of `level` reaches (1.96 at 0.95).
+pub fn z_two_sided(level: f64) -> f64 {
+    Normal::standard().inverse_cdf(0.5 + level / 2.0)
+}
+
 /// The Wilson score interval of a proportion `p` measured on `n` trials.
 pub fn wilson(p: f64, n: usize, level: f64) -> Interval {
     if n == 0 || !p.is_finite() {
@@ -259,7 +264,7 @@ pub fn wilson(p: f64, n: usize, level: f64) -> Interval {
             level,
         };
     }
-    let z = Normal::standard().inverse_cdf(0.5 + level / 2.0);
+    let z = z_two_sided(level);
     let n = n as f64;
     let denom = 1.0 + z * z / n;
     let centre = (p + z * z / (2.0 * n)) / denom;
