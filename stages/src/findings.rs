@@ -115,7 +115,7 @@ pub struct Findings {
 #[derive(Default)]
 pub struct Inputs<'a> {
     pub judge: Option<&'a JudgeResults>,
-    /// Final KL of each PPO run, by method.
+    /// Final KL of each PPO run (the mean of its last tenth of steps), by method.
     pub final_kl: BTreeMap<String, Vec<f64>>,
     pub heads: Option<&'a EnsembleStats>,
     pub simulations: Vec<(String, &'a SimulationResult)>,
@@ -446,6 +446,75 @@ fn heads_claims(inputs: &Inputs, s: Settings, claims: &mut Vec<Claim>) {
     });
 }
 
+/// One claim's result in one run of the pipeline (a task seed of a robustness sweep).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// The run's label (its matrix values, e.g. `world=1`).
+    pub run: String,
+    pub verdict: Verdict,
+    pub interval: Option<Interval>,
+}
+
+/// One claim across every run: its cell in each (absent where a run did not measure it) and
+/// the count of each verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimAcross {
+    pub id: String,
+    pub claim: String,
+    pub cells: Vec<Option<Cell>>,
+    pub supported: usize,
+    pub contradicted: usize,
+    pub inconclusive: usize,
+}
+
+/// The claims tables of several runs side by side: does a finding survive another world?
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Robustness {
+    /// The runs, in the order given.
+    pub runs: Vec<String>,
+    /// Every claim any run states, in the order first met.
+    pub claims: Vec<ClaimAcross>,
+}
+
+/// Puts the findings of several runs (label, findings) side by side.
+pub fn across(runs: &[(String, Findings)]) -> Robustness {
+    let mut claims: Vec<ClaimAcross> = Vec::new();
+    for (_, f) in runs {
+        for c in &f.claims {
+            if !claims.iter().any(|a| a.id == c.id) {
+                claims.push(ClaimAcross {
+                    id: c.id.clone(),
+                    claim: c.claim.clone(),
+                    cells: Vec::new(),
+                    supported: 0,
+                    contradicted: 0,
+                    inconclusive: 0,
+                });
+            }
+        }
+    }
+    for a in &mut claims {
+        for (label, f) in runs {
+            let cell = f.claims.iter().find(|c| c.id == a.id).map(|c| Cell {
+                run: label.clone(),
+                verdict: c.verdict,
+                interval: c.interval,
+            });
+            match cell.as_ref().map(|c| c.verdict) {
+                Some(Verdict::Supported) => a.supported += 1,
+                Some(Verdict::Contradicted) => a.contradicted += 1,
+                Some(Verdict::Inconclusive) => a.inconclusive += 1,
+                None => {}
+            }
+            a.cells.push(cell);
+        }
+    }
+    Robustness {
+        runs: runs.iter().map(|(l, _)| l.clone()).collect(),
+        claims,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,5 +685,54 @@ mod tests {
         assert_eq!(sig(1234.4), "1234");
         assert_eq!(sig(0.0), "0");
         assert_eq!(sig(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn across_runs_counts_each_verdict_and_keeps_missing_claims_apart() {
+        let claim = |id: &str, v: Verdict| Claim {
+            id: id.into(),
+            claim: format!("claim {id}"),
+            measured: String::new(),
+            interval: None,
+            verdict: v,
+            policies_to_settle: None,
+        };
+        let with = |claims: Vec<Claim>| Findings {
+            settings: Settings::default(),
+            claims,
+            methods: BTreeMap::new(),
+            comparisons: Vec::new(),
+        };
+        let runs = vec![
+            (
+                "world=0".to_string(),
+                with(vec![
+                    claim("a", Verdict::Supported),
+                    claim("b", Verdict::Inconclusive),
+                ]),
+            ),
+            (
+                "world=1".to_string(),
+                with(vec![claim("a", Verdict::Contradicted)]),
+            ),
+            (
+                "world=2".to_string(),
+                with(vec![
+                    claim("c", Verdict::Supported),
+                    claim("a", Verdict::Supported),
+                ]),
+            ),
+        ];
+        let r = across(&runs);
+        assert_eq!(r.runs, vec!["world=0", "world=1", "world=2"]);
+        let ids: Vec<&str> = r.claims.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "b", "c"]);
+        let a = &r.claims[0];
+        assert_eq!((a.supported, a.contradicted, a.inconclusive), (2, 1, 0));
+        assert_eq!(a.cells[1].as_ref().unwrap().run, "world=1");
+        let b = &r.claims[1];
+        assert_eq!((b.supported, b.contradicted, b.inconclusive), (0, 0, 1));
+        assert!(b.cells[1].is_none() && b.cells[2].is_none());
+        assert!(r.claims[2].cells[0].is_none());
     }
 }

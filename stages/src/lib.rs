@@ -33,6 +33,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(kinds::backbone_pretrain::BackbonePretrainKind));
     r.register(Arc::new(kinds::head_ensemble::HeadEnsembleKind));
     r.register(Arc::new(kinds::ppo::PpoKind));
+    r.register(Arc::new(kinds::kl_calibrate::KlCalibrateKind));
     r.register(Arc::new(kinds::judge_eval::JudgeEvalKind));
     r.register(Arc::new(kinds::reward_bench::RewardBenchKind));
     r

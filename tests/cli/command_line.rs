@@ -94,7 +94,7 @@ fn kinds_lists_a_kinds_params_with_types_defaults_and_meaning() {
     let (out, _) = ws.ok(&["kinds", "ppo"]);
     assert!(out.starts_with("ppo (v"), "{out}");
     assert!(
-        out.contains("  beta: number  [default 0.2]\n      KL coefficient"),
+        out.contains("  beta: number | null  [default 0.2]\n      KL coefficient"),
         "{out}"
     );
     assert!(

@@ -12,6 +12,7 @@ fn reduced() -> String {
         .replace("  seeds: [1, 2, 3, 4]", "  seeds: [1, 2]")
         .replace("  members: [0, 1]", "  members: [0]")
         .replace("  ppo_steps: 40", "  ppo_steps: 20")
+        .replace("  kl_target: 10", "  kl_target: 5")
         .replace("draws: 10000", "draws: 2000")
         .replace("      steps: 300", "      steps: 150");
     assert_ne!(out, src);
@@ -24,7 +25,7 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
     ws.write("quickstart.yaml", &reduced());
     let ran = ws.run(&["quickstart.yaml"]);
     assert!(
-        ran.contains("report") && ran.contains("reward_bench") && ran.len() == 17,
+        ran.contains("report") && ran.contains("reward_bench") && ran.len() == 19,
         "{ran:?}"
     );
     // Fully cached the second time.
@@ -49,6 +50,18 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
     ws.ok(&["export", "report", out.to_str().unwrap()]);
     let numbers: serde_json::Value =
         serde_json::from_str(&ws.read("out/report/numbers.json")).unwrap();
+    // Each method trained at the β its calibration chose for the KL target.
+    let runs = numbers["ppo"].as_object().unwrap();
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for m in ["vanilla", "variance_aware"] {
+        let (show, _) = ws.ok(&["show", &format!("calibrate[method={m}]"), "--json"]);
+        let c: serde_json::Value = serde_json::from_str(&show).unwrap();
+        let beta = c["metrics"]["scalars"]["beta"].as_f64().unwrap();
+        for (label, run) in runs.iter().filter(|(_, r)| r["method"] == m) {
+            assert_eq!(run["kl_target"], 5.0, "{label}");
+            assert_eq!(run["beta"].as_f64(), Some(beta), "{label}");
+        }
+    }
     let j = &numbers["judge"];
     let reference = j["reference"].as_f64().unwrap();
     for m in ["vanilla", "variance_aware"] {
@@ -185,4 +198,22 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
             "{all:?}: {out}"
         );
     }
+}
+
+#[test]
+fn the_robustness_pipeline_plans_the_comparison_once_per_task_seed() {
+    let ws = Ws::new();
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/robustness.yaml"
+    ))
+    .unwrap();
+    ws.write("robustness.yaml", &src);
+    let (out, _) = ws.ok(&["plan", "robustness.yaml"]);
+    // 6 stages × 3 seeds, calibrate 3 × 2, ppo 3 × 16, judge and report 3 each, summary.
+    assert!(out.starts_with("robustness.yaml: 79 nodes"), "{out}");
+    assert!(
+        out.contains("ppo[task_seed=2,method=variance_aware,member=1,seed=4]"),
+        "{out}"
+    );
 }

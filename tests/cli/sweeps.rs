@@ -113,3 +113,30 @@ fn gpu_resources_are_checked_before_any_work() {
     ws.ok(&["p.yaml", "--gpus", "1"]);
     assert_eq!(ws.read("g.txt"), "0\n");
 }
+
+#[test]
+fn a_matrix_key_a_native_kind_has_no_param_for_only_names_its_nodes() {
+    let ws = Ws::new();
+    // `bandit` has a `beta` param but no `trial`: `trial` names the nodes and feeds
+    // `${matrix.trial}`; `beta` becomes the param.
+    ws.write(
+        "p.yaml",
+        r#"
+stages:
+  bandit:
+    kind: bandit
+    matrix: {trial: [1, 2], beta: [0.25, 0.5]}
+  pick:
+    kind: bandit
+    matrix: {trial: [1, 2]}
+    params: {beta: 0.5}
+"#,
+    );
+    let ran = ws.run(&["p.yaml"]);
+    assert_eq!(ran.len(), 6, "{ran:?}");
+    let (show, _) = ws.ok(&["show", "bandit[trial=1,beta=0.25]", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    let params = &v["components"]["params"];
+    assert_eq!(params["beta"], 0.25, "{show}");
+    assert!(params.get("trial").is_none(), "{show}");
+}

@@ -82,9 +82,20 @@ impl Builder<'_> {
                 Err(e) => self.err(&p, e),
             }
         }
-        if !kind.takes_cmd() {
+        if !kind.takes_cmd() && !matrix.is_empty() {
+            // A matrix value is also the param of the same name, when the kind has one (by
+            // its params schema; a kind without a schema gets every matrix value). Other
+            // matrix keys only name the nodes and feed `${matrix.…}` (a sweep over task
+            // seeds whose stages take the seed under other names).
+            let schema = kind.params_schema();
+            let known = schema
+                .as_ref()
+                .and_then(|s| s.get("properties"))
+                .and_then(Value::as_object);
             for (k, v) in &matrix {
-                node_params.entry(k.clone()).or_insert_with(|| v.clone());
+                if known.is_none_or(|props| props.contains_key(k)) {
+                    node_params.entry(k.clone()).or_insert_with(|| v.clone());
+                }
             }
         }
         match (&st.cmd, kind.takes_cmd()) {

@@ -7,6 +7,7 @@ pub mod dataset_mix;
 pub mod figures;
 pub mod head_ensemble;
 pub mod judge_eval;
+pub mod kl_calibrate;
 pub mod lm_pretrain;
 pub mod ml_util;
 pub mod ppo;

@@ -32,6 +32,7 @@ use crate::{
         Gpt2,
     },
     rl::{
+        calibrate::final_mean,
         loss::LossConfig,
         ppo::{train, PpoConfig, StepStats},
         rollout::{Aggregation, Method, PpoModels, RolloutConfig},
@@ -56,9 +57,14 @@ pub struct PpoParams {
     pub prompts: String,
     #[serde(default = "defaults::method")]
     pub method: Method,
-    /// KL coefficient β (fixed: no adaptive control).
-    #[serde(default = "defaults::beta")]
-    pub beta: f64,
+    /// KL coefficient β (fixed: no adaptive control). Or `beta_from`.
+    #[serde(default)]
+    #[schemars(default = "defaults::beta_shown")]
+    pub beta: Option<f64>,
+    /// Instead of `beta`: the `beta` output of a `kl_calibrate` node for this node's
+    /// `method`, the β it chose for its KL target (docs/algorithms.md §5a).
+    #[serde(default)]
+    pub beta_from: Option<String>,
     /// Adam learning rate (no schedule).
     #[serde(default = "defaults::lr")]
     pub lr: f64,
@@ -145,6 +151,10 @@ mod defaults {
     pub fn beta() -> f64 {
         0.2
     }
+    /// What `dagrun kinds ppo` shows as `beta`'s default (taken when no `beta_from` is given).
+    pub fn beta_shown() -> Option<f64> {
+        Some(beta())
+    }
     pub fn lr() -> f64 {
         1.414e-5
     }
@@ -205,12 +215,36 @@ mod defaults {
 }
 
 impl PpoParams {
+    /// β as given (the default when neither `beta` nor `beta_from` is); a `beta_from` is
+    /// read into `beta` by [`PpoParams::resolve_beta`] before the node trains.
+    pub fn beta(&self) -> f64 {
+        self.beta.unwrap_or_else(defaults::beta)
+    }
+
+    /// Reads `beta_from` (a `kl_calibrate` result) into `beta`; returns the KL target it was
+    /// calibrated for, if any.
+    pub fn resolve_beta(&mut self) -> Result<Option<f64>, StageError> {
+        let Some(path) = &self.beta_from else {
+            return Ok(None);
+        };
+        let c = super::kl_calibrate::CalibrationResult::read(Path::new(path))?;
+        if c.method != self.method {
+            return Err(format!(
+                "beta_from: {path} was calibrated for method {:?}, this node is {:?}",
+                c.method, self.method
+            )
+            .into());
+        }
+        self.beta = Some(c.beta);
+        Ok(Some(c.kl_target))
+    }
+
     /// The algorithm's settings.
     pub fn config(&self) -> PpoConfig {
         PpoConfig {
             rollout: RolloutConfig {
                 method: self.method,
-                beta: self.beta,
+                beta: self.beta(),
                 aggregation: self.aggregation,
                 member: self.member,
                 lambda: self.lambda,
@@ -247,7 +281,7 @@ impl PpoParams {
     }
 
     /// The checks that need no files (a located error each).
-    fn check(&self) -> Result<(), ParamError> {
+    pub(crate) fn check(&self) -> Result<(), ParamError> {
         let at_least_one = [
             ("batch_size", self.batch_size),
             ("mini_batch_size", self.mini_batch_size),
@@ -262,7 +296,7 @@ impl PpoParams {
             }
         }
         let finite_at_least_zero = [
-            ("beta", self.beta),
+            ("beta", self.beta()),
             ("lambda", self.lambda),
             ("cliprange", self.cliprange),
             ("cliprange_value", self.cliprange_value),
@@ -277,6 +311,12 @@ impl PpoParams {
                     format!("must be a number ≥ 0, not {v}"),
                 ));
             }
+        }
+        if self.beta.is_some() && self.beta_from.is_some() {
+            return Err(ParamError::at(
+                "beta_from",
+                "give `beta` or `beta_from`, not both",
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(ParamError::at(
@@ -344,7 +384,11 @@ impl StageKind for PpoKind {
         backend_env(device, place)
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
-        let p: PpoParams = parse_params(&ctx.params).map_err(|e| e.message)?;
+        let mut p: PpoParams = parse_params(&ctx.params).map_err(|e| e.message)?;
+        let kl_target = p.resolve_beta()?;
+        if let Some(t) = kl_target {
+            ctx.log(format!("β {} (calibrated for a final KL of {t})", p.beta()));
+        }
         let device = node_device(ctx)?;
         let file = split_file(Path::new(&p.prompts), "train")?;
         let texts: Vec<String> = read_texts(&file, "prompt")?
@@ -404,9 +448,9 @@ impl StageKind for PpoKind {
             ctx.series("entropy", x, s.entropy);
         }
         // The final numbers: the mean of the last tenth of the steps (at least one).
-        let tail = &run.stats[run.stats.len() - (run.stats.len() / 10).max(1)..];
-        let avg =
-            |f: &dyn Fn(&StepStats) -> f64| tail.iter().map(f).sum::<f64>() / tail.len() as f64;
+        let avg = |f: &dyn Fn(&StepStats) -> f64| {
+            final_mean(&run.stats.iter().map(f).collect::<Vec<_>>())
+        };
         ctx.metric("final_kl", avg(&|s| s.kl));
         ctx.metric("final_score", avg(&|s| s.score));
         ctx.metric("final_kl_penalty", avg(&|s| s.kl_penalty));
@@ -416,7 +460,12 @@ impl StageKind for PpoKind {
         );
         write_json(
             &ctx.output_path("curves"),
-            &serde_json::json!({"method": p.method, "beta": p.beta, "steps": run.stats}),
+            &serde_json::json!({
+                "method": p.method,
+                "beta": p.beta(),
+                "kl_target": kl_target,
+                "steps": run.stats,
+            }),
         )?;
         let tok_path = Path::new(&p.policy).join(TOKENIZER_FILE);
         run.policy

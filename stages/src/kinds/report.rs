@@ -15,9 +15,10 @@ use serde_json::Value;
 
 use super::figures::{render, Band, Bands, Figure, GroupPoints, HeadBars, Histograms};
 use crate::{
-    findings::{findings, Findings, Inputs, Settings, Verdict},
-    rl::judge::JudgeResults,
+    findings::{across, findings, Findings, Inputs, Robustness, Settings, Verdict},
+    rl::{calibrate::final_mean, judge::JudgeResults},
     rm::{bench::RewardBenchResults, ensemble::EnsembleStats},
+    stats::mean_var,
     theory::{plot, BanditResult, SimulationResult},
 };
 
@@ -46,6 +47,9 @@ struct ReportParams {
     /// Another `reward_bench` result drawn beside it (the paper: the fully fine-tuned
     /// single-head model); needs `reward_bench`.
     reward_bench_baseline: Option<String>,
+    /// `${stages.<report stage>.report}` of a sweep (e.g. over task seeds): the claims
+    /// tables of those reports side by side, with how often each claim held.
+    runs: Option<String>,
 }
 
 /// The report's sections: the fields of [`ReportParams`], read from its schema.
@@ -65,7 +69,10 @@ impl StageKind for ReportKind {
         // (The key's `font` entry became the font's content hash instead of its path: the
         // same results, a key that is the same on every machine.)
         // 3: the claims table and `findings` in numbers.json (stages/src/findings.rs).
-        3
+        // 4: a run's final KL and score are the mean of its last tenth of steps everywhere
+        // (the PPO table and the findings read the last step before); the PPO table shows
+        // each method's β and KL target.
+        4
     }
     fn summary(&self) -> &'static str {
         "an HTML report with plots and tables of upstream results, plus numbers.json"
@@ -143,12 +150,11 @@ impl StageKind for ReportKind {
             page.ppo(&dir, &runs, ctx)?;
             numbers.insert("ppo".into(), by_label(&runs)?);
             for (_, r) in &runs {
-                let kl = r["steps"]
-                    .as_array()
-                    .and_then(|s| s.last())
-                    .and_then(|s| s["kl"].as_f64());
-                if let (Some(m), Some(kl)) = (r["method"].as_str(), kl) {
-                    final_kl.entry(m.to_string()).or_default().push(kl);
+                if let Some(m) = r["method"].as_str() {
+                    final_kl
+                        .entry(m.to_string())
+                        .or_default()
+                        .push(run_final(r, "kl"));
                 }
             }
         }
@@ -189,6 +195,28 @@ impl StageKind for ReportKind {
                 );
             }
         }
+        if let Some(v) = ctx.params.get("runs") {
+            let runs: Vec<(String, Findings)> = artifact_paths(v)
+                .into_iter()
+                .map(|(label, path)| {
+                    let numbers: Value =
+                        read_json(&Path::new(&path).join("numbers.json").to_string_lossy())?;
+                    let f: Findings = serde_json::from_value(numbers["findings"].clone())
+                        .map_err(|e| format!("`{path}`: no findings in numbers.json: {e}"))?;
+                    Ok((label, f))
+                })
+                .collect::<Result<_, StageError>>()?;
+            let r = across(&runs);
+            for c in &r.claims {
+                ctx.metric(&format!("runs.{}.supported", c.id), c.supported as f64);
+                ctx.metric(
+                    &format!("runs.{}.contradicted", c.id),
+                    c.contradicted as f64,
+                );
+            }
+            page.robustness(&r);
+            numbers.insert("runs".into(), serde_json::to_value(&r)?);
+        }
         let inputs = Inputs {
             judge: judge.as_ref(),
             final_kl,
@@ -227,7 +255,15 @@ fn load_one<T: serde::de::DeserializeOwned>(
 /// Every artifact a reference names (one, or each node of a sweep), read as JSON, with
 /// its label (the node's matrix values).
 fn load_all<T: serde::de::DeserializeOwned>(v: &Value) -> Result<Vec<(String, T)>, StageError> {
-    let paths: Vec<(String, String)> = match v {
+    artifact_paths(v)
+        .into_iter()
+        .map(|(label, path)| Ok((label, read_json(&path)?)))
+        .collect()
+}
+
+/// The (label, path) of every artifact a reference names.
+fn artifact_paths(v: &Value) -> Vec<(String, String)> {
+    match v {
         Value::String(p) => vec![(String::new(), p.clone())],
         Value::Array(items) => items
             .iter()
@@ -242,11 +278,7 @@ fn load_all<T: serde::de::DeserializeOwned>(v: &Value) -> Result<Vec<(String, T)
             })
             .collect(),
         _ => Vec::new(),
-    };
-    paths
-        .into_iter()
-        .map(|(label, path)| Ok((label, read_json(&path)?)))
-        .collect()
+    }
 }
 
 /// `{label: value}` for numbers.json.
@@ -296,6 +328,20 @@ fn kl_mismatch(finals: &[(&str, f64)]) -> Option<String> {
     ))
 }
 
+/// A PPO run's final value of `key` (its `curves` JSON): the mean of the last tenth of its
+/// steps, the one rule for "final" (`calibrate::final_mean`); `NaN` without steps.
+fn run_final(run: &Value, key: &str) -> f64 {
+    let series: Vec<f64> = run["steps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s[key].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .unwrap_or_default();
+    final_mean(&series)
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -316,6 +362,44 @@ impl Page {
         );
         let claims_at = html.len();
         Page { html, claims_at }
+    }
+
+    /// The claims of several runs side by side (a robustness sweep).
+    fn robustness(&mut self, r: &Robustness) {
+        self.html.push_str("<h2>Claims across runs</h2><p class=\"note\">Each row is a claim; each column one run of the pipeline (its own task world, preference noise and tokenizer). A cell is the run's verdict and the measured value [95% interval]; the last column counts the verdicts.</p><table><tr><th>claim</th>");
+        for run in &r.runs {
+            let _ = write!(self.html, "<th>{}</th>", esc(run));
+        }
+        self.html
+            .push_str("<th>supported / contradicted / inconclusive</th></tr>");
+        for c in &r.claims {
+            let _ = write!(self.html, "<tr><td>{}</td>", esc(&c.claim));
+            for cell in &c.cells {
+                let text = match cell {
+                    None => "—".to_string(),
+                    Some(cell) => {
+                        let v = match cell.verdict {
+                            Verdict::Supported => "<b>supported</b>",
+                            Verdict::Contradicted => "<b>contradicted</b>",
+                            Verdict::Inconclusive => "inconclusive",
+                        };
+                        match cell.interval {
+                            Some(i) => {
+                                format!("{v}<br>{:.3} [{:.3}, {:.3}]", i.estimate, i.lo, i.hi)
+                            }
+                            None => v.to_string(),
+                        }
+                    }
+                };
+                let _ = write!(self.html, "<td>{text}</td>");
+            }
+            let _ = write!(
+                self.html,
+                "<td>{} / {} / {}</td></tr>",
+                c.supported, c.contradicted, c.inconclusive
+            );
+        }
+        self.html.push_str("</table>");
     }
 
     /// The claims table, placed at the top of the page (after the title).
@@ -604,23 +688,45 @@ impl Page {
             ],
         };
         self.figure_of(dir, "fig10_11_ppo_curves", &fig, ctx);
-        self.html.push_str("<table><tr><th>method</th><th>final KL (mean ± sd over runs)</th><th>final score (mean ± sd over runs)</th></tr>");
-        for ((name, _, km, ks), (_, _, sm, sd)) in kl.iter().zip(&score) {
-            if let (Some(k), Some(ksd), Some(s), Some(ssd)) =
-                (km.last(), ks.last(), sm.last(), sd.last())
-            {
-                let _ = write!(
-                    self.html,
-                    "<tr><td>{}</td><td>{k:.4} ± {ksd:.4}</td><td>{s:.4} ± {ssd:.4}</td></tr>",
-                    esc(name)
-                );
-            }
+        // Each run's final KL and score: the mean of its last tenth of steps, as the `ppo`
+        // kind's `final_kl` metric and the findings read them (`calibrate::final_mean`).
+        self.html.push_str("<table><tr><th>method</th><th>runs</th><th>β</th><th>KL target</th><th>final KL (mean ± sd over runs)</th><th>final score (mean ± sd over runs)</th></tr>");
+        let mut finals: Vec<(String, f64)> = Vec::new();
+        for (m, rs) in &groups {
+            let per_run =
+                |key: &str| -> Vec<f64> { rs.iter().map(|r| run_final(r, key)).collect() };
+            let (kl, score) = (per_run("kl"), per_run("score"));
+            let (km, kv) = mean_var(&kl, 1);
+            let (sm, sv) = mean_var(&score, 1);
+            let shown = |key: &str| -> String {
+                let mut vals: Vec<f64> = rs.iter().filter_map(|r| r[key].as_f64()).collect();
+                vals.sort_by(f64::total_cmp);
+                vals.dedup();
+                vals.iter()
+                    .map(|v| format!("{v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let (betas, target) = (shown("beta"), shown("kl_target"));
+            let _ = write!(
+                self.html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{km:.4} ± {:.4}</td><td>{sm:.4} ± {:.4}</td></tr>",
+                esc(m),
+                rs.len(),
+                esc(&betas),
+                if target.is_empty() { "—".to_string() } else { esc(&target) },
+                kv.max(0.0).sqrt(),
+                sv.max(0.0).sqrt(),
+            );
+            ctx.log(format!(
+                "ppo {m}: {} runs, β {betas}, final KL {km:.4} (target {})",
+                rs.len(),
+                if target.is_empty() { "none" } else { &target }
+            ));
+            finals.push((format!("{m} ({} runs)", rs.len()), km));
         }
         self.html.push_str("</table>");
-        let finals: Vec<(&str, f64)> = kl
-            .iter()
-            .filter_map(|(name, _, km, _)| Some((name.as_str(), *km.last()?)))
-            .collect();
+        let finals: Vec<(&str, f64)> = finals.iter().map(|(n, v)| (n.as_str(), *v)).collect();
         if let Some(note) = kl_mismatch(&finals) {
             let _ = write!(self.html, "<p><b>Not at equal KL.</b> {}</p>", esc(&note));
         }

@@ -12,9 +12,11 @@
 //! - [`policy`]: the policy and its value head as one module; [`timing`]: a step's phases;
 //! - [`math`]: the losses one token at a time, the reference the tensor losses are tested
 //!   against;
+//! - [`calibrate`]: β for a target final KL from PPO probes (the `kl_calibrate` kind);
 //! - [`judge`]: policies answer held-out prompts, a judge scores the answers.
 
 pub mod advantages;
+pub mod calibrate;
 pub mod judge;
 pub mod loss;
 pub mod math;

@@ -1,0 +1,374 @@
+//! The `kl_calibrate` kind: the β of one PPO method for a target final KL, measured by short
+//! PPO probes (the arithmetic is [`crate::rl::calibrate`], docs/algorithms.md §5a).
+//!
+//! Params: every `ppo` param but `beta`/`beta_from` (the probes train exactly as a `ppo` node
+//! with those params would, at each probed β), and `kl_target`, `betas`, `probe_seeds`,
+//! `max_extra_probes`. Output `beta`: JSON with the chosen β, the target, every probe and
+//! the fit; a `ppo` node takes it as `beta_from`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use dagrun_cache::ArtifactType;
+use dagrun_engine::stage::{OutputDecl, ParamError, Place, StageContext, StageError, StageKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    ml_util::{backend_env, node_device, split_file},
+    parse_params,
+    ppo::{PpoParams, Setup},
+    stage_error,
+};
+use crate::{
+    data::read_texts,
+    files::write_json,
+    ml::Gpt2,
+    rl::{
+        calibrate::{self, Calibration, FitPoint, Probe},
+        ppo::train,
+        rollout::Method,
+    },
+};
+
+/// The params `kl_calibrate` adds to a `ppo` node's.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationParams {
+    /// The final KL (mean of a run's last tenth of steps of `Σ_t kl_t`) to calibrate for.
+    pub kl_target: f64,
+    /// The β values probed first (at least two, each > 0).
+    pub betas: Vec<f64>,
+    /// The seeds of the probes at each β (PPO's `seed`; keep them apart from the sweep's).
+    #[serde(default = "default_probe_seeds")]
+    pub probe_seeds: Vec<u64>,
+    /// When the target lies outside the probes' KLs, how many more β values may be probed
+    /// (each halving the smallest or doubling the largest) before giving up.
+    #[serde(default = "default_max_extra")]
+    pub max_extra_probes: usize,
+}
+
+fn default_probe_seeds() -> Vec<u64> {
+    vec![1001]
+}
+
+fn default_max_extra() -> usize {
+    3
+}
+
+/// The params of `kl_calibrate` that are also `ppo`'s.
+const OWN: [&str; 4] = ["kl_target", "betas", "probe_seeds", "max_extra_probes"];
+
+/// Splits a `kl_calibrate` node's params into its own and the probes' `ppo` params.
+fn split(params: &Value) -> Result<(CalibrationParams, PpoParams), ParamError> {
+    let Some(map) = params.as_object() else {
+        return Err(ParamError::general("params must be a map"));
+    };
+    for taken in ["beta", "beta_from"] {
+        if map.contains_key(taken) {
+            return Err(ParamError::at(
+                taken,
+                "is what kl_calibrate chooses; remove it (the probed values are `betas`)",
+            ));
+        }
+    }
+    let (own, rest): (serde_json::Map<_, _>, serde_json::Map<_, _>) = map
+        .clone()
+        .into_iter()
+        .partition(|(k, _)| OWN.contains(&k.as_str()));
+    let c: CalibrationParams = parse_params(&Value::Object(own))?;
+    let p: PpoParams = parse_params(&Value::Object(rest))?;
+    Ok((c, p))
+}
+
+impl CalibrationParams {
+    fn check(&self) -> Result<(), ParamError> {
+        if !(self.kl_target.is_finite() && self.kl_target > 0.0) {
+            return Err(ParamError::at(
+                "kl_target",
+                format!("must be a number > 0, not {}", self.kl_target),
+            ));
+        }
+        if let Some(b) = self.betas.iter().find(|b| !(b.is_finite() && **b > 0.0)) {
+            return Err(ParamError::at(
+                "betas",
+                format!("every β must be a number > 0, not {b}"),
+            ));
+        }
+        let mut distinct = self.betas.clone();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        if distinct.len() < 2 {
+            return Err(ParamError::at(
+                "betas",
+                "needs at least two different values",
+            ));
+        }
+        if self.probe_seeds.is_empty() {
+            return Err(ParamError::at("probe_seeds", "needs at least one seed"));
+        }
+        Ok(())
+    }
+}
+
+/// The `beta` output: what was chosen and everything it was chosen from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CalibrationResult {
+    pub method: Method,
+    pub kl_target: f64,
+    pub beta: f64,
+    /// The probed β values whose fitted KLs bracket the target.
+    pub between: (f64, f64),
+    /// PPO steps of every probe (a final KL belongs to a number of steps).
+    pub steps: usize,
+    pub probes: Vec<Probe>,
+    pub fit: Vec<FitPoint>,
+}
+
+impl CalibrationResult {
+    /// Reads a `kl_calibrate` node's `beta` output.
+    pub fn read(path: &Path) -> Result<Self, StageError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("beta_from: cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "beta_from: {} is not a kl_calibrate result: {e}",
+                path.display()
+            )
+            .into()
+        })
+    }
+}
+
+pub struct KlCalibrateKind;
+
+impl StageKind for KlCalibrateKind {
+    fn params_schema(&self) -> Option<Value> {
+        // The ppo params without β, and this kind's own.
+        let mut schema = super::params_schema::<PpoParams>();
+        let own = super::params_schema::<CalibrationParams>();
+        if let Some(props) = schema["properties"].as_object_mut() {
+            props.remove("beta");
+            props.remove("beta_from");
+            if let Some(o) = own["properties"].as_object() {
+                props.extend(o.clone());
+            }
+        }
+        if let (Some(req), Some(o)) = (
+            schema["required"].as_array_mut(),
+            own["required"].as_array(),
+        ) {
+            req.extend(o.iter().cloned());
+        }
+        Some(schema)
+    }
+    fn name(&self) -> &'static str {
+        "kl_calibrate"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "the β of a PPO method for a target final KL, from short PPO probes"
+    }
+    fn validate(&self, params: &Value) -> Result<(), ParamError> {
+        let (c, p) = split(&crate::data::artifact_refs_as_text(params))?;
+        c.check()?;
+        p.check()
+    }
+    fn outputs(&self, _params: &Value) -> Vec<OutputDecl> {
+        vec![OutputDecl::new("beta", ArtifactType::Metrics)]
+    }
+    fn environment(&self, device: &str, place: Place) -> Result<BTreeMap<String, String>, String> {
+        backend_env(device, place)
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let (c, p) = split(&ctx.params).map_err(|e| e.message)?;
+        let device = node_device(ctx)?;
+        let file = split_file(Path::new(&p.prompts), "train")?;
+        let texts: Vec<String> = read_texts(&file, "prompt")?
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
+        let setup = Setup::load(&p, &texts, &device)?;
+        let mut grid = c.betas.clone();
+        grid.sort_by(f64::total_cmp);
+        grid.dedup();
+        let per_beta = c.probe_seeds.len() as u64;
+        let planned = grid.len() as u64 * per_beta;
+        let cancel = ctx.cancel_flag();
+        let mut probes: Vec<Probe> = Vec::new();
+        let mut extra = 0usize;
+        let mut pending = grid;
+        let found = loop {
+            for beta in std::mem::take(&mut pending) {
+                for &seed in &c.probe_seeds {
+                    let mut cfg = p.config();
+                    cfg.rollout.beta = beta;
+                    cfg.seed = seed;
+                    // Each probe checkpoints into its own scratch folder: a killed
+                    // calibration resumes its probes where they were.
+                    let ckpt = ctx.scratch().join(format!("probe-beta{beta}-seed{seed}"));
+                    let policy =
+                        Gpt2::from_hf_dir(Path::new(&p.policy), &device.clone().autodiff())?;
+                    let done = probes.len() as u64;
+                    let total = planned + extra as u64 * per_beta;
+                    let run = {
+                        let ctx_ref: &StageContext = ctx;
+                        train(
+                            &cfg,
+                            &setup.models,
+                            policy,
+                            &setup.prompts,
+                            Some(&ckpt),
+                            &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
+                            &mut |step: usize, s: &[(&'static str, f64)]| {
+                                ctx_ref.progress(
+                                    done * p.steps as u64 + step as u64,
+                                    total * p.steps as u64,
+                                    format!("β {beta} seed {seed}: kl {:.3}", s[0].1),
+                                )
+                            },
+                        )
+                        .map_err(stage_error)?
+                    };
+                    let kl: Vec<f64> = run.stats.iter().map(|s| s.kl).collect();
+                    let score: Vec<f64> = run.stats.iter().map(|s| s.score).collect();
+                    let probe = Probe {
+                        beta,
+                        seed,
+                        final_kl: calibrate::final_mean(&kl),
+                        final_score: calibrate::final_mean(&score),
+                    };
+                    ctx.log(format!(
+                        "probe β {beta} seed {seed}: final KL {:.4}, final score {:.4}",
+                        probe.final_kl, probe.final_score
+                    ));
+                    probes.push(probe);
+                }
+            }
+            let fit = calibrate::fit(&probes);
+            let at = calibrate::locate(&fit, c.kl_target);
+            match (&at, at.next_beta(&fit)) {
+                (Calibration::Found { beta, between }, _) => break (*beta, *between, fit),
+                (_, Some(next)) if extra < c.max_extra_probes && !fit.is_empty() => {
+                    ctx.log(format!(
+                        "target KL {} outside the probes' fitted KLs {:.4}–{:.4}: probing β {next}",
+                        c.kl_target,
+                        fit.last().map_or(f64::NAN, |f| f.fitted_kl),
+                        fit.first().map_or(f64::NAN, |f| f.fitted_kl),
+                    ));
+                    extra += 1;
+                    pending.push(next);
+                }
+                _ => {
+                    let range = fit
+                        .iter()
+                        .map(|f| format!("β {}: {:.4}", f.beta, f.fitted_kl))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let hint = match at {
+                        Calibration::NeedLarger => "larger β values",
+                        _ => "smaller β values",
+                    };
+                    return Err(format!(
+                        "kl_target {} is outside the final KLs the probes reached ({range}); \
+                         add {hint} to `betas` or raise `max_extra_probes`",
+                        c.kl_target
+                    )
+                    .into());
+                }
+            }
+        };
+        let (beta, between, fit) = found;
+        ctx.log(format!(
+            "β {beta:.6} for a final KL of {} (between the probes at β {} and {})",
+            c.kl_target, between.0, between.1
+        ));
+        ctx.metric("beta", beta);
+        ctx.metric("kl_target", c.kl_target);
+        ctx.metric("probes", probes.len() as f64);
+        write_json(
+            &ctx.output_path("beta"),
+            &CalibrationResult {
+                method: p.method,
+                kl_target: c.kl_target,
+                beta,
+                between,
+                steps: p.steps,
+                probes,
+                fit,
+            },
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(extra: Value) -> Value {
+        let mut v = serde_json::json!({
+            "policy": "p", "reward_model": "r", "prompts": "q", "method": "vanilla",
+            "kl_target": 4.0, "betas": [0.1, 0.4], "steps": 5,
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    }
+
+    #[test]
+    fn params_split_into_its_own_and_the_probes() {
+        let (c, p) = split(&params(serde_json::json!({"probe_seeds": [3, 4]}))).unwrap();
+        assert_eq!(c.probe_seeds, vec![3, 4]);
+        assert_eq!(c.max_extra_probes, 3);
+        assert_eq!(p.steps, 5);
+        assert_eq!(p.method, Method::Vanilla);
+        KlCalibrateKind
+            .validate(&params(serde_json::json!({})))
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_params_are_located() {
+        let at = |extra: Value| {
+            KlCalibrateKind
+                .validate(&params(extra))
+                .unwrap_err()
+                .param
+                .unwrap_or_default()
+        };
+        assert_eq!(at(serde_json::json!({"beta": 0.1})), "beta");
+        assert_eq!(at(serde_json::json!({"beta_from": "x"})), "beta_from");
+        assert_eq!(at(serde_json::json!({"kl_target": 0.0})), "kl_target");
+        assert_eq!(at(serde_json::json!({"kl_target": -1.0})), "kl_target");
+        assert_eq!(at(serde_json::json!({"betas": [0.1, 0.1]})), "betas");
+        assert_eq!(at(serde_json::json!({"betas": [0.1, 0.0]})), "betas");
+        assert_eq!(at(serde_json::json!({"probe_seeds": []})), "probe_seeds");
+        // A typo is still an unknown field of the ppo params.
+        assert_eq!(at(serde_json::json!({"stpes": 3})), "stpes");
+        assert_eq!(at(serde_json::json!({"steps": 0})), "steps");
+    }
+
+    #[test]
+    fn the_schema_has_both_param_sets_and_no_beta() {
+        let s = KlCalibrateKind.params_schema().unwrap();
+        let props = s["properties"].as_object().unwrap();
+        for k in ["kl_target", "betas", "probe_seeds", "policy", "lr", "steps"] {
+            assert!(props.contains_key(k), "{k}");
+        }
+        assert!(!props.contains_key("beta") && !props.contains_key("beta_from"));
+        let req: Vec<&str> = s["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            req.contains(&"kl_target") && req.contains(&"policy"),
+            "{req:?}"
+        );
+    }
+}
