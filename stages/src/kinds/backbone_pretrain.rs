@@ -168,7 +168,9 @@ impl StageKind for BackbonePretrainKind {
         // the special tokens its tokenizer adds (a BOS for Gemma/Llama tokenizers, nothing
         // for GPT-2's), and a truncation keeps the leading BOS; no `eval_accuracy` metric
         // (it was NaN) without eval pairs. GPT-2 backbones train exactly as before.
-        3
+        // 4: the saved model folder also holds `tokenizer_config.json` and
+        // `generation_config.json` (ml/io/hf_files.rs); the weights are as before.
+        4
     }
     fn summary(&self) -> &'static str {
         "Bradley–Terry training of a reward backbone with one head, stopped at a loss threshold"

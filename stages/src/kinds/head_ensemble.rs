@@ -133,7 +133,9 @@ impl StageKind for HeadEnsembleKind {
         // backbone's reward model pools (a Hugging Face sequence classifier's rule), `plain`
         // text with the special tokens its tokenizer adds, a truncation keeps the leading
         // BOS. GPT-2 backbones read exactly as before.
-        3
+        // 4: the saved model folder also holds `tokenizer_config.json` and
+        // `generation_config.json` (ml/io/hf_files.rs); the weights are as before.
+        4
     }
     fn summary(&self) -> &'static str {
         "K reward heads on a frozen backbone, trained on features computed once; Figure 6 statistics"

@@ -133,7 +133,9 @@ impl StageKind for JudgeEvalKind {
         // text gets the special tokens its tokenizer adds, a chat template's prompt turn is
         // the prompt as the policy's tokenizer decodes it, a truncation keeps the leading BOS.
         // The built-in world's judge is unchanged.
-        3
+        // 4: a policy's answers stop at every EOS id its `generation_config.json` and
+        // `config.json` declare, not only its tokenizer's (the built-in task's are the same).
+        4
     }
     fn summary(&self) -> &'static str {
         "mean judge reward of every policy and the reference on held-out prompts; per-method distributions"

@@ -187,7 +187,9 @@ impl StageKind for LmPretrainKind {
     fn version(&self) -> u32 {
         // 2: log-probs under autodiff as z[target] - logsumexp(z), Adam in place on
         // libtorch: the same method, other float rounding.
-        2
+        // 3: the saved model folder also holds `tokenizer_config.json` and
+        // `generation_config.json` (ml/io/hf_files.rs); the weights are as before.
+        3
     }
     fn summary(&self) -> &'static str {
         "causal-LM training of a GPT-2 on a text corpus (the built-in task's reference policy)"

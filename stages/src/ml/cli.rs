@@ -27,7 +27,7 @@ use super::inference::logprobs::token_logprobs_rows;
 use super::inference::sampling::SamplingConfig;
 use super::io::tokenizer::TextTokenizer;
 use super::models::backbone::Backbone;
-use super::models::decoder_hf::configured_eos_ids;
+use super::models::decoder_hf::stop_ids;
 use super::models::gpt2_hf::TOKENIZER_FILE;
 use super::models::hf_weights::WeightDtype;
 use super::reward::{Exchange, RewardReader};
@@ -110,12 +110,7 @@ pub fn generate(model_dir: &Path, prompt: &str, opts: &GenerateOptions) -> Resul
         return Err(MlError::Invalid("the prompt encodes to no tokens".into()));
     }
     let model = Backbone::from_hf_dir(model_dir, &device, opts.dtype)?;
-    let mut stop_ids = configured_eos_ids(model_dir)?;
-    if let Some(eos) = tok.eos_id() {
-        if !stop_ids.contains(&eos) {
-            stop_ids.push(eos);
-        }
-    }
+    let stop_ids = stop_ids(model_dir, &tok)?;
     let config = GenerateConfig {
         max_new_tokens: opts.max_new_tokens,
         sampling: opts.sampling.clone(),

@@ -87,7 +87,7 @@ pub fn evaluate_policy(
             temperature: cfg.temperature,
             ..SamplingConfig::default()
         },
-        stop_ids: tok.eos_id().into_iter().collect(),
+        stop_ids: crate::ml::models::decoder_hf::stop_ids(dir, &tok)?,
         pad_id: tok.pad_id(),
     };
     // The same sampling stream for every policy: differences come from the policies.

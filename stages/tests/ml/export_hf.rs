@@ -53,6 +53,13 @@ fn dagrun_trained_export_loads_in_transformers_with_the_same_logprobs() {
         String::from_utf8_lossy(&output.stderr)
     );
     let hf: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The special tokens and what `generate` stops at, as transformers reads them.
+    assert_eq!(hf["eos_token"], "<|endoftext|>", "{hf}");
+    assert_eq!(
+        hf["generation_eos_token_id"],
+        serde_json::json!(tok.eos_id().unwrap()),
+        "{hf}"
+    );
     for (i, text) in texts.iter().enumerate() {
         let case = &hf["texts"][i];
         let hf_ids: Vec<u32> = case["ids"]
@@ -62,6 +69,12 @@ fn dagrun_trained_export_loads_in_transformers_with_the_same_logprobs() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         assert_eq!(hf_ids, tok.encode(text).unwrap(), "{text}");
+        // `AutoTokenizer` loads the folder (its tokenizer_config.json) and encodes the same.
+        assert_eq!(
+            case["auto_ids"],
+            serde_json::json!(hf_ids),
+            "{text}: {case}"
+        );
         let hf_lp: Vec<f32> = case["token_logprobs"]
             .as_array()
             .unwrap()

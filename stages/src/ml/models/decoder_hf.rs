@@ -25,7 +25,7 @@ use crate::ml::error::{MlError, Result};
 use crate::ml::models::decoder::{
     Decoder, DecoderConfig, DecoderWeights, Llama3RopeScaling, LmHead,
 };
-use crate::ml::models::gpt2_hf::{CONFIG_FILE, TOKENIZER_FILE};
+use crate::ml::models::gpt2_hf::CONFIG_FILE;
 use crate::ml::models::hf_weights::{
     write_streaming, NamedTensor, SafetensorsDir, WeightDtype, WEIGHTS_FILE,
 };
@@ -143,6 +143,18 @@ pub fn configured_eos_ids(dir: &Path) -> Result<Vec<u32>> {
         }
     }
     Ok(out)
+}
+
+/// What generation from the model in `dir` stops at: every id of [`configured_eos_ids`], and
+/// the tokenizer's own EOS when it is not among them.
+pub fn stop_ids(dir: &Path, tok: &crate::ml::io::tokenizer::TextTokenizer) -> Result<Vec<u32>> {
+    let mut ids = configured_eos_ids(dir)?;
+    if let Some(eos) = tok.eos_id() {
+        if !ids.contains(&eos) {
+            ids.push(eos);
+        }
+    }
+    Ok(ids)
 }
 
 /// Rope base and scaling from `rope_parameters` or `rope_theta` + `rope_scaling`.
@@ -545,10 +557,11 @@ impl Decoder {
             .collect();
         write_streaming(&dir.join(WEIGHTS_FILE), &tensors, self.dtype())?;
         if let Some(tok) = tokenizer {
-            let dest = dir.join(TOKENIZER_FILE);
-            if tok != dest {
-                crate::files::copy_atomic(tok, &dest).map_err(|e| MlError::io(tok, e))?;
-            }
+            crate::ml::io::hf_files::write_tokenizer_files(
+                dir,
+                tok,
+                self.config().max_position_embeddings,
+            )?;
         }
         Ok(())
     }

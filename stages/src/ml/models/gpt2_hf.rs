@@ -207,10 +207,7 @@ impl Gpt2 {
         let weights = dir.join(WEIGHTS_FILE);
         self.hf_tensors(&weights).write(&weights)?;
         if let Some(tok) = tokenizer {
-            let dest = dir.join(TOKENIZER_FILE);
-            if tok != dest {
-                crate::files::copy_atomic(tok, &dest).map_err(|e| MlError::io(tok, e))?;
-            }
+            crate::ml::io::hf_files::write_tokenizer_files(dir, tok, self.config().n_positions)?;
         }
         Ok(())
     }
