@@ -3,7 +3,7 @@
 //!
 //! Params: every `ppo` param but `beta`/`beta_from` (the probes train exactly as a `ppo` node
 //! with those params would, at each probed β), and `kl_target`, `betas`, `probe_seeds`,
-//! `max_extra_probes`. Output `beta`: JSON with the chosen β, the target, every probe and
+//! `probe_members`, `max_extra_probes`. Output `beta`: JSON with the chosen β, the target, every probe and
 //! the fit; a `ppo` node takes it as `beta_from`.
 
 use std::collections::BTreeMap;
@@ -42,6 +42,11 @@ pub struct CalibrationParams {
     /// The seeds of the probes at each β (PPO's `seed`; keep them apart from the sweep's).
     #[serde(default = "default_probe_seeds")]
     pub probe_seeds: Vec<u64>,
+    /// The ensemble members the probes train against (`aggregation: member`), each with
+    /// every seed: the sweep's members, so that the calibrated β suits all of them. Default:
+    /// the `member` param.
+    #[serde(default)]
+    pub probe_members: Option<Vec<usize>>,
     /// When the target lies outside the probes' KLs, how many more β values may be probed
     /// (each halving the smallest or doubling the largest) before giving up.
     #[serde(default = "default_max_extra")]
@@ -57,7 +62,13 @@ fn default_max_extra() -> usize {
 }
 
 /// The params of `kl_calibrate` that are also `ppo`'s.
-const OWN: [&str; 4] = ["kl_target", "betas", "probe_seeds", "max_extra_probes"];
+const OWN: [&str; 5] = [
+    "kl_target",
+    "betas",
+    "probe_seeds",
+    "probe_members",
+    "max_extra_probes",
+];
 
 /// Splits a `kl_calibrate` node's params into its own and the probes' `ppo` params.
 fn split(params: &Value) -> Result<(CalibrationParams, PpoParams), ParamError> {
@@ -106,6 +117,9 @@ impl CalibrationParams {
         }
         if self.probe_seeds.is_empty() {
             return Err(ParamError::at("probe_seeds", "needs at least one seed"));
+        }
+        if self.probe_members.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ParamError::at("probe_members", "needs at least one member"));
         }
         Ok(())
     }
@@ -194,7 +208,12 @@ impl StageKind for KlCalibrateKind {
         let mut grid = c.betas.clone();
         grid.sort_by(f64::total_cmp);
         grid.dedup();
-        let per_beta = c.probe_seeds.len() as u64;
+        let members = c.probe_members.clone().unwrap_or_else(|| vec![p.member]);
+        let runs: Vec<(usize, u64)> = members
+            .iter()
+            .flat_map(|&m| c.probe_seeds.iter().map(move |&s| (m, s)))
+            .collect();
+        let per_beta = runs.len() as u64;
         let planned = grid.len() as u64 * per_beta;
         let cancel = ctx.cancel_flag();
         let mut probes: Vec<Probe> = Vec::new();
@@ -226,7 +245,10 @@ impl StageKind for KlCalibrateKind {
                                 ctx_ref.progress(
                                     done * p.steps as u64 + step as u64,
                                     total * p.steps as u64,
-                                    format!("β {beta} seed {seed}: kl {:.3}", s[0].1),
+                                    format!(
+                                        "β {beta} member {member} seed {seed}: kl {:.3}",
+                                        s[0].1
+                                    ),
                                 )
                             },
                         )
@@ -237,11 +259,12 @@ impl StageKind for KlCalibrateKind {
                     let probe = Probe {
                         beta,
                         seed,
+                        member,
                         final_kl: calibrate::final_mean(&kl),
                         final_score: calibrate::final_mean(&score),
                     };
                     ctx.log(format!(
-                        "probe β {beta} seed {seed}: final KL {:.4}, final score {:.4}",
+                        "probe β {beta} member {member} seed {seed}: final KL {:.4}, final score {:.4}",
                         probe.final_kl, probe.final_score
                     ));
                     probes.push(probe);
@@ -323,6 +346,7 @@ mod tests {
     fn params_split_into_its_own_and_the_probes() {
         let (c, p) = split(&params(serde_json::json!({"probe_seeds": [3, 4]}))).unwrap();
         assert_eq!(c.probe_seeds, vec![3, 4]);
+        assert_eq!(c.probe_members, None);
         assert_eq!(c.max_extra_probes, 3);
         assert_eq!(p.steps, 5);
         assert_eq!(p.method, Method::Vanilla);
@@ -347,6 +371,10 @@ mod tests {
         assert_eq!(at(serde_json::json!({"betas": [0.1, 0.1]})), "betas");
         assert_eq!(at(serde_json::json!({"betas": [0.1, 0.0]})), "betas");
         assert_eq!(at(serde_json::json!({"probe_seeds": []})), "probe_seeds");
+        assert_eq!(
+            at(serde_json::json!({"probe_members": []})),
+            "probe_members"
+        );
         // A typo is still an unknown field of the ppo params.
         assert_eq!(at(serde_json::json!({"stpes": 3})), "stpes");
         assert_eq!(at(serde_json::json!({"steps": 0})), "steps");

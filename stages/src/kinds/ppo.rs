@@ -365,7 +365,11 @@ impl StageKind for PpoKind {
         // text gets the special tokens its tokenizer adds (a BOS for Gemma/Llama tokenizers,
         // nothing for GPT-2's), a chat template's prompt turn is the decoded prompt, and a
         // truncation keeps the leading BOS. GPT-2 reward models read exactly as before.
-        4
+        // 5: samples stop at every EOS id the policy folder declares (as the judge and
+        // `dagrun model generate`), and the saved policy folder also holds
+        // `tokenizer_config.json` and `generation_config.json`; the built-in task trains as
+        // before.
+        5
     }
     fn summary(&self) -> &'static str {
         "PPO of a GPT-2 policy against a reward ensemble, vanilla or variance-aware"
@@ -521,7 +525,7 @@ impl Setup {
             generate: GenerateConfig {
                 max_new_tokens: p.max_new_tokens,
                 sampling: p.sampling(),
-                stop_ids: eos.into_iter().collect(),
+                stop_ids: crate::ml::models::decoder_hf::stop_ids(policy_dir, &tok)?,
                 pad_id: tok.pad_id(),
             },
             reward: Box::new(ReadSamples {

@@ -31,11 +31,12 @@ pub fn final_mean(values: &[f64]) -> f64 {
     tail.iter().sum::<f64>() / tail.len() as f64
 }
 
-/// One probe: PPO at `beta` from `seed`, and where it ended.
+/// One probe: PPO at `beta` from `seed` against ensemble `member`, and where it ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Probe {
     pub beta: f64,
     pub seed: u64,
+    pub member: usize,
     /// [`final_mean`] of the probe's per-step KL.
     pub final_kl: f64,
     /// [`final_mean`] of the probe's per-step score.
@@ -187,6 +188,7 @@ mod tests {
         Probe {
             beta,
             seed: 0,
+            member: 0,
             final_kl,
             final_score: 0.0,
         }
