@@ -3,8 +3,8 @@
 //!
 //! Params: every `ppo` param but `beta`/`beta_from` (the probes train exactly as a `ppo` node
 //! with those params would, at each probed β), and `kl_target`, `betas`, `probe_seeds`,
-//! `probe_members`, `max_extra_probes`. Output `beta`: JSON with the chosen β, the target, every probe and
-//! the fit; a `ppo` node takes it as `beta_from`.
+//! `probe_members`, `max_extra_probes`. Output `beta`: JSON with the chosen β, the target,
+//! every probe and the fit; a `ppo` node takes it as `beta_from`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -221,13 +221,16 @@ impl StageKind for KlCalibrateKind {
         let mut pending = grid;
         let found = loop {
             for beta in std::mem::take(&mut pending) {
-                for &seed in &c.probe_seeds {
+                for &(member, seed) in &runs {
                     let mut cfg = p.config();
                     cfg.rollout.beta = beta;
+                    cfg.rollout.member = member;
                     cfg.seed = seed;
                     // Each probe checkpoints into its own scratch folder: a killed
                     // calibration resumes its probes where they were.
-                    let ckpt = ctx.scratch().join(format!("probe-beta{beta}-seed{seed}"));
+                    let ckpt = ctx
+                        .scratch()
+                        .join(format!("probe-beta{beta}-member{member}-seed{seed}"));
                     let policy =
                         Gpt2::from_hf_dir(Path::new(&p.policy), &device.clone().autodiff())?;
                     let done = probes.len() as u64;
