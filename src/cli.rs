@@ -196,6 +196,13 @@ pub struct RunArgs {
     /// $DAGRUN_REMOTE, else the pipeline's `remote:`].
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
+    /// Write the training curves (per-step loss, KL, score, ...) of the nodes that run, and
+    /// command stages' `dagrun:metric NAME VALUE STEP` series, as TensorBoard event files
+    /// under DIR, one run folder per node id, while they train (`tensorboard --logdir
+    /// DIR`). Part of no key: switching it on reruns nothing [default:
+    /// defaults.tensorboard].
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
     #[command(flatten)]
     pub select: SelectArgs,
     #[command(flatten)]
@@ -224,6 +231,7 @@ impl RunArgs {
             && !self.pull
             && !self.push
             && self.remote.is_none()
+            && self.tensorboard.is_none()
             && self.select.rerun.is_empty()
             && !self.select.downstream
             && self.select.only.is_empty()

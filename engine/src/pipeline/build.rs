@@ -304,6 +304,7 @@ impl<'a> Builder<'a> {
             remote: spec.remote.clone(),
             cache_dir: self.cache_dir.clone(),
             overrides: self.overrides.describe(),
+            tensorboard: spec.defaults.tensorboard.as_ref().map(|d| workdir.join(d)),
         })
     }
 }

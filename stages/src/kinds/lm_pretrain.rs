@@ -336,12 +336,14 @@ impl StageKind for LmPretrainKind {
                 trainer.step
             ));
         }
+        let mut curves = crate::tensorboard::Curves::for_node(ctx);
         while trainer.step < p.steps {
             if ctx.cancelled() {
                 return Err(Box::new(Cancelled));
             }
             let loss = trainer.train_step()?;
             let step = trainer.step;
+            curves.write(step as f64, &[("loss", loss as f64)]);
             if p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every) && step < p.steps {
                 trainer.save_checkpoint(&ckpt)?;
             }
