@@ -390,6 +390,13 @@ pub struct MetricsArgs {
     /// or a param): n, mean, sample sd, min and max per value.
     #[arg(long, value_name = "KEY")]
     pub group_by: Option<String>,
+    /// Compare two variants param by param and metric by metric: each of A and B is a
+    /// node id (its current variant) or a cache key (a hex prefix of at least 4 digits, as
+    /// `--all` shows them). Prints what differs, with both values and, for numbers, the
+    /// change B − A.
+    #[arg(long, num_args = 2, value_names = ["A", "B"],
+          conflicts_with_all = ["stage", "all", "sort", "group_by"])]
+    pub diff: Option<Vec<String>>,
     /// The current variants are those of the pipeline as loaded with these overrides.
     #[command(flatten)]
     pub overrides: OverrideArgs,
