@@ -159,7 +159,7 @@ stages:
 }
 
 /// TensorBoard's reader, or `None` (after saying why) where it is absent outside CI.
-fn tensorboard_python() -> Option<String> {
+pub fn tensorboard_python() -> Option<String> {
     let py = std::env::var("DAGRUN_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let ok = Command::new(&py)
         .args([
@@ -196,9 +196,9 @@ for run in sorted(os.listdir(root)):
 print(json.dumps(out))
 "#;
 
-type Curves = BTreeMap<String, BTreeMap<String, Vec<(i64, f64)>>>;
+pub type Curves = BTreeMap<String, BTreeMap<String, Vec<(i64, f64)>>>;
 
-fn read_back(py: &str, root: &std::path::Path) -> Curves {
+pub fn read_back(py: &str, root: &std::path::Path) -> Curves {
     let o = Command::new(py)
         .args(["-c", READER, root.to_str().unwrap()])
         .output()
@@ -208,7 +208,7 @@ fn read_back(py: &str, root: &std::path::Path) -> Curves {
 }
 
 /// The node's series from its record, as TensorBoard stores them (f32 values, whole steps).
-fn recorded(ws: &Ws, node: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
+pub fn recorded(ws: &Ws, node: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
     let (out, _) = ws.ok(&["show", node, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let series: BTreeMap<String, Vec<(f64, f64)>> =
