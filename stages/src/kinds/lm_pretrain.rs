@@ -329,6 +329,8 @@ impl StageKind for LmPretrainKind {
             checkpoint_every: p.checkpoint_every,
         };
         let ckpt = ctx.scratch().join("checkpoints");
+        // For the curves: the rate each step trained at.
+        let schedule = train_cfg.schedule.clone();
         let mut trainer = LmTrainer::new(&init, &tokens, train_cfg, &device, Some(&ckpt))?;
         if trainer.step > 0 {
             ctx.log(format!(
@@ -343,7 +345,10 @@ impl StageKind for LmPretrainKind {
             }
             let loss = trainer.train_step()?;
             let step = trainer.step;
-            curves.write(step as f64, &[("loss", loss as f64)]);
+            curves.write(
+                step as f64,
+                &[("loss", loss as f64), ("lr", schedule.lr(step - 1))],
+            );
             if p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every) && step < p.steps {
                 trainer.save_checkpoint(&ckpt)?;
             }
