@@ -10,7 +10,8 @@
 # The venv lives at ${DAGRUN_TORCH_VENV:-/opt/dagrun/torch-venv}; it is reused when it already
 # has torch 2.9.0 (so CI pays the ~2-minute, ~6.7 GB install once per machine). It also holds
 # transformers, safetensors, tokenizers and numpy, which the Hugging Face parity scripts
-# (scripts/make_hf_fixtures.py) and the export test use.
+# (scripts/make_hf_fixtures.py) and the export test use, and tensorboard, whose event reader
+# checks `run --tensorboard`'s files (tests/cli/tensorboard.rs).
 #
 # Progress goes to stderr; only the `export` lines go to stdout.
 set -euo pipefail
@@ -24,15 +25,15 @@ have_torch() {
         "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null
 }
 have_extras() {
-    "$VENV/bin/python" -c "import transformers, safetensors, tokenizers, numpy" 2>/dev/null
+    "$VENV/bin/python" -c "import transformers, safetensors, tokenizers, numpy, tensorboard" 2>/dev/null
 }
 
 if ! have_torch || ! have_extras; then
-    echo "torch-venv: installing torch==$TORCH_VERSION (+ transformers, safetensors, tokenizers, numpy) into $VENV" >&2
+    echo "torch-venv: installing torch==$TORCH_VERSION (+ transformers, safetensors, tokenizers, numpy, tensorboard) into $VENV" >&2
     mkdir -p "$(dirname "$VENV")"
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-    "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" transformers safetensors tokenizers numpy >&2
+    "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" transformers safetensors tokenizers numpy tensorboard >&2
     have_torch || { echo "torch-venv: torch $TORCH_VERSION did not install into $VENV" >&2; exit 1; }
 else
     echo "torch-venv: reusing $VENV" >&2

@@ -196,6 +196,13 @@ pub struct RunArgs {
     /// $DAGRUN_REMOTE, else the pipeline's `remote:`].
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
+    /// Write the training curves (per-step loss, KL, score, ...) of the nodes that run, and
+    /// command stages' `dagrun:metric NAME VALUE STEP` series, as TensorBoard event files
+    /// under DIR, one run folder per node id, while they train (`tensorboard --logdir
+    /// DIR`). Part of no key: switching it on reruns nothing [default:
+    /// defaults.tensorboard].
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
     #[command(flatten)]
     pub select: SelectArgs,
     #[command(flatten)]
@@ -224,6 +231,7 @@ impl RunArgs {
             && !self.pull
             && !self.push
             && self.remote.is_none()
+            && self.tensorboard.is_none()
             && self.select.rerun.is_empty()
             && !self.select.downstream
             && self.select.only.is_empty()
@@ -382,6 +390,13 @@ pub struct MetricsArgs {
     /// or a param): n, mean, sample sd, min and max per value.
     #[arg(long, value_name = "KEY")]
     pub group_by: Option<String>,
+    /// Compare two variants param by param and metric by metric: each of A and B is a
+    /// node id (its current variant) or a cache key (a hex prefix of at least 4 digits, as
+    /// `--all` shows them). Prints what differs, with both values and, for numbers, the
+    /// change B − A.
+    #[arg(long, num_args = 2, value_names = ["A", "B"],
+          conflicts_with_all = ["stage", "all", "sort", "group_by"])]
+    pub diff: Option<Vec<String>>,
     /// The current variants are those of the pipeline as loaded with these overrides.
     #[command(flatten)]
     pub overrides: OverrideArgs,

@@ -5,7 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use dagrun_engine::variants::{variants, Variant};
+use dagrun_cache::Cache;
+use dagrun_engine::{
+    variants::{variant, variants, Variant},
+    Pipeline,
+};
 use serde_json::{json, Value};
 
 use crate::{
@@ -21,6 +25,9 @@ pub fn cmd_metrics(ctx: &Ctx, a: &MetricsArgs) -> CliResult {
     let Some(cache) = cache else {
         return Err(usage("no cache here yet: run the pipeline first"));
     };
+    if let Some(pair) = &a.diff {
+        return diff(&p, &cache, &pair[0], &pair[1], a.format);
+    }
     let mut nodes = BTreeSet::new();
     if a.stage.is_empty() {
         nodes.extend(0..p.nodes.len());
@@ -216,6 +223,145 @@ fn grouped(rows: &[Variant], key: &str, format: MetricsFormat) -> CliResult {
         .collect();
     print_table(&header, &table, format);
     Ok(())
+}
+
+/// `--diff A B`: what differs between two variants, matrix values, params and metrics.
+fn diff(p: &Pipeline, cache: &Cache, a: &str, b: &str, format: MetricsFormat) -> CliResult {
+    let va = find_variant(p, cache, a)?;
+    let vb = find_variant(p, cache, b)?;
+    let mut rows: Vec<(&str, String, Option<&Value>, Option<&Value>)> = Vec::new();
+    let sections = [
+        ("matrix", &va.matrix, &vb.matrix),
+        ("param", &va.params, &vb.params),
+        ("metric", &va.metrics, &vb.metrics),
+    ];
+    for (what, ma, mb) in sections {
+        let names: BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
+        for name in names {
+            let (x, y) = (ma.get(name), mb.get(name));
+            if x != y {
+                rows.push((what, name.clone(), x, y));
+            }
+        }
+    }
+    let change = |x: Option<&Value>, y: Option<&Value>| match (
+        x.and_then(Value::as_f64),
+        y.and_then(Value::as_f64),
+    ) {
+        (Some(x), Some(y)) => Some(y - x),
+        _ => None,
+    };
+    let label = |v: &Variant| format!("{} ({})", v.node, &v.key[..8.min(v.key.len())]);
+    if format == MetricsFormat::Json {
+        let side = |v: &Variant| json!({"node": v.node, "key": v.key, "current": v.current});
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|(what, name, x, y)| {
+                json!({"what": what, "name": name, "a": x, "b": y,
+                       "change": change(*x, *y).map(finite)})
+            })
+            .collect();
+        let out = json!({"a": side(&va), "b": side(&vb), "differences": list});
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+        return Ok(());
+    }
+    let full = format == MetricsFormat::Csv;
+    let cell = |v: Option<&Value>| match v {
+        None => String::new(),
+        Some(v) if full => raw(v),
+        Some(v) => short(v),
+    };
+    let header: Vec<String> = if full {
+        ["what", "name", "a", "b", "change"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        vec![
+            "".into(),
+            "name".into(),
+            label(&va),
+            label(&vb),
+            "change".into(),
+        ]
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(what, name, x, y)| {
+            let d = change(*x, *y).map_or(String::new(), |d| match full {
+                true => d.to_string(),
+                false if d > 0.0 => format!("+{}", fmt_num(d)),
+                false => fmt_num(d),
+            });
+            vec![what.to_string(), name.clone(), cell(*x), cell(*y), d]
+        })
+        .collect();
+    if rows.is_empty() && !full {
+        println!(
+            "{} and {} have the same matrix values, params and metrics",
+            label(&va),
+            label(&vb)
+        );
+        return Ok(());
+    }
+    print_table(&header, &table, format);
+    Ok(())
+}
+
+/// A `--diff` operand: a node id of the pipeline (its current variant, which must be
+/// cached), else a cache key given by a unique hex prefix.
+fn find_variant(p: &Pipeline, cache: &Cache, name: &str) -> CliResult<Variant> {
+    if let Some(&i) = p.by_id.get(name) {
+        let found = variants(p, cache, &[i], false)?;
+        return found.rows.into_iter().next().ok_or_else(|| {
+            usage(format!(
+                "--diff: node `{name}` has no cached result for its current params (run it, \
+                 or name an earlier variant by its key: `dagrun metrics --all`)"
+            ))
+        });
+    }
+    let is_key = name.len() >= 4 && name.chars().all(|c| c.is_ascii_hexdigit());
+    if !is_key {
+        return Err(usage(format!(
+            "--diff: `{name}` is neither a node of {} nor a cache key (a hex prefix of at \
+             least 4 digits)",
+            p.name
+        )));
+    }
+    let prefix = name.to_ascii_lowercase();
+    let mut matches: Vec<_> = cache
+        .records()?
+        .into_iter()
+        .filter(|r| r.key.to_hex().starts_with(&prefix))
+        .collect();
+    match matches.len() {
+        0 => Err(usage(format!(
+            "--diff: no node `{name}` in {} and no cache key starting with `{name}`",
+            p.name
+        ))),
+        1 => {
+            let r = matches.remove(0);
+            let stage = match p.by_id.get(&r.node) {
+                Some(&i) => p.nodes[i].stage.clone(),
+                None => r.node.split('[').next().unwrap_or(&r.node).to_string(),
+            };
+            // Current: the key the pipeline gives its node now.
+            let current = p.by_id.get(&r.node).is_some_and(|&i| {
+                variants(p, cache, &[i], false)
+                    .is_ok_and(|v| v.rows.iter().any(|x| x.key == r.key.to_hex()))
+            });
+            Ok(variant(&stage, &r, current))
+        }
+        n => Err(usage(format!(
+            "--diff: `{name}` is the start of {n} cache keys ({}); give more digits",
+            matches
+                .iter()
+                .take(5)
+                .map(|r| format!("{} of {}", &r.key.to_hex()[..12], r.node))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// Summary statistics of a sample; `sd` is the sample standard deviation (NaN for one

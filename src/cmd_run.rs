@@ -64,6 +64,14 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
     if let Some(e) = args.executor {
         p.set_default_executor(executor(e));
     }
+    if let Some(dir) = &args.tensorboard {
+        p.tensorboard = Some(std::path::absolute(dir).map_err(|e| {
+            usage(format!(
+                "--tensorboard {}: not a usable path: {e}",
+                dir.display()
+            ))
+        })?);
+    }
     let sel = ctx.selection(&p, &args.select)?;
     let missing = p.missing_inputs(&|i| sel.includes(i));
     if !missing.is_empty() {

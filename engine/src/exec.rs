@@ -20,7 +20,7 @@ use crate::{
     plan::{runtime_params, Evaluation},
     sched::Outcome,
     slurm::{RemoteOutcome, Slurm, Submission},
-    stage::{Place, ProgressSink},
+    stage::{tensorboard_run_dir, Place, ProgressSink},
     Pipeline,
 };
 
@@ -196,6 +196,10 @@ fn run_here(
             sink,
             cancel,
             cache_dir: Some(cache.dir().to_path_buf()),
+            tensorboard: p
+                .tensorboard
+                .as_ref()
+                .map(|d| tensorboard_run_dir(d, &node.id)),
         },
     );
     match invoked.ended {
@@ -243,6 +247,10 @@ fn run_remote(
         outs: node.outs.clone(),
         scratch: cache.scratch_dir(key),
         staging: staged.dir.clone(),
+        tensorboard: p
+            .tensorboard
+            .as_ref()
+            .map(|d| tensorboard_run_dir(d, &node.id)),
     };
     std::fs::create_dir_all(&staged.dir)
         .and_then(|_| write_json_atomic(&staged.job(), &spec))

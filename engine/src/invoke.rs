@@ -42,6 +42,8 @@ pub struct Invocation {
     pub cancel: Arc<AtomicBool>,
     /// Where running process groups are recorded (`None` in a Slurm job).
     pub cache_dir: Option<PathBuf>,
+    /// The node's TensorBoard run folder, if curves are asked for.
+    pub tensorboard: Option<PathBuf>,
 }
 
 /// How a stage ended.
@@ -111,6 +113,7 @@ pub fn invoke(kind: &dyn StageKind, inv: Invocation) -> Invoked {
         sink: inv.sink,
         cancel: inv.cancel,
         cache_dir: inv.cache_dir,
+        tensorboard: inv.tensorboard,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx)));
     let metrics = std::mem::take(&mut ctx.metrics);

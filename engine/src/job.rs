@@ -58,6 +58,9 @@ pub struct JobSpec {
     pub outs: Vec<String>,
     pub scratch: PathBuf,
     pub staging: PathBuf,
+    /// The node's TensorBoard run folder (on the shared filesystem), if asked for.
+    #[serde(default)]
+    pub tensorboard: Option<PathBuf>,
 }
 
 /// How a job ended, as the worker saw it.
@@ -347,6 +350,7 @@ pub fn run_worker(
             }),
             cancel,
             cache_dir: None,
+            tensorboard: spec.tensorboard.clone(),
         },
     );
     match invoked.ended {

@@ -5,6 +5,7 @@
 //!   greeting: hello
 //! defaults:          # per-stage fields applied to every stage that does not set them
 //!   device: cpu
+//!   tensorboard: runs/   # training curves as TensorBoard event files (part of no key)
 //! fingerprint:
 //!   env: [CUDA_VERSION]   # environment variables whose values are part of every key
 //! slurm:             # how nodes whose executor is `slurm` are submitted (see slurm.rs)
@@ -100,6 +101,10 @@ pub struct Defaults {
     pub device: Option<String>,
     pub resources: Option<ResourcesSpec>,
     pub executor: Option<Executor>,
+    /// A folder for TensorBoard event files of training curves (relative to the
+    /// workspace), one run folder per node; `run --tensorboard DIR` overrides it. Part of
+    /// no key.
+    pub tensorboard: Option<String>,
 }
 
 /// What of the environment goes into every node's key.

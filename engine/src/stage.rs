@@ -154,6 +154,7 @@ pub struct StageContext {
     pub(crate) cancel: Arc<AtomicBool>,
     /// The cache folder, where running process groups are recorded (not in a Slurm job).
     pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) tensorboard: Option<PathBuf>,
 }
 
 impl StageContext {
@@ -182,6 +183,13 @@ impl StageContext {
                 None
             }
         }
+    }
+
+    /// The node's own TensorBoard run folder (not made yet), when the run asked for
+    /// training curves (`--tensorboard`, `defaults.tensorboard`); `None` otherwise. What is
+    /// written there is part of no key and of no record.
+    pub fn tensorboard_dir(&self) -> Option<&Path> {
+        self.tensorboard.as_deref()
     }
 
     /// The seed: the `seed` parameter (0 if absent).
@@ -258,6 +266,38 @@ impl StageContext {
     }
 }
 
+/// The TensorBoard run folder of node `node` under `root`: one folder per node id, named
+/// by the id where it is a plain file name. Characters outside `A-Z a-z 0-9 . _ - = , [ ] +`
+/// (a `/` or a space in a matrix value), a leading `.`, or a name above 200 bytes make it
+/// the id with those characters as `_`, cut to 200 bytes, then `~` and 16 hex digits of the
+/// id's hash: `~` is never kept, so such a name cannot equal an untouched id, and two ids
+/// that clean up alike differ in their hashes.
+pub fn tensorboard_run_dir(root: &Path, node: &str) -> PathBuf {
+    root.join(tensorboard_run_name(node))
+}
+
+fn tensorboard_run_name(node: &str) -> String {
+    const MAX: usize = 200;
+    let kept = |c: char| c.is_ascii_alphanumeric() || "._-=,[]+".contains(c);
+    if !node.is_empty() && node.len() <= MAX && !node.starts_with('.') && node.chars().all(kept) {
+        return node.to_string();
+    }
+    let mut clean: String = node
+        .chars()
+        .map(|c| if kept(c) { c } else { '_' })
+        .collect();
+    if clean.starts_with('.') {
+        clean.replace_range(..1, "_");
+    }
+    let mut cut = MAX.min(clean.len());
+    while !clean.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    clean.truncate(cut);
+    let hash = blake3::hash(node.as_bytes()).to_hex();
+    format!("{clean}~{}", &hash[..16])
+}
+
 /// The error returned by a stage that noticed cancellation.
 #[derive(Debug)]
 pub struct Cancelled;
@@ -295,5 +335,31 @@ impl Registry {
 
     pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn StageKind>> {
         self.kinds.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensorboard_run_names_are_plain_and_unique() {
+        let name = tensorboard_run_name;
+        assert_eq!(name("train"), "train");
+        assert_eq!(name("ppo[method=mean,seed=3]"), "ppo[method=mean,seed=3]");
+        let a = name("sweep[data=a/b,x=1 2]");
+        assert!(a.starts_with("sweep[data=a_b,x=1_2]~"), "{a}");
+        assert_eq!(a.len(), "sweep[data=a_b,x=1_2]~".len() + 16);
+        // Cleaned up alike, told apart by the hash; never equal to an untouched id.
+        assert_ne!(name("s[x=a/b]"), name("s[x=a b]"));
+        assert!(!name("s[x=a/b]").contains('/'));
+        assert!(name("..").starts_with("_.~"));
+        let long = format!("s[x={}]", "é".repeat(300));
+        let n = name(&long);
+        assert!(n.len() <= 200 + 17 && !n.contains('é'), "{n}");
+        assert_eq!(
+            tensorboard_run_dir(Path::new("/tb"), "train"),
+            Path::new("/tb/train")
+        );
     }
 }

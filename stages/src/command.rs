@@ -16,7 +16,8 @@
 //!
 //! A line `dagrun:progress DONE/TOTAL [message]` in its output updates the live display;
 //! a line `dagrun:metric NAME VALUE [STEP]` adds a metric to the node's record (a scalar,
-//! or a point of a series when STEP is given). Once the command has succeeded, each file
+//! or a point of a series when STEP is given; under `--tensorboard` a point also goes to
+//! the node's TensorBoard curves as it is read). Once the command has succeeded, each file
 //! of the stage's `metrics:` (JSON objects) adds its values: nested objects flattened
 //! with dots (`eval.acc`), numbers as scalars, booleans and strings kept as they are.
 
@@ -32,6 +33,8 @@ use dagrun_engine::{
     stage::{Cancelled, ParamError, Place, StageContext, StageError, StageKind},
 };
 use serde_json::Value;
+
+use crate::tensorboard::Curves;
 
 pub struct CommandKind;
 
@@ -133,8 +136,9 @@ impl StageKind for CommandKind {
         let pid = child.id() as i32;
         let _tracked = ctx.track_group(pid, &token);
         let ctx_ref: &StageContext = ctx;
+        let curves = crate::tensorboard::Curves::for_node(ctx_ref);
         let (status, reported) = std::thread::scope(|s| {
-            let pumping = s.spawn(|| pump(ctx_ref, reader));
+            let pumping = s.spawn(|| pump(ctx_ref, reader, curves));
             let status = wait_or_cancel(child, pid, || ctx_ref.cancelled());
             (status, pumping.join().unwrap_or_default())
         });
@@ -347,8 +351,9 @@ fn metric_in(line: &str) -> Option<Result<MetricReport, ()>> {
 }
 
 /// Logs the command's output line by line; `dagrun:progress` lines update the display;
-/// `dagrun:metric` lines are logged and returned.
-fn pump(ctx: &StageContext, stream: impl std::io::Read) -> Vec<MetricReport> {
+/// `dagrun:metric` lines are logged and returned, and those with a step written to the
+/// node's TensorBoard curves as they come.
+fn pump(ctx: &StageContext, stream: impl std::io::Read, mut curves: Curves) -> Vec<MetricReport> {
     let reader = BufReader::new(stream);
     let mut metrics = Vec::new();
     for line in reader.split(b'\n') {
@@ -357,6 +362,9 @@ fn pump(ctx: &StageContext, stream: impl std::io::Read) -> Vec<MetricReport> {
         let line = line.trim_end_matches('\r');
         match metric_in(line) {
             Some(Ok(m)) => {
+                if let Some(step) = m.step {
+                    curves.write(step, &[(&m.name, m.value)]);
+                }
                 metrics.push(m);
                 ctx.log(line);
                 continue;

@@ -17,6 +17,7 @@ pub mod ml;
 pub mod rl;
 pub mod rm;
 pub mod stats;
+pub mod tensorboard;
 pub mod theory;
 
 /// Every stage kind of this build.

@@ -320,3 +320,144 @@ fn cache_gc_keeps_the_variants_of_the_overrides_it_is_given() {
         set(&["train[seed=1]", "train[seed=2]"])
     );
 }
+
+#[test]
+fn metrics_diff_compares_two_variants_param_by_param_and_metric_by_metric() {
+    let ws = Ws::new();
+    ws.write("p.yaml", TRAIN);
+    ws.ok(&["p.yaml"]);
+    let (out, _) = ws.ok(&["metrics", "p.yaml", "--stage", "train", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let old = rows[0]["key"].as_str().unwrap().to_string();
+    assert_eq!(rows[0]["node"], "train[seed=1]");
+    ws.ok(&["p.yaml", "-S", "params.lr=0.5"]);
+    // An earlier variant by its key (8 digits, as `--all` shows it) against a node's
+    // current one (current with the override given to `metrics`).
+    let (out, _) = ws.ok(&[
+        "metrics",
+        "p.yaml",
+        "-S",
+        "params.lr=0.5",
+        "--diff",
+        &old[..8],
+        "train[seed=1]",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["a"]["key"], old.as_str(), "{out}");
+    assert_eq!(v["a"]["current"], false, "{out}");
+    assert_eq!(v["b"]["node"], "train[seed=1]", "{out}");
+    assert_eq!(v["b"]["current"], true, "{out}");
+    let diffs = v["differences"].as_array().unwrap();
+    let find = |what: &str, name: &str| {
+        diffs
+            .iter()
+            .find(|d| d["what"] == what && d["name"] == name)
+            .cloned()
+    };
+    let lr = find("param", "lr").expect("lr differs");
+    assert_eq!((lr["a"].as_f64(), lr["b"].as_f64()), (Some(0.1), Some(0.5)));
+    assert!((lr["change"].as_f64().unwrap() - 0.4).abs() < 1e-12, "{lr}");
+    let tag = find("metric", "tag").expect("tag differs");
+    assert_eq!(
+        (tag["a"].as_str(), tag["b"].as_str()),
+        (Some("lr-0.1"), Some("lr-0.5"))
+    );
+    assert!(tag["change"].is_null(), "{tag}");
+    assert!(find("metric", "loss").is_some(), "{out}");
+    // What is the same is left out.
+    assert!(find("metric", "eval.acc").is_none(), "{out}");
+    assert!(find("matrix", "seed").is_none(), "{out}");
+    // The other formats: one line per difference.
+    let (out, _) = ws.ok(&[
+        "metrics",
+        "p.yaml",
+        "-S",
+        "params.lr=0.5",
+        "--diff",
+        &old[..8],
+        "train[seed=1]",
+    ]);
+    let lr_line = out.lines().find(|l| l.contains(" lr ")).unwrap_or_default();
+    assert!(
+        lr_line.starts_with("param") && lr_line.contains("0.1") && lr_line.ends_with("+0.4"),
+        "{out}"
+    );
+    assert!(out.lines().next().unwrap().contains(&old[..8]), "{out}");
+    let (out, _) = ws.ok(&[
+        "metrics",
+        "p.yaml",
+        "-S",
+        "params.lr=0.5",
+        "--diff",
+        &old[..8],
+        "train[seed=1]",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(out.lines().next(), Some("what,name,a,b,change"), "{out}");
+    assert!(out.lines().any(|l| l == "param,lr,0.1,0.5,0.4"), "{out}");
+    assert!(
+        out.lines().any(|l| l == "metric,tag,lr-0.1,lr-0.5,"),
+        "{out}"
+    );
+    let (out, _) = ws.ok(&[
+        "metrics",
+        "p.yaml",
+        "-S",
+        "params.lr=0.5",
+        "--diff",
+        &old[..8],
+        "train[seed=1]",
+        "--format",
+        "md",
+    ]);
+    assert!(out.contains("| param | lr | 0.1 | 0.5 | +0.4 |"), "{out}");
+    // Two nodes of the sweep: the matrix value and the metrics differ, not `lr`.
+    let (out, _) = ws.ok(&[
+        "metrics",
+        "p.yaml",
+        "-S",
+        "params.lr=0.5",
+        "--diff",
+        "train[seed=1]",
+        "train[seed=2]",
+        "--format",
+        "csv",
+    ]);
+    assert!(out.lines().any(|l| l == "matrix,seed,1,2,1"), "{out}");
+    assert!(out.lines().any(|l| l == "metric,loss,0.5,1.0,0.5"), "{out}");
+    assert!(!out.contains("param,lr"), "{out}");
+    // A variant against itself.
+    let (out, _) = ws.ok(&[
+        "metrics",
+        "p.yaml",
+        "--diff",
+        "train[seed=2]",
+        "train[seed=2]",
+    ]);
+    assert!(out.contains("have the same"), "{out}");
+    // Unknown names are usage errors that name them.
+    for (a, b, named) in [
+        ("nope", "train[seed=1]", "`nope`"),
+        ("train[seed=1]", "ffffffffff", "`ffffffffff`"),
+        ("train[seed=9]", "train[seed=1]", "`train[seed=9]`"),
+    ] {
+        let o = ws.dagrun(&["metrics", "p.yaml", "--diff", a, b]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(err(&o).contains(named), "{}", err(&o));
+    }
+    // A node whose current variant is not cached: said so.
+    let o = ws.dagrun(&[
+        "metrics",
+        "p.yaml",
+        "-S",
+        "params.lr=0.9",
+        "--diff",
+        "train[seed=1]",
+        "train[seed=2]",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(err(&o).contains("no cached result"), "{}", err(&o));
+}

@@ -22,5 +22,6 @@ mod remote;
 mod report_key;
 mod slurm;
 mod sweeps;
+mod tensorboard;
 mod theory;
 mod workspace_safety;

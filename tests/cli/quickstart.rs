@@ -23,13 +23,66 @@ fn reduced() -> String {
 fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference() {
     let ws = Ws::new();
     ws.write("quickstart.yaml", &reduced());
-    let ran = ws.run(&["quickstart.yaml"]);
+    // With training curves: the four training kinds write them, one run folder a node.
+    let ran = ws.run(&["quickstart.yaml", "--tensorboard", "tb"]);
     assert!(
         ran.contains("report") && ran.contains("reward_bench") && ran.len() == 19,
         "{ran:?}"
     );
+    let mut runs: Vec<String> = std::fs::read_dir(ws.p("tb"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    runs.sort();
+    let mut want = vec!["backbone", "head_ensemble", "lm"];
+    let ppo: Vec<String> = ran
+        .iter()
+        .filter(|n| n.starts_with("ppo["))
+        .cloned()
+        .collect();
+    assert_eq!(ppo.len(), 4, "{ran:?}");
+    want.extend(ppo.iter().map(String::as_str));
+    want.sort();
+    assert_eq!(runs, want);
+    // TensorBoard's reader sees a PPO node's curves as its record has them.
+    if let Some(py) = crate::tensorboard::tensorboard_python() {
+        let curves = crate::tensorboard::read_back(&py, &ws.p("tb"));
+        for node in [&ppo[0], &"backbone".to_string()] {
+            let want = crate::tensorboard::recorded(&ws, node);
+            assert!(!want.is_empty(), "{node}: no series");
+            for (tag, points) in want {
+                assert_eq!(curves[node.as_str()][&tag], points, "{node} {tag}");
+            }
+        }
+    }
     // Fully cached the second time.
     assert!(ws.run(&["quickstart.yaml"]).is_empty());
+    // The PPO sweep's final numbers per method: n, mean, sd, min, max.
+    let (out, _) = ws.ok(&[
+        "metrics",
+        "quickstart.yaml",
+        "--stage",
+        "ppo",
+        "--group-by",
+        "method",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].split_whitespace().collect::<Vec<_>>()
+            == ["method", "metric", "n", "mean", "sd", "min", "max"],
+        "{out}"
+    );
+    for method in ["vanilla", "variance_aware"] {
+        for metric in ["final_kl", "final_score", "mean_variance"] {
+            assert!(
+                lines.iter().any(|l| {
+                    let cells: Vec<&str> = l.split_whitespace().collect();
+                    cells.len() == 7 && cells[..3] == [method, metric, "2"]
+                }),
+                "{method} {metric}: {out}"
+            );
+        }
+    }
     // Rerunning the heads reproduces them (same seed): everything below stays cached.
     let (_, err) = ws.ok(&["quickstart.yaml", "--rerun", "head_ensemble"]);
     assert_eq!(executed(&err), set(&["head_ensemble"]), "{err}");

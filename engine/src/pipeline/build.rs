@@ -226,6 +226,17 @@ impl<'a> Builder<'a> {
         if spec.stages.is_empty() {
             self.err(&ypath(&["stages"]), "the pipeline has no stages");
         }
+        if spec
+            .defaults
+            .tensorboard
+            .as_deref()
+            .is_some_and(|d| d.trim().is_empty())
+        {
+            self.err(
+                &ypath(&["defaults", "tensorboard"]),
+                "`tensorboard` is empty: name the folder for training curves, or leave it out",
+            );
+        }
         self.check_slurm(&spec.slurm);
 
         let mut nodes: Vec<Node> = Vec::new();
@@ -304,6 +315,7 @@ impl<'a> Builder<'a> {
             remote: spec.remote.clone(),
             cache_dir: self.cache_dir.clone(),
             overrides: self.overrides.describe(),
+            tensorboard: spec.defaults.tensorboard.as_ref().map(|d| workdir.join(d)),
         })
     }
 }

@@ -161,6 +161,10 @@ pub struct Pipeline {
     pub cache_dir: PathBuf,
     /// The overrides applied (`-S`, `--params`), as `KEY=VALUE`, for the run history.
     pub overrides: Vec<String>,
+    /// Where nodes write TensorBoard event files (`defaults.tensorboard` against the
+    /// workspace, or `run --tensorboard`): each node in [`crate::stage::tensorboard_run_dir`]. Part of
+    /// no key.
+    pub tensorboard: Option<PathBuf>,
 }
 
 impl Pipeline {

@@ -246,6 +246,7 @@ impl StageKind for BackbonePretrainKind {
         let mut cursor = 0;
         let mut losses: Vec<f64> = Vec::new();
         let mut stopped_early = false;
+        let mut curves = crate::tensorboard::Curves::for_node(ctx);
         for step in 0..total {
             if ctx.cancelled() {
                 return Err(Box::new(Cancelled));
@@ -271,6 +272,14 @@ impl StageKind for BackbonePretrainKind {
             let w = &losses[losses.len().saturating_sub(p.running_window)..];
             let running = w.iter().sum::<f64>() / w.len() as f64;
             ctx.series("running_loss", (step + 1) as f64, running);
+            curves.write(
+                (step + 1) as f64,
+                &[
+                    ("loss", value),
+                    ("running_loss", running),
+                    ("lr", schedule.lr(step)),
+                ],
+            );
             ctx.progress(
                 (step + 1) as u64,
                 total as u64,

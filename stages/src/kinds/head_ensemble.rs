@@ -260,9 +260,15 @@ impl StageKind for HeadEnsembleKind {
             heads_seed: ctx.derive_seed("heads"),
             order_seed: ctx.derive_seed("order"),
         };
+        // Each head's running loss, written as the head finishes (a head trains in moments).
+        let mut curves = crate::tensorboard::Curves::for_node(ctx);
         let heads = {
             let ctx_ref: &StageContext = ctx;
             fit_heads(&cfg, &train_features, &mut |k, fit| {
+                let tag = format!("head_{k}/running_loss");
+                for (i, loss) in fit.curve.iter().enumerate() {
+                    curves.write((i + 1) as f64, &[(&tag, *loss)]);
+                }
                 ctx_ref.log(format!(
                     "head {k}: {} steps, running loss {:.4}",
                     fit.steps, fit.final_loss

@@ -331,6 +331,8 @@ impl StageKind for LmPretrainKind {
             checkpoint_every: p.checkpoint_every,
         };
         let ckpt = ctx.scratch().join("checkpoints");
+        // For the curves: the rate each step trained at.
+        let schedule = train_cfg.schedule.clone();
         let mut trainer = LmTrainer::new(&init, &tokens, train_cfg, &device, Some(&ckpt))?;
         if trainer.step > 0 {
             ctx.log(format!(
@@ -338,12 +340,17 @@ impl StageKind for LmPretrainKind {
                 trainer.step
             ));
         }
+        let mut curves = crate::tensorboard::Curves::for_node(ctx);
         while trainer.step < p.steps {
             if ctx.cancelled() {
                 return Err(Box::new(Cancelled));
             }
             let loss = trainer.train_step()?;
             let step = trainer.step;
+            curves.write(
+                step as f64,
+                &[("loss", loss as f64), ("lr", schedule.lr(step - 1))],
+            );
             if p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every) && step < p.steps {
                 trainer.save_checkpoint(&ckpt)?;
             }

@@ -414,6 +414,7 @@ impl StageKind for PpoKind {
         let ckpt = ctx.scratch().join("checkpoints");
         let cancel = ctx.cancel_flag();
         let total = p.steps as u64;
+        let mut curves = crate::tensorboard::Curves::for_node(ctx);
         let run = {
             let ctx_ref: &StageContext = ctx;
             train(
@@ -424,6 +425,7 @@ impl StageKind for PpoKind {
                 Some(&ckpt),
                 &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
                 &mut |step: usize, s: &[(&'static str, f64)]| {
+                    curves.write(step as f64, s);
                     ctx_ref.progress(
                         step as u64,
                         total,
