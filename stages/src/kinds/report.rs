@@ -909,6 +909,7 @@ mod tests {
                 "ppo",
                 "reward_bench",
                 "reward_bench_baseline",
+                "runs",
                 "simulate",
                 "title"
             ]
