@@ -97,6 +97,12 @@ fn base_params() -> BTreeMap<&'static str, Value> {
                    "mini_batch_size": 2, "ppo_epochs": 1, "steps": 1, "max_new_tokens": 2}),
         ),
         (
+            "kl_calibrate",
+            json!({"policy": gpt2, "reward_model": rm, "prompts": "prompts", "batch_size": 2,
+                   "mini_batch_size": 2, "ppo_epochs": 1, "steps": 1, "max_new_tokens": 2,
+                   "kl_target": 0.01, "betas": [0.01, 100.0], "max_extra_probes": 1}),
+        ),
+        (
             "judge_eval",
             json!({"policies": [gpt2], "reference": gpt2, "prompts": "prompts",
                    "judge_model": rm, "max_prompts": 2, "max_new_tokens": 2}),

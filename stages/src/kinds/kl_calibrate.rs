@@ -61,6 +61,9 @@ fn default_max_extra() -> usize {
     3
 }
 
+/// The most extra probes: 20 doublings move β by a factor of a million.
+const MAX_EXTRA_PROBES: usize = 20;
+
 /// The params of `kl_calibrate` that are also `ppo`'s.
 const OWN: [&str; 5] = [
     "kl_target",
@@ -117,6 +120,12 @@ impl CalibrationParams {
         }
         if self.probe_seeds.is_empty() {
             return Err(ParamError::at("probe_seeds", "needs at least one seed"));
+        }
+        if self.max_extra_probes > MAX_EXTRA_PROBES {
+            return Err(ParamError::at(
+                "max_extra_probes",
+                format!("must be at most {MAX_EXTRA_PROBES} (each one halves or doubles β)"),
+            ));
         }
         if self.probe_members.as_ref().is_some_and(Vec::is_empty) {
             return Err(ParamError::at("probe_members", "needs at least one member"));
@@ -377,6 +386,10 @@ mod tests {
         assert_eq!(
             at(serde_json::json!({"probe_members": []})),
             "probe_members"
+        );
+        assert_eq!(
+            at(serde_json::json!({"max_extra_probes": 21})),
+            "max_extra_probes"
         );
         // A typo is still an unknown field of the ppo params.
         assert_eq!(at(serde_json::json!({"stpes": 3})), "stpes");
