@@ -140,7 +140,11 @@ pub fn answer(ctx: &Ctx, args: &RunArgs, t0: Instant) -> bool {
         why_not(e);
         return false;
     }
-    eprintln!("{} in {}", stamp.summary, fmt_secs(t0.elapsed().as_secs_f64()));
+    eprintln!(
+        "{} in {}",
+        stamp.summary,
+        fmt_secs(t0.elapsed().as_secs_f64())
+    );
     true
 }
 

@@ -67,7 +67,12 @@ fn outcome(o: &Output) -> (Option<i32>, BTreeSet<String>, String) {
     let summary = err
         .lines()
         .find(|l| l.starts_with("p.yaml: "))
-        .map(|l| l.rsplit_once(" in ").map(|(a, _)| a).unwrap_or(l).to_string())
+        .map(|l| {
+            l.rsplit_once(" in ")
+                .map(|(a, _)| a)
+                .unwrap_or(l)
+                .to_string()
+        })
         .unwrap_or_default();
     (o.status.code(), executed(&err), summary)
 }
@@ -114,7 +119,11 @@ fn an_unchanged_rerun_is_answered_by_the_stamp() {
     answered(&ws, &["p.yaml"]);
     // Off switch: the full path runs (and flushes).
     let seal = std::fs::read(ws.p(".dagrun/db-seal")).unwrap();
-    let o = ws.cmd(&["p.yaml"]).env("DAGRUN_NOOP_STAMP", "0").output().unwrap();
+    let o = ws
+        .cmd(&["p.yaml"])
+        .env("DAGRUN_NOOP_STAMP", "0")
+        .output()
+        .unwrap();
     assert!(o.status.success());
     assert_ne!(std::fs::read(ws.p(".dagrun/db-seal")).unwrap(), seal);
     // ... and any command that opens the cache removed the stamp.
@@ -147,7 +156,11 @@ fn pipeline_params_and_environment_changes_rerun() {
     assert_eq!(ws.run(&["p.yaml"]), set(&["prepare", "tree", "last"]));
     // A variable of `fingerprint.env`.
     stamped(&ws, &["p.yaml"]);
-    let o = ws.cmd(&["p.yaml"]).env("NOOP_FLAVOUR", "x").output().unwrap();
+    let o = ws
+        .cmd(&["p.yaml"])
+        .env("NOOP_FLAVOUR", "x")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(outcome(&o).1, set(&["prepare", "tree", "last"]));
 }
@@ -170,7 +183,11 @@ fn outputs_deleted_added_to_or_linked_are_seen() {
         let w2 = setup();
         stamped(&w2, &["p.yaml"]);
         w2.write("out/t/three.txt", "gamma\n");
-        let o2 = w2.cmd(&["p.yaml"]).env("DAGRUN_NOOP_STAMP", "0").output().unwrap();
+        let o2 = w2
+            .cmd(&["p.yaml"])
+            .env("DAGRUN_NOOP_STAMP", "0")
+            .output()
+            .unwrap();
         outcome(&o2)
     };
     assert_eq!(outcome(&o), plain);
@@ -183,7 +200,11 @@ fn outputs_deleted_added_to_or_linked_are_seen() {
     std::fs::remove_dir_all(ws.p("out")).unwrap();
     std::os::unix::fs::symlink(ws.p("elsewhere"), ws.p("out")).unwrap();
     let seal = std::fs::read(ws.p(".dagrun/db-seal")).unwrap();
-    let o = ws.cmd(&["p.yaml"]).env("RUST_LOG", "dagrun=debug").output().unwrap();
+    let o = ws
+        .cmd(&["p.yaml"])
+        .env("RUST_LOG", "dagrun=debug")
+        .output()
+        .unwrap();
     assert_ne!(
         std::fs::read(ws.p(".dagrun/db-seal")).unwrap(),
         seal,
@@ -195,7 +216,11 @@ fn outputs_deleted_added_to_or_linked_are_seen() {
     copy_dir(&w2.p("out"), &w2.p("elsewhere"));
     std::fs::remove_dir_all(w2.p("out")).unwrap();
     std::os::unix::fs::symlink(w2.p("elsewhere"), w2.p("out")).unwrap();
-    let o2 = w2.cmd(&["p.yaml"]).env("DAGRUN_NOOP_STAMP", "0").output().unwrap();
+    let o2 = w2
+        .cmd(&["p.yaml"])
+        .env("DAGRUN_NOOP_STAMP", "0")
+        .output()
+        .unwrap();
     assert_eq!(outcome(&o), outcome(&o2), "{}\n{}", text(&o), text(&o2));
 }
 
@@ -234,7 +259,11 @@ fn cache_gc_and_cleared_records_rerun() {
     let w2 = setup();
     stamped(&w2, &["p.yaml"]);
     w2.ok(&["cache", "gc", "other.yaml"]);
-    let o2 = w2.cmd(&["p.yaml"]).env("DAGRUN_NOOP_STAMP", "0").output().unwrap();
+    let o2 = w2
+        .cmd(&["p.yaml"])
+        .env("DAGRUN_NOOP_STAMP", "0")
+        .output()
+        .unwrap();
     assert_eq!(seal_changed, outcome(&o2));
 }
 
@@ -304,7 +333,11 @@ fn mutate(ws: &Ws, m: u64) {
             let a = ws.p("in/a.txt");
             let old = std::fs::metadata(&a).unwrap().modified().unwrap();
             let now = ws.read("in/a.txt");
-            let flipped = if now == "alpha\n" { "ALPHA\n" } else { "alpha\n" };
+            let flipped = if now == "alpha\n" {
+                "ALPHA\n"
+            } else {
+                "alpha\n"
+            };
             std::fs::write(&a, flipped).unwrap();
             set_mtime(&a, old);
         }
@@ -376,7 +409,11 @@ fn random_changes_get_the_same_answer_with_and_without_the_stamp() {
     for step in 0..8 {
         // Let outputs age so that `a` can write a stamp, then one run each.
         age();
-        assert_eq!(run_with(&a, &k, true), run_with(&b, &k, false), "step {step}");
+        assert_eq!(
+            run_with(&a, &k, true),
+            run_with(&b, &k, false),
+            "step {step}"
+        );
         let had_stamp = a.p(STAMP).exists();
         let m = next() % 11;
         match m {
