@@ -405,7 +405,7 @@ fn random_changes_get_the_same_answer_with_and_without_the_stamp() {
     };
     let (a, b) = (setup(), setup());
     let mut k = Knobs::default();
-    let mut stamp_used = 0;
+    let (mut stamp_used, mut stamps_seen) = (0, 0);
     for step in 0..8 {
         // Let outputs age so that `a` can write a stamp, then one run each.
         age();
@@ -415,6 +415,7 @@ fn random_changes_get_the_same_answer_with_and_without_the_stamp() {
             "step {step}"
         );
         let had_stamp = a.p(STAMP).exists();
+        stamps_seen += usize::from(had_stamp);
         let m = next() % 11;
         match m {
             7 => k.set = !k.set,
@@ -432,5 +433,10 @@ fn random_changes_get_the_same_answer_with_and_without_the_stamp() {
             stamp_used += 1;
         }
     }
-    eprintln!("answered by the stamp after {stamp_used} of 8 changes");
+    eprintln!("a stamp stood before {stamps_seen} of 8 changes, and answered after {stamp_used}");
+    // Each change was judged with a stamp in place, not merely without one.
+    assert!(
+        stamps_seen >= 4,
+        "only {stamps_seen} of 8 changes met a stamp"
+    );
 }
