@@ -423,10 +423,9 @@ mod tests {
             .unwrap();
         assert!(s.check_paths().unwrap_err().contains("/f"));
 
-        let s = stamp_of(&d.path().join({
-            std::fs::create_dir(d.path().join("b")).unwrap();
-            "b"
-        }));
+        let b = d.path().join("b");
+        std::fs::create_dir(&b).unwrap();
+        let s = stamp_of(&b);
         s.check_paths().unwrap();
         // A file appearing where the stamp saw nothing.
         std::fs::write(d.path().join("b/gone"), "").unwrap();

@@ -128,11 +128,6 @@ fn visit(
     Ok(())
 }
 
-/// Whether two snapshots saw the same thing at every path.
-pub fn same(a: &[StampEntry], b: &[StampEntry]) -> bool {
-    a == b
-}
-
 /// The first entry of a snapshot whose times are too recent to trust at `now_ns`.
 pub fn first_racy(entries: &[StampEntry], now_ns: i128) -> Option<&Path> {
     entries
