@@ -60,6 +60,11 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
         );
     }
     let t0 = std::time::Instant::now();
+    // An unchanged rerun is answered from the no-op stamp (`noop.rs`), before anything
+    // is parsed or opened.
+    if crate::noop::answer(ctx, args, t0) {
+        return Ok(());
+    }
     let mut p = ctx.load_with(file, &args.overrides)?;
     if let Some(e) = args.executor {
         p.set_default_executor(executor(e));
@@ -85,9 +90,10 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
     let display = Display::new(ctx.global.verbose > 0, ctx.global.quiet);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     display.write_snapshots(ctx.cache_dir.join("live.json"), command.clone());
+    let gpus = args.gpus.unwrap_or_else(detect_gpus);
     let opts = RunOptions {
         jobs: args.jobs.max(1),
-        gpus: args.gpus.unwrap_or_else(detect_gpus),
+        gpus,
         selection: sel,
         command,
         on_interrupt: args.on_interrupt.map(|o| match o {
@@ -106,6 +112,31 @@ pub fn cmd_run(ctx: &Ctx, args: &RunArgs) -> CliResult {
         .map_or(0, |s| crate::cmd_remote::finish_sync(ctx, s));
     let report = result?;
     summarize(ctx, &p, &report, t0.elapsed().as_secs_f64());
+    let counts = report.counts();
+    if !report.interrupted
+        && report.detached.is_empty()
+        && not_pushed == 0
+        && counts.ran + counts.cached == counts.nodes()
+    {
+        crate::noop::write(
+            ctx,
+            args,
+            &p,
+            &opts.selection,
+            &cache,
+            gpus,
+            // What a run that finds all of them cached prints.
+            format!(
+                "{}: {}, {}",
+                p.name,
+                nodes(counts.nodes()),
+                dagrun_cache::RunCounts {
+                    cached: counts.nodes(),
+                    ..Default::default()
+                }
+            ),
+        );
+    }
     if !report.detached.is_empty() {
         eprintln!(
             "{} Slurm job(s) keep running ({}); the next run of this pipeline collects their results",

@@ -13,6 +13,7 @@ mod display;
 mod exit;
 mod kinds_help;
 mod model_cmd;
+mod noop;
 
 use std::process::ExitCode;
 

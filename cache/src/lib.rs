@@ -42,6 +42,7 @@ pub mod procs;
 mod record;
 mod restore;
 mod seal;
+pub mod stamp;
 mod stat;
 mod store;
 mod sync;

@@ -95,6 +95,11 @@ impl Cache {
     pub fn open(dir: &Path, opts: &OpenOptions, on_wait: &dyn Fn(&str)) -> Result<Cache> {
         std::fs::create_dir_all(dir).map_err(Error::io("cannot create cache folder", dir))?;
         let lock = CacheLock::acquire(dir, &opts.holder, opts.wait, on_wait)?;
+        // Whatever this command does may change what a no-op run would decide: the stamp
+        // goes before anything can (a run that ends with everything cached writes it
+        // again; see `stamp.rs`).
+        crate::stamp::Stamp::remove(dir)
+            .map_err(Error::io("cannot remove", &crate::stamp::Stamp::path(dir)))?;
         let db_path = dir.join("db");
         let db = open_index(dir, &db_path, opts.wait, on_wait)?;
         let tmp = dir.join("tmp");

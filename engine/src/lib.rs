@@ -31,6 +31,7 @@ pub mod interp;
 pub mod invoke;
 pub mod job;
 pub mod locate;
+pub mod noop;
 pub mod pipeline;
 pub mod plan;
 pub mod reason;

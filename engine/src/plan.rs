@@ -597,7 +597,7 @@ fn mark_missing(state: &mut State, mut first: Vec<Reason>) {
 
 /// Folders dagrun itself writes that may lie inside the workspace (the cache, the Slurm
 /// staging folder): a folder input never includes them.
-fn dagrun_folders(p: &Pipeline, cache: Option<&Cache>) -> Vec<std::path::PathBuf> {
+pub fn dagrun_folders(p: &Pipeline, cache: Option<&Cache>) -> Vec<std::path::PathBuf> {
     let mut v = vec![p.cache_dir.clone()];
     if let Some(c) = cache {
         v.push(c.dir().to_path_buf());

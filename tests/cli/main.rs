@@ -14,6 +14,7 @@ mod faults;
 #[cfg(feature = "tch")]
 mod fused_ops;
 mod model_hf;
+mod noop_stamp;
 mod paper;
 mod paper_models;
 mod quickstart;
