@@ -31,7 +31,7 @@ fn paper_pipeline_dry_run_names_what_is_missing_and_the_run_refuses() {
     let o = ws.dagrun(&["paper.yaml"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("paper.yaml:57:12: missing input file `data/preference_dataset_mix2`"),
+        text(&o).contains("paper.yaml:63:12: missing input file `data/preference_dataset_mix2`"),
         "{}",
         text(&o)
     );
