@@ -28,6 +28,9 @@ pub struct Positions {
     /// Something the file must not hold although it parses (a second document, aliases
     /// that expand past [`MAX_EXPANDED`]): its position and what is wrong.
     pub refused: Option<((usize, usize), String)>,
+    /// Where the first alias (`*name`) is: the place to report an alias error that the
+    /// deserialiser gives without one.
+    pub first_alias: Option<(usize, usize)>,
 }
 
 /// How many values (scalars and collections) a pipeline may hold once its aliases are
@@ -206,6 +209,7 @@ impl MarkedEventReceiver for Recorder {
                 let j = 1 + self.anchored_jumps.get(id).copied().unwrap_or(0);
                 self.jumps = self.jumps.saturating_add(j);
                 self.jumps_at.push((self.jumps, Self::pos(&mark)));
+                self.out.first_alias.get_or_insert(Self::pos(&mark));
             }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
                 self.events += 1;
@@ -228,6 +232,9 @@ impl MarkedEventReceiver for Recorder {
         }
         match ev {
             Event::Scalar(value, ..) => {
+                // A byte-order mark inside the stream is dropped by libyaml (serde_yaml) and
+                // kept by this reader: drop it from keys too, so both name the same key.
+                let value = value.trim_start_matches('\u{feff}').to_string();
                 if let Some(Frame::Map {
                     expecting_key: true,
                     keys,

@@ -80,11 +80,14 @@ impl<'a> Builder<'a> {
     }
 
     pub(super) fn yaml_error(&self, e: serde_yaml::Error) -> SpecErrors {
-        let (line, col) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
         let mut msg = interp::unprotect(&e.to_string()).into_owned();
+        // serde_yaml places most errors; where it does not, an alias limit is reported at
+        // the first alias, anything else at the top of the file.
+        let (line, col) = match e.location() {
+            Some(l) => (l.line(), l.column()),
+            None if msg.contains("repetition limit") => self.pos.first_alias.unwrap_or((1, 1)),
+            None => (1, 1),
+        };
         // serde_yaml repeats the position in the text: drop " at line L column C".
         if let Some(i) = msg.find(" at line ") {
             let rest = &msg[i + " at line ".len()..];
