@@ -15,13 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    ml_util::{backend_env, node_device, split_file},
+    ml_util::{backend_env, node_device},
     parse_params,
     ppo::{PpoParams, Setup},
     stage_error,
 };
 use crate::{
-    data::read_texts,
     files::write_json,
     ml::Gpt2,
     rl::{
@@ -208,12 +207,7 @@ impl StageKind for KlCalibrateKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let (c, p) = split(&ctx.params).map_err(|e| e.message)?;
         let device = node_device(ctx)?;
-        let file = split_file(Path::new(&p.prompts), "train")?;
-        let texts: Vec<String> = read_texts(&file, "prompt")?
-            .into_iter()
-            .map(|r| r.text)
-            .collect();
-        let setup = Setup::load(&p, &texts, &device)?;
+        let setup = Setup::load_train(&p, &device)?;
         let mut grid = c.betas.clone();
         grid.sort_by(f64::total_cmp);
         grid.dedup();

@@ -394,12 +394,7 @@ impl StageKind for PpoKind {
             ctx.log(format!("β {} (calibrated for a final KL of {t})", p.beta()));
         }
         let device = node_device(ctx)?;
-        let file = split_file(Path::new(&p.prompts), "train")?;
-        let texts: Vec<String> = read_texts(&file, "prompt")?
-            .into_iter()
-            .map(|r| r.text)
-            .collect();
-        let setup = Setup::load(&p, &texts, &device)?;
+        let setup = Setup::load_train(&p, &device)?;
         ctx.log(format!(
             "reward model: {} heads, chat template `{}`",
             setup.models.reward.num_heads(),
@@ -495,6 +490,17 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// [`Setup::load`] with the `train` prompts of `p.prompts` (a `prompts` output or a
+    /// file): what a `ppo` node and a `kl_calibrate` node train on.
+    pub fn load_train(p: &PpoParams, device: &Device) -> Result<Self, StageError> {
+        let file = split_file(Path::new(&p.prompts), "train")?;
+        let texts: Vec<String> = read_texts(&file, "prompt")?
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
+        Self::load(p, &texts, device)
+    }
+
     /// Loads the policy (`p.policy`) and the reward model (`p.reward_model`) on `device` and
     /// tokenises `prompts`.
     pub fn load(p: &PpoParams, prompts: &[String], device: &Device) -> Result<Self, StageError> {
