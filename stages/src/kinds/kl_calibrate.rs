@@ -207,7 +207,15 @@ impl StageKind for KlCalibrateKind {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let (c, p) = split(&ctx.params).map_err(|e| e.message)?;
         let device = node_device(ctx)?;
-        let setup = Setup::load_train(&p, &device)?;
+        let Setup {
+            models,
+            policy,
+            prompts,
+            ..
+        } = Setup::load_train(&p, &device)?;
+        // The policy Setup loaded trains the first probe; each later one starts from a
+        // fresh copy of the reference.
+        let mut loaded = Some(policy);
         let mut grid = c.betas.clone();
         grid.sort_by(f64::total_cmp);
         grid.dedup();
@@ -234,17 +242,21 @@ impl StageKind for KlCalibrateKind {
                     let ckpt = ctx
                         .scratch()
                         .join(format!("probe-beta{beta}-member{member}-seed{seed}"));
-                    let policy =
-                        Gpt2::from_hf_dir(Path::new(&p.policy), &device.clone().autodiff())?;
+                    let policy = match loaded.take() {
+                        Some(policy) => policy,
+                        None => {
+                            Gpt2::from_hf_dir(Path::new(&p.policy), &device.clone().autodiff())?
+                        }
+                    };
                     let done = probes.len() as u64;
                     let total = planned + extra as u64 * per_beta;
                     let run = {
                         let ctx_ref: &StageContext = ctx;
                         train(
                             &cfg,
-                            &setup.models,
+                            &models,
                             policy,
-                            &setup.prompts,
+                            &prompts,
                             Some(&ckpt),
                             &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
                             &mut |step: usize, s: &[(&'static str, f64)]| {
