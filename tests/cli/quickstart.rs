@@ -110,10 +110,34 @@ fn quickstart_runs_caches_reruns_heads_with_cutoff_and_ppo_beats_the_reference()
         let (show, _) = ws.ok(&["show", &format!("calibrate[method={m}]"), "--json"]);
         let c: serde_json::Value = serde_json::from_str(&show).unwrap();
         let beta = c["metrics"]["scalars"]["beta"].as_f64().unwrap();
+        let mut kls = Vec::new();
         for (label, run) in runs.iter().filter(|(_, r)| r["method"] == m) {
             assert_eq!(run["kl_target"], 5.0, "{label}");
             assert_eq!(run["beta"].as_f64(), Some(beta), "{label}");
         }
+        // The calibration checked its β on the sweep's own runs: PPO from a seed is
+        // deterministic, so the check's mean final KL is the sweep's, to the last bits.
+        let (ppo, _) = ws.ok(&[
+            "metrics",
+            "quickstart.yaml",
+            "--stage",
+            "ppo",
+            "--format",
+            "json",
+        ]);
+        let rows: serde_json::Value = serde_json::from_str(&ppo).unwrap();
+        for row in rows.as_array().unwrap() {
+            if row["matrix"]["method"] == m {
+                kls.push(row["metrics"]["final_kl"].as_f64().unwrap());
+            }
+        }
+        assert_eq!(kls.len(), 2, "{ppo}");
+        let checked = c["metrics"]["scalars"]["checked_kl"].as_f64().unwrap();
+        let sweep = kls.iter().sum::<f64>() / kls.len() as f64;
+        assert!(
+            (checked - sweep).abs() <= 1e-9 * sweep.abs().max(1.0),
+            "{m}: the check's mean final KL {checked} is not the sweep's {sweep}"
+        );
     }
     let j = &numbers["judge"];
     let reference = j["reference"].as_f64().unwrap();

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use burn::tensor::Device;
 use dagrun_cache::ArtifactType;
 use dagrun_engine::stage::{OutputDecl, ParamError, Place, StageContext, StageError, StageKind};
 use serde::{Deserialize, Serialize};
@@ -24,9 +25,10 @@ use crate::{
     files::write_json,
     ml::Gpt2,
     rl::{
-        calibrate::{self, Calibration, FitPoint, Probe},
+        calibrate::{self, Calibration, Check, FitPoint, Probe},
         ppo::train,
         rollout::Method,
+        rollout::PpoModels,
     },
 };
 
@@ -50,7 +52,30 @@ pub struct CalibrationParams {
     /// (each halving the smallest or doubling the largest) before giving up.
     #[serde(default = "default_max_extra")]
     pub max_extra_probes: usize,
+    /// The seeds of the sweep this β is for. Given, the fitted β is *checked*: probes with
+    /// every (member, check seed) pair — the sweep's own runs — and their mean final KL
+    /// compared with the target; a miss beyond `tolerance` moves β (a secant step) and checks
+    /// again, at most `max_refinements` times. The answer is the β whose check came closest.
+    #[serde(default)]
+    pub check_seeds: Option<Vec<u64>>,
+    /// How far a check's mean final KL may lie from the target: `|mean/target − 1|`.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Checks after the first, each at a refined β.
+    #[serde(default = "default_max_refinements")]
+    pub max_refinements: usize,
 }
+
+fn default_tolerance() -> f64 {
+    0.1
+}
+
+fn default_max_refinements() -> usize {
+    3
+}
+
+/// The most refinements: each trains the sweep's runs again.
+const MAX_REFINEMENTS: usize = 10;
 
 fn default_probe_seeds() -> Vec<u64> {
     vec![1001]
@@ -64,12 +89,15 @@ fn default_max_extra() -> usize {
 const MAX_EXTRA_PROBES: usize = 20;
 
 /// The params of `kl_calibrate` that are also `ppo`'s.
-const OWN: [&str; 5] = [
+const OWN: [&str; 8] = [
     "kl_target",
     "betas",
     "probe_seeds",
     "probe_members",
     "max_extra_probes",
+    "check_seeds",
+    "tolerance",
+    "max_refinements",
 ];
 
 /// Splits a `kl_calibrate` node's params into its own and the probes' `ppo` params.
@@ -126,6 +154,24 @@ impl CalibrationParams {
                 format!("must be at most {MAX_EXTRA_PROBES} (each one halves or doubles β)"),
             ));
         }
+        if self.check_seeds.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ParamError::at(
+                "check_seeds",
+                "needs at least one seed (or leave it out: no check)",
+            ));
+        }
+        if !(self.tolerance.is_finite() && self.tolerance > 0.0 && self.tolerance < 1.0) {
+            return Err(ParamError::at(
+                "tolerance",
+                format!("must be a number between 0 and 1, not {}", self.tolerance),
+            ));
+        }
+        if self.max_refinements > MAX_REFINEMENTS {
+            return Err(ParamError::at(
+                "max_refinements",
+                format!("must be at most {MAX_REFINEMENTS} (each trains the sweep's runs again)"),
+            ));
+        }
         if self.probe_members.as_ref().is_some_and(Vec::is_empty) {
             return Err(ParamError::at("probe_members", "needs at least one member"));
         }
@@ -138,13 +184,22 @@ impl CalibrationParams {
 pub struct CalibrationResult {
     pub method: Method,
     pub kl_target: f64,
+    /// The chosen β: the best check's, or without checks the fitted one.
     pub beta: f64,
+    /// β interpolated on the probes' fit.
+    pub fitted_beta: f64,
     /// The probed β values whose fitted KLs bracket the target.
     pub between: (f64, f64),
     /// PPO steps of every probe (a final KL belongs to a number of steps).
     pub steps: usize,
     pub probes: Vec<Probe>,
     pub fit: Vec<FitPoint>,
+    /// The checks' tolerance (`|mean/target − 1|`).
+    pub tolerance: f64,
+    /// The checks on the sweep's own runs, in order (none without `check_seeds`).
+    pub checks: Vec<Check>,
+    /// The chosen β's check: the sweep's mean final KL at that β.
+    pub checked_kl: Option<f64>,
 }
 
 impl CalibrationResult {
@@ -188,7 +243,7 @@ impl StageKind for KlCalibrateKind {
         "kl_calibrate"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn summary(&self) -> &'static str {
         "the β of a PPO method for a target final KL, from short PPO probes"
@@ -213,79 +268,35 @@ impl StageKind for KlCalibrateKind {
             prompts,
             ..
         } = Setup::load_train(&p, &device)?;
-        // The policy Setup loaded trains the first probe; each later one starts from a
-        // fresh copy of the reference.
-        let mut loaded = Some(policy);
         let mut grid = c.betas.clone();
         grid.sort_by(f64::total_cmp);
         grid.dedup();
         let members = c.probe_members.clone().unwrap_or_else(|| vec![p.member]);
-        let runs: Vec<(usize, u64)> = members
-            .iter()
-            .flat_map(|&m| c.probe_seeds.iter().map(move |&s| (m, s)))
-            .collect();
-        let per_beta = runs.len() as u64;
-        let planned = grid.len() as u64 * per_beta;
-        let cancel = ctx.cancel_flag();
+        let pairs = |seeds: &[u64]| -> Vec<(usize, u64)> {
+            members
+                .iter()
+                .flat_map(|&m| seeds.iter().map(move |&s| (m, s)))
+                .collect()
+        };
+        let runs = pairs(&c.probe_seeds);
+        let check_runs = c.check_seeds.as_deref().map(pairs).unwrap_or_default();
+        let mut prober = Prober {
+            params: &p,
+            models: &models,
+            prompts: &prompts,
+            device: &device,
+            loaded: Some(policy),
+            cancel: ctx.cancel_flag(),
+            done: 0,
+            planned: (grid.len() * runs.len() + check_runs.len() * (1 + c.max_refinements)) as u64,
+        };
         let mut probes: Vec<Probe> = Vec::new();
         let mut extra = 0usize;
         let mut pending = grid;
         let found = loop {
             for beta in std::mem::take(&mut pending) {
                 for &(member, seed) in &runs {
-                    let mut cfg = p.config();
-                    cfg.rollout.beta = beta;
-                    cfg.rollout.member = member;
-                    cfg.seed = seed;
-                    // Each probe checkpoints into its own scratch folder: a killed
-                    // calibration resumes its probes where they were.
-                    let ckpt = ctx
-                        .scratch()
-                        .join(format!("probe-beta{beta}-member{member}-seed{seed}"));
-                    let policy = match loaded.take() {
-                        Some(policy) => policy,
-                        None => {
-                            Gpt2::from_hf_dir(Path::new(&p.policy), &device.clone().autodiff())?
-                        }
-                    };
-                    let done = probes.len() as u64;
-                    let total = planned + extra as u64 * per_beta;
-                    let run = {
-                        let ctx_ref: &StageContext = ctx;
-                        train(
-                            &cfg,
-                            &models,
-                            policy,
-                            &prompts,
-                            Some(&ckpt),
-                            &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
-                            &mut |step: usize, s: &[(&'static str, f64)]| {
-                                ctx_ref.progress(
-                                    done * p.steps as u64 + step as u64,
-                                    total * p.steps as u64,
-                                    format!(
-                                        "β {beta} member {member} seed {seed}: kl {:.3}",
-                                        s[0].1
-                                    ),
-                                )
-                            },
-                        )
-                        .map_err(stage_error)?
-                    };
-                    let kl: Vec<f64> = run.stats.iter().map(|s| s.kl).collect();
-                    let score: Vec<f64> = run.stats.iter().map(|s| s.score).collect();
-                    let probe = Probe {
-                        beta,
-                        seed,
-                        member,
-                        final_kl: calibrate::final_mean(&kl),
-                        final_score: calibrate::final_mean(&score),
-                    };
-                    ctx.log(format!(
-                        "probe β {beta} member {member} seed {seed}: final KL {:.4}, final score {:.4}",
-                        probe.final_kl, probe.final_score
-                    ));
-                    probes.push(probe);
+                    probes.push(prober.probe(ctx, beta, member, seed, "probe")?);
                 }
             }
             let fit = calibrate::fit(&probes);
@@ -300,6 +311,7 @@ impl StageKind for KlCalibrateKind {
                         fit.first().map_or(f64::NAN, |f| f.fitted_kl),
                     ));
                     extra += 1;
+                    prober.planned += runs.len() as u64;
                     pending.push(next);
                 }
                 _ => {
@@ -321,27 +333,155 @@ impl StageKind for KlCalibrateKind {
                 }
             }
         };
-        let (beta, between, fit) = found;
+        let (fitted_beta, between, fit) = found;
         ctx.log(format!(
-            "β {beta:.6} for a final KL of {} (between the probes at β {} and {})",
+            "β {fitted_beta:.6} for a final KL of {} (between the probes at β {} and {})",
             c.kl_target, between.0, between.1
         ));
+        // The check on the sweep's own runs, refined until it lands within the tolerance.
+        let mut checks: Vec<Check> = Vec::new();
+        let mut beta = fitted_beta;
+        while !check_runs.is_empty() {
+            let mut kls = Vec::with_capacity(check_runs.len());
+            for &(member, seed) in &check_runs {
+                kls.push(prober.probe(ctx, beta, member, seed, "check")?.final_kl);
+            }
+            let kls: Vec<f64> = kls.into_iter().filter(|k| k.is_finite()).collect();
+            let check = Check {
+                beta,
+                runs: kls.len(),
+                mean_kl: kls.iter().sum::<f64>() / kls.len() as f64,
+            };
+            ctx.log(format!(
+                "check at β {beta:.6}: the sweep's {} runs end at a mean KL of {:.4} ({:+.1}% of the target)",
+                check.runs,
+                check.mean_kl,
+                100.0 * (check.mean_kl / c.kl_target - 1.0)
+            ));
+            let hit = check.hits(c.kl_target, c.tolerance);
+            checks.push(check);
+            if hit {
+                break;
+            }
+            if checks.len() > c.max_refinements {
+                ctx.log(format!(
+                    "no check within ±{:.0}% of the target after {} refinements: the closest is kept",
+                    100.0 * c.tolerance,
+                    c.max_refinements
+                ));
+                break;
+            }
+            match calibrate::refine(&checks, &fit, c.kl_target) {
+                Some(next) => beta = next,
+                None => break,
+            }
+        }
+        let best = calibrate::best_check(&checks, c.kl_target).cloned();
+        let beta = best.as_ref().map_or(fitted_beta, |b| b.beta);
         ctx.metric("beta", beta);
         ctx.metric("kl_target", c.kl_target);
-        ctx.metric("probes", probes.len() as f64);
+        ctx.metric(
+            "probes",
+            (probes.len() + checks.len() * check_runs.len()) as f64,
+        );
+        if let Some(b) = &best {
+            ctx.metric("checked_kl", b.mean_kl);
+        }
         write_json(
             &ctx.output_path("beta"),
             &CalibrationResult {
                 method: p.method,
                 kl_target: c.kl_target,
                 beta,
+                fitted_beta,
                 between,
                 steps: p.steps,
                 probes,
                 fit,
+                tolerance: c.tolerance,
+                checks,
+                checked_kl: best.map(|b| b.mean_kl),
             },
         )?;
         Ok(())
+    }
+}
+
+/// Trains PPO probes: each exactly as a `ppo` node with the same params, β, member and seed
+/// would train.
+struct Prober<'a> {
+    params: &'a PpoParams,
+    models: &'a PpoModels<'static>,
+    prompts: &'a [Vec<u32>],
+    device: &'a Device,
+    /// The policy `Setup` loaded trains the first probe; each later one starts from a fresh
+    /// copy of the reference.
+    loaded: Option<Gpt2>,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Probes trained, and planned (for progress; grows when the grid widens).
+    done: u64,
+    planned: u64,
+}
+
+impl Prober<'_> {
+    fn probe(
+        &mut self,
+        ctx: &StageContext,
+        beta: f64,
+        member: usize,
+        seed: u64,
+        what: &str,
+    ) -> Result<Probe, StageError> {
+        let p = self.params;
+        let mut cfg = p.config();
+        cfg.rollout.beta = beta;
+        cfg.rollout.member = member;
+        cfg.seed = seed;
+        // Each probe checkpoints into its own scratch folder: a killed calibration resumes
+        // its probes where they were.
+        let ckpt = ctx
+            .scratch()
+            .join(format!("{what}-beta{beta}-member{member}-seed{seed}"));
+        let policy = match self.loaded.take() {
+            Some(policy) => policy,
+            None => Gpt2::from_hf_dir(Path::new(&p.policy), &self.device.clone().autodiff())?,
+        };
+        let (done, total) = (self.done, self.planned.max(self.done + 1));
+        let cancel = &self.cancel;
+        let run = train(
+            &cfg,
+            self.models,
+            policy,
+            self.prompts,
+            Some(&ckpt),
+            &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
+            &mut |step: usize, s: &[(&'static str, f64)]| {
+                ctx.progress(
+                    done * p.steps as u64 + step as u64,
+                    total * p.steps as u64,
+                    format!(
+                        "{what} β {beta:.4} member {member} seed {seed}: kl {:.3}",
+                        s[0].1
+                    ),
+                )
+            },
+        )
+        .map_err(stage_error)?;
+        self.done += 1;
+        let kl: Vec<f64> = run.stats.iter().map(|s| s.kl).collect();
+        let score: Vec<f64> = run.stats.iter().map(|s| s.score).collect();
+        let probe = Probe {
+            beta,
+            seed,
+            member,
+            final_kl: calibrate::final_mean(&kl),
+            final_score: calibrate::final_mean(&score),
+        };
+        ctx.log(format!(
+            "{what} β {beta} member {member} seed {seed}: final KL {:.4}, final score {:.4}",
+            probe.final_kl, probe.final_score
+        ));
+        Ok(probe)
     }
 }
 
@@ -366,6 +506,10 @@ mod tests {
         assert_eq!(c.probe_seeds, vec![3, 4]);
         assert_eq!(c.probe_members, None);
         assert_eq!(c.max_extra_probes, 3);
+        assert_eq!(
+            (c.check_seeds, c.tolerance, c.max_refinements),
+            (None, 0.1, 3)
+        );
         assert_eq!(p.steps, 5);
         assert_eq!(p.method, Method::Vanilla);
         KlCalibrateKind
@@ -396,6 +540,14 @@ mod tests {
         assert_eq!(
             at(serde_json::json!({"max_extra_probes": 21})),
             "max_extra_probes"
+        );
+        assert_eq!(at(serde_json::json!({"check_seeds": []})), "check_seeds");
+        for t in [0.0, 1.0, -0.1] {
+            assert_eq!(at(serde_json::json!({"tolerance": t})), "tolerance");
+        }
+        assert_eq!(
+            at(serde_json::json!({"max_refinements": 11})),
+            "max_refinements"
         );
         // A typo is still an unknown field of the ppo params.
         assert_eq!(at(serde_json::json!({"stpes": 3})), "stpes");

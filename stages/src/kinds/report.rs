@@ -72,7 +72,9 @@ impl StageKind for ReportKind {
         // 4: a run's final KL and score are the mean of its last tenth of steps everywhere
         // (the PPO table and the findings read the last step before); the PPO table shows
         // each method's β and KL target.
-        4
+        // 5: `kl_comparable`'s verdict reads the compared policies' KL ratio itself (its
+        // interval beside it).
+        5
     }
     fn summary(&self) -> &'static str {
         "an HTML report with plots and tables of upstream results, plus numbers.json"

@@ -17,6 +17,18 @@
 //!    (β halved below the smallest, doubled above the largest) a few times, then the target is
 //!    refused with the probes' range in the message.
 //!
+//! 4. optionally, a *check* of the chosen β on the very runs it is for: probes with the
+//!    sweep's own (member, seed) pairs at that β. PPO from a seed is deterministic, so the
+//!    check's mean final KL is the sweep's. When it misses the target by more than a
+//!    tolerance, the next β comes from [`refine`] (a secant step in `ln β`–`ln KL` through the
+//!    checks, or the grid fit's local slope before there are two), and the check repeats, a
+//!    bounded number of times; the β whose check came closest is the answer ([`best_check`]).
+//!
+//! Why the check: a run's final KL is heavy-tailed across seeds (at one β, eight runs ended
+//! between 0.9× and 2.2× their median), so a few probes from other seeds place β only to
+//! within tens of percent of where the sweep's own runs land. The check makes "the sweep
+//! ends at the target KL" a measured fact instead of an estimate.
+//!
 //! This module is the arithmetic; running the probes is the `kl_calibrate` kind's.
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +89,98 @@ impl Calibration {
             Calibration::NeedSmaller => Some(lo / 2.0),
         }
     }
+}
+
+/// One check: the mean final KL of the sweep's own runs at `beta`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub beta: f64,
+    /// Runs averaged (the sweep's (member, seed) pairs with a finite final KL).
+    pub runs: usize,
+    pub mean_kl: f64,
+}
+
+impl Check {
+    /// How far the check is from `target`, as `|ln(mean_kl / target)|` (∞ when not positive).
+    pub fn miss(&self, target: f64) -> f64 {
+        if self.mean_kl > 0.0 && target > 0.0 && self.mean_kl.is_finite() {
+            (self.mean_kl / target).ln().abs()
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Whether the check is within `tolerance` of `target` (`|mean/target − 1| ≤ tolerance`).
+    pub fn hits(&self, target: f64, tolerance: f64) -> bool {
+        self.mean_kl.is_finite() && (self.mean_kl / target - 1.0).abs() <= tolerance
+    }
+}
+
+/// The check closest to `target` (in log ratio); `None` for no checks.
+pub fn best_check(checks: &[Check], target: f64) -> Option<&Check> {
+    checks
+        .iter()
+        .min_by(|a, b| a.miss(target).total_cmp(&b.miss(target)))
+}
+
+/// The largest factor one refinement moves β by: a noisy check must not throw β far off.
+pub const MAX_REFINE_FACTOR: f64 = 4.0;
+
+/// The next β to check after `checks` (at least one) missed `target`.
+///
+/// With two checks or more: the secant in `ln β` against `ln KL` through the check closest
+/// to the target and the closest one on the other side of it (or, with none on the other
+/// side, the next closest), when its slope is negative (KL falling with β). Otherwise the
+/// slope of the grid `fit` around the last check's β, and failing that, −1 (KL ∝ 1/β). The
+/// step is bounded to a factor of [`MAX_REFINE_FACTOR`] either way. `None` when no check has
+/// a positive finite KL.
+pub fn refine(checks: &[Check], fit: &[FitPoint], target: f64) -> Option<f64> {
+    let usable: Vec<&Check> = checks
+        .iter()
+        .filter(|c| c.miss(target).is_finite())
+        .collect();
+    let best = *usable
+        .iter()
+        .min_by(|a, b| a.miss(target).total_cmp(&b.miss(target)))?;
+    let side = |c: &Check| (c.mean_kl - target).signum();
+    let partner = usable
+        .iter()
+        .filter(|c| c.beta != best.beta)
+        .min_by(|a, b| {
+            // Prefer the other side of the target, then the nearest.
+            let ka = (side(a) == side(best), a.miss(target));
+            let kb = (side(b) == side(best), b.miss(target));
+            ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
+        });
+    let secant = partner.and_then(|p| {
+        let s = (best.mean_kl.ln() - p.mean_kl.ln()) / (best.beta.ln() - p.beta.ln());
+        (s.is_finite() && s < 0.0).then_some(s)
+    });
+    let slope = secant
+        .or_else(|| local_slope(fit, best.beta))
+        .unwrap_or(-1.0);
+    let step = (target.ln() - best.mean_kl.ln()) / slope;
+    let bound = MAX_REFINE_FACTOR.ln();
+    Some((best.beta.ln() + step.clamp(-bound, bound)).exp())
+}
+
+/// The slope of `ln fitted KL` against `ln β` on the fit segment around `beta` (the nearest
+/// segment beyond the fit's ends); `None` where it is not negative and finite.
+fn local_slope(fit: &[FitPoint], beta: f64) -> Option<f64> {
+    let pairs: Vec<&[FitPoint]> = fit.windows(2).collect();
+    let seg = pairs
+        .iter()
+        .find(|w| w[0].beta <= beta && beta <= w[1].beta)
+        .or_else(|| {
+            if fit.first().is_some_and(|f| beta < f.beta) {
+                pairs.first()
+            } else {
+                pairs.last()
+            }
+        })?;
+    let (a, b) = (&seg[0], &seg[1]);
+    let s = (b.fitted_kl.ln() - a.fitted_kl.ln()) / (b.beta.ln() - a.beta.ln());
+    (s.is_finite() && s < 0.0).then_some(s)
 }
 
 /// Weighted pool-adjacent-violators: the non-increasing sequence closest to `y` in weighted
@@ -298,6 +402,65 @@ mod tests {
             Calibration::Found { beta, .. } => assert!((beta - 0.2).abs() < 1e-12),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn check(beta: f64, mean_kl: f64) -> Check {
+        Check {
+            beta,
+            runs: 8,
+            mean_kl,
+        }
+    }
+
+    #[test]
+    fn checks_hit_and_miss_by_ratio() {
+        assert!(check(0.1, 10.9).hits(10.0, 0.1));
+        assert!(check(0.1, 9.1).hits(10.0, 0.1));
+        assert!(!check(0.1, 11.2).hits(10.0, 0.1));
+        assert!(!check(0.1, f64::NAN).hits(10.0, 0.1));
+        assert_eq!(check(0.1, -1.0).miss(10.0), f64::INFINITY);
+        // 8 is closer than 12.6 in log ratio (ln 1.25 < ln 1.26).
+        let checks = [check(0.1, 12.6), check(0.2, 8.0), check(0.3, f64::NAN)];
+        assert_eq!(best_check(&checks, 10.0).unwrap().beta, 0.2);
+        assert!(best_check(&[], 10.0).is_none());
+    }
+
+    #[test]
+    fn refine_steps_along_the_power_law() {
+        // The grid says KL = 2/β (slope −1); a check at 0.1 found 40 instead of the grid's
+        // 20: the first step uses the grid's slope, β × 4 for a target of 10 → 0.4.
+        let f = fit(&[probe(0.1, 20.0), probe(0.2, 10.0), probe(0.4, 5.0)]);
+        let next = refine(&[check(0.1, 40.0)], &f, 10.0).unwrap();
+        assert!((next - 0.4).abs() < 1e-12, "{next}");
+        // Two checks on a power law KL = 4/β²: the secant is exact.
+        let law = |b: f64| 4.0 / (b * b);
+        let next = refine(&[check(0.5, law(0.5)), check(0.8, law(0.8))], &f, 10.0).unwrap();
+        assert!((next - (0.4f64).sqrt()).abs() < 1e-12, "{next}");
+        // The partner is taken from the other side of the target when there is one.
+        let checks = [check(0.5, 12.0), check(0.6, 11.0), check(0.9, 8.0)];
+        let s = (11.0f64.ln() - 8.0f64.ln()) / (0.6f64.ln() - 0.9f64.ln());
+        let want = (0.6f64.ln() + (10.0f64.ln() - 11.0f64.ln()) / s).exp();
+        let next = refine(&checks, &f, 10.0).unwrap();
+        assert!((next - want).abs() < 1e-12, "{next} vs {want}");
+    }
+
+    #[test]
+    fn refine_is_bounded_and_survives_noise() {
+        let f = fit(&[probe(0.1, 20.0), probe(0.2, 10.0)]);
+        // A check 1000× off: at most a factor of 4.
+        let next = refine(&[check(0.1, 10_000.0)], &f, 10.0).unwrap();
+        assert!((next - 0.4).abs() < 1e-12, "{next}");
+        // Two checks with KL rising in β (noise): no secant; the grid's slope instead.
+        let next = refine(&[check(0.1, 12.0), check(0.2, 14.0)], &f, 10.0).unwrap();
+        let want = (0.1f64.ln() + (10.0f64.ln() - 12.0f64.ln()) / -1.0).exp();
+        assert!((next - want).abs() < 1e-12, "{next}");
+        // A flat grid and one check: slope −1.
+        let flat = fit(&[probe(0.1, 5.0), probe(0.2, 5.0)]);
+        let next = refine(&[check(0.1, 20.0)], &flat, 10.0).unwrap();
+        assert!((next - 0.2).abs() < 1e-12, "{next}");
+        // Nothing usable.
+        assert_eq!(refine(&[check(0.1, f64::NAN)], &f, 10.0), None);
+        assert_eq!(refine(&[], &f, 10.0), None);
     }
 
     #[test]
