@@ -30,7 +30,8 @@ pub struct Invocation {
     pub device: String,
     pub gpus: Vec<u32>,
     pub place: Place,
-    /// Emptied (made fresh) before the stage runs.
+    /// Emptied (made fresh) before the stage runs; not made at all when the kind declares
+    /// no artifacts of its own.
     pub out_dir: PathBuf,
     /// Created if missing; kept across interruptions.
     pub scratch: PathBuf,
@@ -67,7 +68,8 @@ pub struct Invoked {
     pub seconds: f64,
 }
 
-/// Runs `kind` for one node: makes `out_dir` fresh and `scratch` exist, removes the
+/// Runs `kind` for one node: makes `out_dir` fresh (absent for a kind without artifacts of
+/// its own) and `scratch` exist, removes the
 /// node's workspace outputs, runs the kind, and says how it ended (an error or a panic
 /// is also written to the node's log).
 pub fn invoke(kind: &dyn StageKind, inv: Invocation) -> Invoked {
@@ -85,7 +87,12 @@ pub fn invoke(kind: &dyn StageKind, inv: Invocation) -> Invoked {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        std::fs::create_dir_all(&inv.out_dir)?;
+        // Here, only a kind with artifacts of its own writes there (a `command` node
+        // writes workspace files): one directory fewer to make and remove per node. A
+        // Slurm job always has one: the coordinator adopts a finished job by its folder.
+        if !matches!(inv.place, Place::Here) || !kind.outputs(&inv.params).is_empty() {
+            std::fs::create_dir_all(&inv.out_dir)?;
+        }
         std::fs::create_dir_all(&inv.scratch)?;
         remove_outs(&inv.workdir, &inv.outs)
     };

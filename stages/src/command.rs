@@ -118,23 +118,29 @@ impl StageKind for CommandKind {
         }
         // Its own process group, which Ctrl-C signals as a whole; its processes carry a
         // token so that, should dagrun die (`kill -9`), the next dagrun finds and kills
-        // what is left of the group (PR_SET_PDEATHSIG below reaches `sh` only, not the
-        // processes it starts).
+        // what is left of the group before anything reruns.
+        //
+        // No `pre_exec` hook (such as PR_SET_PDEATHSIG, which would reach `sh` only, not
+        // what it starts): with one, `Command` must `fork`, copying dagrun's page tables
+        // for every command — the largest per-node cost the profile found
+        // (docs/benchmarks.md, issue 19). Without, it uses `posix_spawn` (a `vfork`-style
+        // clone), as ninja and make do.
         let token = dagrun_cache::procs::new_token();
         c.env(dagrun_cache::procs::GROUP_ENV, &token);
         c.process_group(0);
-        die_with_parent(&mut c);
         // Recorded before it starts (its token, no leader yet), so that even a dagrun
-        // killed right after the spawn leaves a record for the next one to act on;
-        // rewritten with the leader once it is known.
-        let _tracked_token = ctx.track_group(0, &token);
+        // killed right after the spawn leaves a record for the next one to act on; the
+        // leader is added once it is known.
+        let tracked = ctx.track_group(0, &token);
         let spawned = c.spawn();
         // The command holds the pipe's write ends until dropped: close ours, so that the
         // reader sees the end of the output when the command's processes have exited.
         drop(c);
         let child = spawned.map_err(|e| format!("cannot start `sh`: {e}"))?;
         let pid = child.id() as i32;
-        let _tracked = ctx.track_group(pid, &token);
+        if let Some(Err(e)) = tracked.as_ref().map(|t| t.leader(pid)) {
+            tracing::warn!(node = %ctx.node, error = %e, "cannot record a process group's leader");
+        }
         let ctx_ref: &StageContext = ctx;
         let curves = crate::tensorboard::Curves::for_node(ctx_ref);
         let (status, reported) = std::thread::scope(|s| {
@@ -162,22 +168,6 @@ impl StageKind for CommandKind {
         }
     }
 }
-
-/// Linux: `sh` gets SIGKILL when the thread that spawned it dies (PR_SET_PDEATHSIG).
-/// Elsewhere nothing: the group record in the cache still lets the next dagrun find it.
-#[cfg(target_os = "linux")]
-fn die_with_parent(c: &mut Command) {
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        c.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_c: &mut Command) {}
 
 /// How often a running command checks for Ctrl-C. Its exit is not polled: a thread
 /// blocked in `wait` reports it the moment it happens.
