@@ -7,11 +7,14 @@
 //! ([`GROUP_ENV`]), which finds them once the leader is gone (processes that moved to
 //! another group included).
 //!
-//! A record is the file `groups/TOKEN.json`: its *name* carries the token, so a record
-//! whose contents were never written or were torn by a crash still finds the group's
-//! processes. The contents (pgid and start time) are written in place, without the temp
-//! file and rename of an atomic write: a command node is on the run's critical path, and
-//! two directory operations fewer per node count there (docs/benchmarks.md, issue 19).
+//! A record is a file of `groups/`, [`RECORD_LEN`] bytes of JSON padded with spaces,
+//! written in place with one positioned write. When its group finishes it is overwritten
+//! with an idle record (no token) and kept for the next group of this process, so a run of
+//! many short commands does not create and delete a file per command: on ext4 every new
+//! inode skips the recently deleted ones, and that churn made long runs slow down
+//! (docs/benchmarks.md, issue 19). The next open removes every record. A single write of a
+//! few hundred bytes within one page is not torn by `kill -9` (the signal is taken between
+//! system calls); a power loss can tear it, but then no process it names is alive.
 
 use std::path::{Path, PathBuf};
 
@@ -47,26 +50,50 @@ pub fn new_token() -> String {
     crate::hash_bytes(seed.as_bytes()).to_hex()[..32].to_string()
 }
 
-/// A recorded group; the record is removed when this is dropped (the group finished).
+/// The length of a record file: the JSON, then spaces.
+pub const RECORD_LEN: usize = 256;
+
+/// Record files of this process that hold an idle record, free for the next group.
+static FREE: std::sync::Mutex<Vec<(PathBuf, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+/// A recorded group; its record is made idle (and the file kept for reuse) when this is
+/// dropped (the group finished).
 pub struct TrackedGroup {
     path: PathBuf,
+    file: Option<std::fs::File>,
     token: String,
 }
 
 impl TrackedGroup {
     /// Records the group's leader (`pgid`, once the command has started) in place.
     pub fn leader(&self, pgid: i32) -> std::io::Result<()> {
-        std::fs::write(&self.path, record_bytes(pgid, &self.token))
+        write_record(
+            self.file.as_ref().expect("held until drop"),
+            pgid,
+            &self.token,
+        )
     }
 }
 
 impl Drop for TrackedGroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let file = self.file.take().expect("held until drop");
+        match write_record(&file, 0, "") {
+            Ok(()) => FREE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((std::mem::take(&mut self.path), file)),
+            Err(_) => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
     }
 }
 
-fn record_bytes(pgid: i32, token: &str) -> Vec<u8> {
+/// Writes a record (`pgid` 0: no leader; `token` empty: idle) over the file's first
+/// [`RECORD_LEN`] bytes, with one positioned write.
+fn write_record(file: &std::fs::File, pgid: i32, token: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let rec = GroupRecord {
         pgid,
         start: if pgid > 0 {
@@ -76,40 +103,85 @@ fn record_bytes(pgid: i32, token: &str) -> Vec<u8> {
         },
         token: token.to_string(),
     };
-    serde_json::to_vec(&rec).expect("serialises")
-}
-
-/// Records a group about to start (`pgid` 0: no leader yet; [`TrackedGroup::leader`]
-/// adds it) under the cache folder. `token` must be a file-name-safe word ([`new_token`]).
-pub fn track(cache_dir: &Path, pgid: i32, token: &str) -> std::io::Result<TrackedGroup> {
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    let mut bytes = serde_json::to_vec(&rec).expect("serialises");
+    if bytes.len() > RECORD_LEN {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("a group token must be letters and digits, not {token:?}"),
+            "a group record longer than its file",
+        ));
+    }
+    bytes.resize(RECORD_LEN, b' ');
+    file.write_all_at(&bytes, 0)
+}
+
+/// The most characters of a token: its record fits in [`RECORD_LEN`].
+const MAX_TOKEN: usize = 128;
+
+/// Records a group about to start (`pgid` 0: no leader yet; [`TrackedGroup::leader`]
+/// adds it) under the cache folder, in a record file this process used before when one
+/// is free. `token` must be letters and digits ([`new_token`]).
+pub fn track(cache_dir: &Path, pgid: i32, token: &str) -> std::io::Result<TrackedGroup> {
+    if token.is_empty()
+        || token.len() > MAX_TOKEN
+        || !token.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a group token must be 1 to {MAX_TOKEN} letters and digits, not {token:?}"),
         ));
     }
     let dir = groups_dir(cache_dir);
-    let path = dir.join(format!("{token}.json"));
-    let bytes = record_bytes(pgid, token);
-    if let Err(e) = std::fs::write(&path, &bytes) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(e);
+    let reused = {
+        use std::os::unix::fs::MetadataExt;
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        free.iter()
+            .position(|(p, _)| p.parent() == Some(dir.as_path()))
+            .map(|i| free.swap_remove(i))
+            // Still linked in `groups/` (not removed by an open's cleaning since).
+            .filter(|(_, f)| f.metadata().is_ok_and(|m| m.nlink() > 0))
+    };
+    let (path, file) = match reused {
+        Some(pf) => pf,
+        None => {
+            let path = dir.join(format!("{}.json", new_token()));
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+            };
+            let file = match open() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&dir)?;
+                    open()?
+                }
+                other => other?,
+            };
+            (path, file)
         }
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(&path, &bytes)?;
-    }
-    Ok(TrackedGroup {
+    };
+    let g = TrackedGroup {
         path,
+        file: Some(file),
         token: token.to_string(),
-    })
+    };
+    write_record(g.file.as_ref().expect("just set"), pgid, token)?;
+    Ok(g)
 }
 
-/// The token a record's file name carries (`TOKEN.json`).
-fn token_of(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let token = name.strip_suffix(".json")?;
-    (!token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then(|| token.to_string())
+/// Removes this process's idle record files under the cache folder (the cache is closing).
+pub fn release_idle(cache_dir: &Path) {
+    let dir = groups_dir(cache_dir);
+    FREE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(p, _)| {
+            if p.parent() == Some(dir.as_path()) {
+                let _ = std::fs::remove_file(p);
+                false
+            } else {
+                true
+            }
+        });
 }
 
 /// Kills every recorded group that is still alive and removes the records. Call only
@@ -117,6 +189,10 @@ fn token_of(path: &Path) -> Option<String> {
 /// Returns how many processes were signalled.
 pub fn kill_leftovers(cache_dir: &Path) -> usize {
     let dir = groups_dir(cache_dir);
+    // This process's free record files there are about to go.
+    FREE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(p, _)| p.parent() != Some(dir.as_path()));
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return 0;
     };
@@ -127,17 +203,13 @@ pub fn kill_leftovers(cache_dir: &Path) -> usize {
         let rec = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<GroupRecord>(&b).ok());
-        if let Some(rec) = &rec {
+        if let Some(rec) = rec.filter(|r| !r.token.is_empty()) {
             // The leader, if it is still the same process: its whole group.
             if rec.pgid > 1 && rec.start != 0 && start_time(rec.pgid) == Some(rec.start) {
                 // SAFETY: signalling a process group this cache recorded.
                 unsafe { libc::kill(-rec.pgid, libc::SIGKILL) };
             }
-        }
-        // The token: the record's, or (empty or torn contents) its file name's. Files of
-        // earlier versions' atomic writes (`.TOKEN.tmp`) carry none and just go.
-        if let Some(token) = rec.map(|r| r.token).or_else(|| token_of(&path)) {
-            tokens.push(format!("{GROUP_ENV}={token}").into_bytes());
+            tokens.push(format!("{GROUP_ENV}={}", rec.token).into_bytes());
         }
         files.push(path);
     }
@@ -204,38 +276,48 @@ fn alive(pid: i32) -> bool {
 mod tests {
     use super::*;
 
+    fn read(path: &Path) -> (usize, GroupRecord) {
+        let b = std::fs::read(path).unwrap();
+        (b.len(), serde_json::from_slice(&b).unwrap())
+    }
+
     #[test]
-    fn a_record_is_written_in_place_and_goes_with_its_guard() {
+    fn a_record_is_written_in_place_then_made_idle_and_its_file_reused() {
         let dir = tempfile::tempdir().unwrap();
+        let groups = dir.path().join("groups");
         let token = new_token();
         let g = track(dir.path(), 0, &token).unwrap();
-        let path = dir.path().join("groups").join(format!("{token}.json"));
-        let rec: GroupRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let path = g.path.clone();
+        let (len, rec) = read(&path);
+        assert_eq!(len, RECORD_LEN);
         assert_eq!(
             (rec.pgid, rec.start, rec.token.as_str()),
             (0, 0, token.as_str())
         );
         let me = std::process::id() as i32;
         g.leader(me).unwrap();
-        let rec: GroupRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(rec.pgid, me);
+        let (len, rec) = read(&path);
+        assert_eq!((len, rec.pgid), (RECORD_LEN, me));
         assert_eq!(Some(rec.start), start_time(me));
-        // Nothing but the record in the folder: no temp file left beside it.
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("groups"))
-                .unwrap()
-                .count(),
-            1
-        );
         drop(g);
-        assert!(!path.exists());
-        for bad in ["", "../x", "a b", "a/b"] {
+        // Idle, and kept.
+        let (_, rec) = read(&path);
+        assert_eq!((rec.pgid, rec.token.as_str()), (0, ""));
+        // The next group of this cache reuses the file; another cache gets its own.
+        let other = tempfile::tempdir().unwrap();
+        let h = track(other.path(), 0, "b").unwrap();
+        assert_ne!(h.path.parent(), Some(groups.as_path()));
+        let g2 = track(dir.path(), 0, "a").unwrap();
+        assert_eq!(g2.path, path);
+        assert_eq!(read(&path).1.token, "a");
+        assert_eq!(std::fs::read_dir(&groups).unwrap().count(), 1);
+        for bad in ["", "../x", "a b", "a/b", &"x".repeat(MAX_TOKEN + 1)] {
             assert!(track(dir.path(), 0, bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
-    fn a_torn_record_still_finds_its_processes_by_the_file_name() {
+    fn leftovers_are_killed_by_token_and_idle_or_unreadable_records_just_go() {
         let dir = tempfile::tempdir().unwrap();
         let token = new_token();
         let mut child = std::process::Command::new("sleep")
@@ -254,14 +336,29 @@ mod tests {
             assert!(t.elapsed().as_secs() < 5, "the child never started");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        // A record left by a dagrun that died (kept open: a guard that is never dropped).
+        let g = track(dir.path(), 0, &token).unwrap();
+        std::mem::forget(g);
         let groups = dir.path().join("groups");
-        std::fs::create_dir_all(&groups).unwrap();
-        // Torn: half a JSON object. And a leftover temp file of an earlier version.
-        std::fs::write(groups.join(format!("{token}.json")), b"{\"pgid\": 12").unwrap();
+        // An idle record, a torn one, and a temp file of an earlier version.
+        let idle = track(dir.path(), 0, "idle").unwrap();
+        drop(idle);
+        std::fs::write(groups.join("torn.json"), b"{\"pgid\": 12").unwrap();
         std::fs::write(groups.join(".old.tmp"), b"x").unwrap();
         assert_eq!(kill_leftovers(dir.path()), 1);
         let status = child.wait().unwrap();
         assert!(!status.success(), "{status:?}");
         assert_eq!(std::fs::read_dir(&groups).unwrap().count(), 0);
+        // The idle record's file went with the others: the next group gets a new one.
+        let g = track(dir.path(), 0, "next").unwrap();
+        assert_eq!(read(&g.path).1.token, "next");
+        assert_eq!(std::fs::read_dir(&groups).unwrap().count(), 1);
+        // Closing: idle records go, a live one stays.
+        let idle = track(dir.path(), 0, "idle2").unwrap();
+        drop(idle);
+        assert_eq!(std::fs::read_dir(&groups).unwrap().count(), 2);
+        release_idle(dir.path());
+        assert_eq!(std::fs::read_dir(&groups).unwrap().count(), 1);
+        drop(g);
     }
 }

@@ -31,6 +31,10 @@ pub struct Cache {
     pub(crate) verified_views: crate::restore::VerifiedViews,
     /// Records found unreadable (reported once each).
     unreadable: std::sync::Mutex<HashSet<Vec<u8>>>,
+    /// Node folders under tmp/ free for the next node ([`Cache::node_dir`]).
+    node_dirs: std::sync::Mutex<Vec<PathBuf>>,
+    /// Emptied scratch folders parked under tmp/ ([`Cache::make_scratch`]).
+    free_scratch: std::sync::Mutex<Vec<PathBuf>>,
     pub(crate) records: sled::Tree,
     latest: sled::Tree,
     stat: sled::Tree,
@@ -38,6 +42,19 @@ pub struct Cache {
     claims: sled::Tree,
     failures: sled::Tree,
     _lock: CacheLock,
+}
+
+/// The folders and records kept for reuse go when the cache is closed (the next open
+/// would remove them anyway; this keeps `.dagrun/` tidy between runs).
+impl Drop for Cache {
+    fn drop(&mut self) {
+        for pool in [&self.node_dirs, &self.free_scratch] {
+            for d in pool.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+        crate::procs::release_idle(&self.dir);
+    }
 }
 
 /// What `cache gc` removed (or would remove).
@@ -141,6 +158,8 @@ impl Cache {
             seal,
             verified_views: Default::default(),
             unreadable: Default::default(),
+            node_dirs: Default::default(),
+            free_scratch: Default::default(),
             _lock: lock,
         })
     }
@@ -555,12 +574,101 @@ impl Cache {
         self.dir.join("scratch").join(key.to_hex())
     }
 
+    /// Makes the scratch folder of `key` exist: as it was left (an interrupted node), or
+    /// an empty one — moved into place from those earlier nodes of this process left
+    /// empty ([`Cache::remove_scratch`]) when there is one, so that a run of many short
+    /// nodes does not create and delete a folder per node (see [`Cache::node_dir`]).
+    pub fn make_scratch(&self, key: &Hash) -> Result<PathBuf> {
+        let d = self.scratch_dir(key);
+        if d.is_dir() {
+            return Ok(d);
+        }
+        let free = self
+            .free_scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        if let Some(free) = free {
+            if std::fs::rename(&free, &d).is_ok() {
+                return Ok(d);
+            }
+            let _ = std::fs::remove_dir_all(&free);
+        }
+        std::fs::create_dir_all(&d).map_err(Error::io("cannot create", &d))?;
+        Ok(d)
+    }
+
+    /// Removes the scratch folder of `key` (its node's record is durable). An empty one is
+    /// parked under tmp/ for [`Cache::make_scratch`] instead.
     pub fn remove_scratch(&self, key: &Hash) -> Result<()> {
         let d = self.scratch_dir(key);
-        if d.exists() {
-            std::fs::remove_dir_all(&d).map_err(Error::io("cannot remove", &d))?;
+        let empty = match std::fs::read_dir(&d) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Ok(mut entries) => entries.next().is_none(),
+            Err(_) => false,
+        };
+        if empty {
+            let parked = self.objects.temp_path();
+            if std::fs::rename(&d, &parked).is_ok() {
+                self.free_scratch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(parked);
+                return Ok(());
+            }
         }
-        Ok(())
+        std::fs::remove_dir_all(&d).map_err(Error::io("cannot remove", &d))
+    }
+
+    /// A folder under tmp/ for one running node (its log, its `out/`), with nothing in it
+    /// but possibly an emptied `log` file: a folder an earlier node of this process gave
+    /// back ([`Cache::recycle_node_dir`]), else a new one. Reusing folders keeps a run of
+    /// many short nodes from creating and deleting inodes for every node: ext4 makes each
+    /// new inode skip the recently deleted ones (`recently_deleted`), which made a
+    /// 1,000-node run's cost grow with the square of its length (docs/benchmarks.md,
+    /// issue 19). Whatever is under tmp/ is removed when the cache is next opened.
+    pub fn node_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = self
+            .node_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+        {
+            return Ok(d);
+        }
+        self.temp_dir()
+    }
+
+    /// Gives a node folder back for reuse: everything in it but `log` is removed and
+    /// `log` is emptied. A folder that cannot be emptied is removed (or left for the next
+    /// open's cleaning) and not reused.
+    pub fn recycle_node_dir(&self, dir: PathBuf) {
+        let emptied = (|| -> std::io::Result<()> {
+            for e in std::fs::read_dir(&dir)? {
+                let e = e?;
+                if e.file_name() == "log" && e.file_type()?.is_file() {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(e.path())?
+                        .set_len(0)?;
+                } else if e.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(e.path())?;
+                } else {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
+            Ok(())
+        })();
+        match emptied {
+            Ok(()) => self
+                .node_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(dir),
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
     }
 
     /// A fresh, empty folder under tmp/ (removed when the cache is next opened).
@@ -1135,6 +1243,60 @@ mod tests {
         cache.gc(&HashSet::new(), false).unwrap();
         assert!(!cache.scratch_dir(&interrupted).exists());
         assert!(!view.exists());
+    }
+
+    #[test]
+    fn node_and_scratch_folders_are_reused_without_new_inodes() {
+        use std::os::unix::fs::MetadataExt;
+        let ws = tempfile::tempdir().unwrap();
+        let cache = open(&ws.path().join(".dagrun"));
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        // A node folder comes back emptied, its log kept (and emptied).
+        let d = cache.node_dir().unwrap();
+        std::fs::write(d.join("log"), b"a log").unwrap();
+        std::fs::create_dir_all(d.join("out/x")).unwrap();
+        std::fs::write(d.join("stray"), b"s").unwrap();
+        let (dir_ino, log_ino) = (ino(&d), ino(&d.join("log")));
+        cache.recycle_node_dir(d.clone());
+        let again = cache.node_dir().unwrap();
+        assert_eq!(again, d);
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("log")]);
+        assert_eq!((ino(&d), ino(&d.join("log"))), (dir_ino, log_ino));
+        assert_eq!(std::fs::read(d.join("log")).unwrap(), b"");
+        // A second one while the first is out: a new folder.
+        assert_ne!(cache.node_dir().unwrap(), d);
+        // An empty scratch folder is parked and moved into place for the next key; one
+        // with something in it is removed; one left by an interruption is kept as it is.
+        let (a, b, c) = (
+            crate::hash_bytes(b"a"),
+            crate::hash_bytes(b"b"),
+            crate::hash_bytes(b"c"),
+        );
+        let sa = cache.make_scratch(&a).unwrap();
+        let scratch_ino = ino(&sa);
+        cache.remove_scratch(&a).unwrap();
+        assert!(!sa.exists());
+        let sb = cache.make_scratch(&b).unwrap();
+        assert_eq!(sb, cache.scratch_dir(&b));
+        assert_eq!(ino(&sb), scratch_ino);
+        std::fs::write(sb.join("ckpt"), b"x").unwrap();
+        assert_eq!(cache.make_scratch(&b).unwrap(), sb);
+        assert!(
+            sb.join("ckpt").exists(),
+            "an interrupted node's scratch is kept"
+        );
+        cache.remove_scratch(&b).unwrap();
+        assert!(!sb.exists());
+        // (A new folder: its inode number may be the removed one's again.)
+        let sc = cache.make_scratch(&c).unwrap();
+        assert_eq!(std::fs::read_dir(&sc).unwrap().count(), 0);
+        cache
+            .remove_scratch(&crate::hash_bytes(b"never made"))
+            .unwrap();
     }
 
     #[test]

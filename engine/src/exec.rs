@@ -119,7 +119,7 @@ pub fn execute(
         .and_then(|b| cache.put_bytes(&b).ok());
     if slurm.is_none() {
         if let Some(tmp) = out_dir.parent() {
-            let _ = std::fs::remove_dir_all(tmp);
+            cache.recycle_node_dir(tmp.to_path_buf());
         }
     }
     Ok(Record {
@@ -156,7 +156,8 @@ pub fn keep_failure_log(cache: &Cache, node: &str, log: &Path) -> Option<PathBuf
     Some(dest)
 }
 
-/// Runs a node in this process, in a fresh folder under the cache's `tmp/`.
+/// Runs a node in this process, in a node folder under the cache's `tmp/` (emptied; reused
+/// from an earlier node of this run when one was given back).
 #[allow(clippy::too_many_arguments)]
 fn run_here(
     p: &Pipeline,
@@ -171,7 +172,7 @@ fn run_here(
     let node = &p.nodes[i];
     let fail = |error: String, log: Option<PathBuf>| Outcome::Failed { error, log };
     let tmp = cache
-        .temp_dir()
+        .node_dir()
         .map_err(|err| fail(err.to_string(), None))?;
     let out_dir = tmp.join("out");
     let log_path = tmp.join("log");
@@ -189,7 +190,9 @@ fn run_here(
             gpus,
             place: Place::Here,
             out_dir: out_dir.clone(),
-            scratch: cache.scratch_dir(key),
+            scratch: cache
+                .make_scratch(key)
+                .map_err(|err| fail(format!("cannot prepare the node: {err}"), None))?,
             outs: node.outs.clone(),
             log,
             log_path: log_path.clone(),

@@ -172,7 +172,8 @@ impl StageContext {
     /// Records a process group the stage started (its leader `pgid`, whose processes
     /// carry `token` in [`dagrun_cache::procs::GROUP_ENV`]) while it runs, so that if
     /// dagrun dies (`kill -9`) the next dagrun kills it before anything reruns. The
-    /// record goes when the returned guard is dropped. `None` where nothing records it (a
+    /// record is made idle when the returned guard is dropped (its file is reused by the
+    /// next group, [`dagrun_cache::procs`]). `None` where nothing records it (a
     /// Slurm job: Slurm ends the job's processes).
     pub fn track_group(&self, pgid: i32, token: &str) -> Option<dagrun_cache::procs::TrackedGroup> {
         let dir = self.cache_dir.as_ref()?;
