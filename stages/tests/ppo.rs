@@ -18,9 +18,16 @@ use dagrun_stages::{
 /// The tiny GPT-2 fixture (under `DAGRUN_FIXTURES` when set: a test executable run on another
 /// machine, see scripts/build-for-torch.sh).
 fn fixture() -> PathBuf {
+    fixture_named("gpt2-tiny")
+}
+
+/// The tiny fixture `name` (`qwen2-tiny`, `gemma-rm-tiny`, ...), found as [`fixture`] is.
+fn fixture_named(name: &str) -> PathBuf {
     match std::env::var_os("DAGRUN_FIXTURES") {
-        Some(dir) => PathBuf::from(dir).join("gpt2-tiny"),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny"),
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name),
     }
 }
 
@@ -185,4 +192,53 @@ fn a_killed_run_resumes_from_its_checkpoint_to_the_same_end() {
     let (resumed, stats_resumed) = run(&p, Some(&ckpt), None);
     assert_eq!(stats_whole, stats_resumed);
     assert_eq!(whole, resumed);
+}
+
+/// A Qwen2 and a Llama policy train against a 3-head reward model on the Gemma classifier
+/// fixture's backbone: every step's numbers are finite, the policy moves away from its
+/// reference, and a killed run resumes from its checkpoint (the decoder's weights and its
+/// value head) to the same end as an uninterrupted one.
+#[test]
+fn decoder_policies_train_against_a_gemma_reward_model_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let gemma = fixture_named("gemma-rm-tiny");
+    let backbone = dagrun_stages::ml::models::backbone::Backbone::from_hf_dir(
+        &gemma,
+        &device,
+        dagrun_stages::ml::models::hf_weights::WeightDtype::F32,
+    )
+    .unwrap();
+    let heads = LinearHeads::init(32, &[11, 12, 13], &device).unwrap();
+    let rm = dir.path().join("gemma-rm");
+    RewardModel::new(backbone, heads)
+        .unwrap()
+        .save(&rm, Some(&gemma.join("tokenizer.json")))
+        .unwrap();
+    for family in ["qwen2", "llama"] {
+        let mut p = params(&rm, Method::VarianceAware);
+        p.policy = fixture_named(&format!("{family}-tiny"))
+            .to_str()
+            .unwrap()
+            .to_string();
+        let (whole, stats) = run(&p, None, None);
+        assert_eq!(stats.len(), 3, "{family}");
+        for s in &stats {
+            for (name, x) in s.scalars() {
+                assert!(x.is_finite(), "{family} step {}: {name} = {x}", s.step);
+            }
+            assert!(s.variance > 0.0, "{family}: {s:?}");
+        }
+        assert!(
+            stats.iter().skip(1).any(|s| s.kl != 0.0),
+            "{family}: the policy moved: {stats:?}"
+        );
+        assert!(whole.iter().any(|(n, _)| n == "layers.0.self_attn.q_proj.weight"));
+        let ckpt = dir.path().join(format!("ckpt-{family}"));
+        let (partial, _) = run(&p, Some(&ckpt), Some(2));
+        assert!(partial.is_empty(), "the first run was interrupted");
+        let (resumed, stats_resumed) = run(&p, Some(&ckpt), None);
+        assert_eq!(stats, stats_resumed, "{family}");
+        assert_eq!(whole, resumed, "{family}");
+    }
 }

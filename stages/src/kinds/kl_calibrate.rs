@@ -22,9 +22,9 @@ use super::{
 };
 use crate::{
     files::write_json,
-    ml::Gpt2,
     rl::{
         calibrate::{self, Calibration, FitPoint, Probe},
+        policy::load_policy,
         ppo::train,
         rollout::Method,
     },
@@ -244,9 +244,7 @@ impl StageKind for KlCalibrateKind {
                         .join(format!("probe-beta{beta}-member{member}-seed{seed}"));
                     let policy = match loaded.take() {
                         Some(policy) => policy,
-                        None => {
-                            Gpt2::from_hf_dir(Path::new(&p.policy), &device.clone().autodiff())?
-                        }
+                        None => load_policy(Path::new(&p.policy), &device.clone().autodiff())?,
                     };
                     let done = probes.len() as u64;
                     let total = planned + extra as u64 * per_beta;

@@ -29,11 +29,11 @@ use crate::{
         io::{chat::ChatTemplate, tokenizer::TextTokenizer},
         models::{gpt2_hf::TOKENIZER_FILE, hf_weights::WeightDtype},
         reward::{ReadSamples, RewardReader},
-        Gpt2,
     },
     rl::{
         calibrate::final_mean,
         loss::LossConfig,
+        policy::{load_policy, Policy},
         ppo::{train, PpoConfig, StepStats},
         rollout::{Aggregation, Method, PpoModels, RolloutConfig},
     },
@@ -482,7 +482,7 @@ pub struct Setup {
     /// The reference policy, the reward model reading the policy's samples, sampling.
     pub models: PpoModels<'static>,
     /// The policy to train (a copy of the reference on the autodiff device).
-    pub policy: Gpt2,
+    pub policy: Policy,
     /// The prompts as the policy's token ids (an empty prompt is its end-of-text token).
     pub prompts: Vec<Vec<u32>>,
     /// The reward model's chat template.
@@ -528,7 +528,7 @@ impl Setup {
         let rm_template = reader.input().template().clone();
         let models = PpoModels {
             device: device.clone(),
-            reference: Gpt2::from_hf_dir(policy_dir, device)?,
+            reference: load_policy(policy_dir, device)?,
             pad: tok.pad_id(),
             generate: GenerateConfig {
                 max_new_tokens: p.max_new_tokens,
@@ -542,7 +542,7 @@ impl Setup {
             }),
             profile: false,
         };
-        let policy = Gpt2::from_hf_dir(policy_dir, &device.clone().autodiff())?;
+        let policy = load_policy(policy_dir, &device.clone().autodiff())?;
         Ok(Setup {
             models,
             policy,
