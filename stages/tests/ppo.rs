@@ -242,3 +242,74 @@ fn decoder_policies_train_against_a_gemma_reward_model_and_resume() {
         assert_eq!(whole, resumed, "{family}");
     }
 }
+
+/// `prompt_template: model` renders each prompt with the policy folder's own chat template
+/// (a user turn, then the assistant's opening), and the reward model reads the prompt's own
+/// text, not the markup, with the response; `plain` and a template the tokenizer cannot
+/// write are checked too.
+#[test]
+fn a_chat_prompt_template_renders_prompts_and_the_reward_model_reads_their_own_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let rm = reward_model(dir.path());
+    let policy = dir.path().join("qwen2-chat");
+    std::fs::create_dir_all(&policy).unwrap();
+    for e in std::fs::read_dir(fixture_named("qwen2-tiny")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), policy.join(e.file_name())).unwrap();
+    }
+    let template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}\
+                    {% if add_generation_prompt %}assistant:{% endif %}";
+    std::fs::write(
+        policy.join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": template, "eos_token": "<|endoftext|>"}).to_string(),
+    )
+    .unwrap();
+    let mut p = params(&rm, Method::Vanilla);
+    p.policy = policy.to_str().unwrap().to_string();
+    let texts = vec!["hello there".to_string(), "the movie".to_string()];
+    let tok = dagrun_stages::ml::io::tokenizer::TextTokenizer::from_file(
+        &policy.join("tokenizer.json"),
+    )
+    .unwrap();
+    // Plain by default.
+    let plain = Setup::load(&p, &texts, &Device::flex()).unwrap();
+    assert_eq!(plain.prompts[0], tok.encode("hello there").unwrap());
+    // The folder's own template.
+    p.prompt_template = Some("model".parse().unwrap());
+    let chat = Setup::load(&p, &texts, &Device::flex()).unwrap();
+    assert_eq!(
+        chat.prompts[0],
+        tok.encode("user: hello there\nassistant:").unwrap()
+    );
+    // A sample after a rendered prompt is scored as the pair (own prompt, response).
+    let response = tok.encode(" it was good").unwrap();
+    let seq: Vec<u32> = [&chat.prompts[1][..], &response[..]].concat();
+    let got = chat
+        .models
+        .reward
+        .score_samples(&[seq], &[chat.prompts[1].len()], &[])
+        .unwrap();
+    let reader = dagrun_stages::ml::reward::RewardReader::load(
+        &rm,
+        &Device::flex(),
+        dagrun_stages::ml::models::hf_weights::WeightDtype::F32,
+        None,
+        p.rm_max_len,
+        4,
+    )
+    .unwrap();
+    let want = reader
+        .score(&[dagrun_stages::ml::reward::Exchange::pair(
+            "the movie",
+            " it was good",
+        )])
+        .unwrap();
+    assert_eq!(got.row(0), want.row(0));
+    // A named template whose markup the tiny tokenizer lacks is an error naming the policy.
+    p.prompt_template = Some("qwen2.5".parse().unwrap());
+    let e = Setup::load(&p, &texts, &Device::flex())
+        .err()
+        .expect("the tiny vocabulary has no <|im_start|>")
+        .to_string();
+    assert!(e.contains("prompt_template") && e.contains("qwen2-chat"), "{e}");
+}

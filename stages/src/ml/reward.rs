@@ -381,11 +381,14 @@ pub trait SampleScorer {
 }
 
 /// A [`RewardReader`] reading a policy's samples as text: decoded with the policy's tokenizer
-/// ([`Exchange::sampled`]), then read as any exchange.
+/// ([`Exchange::sampled`]), then read as any exchange. A sample whose prompt ids are a key of
+/// `prompt_texts` (a prompt the policy read in its chat template) is read as the pair of that
+/// prompt's own text and the decoded response, without the policy's markup.
 #[derive(Debug)]
 pub struct ReadSamples {
     pub reader: RewardReader,
     pub policy_tokenizer: TextTokenizer,
+    pub prompt_texts: std::collections::HashMap<Vec<u32>, String>,
 }
 
 impl SampleScorer for ReadSamples {
@@ -402,7 +405,13 @@ impl SampleScorer for ReadSamples {
         let exchanges = seqs
             .iter()
             .zip(prompt_lens)
-            .map(|(s, &n)| Exchange::sampled(&self.policy_tokenizer, s, n, stop_ids))
+            .map(|(s, &n)| {
+                let sampled = Exchange::sampled(&self.policy_tokenizer, s, n, stop_ids)?;
+                Ok(match self.prompt_texts.get(&s[..n.min(s.len())]) {
+                    Some(own) => Exchange::pair(own.clone(), sampled.response()),
+                    None => sampled,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         self.reader.score(&exchanges)
     }
