@@ -233,7 +233,9 @@ fn decoder_policies_train_against_a_gemma_reward_model_and_resume() {
             stats.iter().skip(1).any(|s| s.kl != 0.0),
             "{family}: the policy moved: {stats:?}"
         );
-        assert!(whole.iter().any(|(n, _)| n == "layers.0.self_attn.q_proj.weight"));
+        assert!(whole
+            .iter()
+            .any(|(n, _)| n == "layers.0.self_attn.q_proj.weight"));
         let ckpt = dir.path().join(format!("ckpt-{family}"));
         let (partial, _) = run(&p, Some(&ckpt), Some(2));
         assert!(partial.is_empty(), "the first run was interrupted");
@@ -267,10 +269,9 @@ fn a_chat_prompt_template_renders_prompts_and_the_reward_model_reads_their_own_t
     let mut p = params(&rm, Method::Vanilla);
     p.policy = policy.to_str().unwrap().to_string();
     let texts = vec!["hello there".to_string(), "the movie".to_string()];
-    let tok = dagrun_stages::ml::io::tokenizer::TextTokenizer::from_file(
-        &policy.join("tokenizer.json"),
-    )
-    .unwrap();
+    let tok =
+        dagrun_stages::ml::io::tokenizer::TextTokenizer::from_file(&policy.join("tokenizer.json"))
+            .unwrap();
     // Plain by default.
     let plain = Setup::load(&p, &texts, &Device::flex()).unwrap();
     assert_eq!(plain.prompts[0], tok.encode("hello there").unwrap());
@@ -311,5 +312,8 @@ fn a_chat_prompt_template_renders_prompts_and_the_reward_model_reads_their_own_t
         .err()
         .expect("the tiny vocabulary has no <|im_start|>")
         .to_string();
-    assert!(e.contains("prompt_template") && e.contains("qwen2-chat"), "{e}");
+    assert!(
+        e.contains("prompt_template") && e.contains("qwen2-chat"),
+        "{e}"
+    );
 }

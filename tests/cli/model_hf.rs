@@ -225,8 +225,7 @@ fn model_export_classifier_writes_a_folder_that_scores_as_the_original() {
     let v: serde_json::Value = serde_json::from_str(&v).unwrap();
     assert_eq!(v["architecture"], "Qwen2ForSequenceClassification", "{v}");
     assert_eq!(v["dropped_bias"], 0.0, "{v}");
-    let config: serde_json::Value =
-        serde_json::from_str(&ws.read("cls/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&ws.read("cls/config.json")).unwrap();
     assert_eq!(config["num_labels"], 1, "{config}");
     let reward = |model: &str| {
         let (r, _) = ws.ok(&[
@@ -260,7 +259,13 @@ fn model_export_classifier_writes_a_folder_that_scores_as_the_original() {
         "cpu",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("head 3 does not exist"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("head 3 does not exist"),
+        "{err}"
+    );
     let (help, _) = ws.ok(&["model", "export-classifier", "--help"]);
-    assert!(help.contains("ForSequenceClassification") && help.contains("bias"), "{help}");
+    assert!(
+        help.contains("ForSequenceClassification") && help.contains("bias"),
+        "{help}"
+    );
 }

@@ -125,7 +125,11 @@ fn qwen2_and_llama_policies_train_with_ppo_against_a_gemma_backed_ensemble() {
                 .map(move |m| format!("ppo[family={f},method={m}]"))
         })
         .collect();
-    for node in nodes.iter().map(String::as_str).chain(["backbone", "head_ensemble"]) {
+    for node in nodes
+        .iter()
+        .map(String::as_str)
+        .chain(["backbone", "head_ensemble"])
+    {
         assert!(ran.contains(node), "{node} did not run: {ran:?}");
     }
     let py = python_with_transformers();
@@ -162,7 +166,12 @@ fn qwen2_and_llama_policies_train_with_ppo_against_a_gemma_backed_ensemble() {
         );
         // The node's metrics.
         let (show, _) = ws.ok(&["show", node]);
-        for m in ["final_kl", "final_score", "final_kl_penalty", "mean_variance"] {
+        for m in [
+            "final_kl",
+            "final_score",
+            "final_kl_penalty",
+            "mean_variance",
+        ] {
             assert!(show.contains(m), "{node}: no {m}: {show}");
         }
         // The exported policy is a Hugging Face folder of its family, with the files
@@ -208,11 +217,7 @@ fn qwen2_and_llama_policies_train_with_ppo_against_a_gemma_backed_ensemble() {
                 .arg(text)
                 .output()
                 .unwrap();
-            assert!(
-                o.status.success(),
-                "{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             let hf: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             let hf_sum: f64 = hf["texts"][0]["token_logprobs"]
                 .as_array()

@@ -524,7 +524,10 @@ impl Setup {
         let prompt_template = match &p.prompt_template {
             None | Some(ChatTemplate::Plain) => ChatTemplate::Plain,
             Some(t) => ChatTemplate::for_model(policy_dir, &tok, Some(t.clone())).map_err(|e| {
-                format!("`prompt_template` of the policy {}: {e}", policy_dir.display())
+                format!(
+                    "`prompt_template` of the policy {}: {e}",
+                    policy_dir.display()
+                )
             })?,
         };
         // A rendered prompt's ids → its own text (what the reward model reads as the prompt).

@@ -307,10 +307,10 @@ mod tests {
     //! KL weight or the stop token in the reward model's input would each show.
     use super::*;
     use crate::ml::inference::sampling::SamplingConfig;
+    use crate::ml::models::backbone::Backbone;
     use crate::ml::models::heads::LinearHeads;
     use crate::ml::models::reward_model::RewardModel;
     use crate::ml::models::value_head::ValueHead;
-    use crate::ml::models::backbone::Backbone;
     use crate::ml::models::weights::HostTensors;
     use crate::ml::reward::{without_stop, Scores};
     use crate::ml::Gpt2;
@@ -485,9 +485,9 @@ mod tests {
                 TokenBatch::from_rows(std::slice::from_ref(&s.ids), 0, Padding::Right).unwrap();
             let v: Vec<f64> =
                 to_f32_vec(value.forward(policy.hidden_states(&batch, None).unwrap()))
-                .into_iter()
-                .map(f64::from)
-                .collect();
+                    .into_iter()
+                    .map(f64::from)
+                    .collect();
             let v = &v[resp];
             close("old values", &s.old_v, v, 1e-4);
             // The reward model reads the sequence without a closing stop token.
@@ -620,6 +620,9 @@ mod tests {
         let e = crate::rl::policy::load_policy(&rm, &device)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("llama-rm-tiny") && e.contains("no LM head"), "{e}");
+        assert!(
+            e.contains("llama-rm-tiny") && e.contains("no LM head"),
+            "{e}"
+        );
     }
 }

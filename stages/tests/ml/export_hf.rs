@@ -190,14 +190,8 @@ fn a_reward_head_exports_as_a_sequence_classifier_that_scores_the_same() {
         let scores = reader.score(&exchanges).unwrap();
         for (choice, label) in [(ScoreHead::Member(1), "member1"), (ScoreHead::Mean, "mean")] {
             let out = dir.path().join(label);
-            let x = save_seq_cls(
-                reader.model(),
-                &rm,
-                reader.input().template(),
-                &out,
-                choice,
-            )
-            .unwrap();
+            let x =
+                save_seq_cls(reader.model(), &rm, reader.input().template(), &out, choice).unwrap();
             let want: Vec<f64> = (0..exchanges.len())
                 .map(|r| match choice {
                     ScoreHead::Member(k) => scores.head(r, k) - bias[k] as f64,
@@ -209,15 +203,21 @@ fn a_reward_head_exports_as_a_sequence_classifier_that_scores_the_same() {
                 _ => bias.iter().sum::<f32>() / 3.0,
             };
             assert!((x.dropped_bias - dropped).abs() < 1e-6, "{name}: {x:?}");
-            let config: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.join("config.json")).unwrap(),
-            )
-            .unwrap();
+            let config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                    .unwrap();
             assert_eq!(config["architectures"][0], x.architecture.as_str());
-            assert!(x.architecture.ends_with("ForSequenceClassification"), "{x:?}");
+            assert!(
+                x.architecture.ends_with("ForSequenceClassification"),
+                "{x:?}"
+            );
             assert_eq!(config["num_labels"], 1, "{config}");
             assert_eq!(config["pad_token_id"], x.pad_token_id, "{config}");
-            for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+            ] {
                 assert!(out.join(f).is_file(), "{name}: no {f}");
             }
             let tc: serde_json::Value = serde_json::from_str(
@@ -229,8 +229,8 @@ fn a_reward_head_exports_as_a_sequence_classifier_that_scores_the_same() {
             }
             // dagrun reads a decoder's export back as a one-label classifier.
             if name != "gpt2-tiny" {
-                let back = RewardReader::load(&out, &device, WeightDtype::F32, None, 256, 4)
-                    .unwrap();
+                let back =
+                    RewardReader::load(&out, &device, WeightDtype::F32, None, 256, 4).unwrap();
                 assert_eq!(back.num_heads(), 1);
                 let got = back.score(&exchanges).unwrap();
                 for (r, w) in want.iter().enumerate() {

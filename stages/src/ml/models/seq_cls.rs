@@ -233,7 +233,8 @@ mod tests {
 
     fn model(k: usize) -> RewardModel {
         let device = Device::flex();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny");
         let backbone = crate::ml::Gpt2::from_hf_dir(&dir, &device).unwrap();
         let e = backbone.config().n_embd;
         let w: Vec<f32> = (0..e * k).map(|i| (i % 7) as f32 - 3.0).collect();
@@ -252,9 +253,13 @@ mod tests {
         assert_eq!(b, 0.5);
         assert_eq!(w[..3], [-3.0, -2.0, -1.0]);
         let three = model(3);
-        let e = single_head(&three, ScoreHead::Only).unwrap_err().to_string();
+        let e = single_head(&three, ScoreHead::Only)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 heads"), "{e}");
-        let e = single_head(&three, ScoreHead::Member(3)).unwrap_err().to_string();
+        let e = single_head(&three, ScoreHead::Member(3))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("head 3 does not exist"), "{e}");
         // weight [e, 3], row i = (3i, 3i+1, 3i+2) mod 7 − 3.
         let (w1, b1) = single_head(&three, ScoreHead::Member(1)).unwrap();
