@@ -242,6 +242,16 @@ fn decoder_policies_train_against_a_gemma_reward_model_and_resume() {
         let (resumed, stats_resumed) = run(&p, Some(&ckpt), None);
         assert_eq!(stats, stats_resumed, "{family}");
         assert_eq!(whole, resumed, "{family}");
+        // The reward model in bf16: the first step samples the same responses (the policy
+        // has not moved), scored within bf16's rounding of the f32 scores.
+        p.rm_dtype = dagrun_stages::ml::models::hf_weights::WeightDtype::Bf16;
+        let (_, bf16) = run(&p, None, None);
+        let (a, b) = (stats[0].score, bf16[0].score);
+        assert!(bf16.iter().all(|s| s.score.is_finite() && s.kl.is_finite()));
+        assert!(
+            (a - b).abs() <= 0.05 * a.abs().max(1.0),
+            "{family}: {a} vs {b} in bf16"
+        );
     }
 }
 

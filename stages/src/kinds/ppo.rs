@@ -63,6 +63,10 @@ pub struct PpoParams {
     /// The reward model then reads the prompt's own text and the response as a pair.
     #[serde(default)]
     pub prompt_template: Option<ChatTemplate>,
+    /// Dtype the reward model is loaded and scores in (`f32` or `bf16`, Gemma/Llama/Qwen2
+    /// backbones; bf16 halves its memory). The policy and the reference train and run in f32.
+    #[serde(default)]
+    pub rm_dtype: WeightDtype,
     /// Prompts: a folder with `train` rows `{prompt}` (the `prompts` output) or a file.
     pub prompts: String,
     #[serde(default = "defaults::method")]
@@ -382,7 +386,7 @@ impl StageKind for PpoKind {
         5
     }
     fn summary(&self) -> &'static str {
-        "PPO of a GPT-2 policy against a reward ensemble, vanilla or variance-aware"
+        "PPO of a GPT-2, Gemma, Llama or Qwen2 policy against a reward ensemble, vanilla or variance-aware"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: PpoParams = parse_params(&crate::data::artifact_refs_as_text(params))?;
@@ -553,7 +557,7 @@ impl Setup {
         let reader = RewardReader::load(
             Path::new(&p.reward_model),
             device,
-            WeightDtype::F32,
+            p.rm_dtype,
             p.rm_chat_template.clone(),
             p.rm_max_len,
             p.batch_size,
