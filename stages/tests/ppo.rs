@@ -327,3 +327,73 @@ fn a_chat_prompt_template_renders_prompts_and_the_reward_model_reads_their_own_t
         "{e}"
     );
 }
+
+/// A policy whose tokenizer adds a BOS (as Gemma's and Llama's do) reads plain prompts with
+/// it, as `tokenizer(text)` encodes them; the reward model reads the prompt's own text (no
+/// BOS from the policy) followed by the response as generated.
+#[test]
+fn a_plain_prompt_gets_the_bos_the_policy_tokenizer_adds_and_the_reward_model_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let rm = reward_model(dir.path());
+    let policy = dir.path().join("qwen2-bos");
+    std::fs::create_dir_all(&policy).unwrap();
+    for e in std::fs::read_dir(fixture_named("qwen2-tiny")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), policy.join(e.file_name())).unwrap();
+    }
+    // The fixture's tokenizer with a post-processor that puts `<|endoftext|>` first.
+    let path = policy.join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let bos = t["added_tokens"][0]["id"].as_u64().unwrap() as u32;
+    assert_eq!(t["added_tokens"][0]["content"], "<|endoftext|>");
+    let special = serde_json::json!({"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}});
+    t["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [special, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [special, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [bos],
+                                             "tokens": ["<|endoftext|>"]}}
+    });
+    std::fs::write(&path, t.to_string()).unwrap();
+    let tok = dagrun_stages::ml::io::tokenizer::TextTokenizer::from_file(&path).unwrap();
+    let mut p = params(&rm, Method::Vanilla);
+    p.policy = policy.to_str().unwrap().to_string();
+    let texts = vec!["hello there".to_string(), "the movie".to_string()];
+    let setup = Setup::load(&p, &texts, &Device::flex()).unwrap();
+    let plain = tok.encode("the movie").unwrap();
+    assert_eq!(setup.prompts[1], [&[bos][..], &plain[..]].concat());
+    let response = tok.encode(" it was good").unwrap();
+    let seq: Vec<u32> = [&setup.prompts[1][..], &response[..]].concat();
+    let got = setup
+        .models
+        .reward
+        .score_samples(&[seq], &[setup.prompts[1].len()], &[])
+        .unwrap();
+    let reader = dagrun_stages::ml::reward::RewardReader::load(
+        &rm,
+        &Device::flex(),
+        dagrun_stages::ml::models::hf_weights::WeightDtype::F32,
+        None,
+        p.rm_max_len,
+        4,
+    )
+    .unwrap();
+    let want = reader
+        .score(&[dagrun_stages::ml::reward::Exchange::Sampled {
+            prompt: "the movie".into(),
+            response: " it was good".into(),
+            text: "the movie it was good".into(),
+        }])
+        .unwrap();
+    assert_eq!(got.row(0), want.row(0));
+    // Read with the policy's BOS, the score would differ.
+    let with_bos = reader
+        .score(&[dagrun_stages::ml::reward::Exchange::pair(
+            "<|endoftext|>the movie",
+            " it was good",
+        )])
+        .unwrap();
+    assert_ne!(got.row(0), with_bos.row(0));
+}

@@ -56,8 +56,9 @@ pub struct PpoParams {
     /// without the EOS that ended the response, which preference data does not have.
     #[serde(default)]
     pub rm_chat_template: Option<ChatTemplate>,
-    /// How the policy reads a prompt: `plain` (the default: the prompt's text as it is,
-    /// GPT-2's way), or a chat template (`model`: the policy folder's own
+    /// How the policy reads a prompt: `plain` (the default: the prompt's text as
+    /// `tokenizer(text)` encodes it, with the BOS a Gemma or Llama tokenizer adds and nothing
+    /// added for GPT-2), or a chat template (`model`: the policy folder's own
     /// `tokenizer_config.json` template; or `gemma`, `llama3`, `llama3.1`, `qwen2.5`) that
     /// renders the prompt as a user turn followed by the opening of the assistant's turn.
     /// The reward model then reads the prompt's own text and the response as a pair.
@@ -534,7 +535,8 @@ impl Setup {
                 )
             })?,
         };
-        // A rendered prompt's ids → its own text (what the reward model reads as the prompt).
+        // A prompt the policy reads with tokens around its text (a chat template's markup, the
+        // BOS a Gemma or Llama tokenizer adds) → its own text, which the reward model reads.
         let mut own_texts = HashMap::new();
         let prompts: Vec<Vec<u32>> = prompts
             .iter()
@@ -546,7 +548,13 @@ impl Setup {
                     own_texts.insert(ids.clone(), t.clone());
                     ids
                 } else {
-                    tok.encode(t)?
+                    // Plain text as `tokenizer(text)` encodes it: with the BOS its
+                    // post-processor adds (none for GPT-2's byte-level BPE).
+                    let ids = tok.encode_with_special_tokens(t)?;
+                    if ids != tok.encode(t)? {
+                        own_texts.insert(ids.clone(), t.clone());
+                    }
+                    ids
                 };
                 if ids.is_empty() {
                     ids.push(eos.unwrap_or(0));
@@ -577,6 +585,7 @@ impl Setup {
                 reader,
                 policy_tokenizer: tok,
                 prompt_texts: own_texts,
+                prompts_are_turns: prompt_template.is_chat(),
             }),
             profile: false,
         };
