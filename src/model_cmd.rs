@@ -9,6 +9,7 @@ use anyhow::Context;
 use dagrun_stages::ml::cli::{self, GenerateOptions};
 use dagrun_stages::ml::inference::sampling::SamplingConfig;
 use dagrun_stages::ml::models::hf_weights::WeightDtype;
+use dagrun_stages::ml::models::seq_cls::ScoreHead;
 use dagrun_stages::ml::DeviceSpec;
 
 /// Inspect models: per-token log-probs, generation, reward scores.
@@ -90,6 +91,46 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a reward model as a Hugging Face *ForSequenceClassification folder (one head),
+    /// which transformers' AutoModelForSequenceClassification and TRL load.
+    ///
+    /// The folder has config.json (architectures [XForSequenceClassification], num_labels 1,
+    /// pad_token_id), model.safetensors with the backbone and score.weight, tokenizer.json,
+    /// tokenizer_config.json (with the chat template the reward model reads with) and
+    /// generation_config.json. GPT-2, Gemma, Llama and Qwen2 backbones.
+    ///
+    /// The head: the model's only one; of an ensemble, one member (--head K) or the mean of
+    /// all heads (--mean; exact: the mean of linear heads is one linear head).
+    ///
+    /// transformers' score layer has no bias, so the head's bias is dropped: the exported
+    /// reward is dagrun's minus that bias (printed). Bradley–Terry rewards are defined up to
+    /// a shift, so preferences, rankings and reward differences are unchanged.
+    ///
+    /// transformers scores the last token that is not pad_token_id, dagrun the last real
+    /// token: they agree unless a scored text ends in the pad token (an EOS; a reward
+    /// model's input ends with none).
+    ///
+    /// JSON: {"out", "architecture", "head", "pad_token_id", "dropped_bias", "chat_template"}.
+    ExportClassifier {
+        /// Reward model folder (dagrun's heads beside a backbone, or a classifier folder),
+        /// or a node whose output is one (`head_ensemble`, `backbone`).
+        #[arg(long, value_name = "M")]
+        model: PathBuf,
+        /// The folder to write (created; files in it are replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Export head K of the ensemble (from 0).
+        #[arg(long, value_name = "K", conflicts_with = "mean")]
+        head: Option<usize>,
+        /// Export the mean of all heads as one head.
+        #[arg(long)]
+        mean: bool,
+        #[command(flatten)]
+        compute: Compute,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where and in what dtype a model runs (every `dagrun model` subcommand takes these).
@@ -110,7 +151,8 @@ impl ModelCommand {
         match self {
             ModelCommand::Logprobs { model, .. }
             | ModelCommand::Generate { model, .. }
-            | ModelCommand::Reward { model, .. } => model,
+            | ModelCommand::Reward { model, .. }
+            | ModelCommand::ExportClassifier { model, .. } => model,
         }
     }
 }
@@ -184,6 +226,34 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 rewards.join(" "),
                 v["mean"].as_f64().unwrap_or(f64::NAN),
                 v["variance"].as_f64().unwrap_or(f64::NAN)
+            );
+            (v, json, human)
+        }
+        ModelCommand::ExportClassifier {
+            model,
+            out,
+            head,
+            mean,
+            compute: Compute { device, dtype },
+            json,
+        } => {
+            let choice = match (head, mean) {
+                (Some(k), _) => ScoreHead::Member(k),
+                (None, true) => ScoreHead::Mean,
+                (None, false) => ScoreHead::Only,
+            };
+            let v = cli::export_classifier(&model, &out, choice, device, dtype)
+                .with_context(|| format!("exporting {} as a classifier", model.display()))?;
+            let human = format!(
+                "wrote {} ({}, {}; pad_token_id {}, chat template {})\n\
+                 dropped the head's bias {:.6}: the exported reward is dagrun's minus it \
+                 (preferences and rankings are unchanged)",
+                out.display(),
+                v["architecture"].as_str().unwrap_or_default(),
+                v["head"].as_str().unwrap_or_default(),
+                v["pad_token_id"],
+                v["chat_template"].as_str().unwrap_or_default(),
+                v["dropped_bias"].as_f64().unwrap_or(f64::NAN)
             );
             (v, json, human)
         }

@@ -185,7 +185,7 @@ pub fn bench_ppo_step(spec: DeviceSpec, b: &PpoBench) -> BenchResult<Value> {
     )?;
     let models = PpoModels {
         device: device.clone(),
-        reference: Gpt2::init(&config, b.seed, &device)?,
+        reference: Gpt2::init(&config, b.seed, &device)?.into(),
         reward: Box::new(SameVocabulary {
             model: rm,
             max_len: p.rm_max_len,

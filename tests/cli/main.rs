@@ -17,6 +17,7 @@ mod model_hf;
 mod noop_stamp;
 mod paper;
 mod paper_models;
+mod policy_models;
 mod quickstart;
 mod readme;
 mod remote;

@@ -202,3 +202,70 @@ fn model_generate_stops_at_any_eos_id_of_the_generation_config() {
     assert!(!o.status.success());
     assert!(err.contains("generation_config.json"), "{err}");
 }
+
+/// `dagrun model export-classifier`: a classifier folder written again as one, which `dagrun
+/// model reward` scores as the original (its head has no bias to drop); a head that does not
+/// exist is refused by name; `--help` states the dropped bias.
+#[test]
+fn model_export_classifier_writes_a_folder_that_scores_as_the_original() {
+    let ws = Ws::new();
+    let src = fixture("qwen2-rm-tiny");
+    let out = ws.p("cls");
+    let (v, _) = ws.ok(&[
+        "model",
+        "export-classifier",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["architecture"], "Qwen2ForSequenceClassification", "{v}");
+    assert_eq!(v["dropped_bias"], 0.0, "{v}");
+    let config: serde_json::Value = serde_json::from_str(&ws.read("cls/config.json")).unwrap();
+    assert_eq!(config["num_labels"], 1, "{config}");
+    let reward = |model: &str| {
+        let (r, _) = ws.ok(&[
+            "model",
+            "reward",
+            "--model",
+            model,
+            "--prompt",
+            "This movie was",
+            "--response",
+            " great fun.",
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+        let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+        r["rewards"][0].as_f64().unwrap()
+    };
+    let (a, b) = (reward(src.to_str().unwrap()), reward(out.to_str().unwrap()));
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    let o = ws.dagrun(&[
+        "model",
+        "export-classifier",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        ws.p("cls2").to_str().unwrap(),
+        "--head",
+        "3",
+        "--device",
+        "cpu",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("head 3 does not exist"),
+        "{err}"
+    );
+    let (help, _) = ws.ok(&["model", "export-classifier", "--help"]);
+    assert!(
+        help.contains("ForSequenceClassification") && help.contains("bias"),
+        "{help}"
+    );
+}

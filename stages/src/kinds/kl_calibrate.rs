@@ -23,9 +23,9 @@ use super::{
 };
 use crate::{
     files::write_json,
-    ml::Gpt2,
     rl::{
         calibrate::{self, Calibration, Check, FitPoint, Probe},
+        policy::{load_policy, Policy},
         ppo::train,
         rollout::Method,
         rollout::PpoModels,
@@ -416,7 +416,7 @@ struct Prober<'a> {
     device: &'a Device,
     /// The policy `Setup` loaded trains the first probe; each later one starts from a fresh
     /// copy of the reference.
-    loaded: Option<Gpt2>,
+    loaded: Option<Policy>,
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Probes trained, and planned (for progress; grows when the grid widens).
     done: u64,
@@ -444,7 +444,7 @@ impl Prober<'_> {
             .join(format!("{what}-beta{beta}-member{member}-seed{seed}"));
         let policy = match self.loaded.take() {
             Some(policy) => policy,
-            None => Gpt2::from_hf_dir(Path::new(&p.policy), &self.device.clone().autodiff())?,
+            None => load_policy(Path::new(&p.policy), &self.device.clone().autodiff())?,
         };
         let (done, total) = (self.done, self.planned.max(self.done + 1));
         let cancel = &self.cancel;

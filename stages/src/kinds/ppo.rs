@@ -1,13 +1,15 @@
-//! The `ppo` kind: PPO of a GPT-2 policy against a reward model, vanilla or variance-aware.
+//! The `ppo` kind: PPO of a policy (GPT-2, Gemma, Llama or Qwen2: [`crate::rl::policy`])
+//! against a reward model, vanilla or variance-aware.
 //! The algorithm is [`crate::rl`]: the loop and a step in [`crate::rl::ppo`], the loss in
 //! [`crate::rl::loss`]; this file is its params and the adapter that loads the models and
 //! writes the outputs.
 //!
-//! Outputs: `policy` (a Hugging Face GPT-2 folder) and `curves` (JSON: per-step KL, score,
+//! Outputs: `policy` (a Hugging Face folder of the policy's architecture, float32, with its
+//! tokenizer, `tokenizer_config.json` and `generation_config.json`) and `curves` (JSON: per-step KL, score,
 //! KL penalty, variance, losses, entropy). Checkpoints go to the node's scratch folder every
 //! `checkpoint_every` steps, so a killed node resumes where it was.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::module::Module;
@@ -22,18 +24,18 @@ use super::{
     parse_params, stage_error,
 };
 use crate::{
-    data::read_texts,
+    data::{read_texts, Message},
     files::write_json,
     ml::{
         inference::{generate::GenerateConfig, sampling::SamplingConfig},
         io::{chat::ChatTemplate, tokenizer::TextTokenizer},
         models::{gpt2_hf::TOKENIZER_FILE, hf_weights::WeightDtype},
         reward::{ReadSamples, RewardReader},
-        Gpt2,
     },
     rl::{
         calibrate::final_mean,
         loss::LossConfig,
+        policy::{load_policy, Policy},
         ppo::{train, PpoConfig, StepStats},
         rollout::{Aggregation, Method, PpoModels, RolloutConfig},
     },
@@ -43,7 +45,8 @@ use crate::{
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PpoParams {
-    /// The reference policy, also the starting point: a Hugging Face GPT-2 folder with tokenizer.json.
+    /// The reference policy, also the starting point: a Hugging Face folder with
+    /// tokenizer.json, GPT-2 or a Gemma/Llama/Qwen2 `*ForCausalLM` (trained in float32).
     pub policy: String,
     /// The K-head reward model folder.
     pub reward_model: String,
@@ -53,6 +56,18 @@ pub struct PpoParams {
     /// without the EOS that ended the response, which preference data does not have.
     #[serde(default)]
     pub rm_chat_template: Option<ChatTemplate>,
+    /// How the policy reads a prompt: `plain` (the default: the prompt's text as
+    /// `tokenizer(text)` encodes it, with the BOS a Gemma or Llama tokenizer adds and nothing
+    /// added for GPT-2), or a chat template (`model`: the policy folder's own
+    /// `tokenizer_config.json` template; or `gemma`, `llama3`, `llama3.1`, `qwen2.5`) that
+    /// renders the prompt as a user turn followed by the opening of the assistant's turn.
+    /// The reward model then reads the prompt's own text and the response as a pair.
+    #[serde(default)]
+    pub prompt_template: Option<ChatTemplate>,
+    /// Dtype the reward model is loaded and scores in (`f32` or `bf16`, Gemma/Llama/Qwen2
+    /// backbones; bf16 halves its memory). The policy and the reference train and run in f32.
+    #[serde(default)]
+    pub rm_dtype: WeightDtype,
     /// Prompts: a folder with `train` rows `{prompt}` (the `prompts` output) or a file.
     pub prompts: String,
     #[serde(default = "defaults::method")]
@@ -372,7 +387,7 @@ impl StageKind for PpoKind {
         5
     }
     fn summary(&self) -> &'static str {
-        "PPO of a GPT-2 policy against a reward ensemble, vanilla or variance-aware"
+        "PPO of a GPT-2, Gemma, Llama or Qwen2 policy against a reward ensemble, vanilla or variance-aware"
     }
     fn validate(&self, params: &Value) -> Result<(), ParamError> {
         let p: PpoParams = parse_params(&crate::data::artifact_refs_as_text(params))?;
@@ -396,7 +411,9 @@ impl StageKind for PpoKind {
         let device = node_device(ctx)?;
         let setup = Setup::load_train(&p, &device)?;
         ctx.log(format!(
-            "reward model: {} heads, chat template `{}`",
+            "policy: {}, prompts read as `{}`; reward model: {} heads, chat template `{}`",
+            setup.policy.model_type(),
+            setup.prompt_template,
             setup.models.reward.num_heads(),
             setup.rm_template
         ));
@@ -482,11 +499,13 @@ pub struct Setup {
     /// The reference policy, the reward model reading the policy's samples, sampling.
     pub models: PpoModels<'static>,
     /// The policy to train (a copy of the reference on the autodiff device).
-    pub policy: Gpt2,
+    pub policy: Policy,
     /// The prompts as the policy's token ids (an empty prompt is its end-of-text token).
     pub prompts: Vec<Vec<u32>>,
     /// The reward model's chat template.
     pub rm_template: ChatTemplate,
+    /// The policy's prompt template (`plain` unless `prompt_template` chose one).
+    pub prompt_template: ChatTemplate,
 }
 
 impl Setup {
@@ -507,10 +526,36 @@ impl Setup {
         let policy_dir = Path::new(&p.policy);
         let tok = TextTokenizer::from_file(&policy_dir.join(TOKENIZER_FILE))?;
         let eos = tok.eos_id();
+        let prompt_template = match &p.prompt_template {
+            None | Some(ChatTemplate::Plain) => ChatTemplate::Plain,
+            Some(t) => ChatTemplate::for_model(policy_dir, &tok, Some(t.clone())).map_err(|e| {
+                format!(
+                    "`prompt_template` of the policy {}: {e}",
+                    policy_dir.display()
+                )
+            })?,
+        };
+        // A prompt the policy reads with tokens around its text (a chat template's markup, the
+        // BOS a Gemma or Llama tokenizer adds) → its own text, which the reward model reads.
+        let mut own_texts = HashMap::new();
         let prompts: Vec<Vec<u32>> = prompts
             .iter()
             .map(|t| {
-                let mut ids = tok.encode(t)?;
+                let mut ids = if prompt_template.is_chat() {
+                    let text =
+                        prompt_template.render_prompt(&[Message::new("user", t.as_str())], true)?;
+                    let ids = prompt_template.encode_text(&tok, &text)?;
+                    own_texts.insert(ids.clone(), t.clone());
+                    ids
+                } else {
+                    // Plain text as `tokenizer(text)` encodes it: with the BOS its
+                    // post-processor adds (none for GPT-2's byte-level BPE).
+                    let ids = tok.encode_with_special_tokens(t)?;
+                    if ids != tok.encode(t)? {
+                        own_texts.insert(ids.clone(), t.clone());
+                    }
+                    ids
+                };
                 if ids.is_empty() {
                     ids.push(eos.unwrap_or(0));
                 }
@@ -520,7 +565,7 @@ impl Setup {
         let reader = RewardReader::load(
             Path::new(&p.reward_model),
             device,
-            WeightDtype::F32,
+            p.rm_dtype,
             p.rm_chat_template.clone(),
             p.rm_max_len,
             p.batch_size,
@@ -528,7 +573,7 @@ impl Setup {
         let rm_template = reader.input().template().clone();
         let models = PpoModels {
             device: device.clone(),
-            reference: Gpt2::from_hf_dir(policy_dir, device)?,
+            reference: load_policy(policy_dir, device)?,
             pad: tok.pad_id(),
             generate: GenerateConfig {
                 max_new_tokens: p.max_new_tokens,
@@ -539,15 +584,18 @@ impl Setup {
             reward: Box::new(ReadSamples {
                 reader,
                 policy_tokenizer: tok,
+                prompt_texts: own_texts,
+                prompts_are_turns: prompt_template.is_chat(),
             }),
             profile: false,
         };
-        let policy = Gpt2::from_hf_dir(policy_dir, &device.clone().autodiff())?;
+        let policy = load_policy(policy_dir, &device.clone().autodiff())?;
         Ok(Setup {
             models,
             policy,
             prompts,
             rm_template,
+            prompt_template,
         })
     }
 }

@@ -10,6 +10,9 @@
 //! - [`reward`]: `{"rewards": [...], "mean": x, "variance": y}` — per-head rewards of a
 //!   prompt and a response, read as every kind reads them ([`super::reward`]: the chat
 //!   template its folder implies, no truncation), their mean and sample variance (ddof 1).
+//! - [`export_classifier`]: a reward model written as a transformers
+//!   `*ForSequenceClassification` folder (one head: a member or the mean;
+//!   [`super::models::seq_cls`]).
 //!
 //! A model folder is a Hugging Face folder with a `tokenizer.json`: GPT-2, Gemma, Llama or
 //! Qwen2 (detected from `config.json`, weights single-file or sharded, loaded in the given
@@ -140,6 +143,35 @@ pub fn reward(
     let heads: Vec<f64> = scores.row(0).iter().map(|&x| x as f64).collect();
     let (mean, variance) = mean_var(&heads, 1);
     Ok(json!({"rewards": scores.row(0), "mean": mean, "variance": variance}))
+}
+
+/// Writes the reward model `model_dir` as a transformers `*ForSequenceClassification` folder
+/// `out` scoring with `head` ([`super::models::seq_cls`]). JSON: `{"out", "architecture",
+/// "head", "pad_token_id", "dropped_bias", "chat_template"}`.
+pub fn export_classifier(
+    model_dir: &Path,
+    out: &Path,
+    head: super::models::seq_cls::ScoreHead,
+    device: DeviceSpec,
+    dtype: WeightDtype,
+) -> Result<Value> {
+    let device = device.resolve()?;
+    let reader = RewardReader::load(model_dir, &device, dtype, None, usize::MAX, 1)?;
+    let e = super::models::seq_cls::save_seq_cls(
+        reader.model(),
+        model_dir,
+        reader.input().template(),
+        out,
+        head,
+    )?;
+    Ok(json!({
+        "out": out.display().to_string(),
+        "architecture": e.architecture,
+        "head": head.to_string(),
+        "pad_token_id": e.pad_token_id,
+        "dropped_bias": e.dropped_bias,
+        "chat_template": e.chat_template,
+    }))
 }
 
 /// The text of each token id (for human-readable output).

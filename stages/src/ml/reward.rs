@@ -381,11 +381,17 @@ pub trait SampleScorer {
 }
 
 /// A [`RewardReader`] reading a policy's samples as text: decoded with the policy's tokenizer
-/// ([`Exchange::sampled`]), then read as any exchange.
+/// ([`Exchange::sampled`]), then read as any exchange. A sample whose prompt ids are a key of
+/// `prompt_texts` (a prompt the policy read with tokens around its text: a chat template's
+/// markup, a BOS its tokenizer adds) is read with that prompt's own text instead, without the
+/// policy's tokens: as a pair with the decoded response when `prompts_are_turns` (chat turns),
+/// else as a sample whose text is the prompt's followed by the response as generated.
 #[derive(Debug)]
 pub struct ReadSamples {
     pub reader: RewardReader,
     pub policy_tokenizer: TextTokenizer,
+    pub prompt_texts: std::collections::HashMap<Vec<u32>, String>,
+    pub prompts_are_turns: bool,
 }
 
 impl SampleScorer for ReadSamples {
@@ -402,7 +408,20 @@ impl SampleScorer for ReadSamples {
         let exchanges = seqs
             .iter()
             .zip(prompt_lens)
-            .map(|(s, &n)| Exchange::sampled(&self.policy_tokenizer, s, n, stop_ids))
+            .map(|(s, &n)| {
+                let sampled = Exchange::sampled(&self.policy_tokenizer, s, n, stop_ids)?;
+                Ok(match self.prompt_texts.get(&s[..n.min(s.len())]) {
+                    Some(own) if self.prompts_are_turns => {
+                        Exchange::pair(own.clone(), sampled.response())
+                    }
+                    Some(own) => Exchange::Sampled {
+                        prompt: own.clone(),
+                        response: sampled.response().to_string(),
+                        text: format!("{own}{}", sampled.response()),
+                    },
+                    None => sampled,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         self.reader.score(&exchanges)
     }

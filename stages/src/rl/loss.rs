@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::policy::PolicyValue;
 use super::rollout::Sample;
 use crate::ml::inference::logprobs::next_token_logprobs_from_head;
+use crate::ml::models::backbone::LanguageModel;
 use crate::ml::{Padding, Result, TokenBatch};
 
 /// The loss's settings.
@@ -107,12 +108,12 @@ pub fn minibatch_loss(
     let ret = host2(ret, b, w, device);
     let old_lp = host2(old_lp, b, w, device);
     let old_v = host2(old_v, b, w, device);
-    let hidden = pv.lm.hidden(&batch, None)?;
+    let hidden = pv.lm.hidden_states(&batch, None)?;
     let e = hidden.dims()[2];
     // The LM head only for the positions that predict a token (the last predicts none).
     let logp = next_token_logprobs_from_head(
         hidden.clone().slice([0..b, 0..w, 0..e]),
-        pv.lm.lm_head_weight(),
+        pv.lm.lm_head_weight()?,
         &batch,
     );
     let values = pv.value.forward(hidden).slice([0..b, 0..w]);

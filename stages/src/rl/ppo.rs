@@ -116,7 +116,7 @@ struct TrainerState {
     rng: RngState,
     order: Vec<usize>,
     cursor: usize,
-    /// The policy's width (kept for checkpoints written before `PolicyValue::from_weights`).
+    /// The policy's hidden width (kept for checkpoints written before `PolicyValue::from_weights`).
     n_embd: usize,
 }
 
@@ -151,7 +151,7 @@ pub fn train(
         )));
     }
     let ad = models.device.clone().autodiff();
-    let config = policy.config().clone();
+    let width = crate::ml::models::backbone::LanguageModel::hidden_size(&policy);
     let mut adam = PpoConfig::optimizer();
     let mut rng = SeededRng::new(cfg.seed);
     let mut stats: Vec<StepStats> = Vec::new();
@@ -163,7 +163,7 @@ pub fn train(
         if let Some(ck) = checkpoint::load_latest(dir, &mut adam, &models.device)? {
             let st: TrainerState =
                 serde_json::from_value(ck.trainer).map_err(|e| MlError::json(&ck.path, e))?;
-            pv = PolicyValue::from_weights(&config, ck.weights, &ad)?;
+            pv = PolicyValue::from_weights(&pv.lm, ck.weights, &ad)?;
             stats = st.stats;
             rng = SeededRng::from_state(st.rng);
             order = st.order;
@@ -202,7 +202,7 @@ pub fn train(
                     rng: rng.state(),
                     order: order.clone(),
                     cursor,
-                    n_embd: config.n_embd,
+                    n_embd: width,
                 };
                 let state = serde_json::to_value(state).expect("the trainer state is JSON");
                 checkpoint::save(dir, done, &pv.weights(), &adam, state)?;

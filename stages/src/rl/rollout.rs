@@ -16,6 +16,7 @@ use super::policy::{Policy, PolicyValue};
 use super::timing::StepTimes;
 use crate::ml::inference::generate::{generate_timed, GenerateConfig};
 use crate::ml::inference::logprobs::token_logprobs_from_logits;
+use crate::ml::models::backbone::LanguageModel;
 use crate::ml::models::weights::to_f32_vec;
 use crate::ml::reward::SampleScorer;
 use crate::ml::rng::SeededRng;
@@ -230,8 +231,8 @@ pub fn rollout(
     let full = TokenBatch::from_rows(seqs, models.pad, Padding::Right)?;
     let t = full.len;
     let pv_eval = pv.valid();
-    let hidden = pv_eval.lm.hidden(&full, None)?;
-    let logits = pv_eval.lm.lm_logits(hidden.clone());
+    let hidden = pv_eval.lm.hidden_states(&full, None)?;
+    let logits = pv_eval.lm.logits(hidden.clone())?;
     let values = to_f32_vec(pv_eval.value.forward(hidden));
     let ent = {
         let [bb, tt, v] = logits.dims();
@@ -306,9 +307,11 @@ mod tests {
     //! KL weight or the stop token in the reward model's input would each show.
     use super::*;
     use crate::ml::inference::sampling::SamplingConfig;
+    use crate::ml::models::backbone::Backbone;
     use crate::ml::models::heads::LinearHeads;
     use crate::ml::models::reward_model::RewardModel;
     use crate::ml::models::value_head::ValueHead;
+    use crate::ml::models::weights::HostTensors;
     use crate::ml::reward::{without_stop, Scores};
     use crate::ml::Gpt2;
     use crate::rl::loss::{minibatch_loss, LossConfig};
@@ -335,14 +338,29 @@ mod tests {
         }
     }
 
-    fn fixture() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny")
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
+    /// A copy of `model` on `device` with every weight moved by a deterministic amount (a
+    /// policy that differs from its reference, else every KL is 0).
+    fn perturbed(model: &Backbone, device: &Device) -> Backbone {
+        let mut set = HostTensors::new("");
+        for (n, mut t) in model.named_weights() {
+            for (i, x) in t.values.iter_mut().enumerate() {
+                *x += 0.05 * ((i * 7919 % 13) as f32 / 6.0 - 1.0);
+            }
+            set.tensors.insert(n, t);
+        }
+        model.with_weights(set, device).unwrap()
     }
 
     /// Log-probs (f64, from the logits on the host) of `ids[1..]` given the tokens before.
-    fn logprobs_alone(lm: &Gpt2, ids: &[u32]) -> Vec<f64> {
+    fn logprobs_alone(lm: &impl LanguageModel, ids: &[u32]) -> Vec<f64> {
         let batch = TokenBatch::from_rows(&[ids.to_vec()], 0, Padding::Right).unwrap();
-        let logits = to_f32_vec(lm.forward(&batch, None).unwrap());
+        let logits = to_f32_vec(lm.logits_of(&batch, None).unwrap());
         let v = logits.len() / ids.len();
         (1..ids.len())
             .map(|i| {
@@ -364,11 +382,30 @@ mod tests {
         }
     }
 
-    fn check(method: Method) {
+    /// The rollout of a `family` policy (`gpt2`: a random GPT-2 against the fixture; a
+    /// decoder: the fixture against a perturbed copy of it), scored by a random GPT-2.
+    fn check(method: Method, family: &str) {
         let device = Device::flex();
         let ad = device.clone().autodiff();
-        let reference = Gpt2::from_hf_dir(&fixture(), &device).unwrap();
-        let config = reference.config().clone();
+        let config = Gpt2::from_hf_dir(&fixture("gpt2-tiny"), &device)
+            .unwrap()
+            .config()
+            .clone();
+        let (reference, policy): (Backbone, Backbone) = if family == "gpt2" {
+            (
+                Gpt2::from_hf_dir(&fixture("gpt2-tiny"), &device)
+                    .unwrap()
+                    .into(),
+                Gpt2::init(&config, 9, &ad).unwrap().into(),
+            )
+        } else {
+            let dir = fixture(&format!("{family}-tiny"));
+            let reference = crate::rl::policy::load_policy(&dir, &device).unwrap();
+            assert_eq!(reference.model_type(), family);
+            let policy = perturbed(&reference, &ad);
+            (reference, policy)
+        };
+        let width = reference.hidden_size();
         let vocab = config.vocab_size as u32;
         let rm = RewardModel::new(
             Gpt2::init(&config, 5, &device).unwrap(),
@@ -404,8 +441,8 @@ mod tests {
         };
         // The policy differs from the reference (else every KL is 0).
         let pv = PolicyValue {
-            lm: Gpt2::init(&config, 9, &ad).unwrap(),
-            value: ValueHead::init(config.n_embd, 3, &ad).unwrap(),
+            lm: policy,
+            value: ValueHead::init(width, 3, &ad).unwrap(),
         };
         let prompts: Vec<Vec<u32>> = vec![
             vec![300, 301],
@@ -446,10 +483,11 @@ mod tests {
             close("old log-probs", &s.old_logp, logp, 1e-4);
             let batch =
                 TokenBatch::from_rows(std::slice::from_ref(&s.ids), 0, Padding::Right).unwrap();
-            let v: Vec<f64> = to_f32_vec(value.forward(policy.hidden(&batch, None).unwrap()))
-                .into_iter()
-                .map(f64::from)
-                .collect();
+            let v: Vec<f64> =
+                to_f32_vec(value.forward(policy.hidden_states(&batch, None).unwrap()))
+                    .into_iter()
+                    .map(f64::from)
+                    .collect();
             let v = &v[resp];
             close("old values", &s.old_v, v, 1e-4);
             // The reward model reads the sequence without a closing stop token.
@@ -530,11 +568,61 @@ mod tests {
 
     #[test]
     fn a_vanilla_rollout_matches_the_method_recomputed_response_by_response() {
-        check(Method::Vanilla);
+        check(Method::Vanilla, "gpt2");
     }
 
     #[test]
     fn a_variance_aware_rollout_matches_the_method_recomputed_response_by_response() {
-        check(Method::VarianceAware);
+        check(Method::VarianceAware, "gpt2");
+    }
+
+    #[test]
+    fn a_qwen2_policy_rollout_matches_the_method_recomputed_response_by_response() {
+        check(Method::VarianceAware, "qwen2");
+    }
+
+    #[test]
+    fn a_llama_policy_rollout_matches_the_method_recomputed_response_by_response() {
+        check(Method::Vanilla, "llama");
+    }
+
+    #[test]
+    fn a_gemma_policy_rollout_matches_the_method_recomputed_response_by_response() {
+        check(Method::Vanilla, "gemma");
+    }
+
+    /// A policy's checkpoint weights (a decoder's, with the value head) load back into the
+    /// same numbers, and a classifier folder is refused as a policy, naming the folder.
+    #[test]
+    fn decoder_policy_weights_round_trip_and_a_classifier_is_no_policy() {
+        let device = Device::flex();
+        for family in ["qwen2", "llama", "gemma"] {
+            let dir = fixture(&format!("{family}-tiny"));
+            let pv = PolicyValue::new(
+                crate::rl::policy::load_policy(&dir, &device).unwrap(),
+                4,
+                &device,
+            )
+            .unwrap();
+            let set = pv.weights();
+            assert!(set.tensors.contains_key("v_head.weight"), "{family}");
+            let back = PolicyValue::from_weights(&pv.lm, set.clone(), &device).unwrap();
+            assert_eq!(back.weights().tensors, set.tensors, "{family}");
+            // A tensor missing from the checkpoint is an error naming it.
+            let mut short = set.clone();
+            short.tensors.remove("norm.weight");
+            let e = PolicyValue::from_weights(&pv.lm, short, &device)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("norm.weight"), "{e}");
+        }
+        let rm = fixture("llama-rm-tiny");
+        let e = crate::rl::policy::load_policy(&rm, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("llama-rm-tiny") && e.contains("no LM head"),
+            "{e}"
+        );
     }
 }

@@ -133,3 +133,135 @@ fn exported_decoders_load_in_transformers_with_the_same_logprobs() {
         }
     }
 }
+
+/// A K-head reward model on each backbone family, exported as a `*ForSequenceClassification`
+/// folder with one head (a member, or the mean of the heads): transformers'
+/// `AutoModelForSequenceClassification` loads it and scores the reader's token ids as dagrun
+/// does, less the dropped bias (skipped without python + transformers); dagrun loads a
+/// decoder's export back as a classifier with the same scores; a folder's own chat template
+/// travels into the export's `tokenizer_config.json`.
+#[test]
+fn a_reward_head_exports_as_a_sequence_classifier_that_scores_the_same() {
+    use burn::tensor::{Tensor, TensorData};
+    use dagrun_stages::ml::models::backbone::{Backbone, LanguageModel};
+    use dagrun_stages::ml::models::heads::LinearHeads;
+    use dagrun_stages::ml::models::hf_weights::WeightDtype;
+    use dagrun_stages::ml::models::reward_model::RewardModel;
+    use dagrun_stages::ml::models::seq_cls::{save_seq_cls, ScoreHead};
+    use dagrun_stages::ml::reward::{Exchange, RewardReader};
+    let python = python_with_transformers();
+    let device = DeviceSpec::Cpu.resolve().unwrap();
+    let exchanges = [
+        Exchange::pair("The movie was", " a delight from start to end."),
+        Exchange::pair("I think", " no."),
+        Exchange::pair("Tell me a story", " Once upon a time, a café opened."),
+    ];
+    let template = "{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}";
+    let bias = [0.25f32, -0.5, 0.75];
+    for name in ["gpt2-tiny", "gemma-tiny", "llama-tiny", "qwen2-tiny"] {
+        let src = crate::common::fixtures().join(name);
+        let backbone = Backbone::from_hf_dir(&src, &device, WeightDtype::F32).unwrap();
+        let e = backbone.hidden_size();
+        let w: Vec<f32> = (0..e * 3)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 10.0)
+            .collect();
+        let heads = LinearHeads::from_tensors(
+            Tensor::from_data(TensorData::new(w, [e, 3]), &device),
+            Tensor::from_data(TensorData::new(bias.to_vec(), [3]), &device),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let rm = dir.path().join("rm");
+        RewardModel::new(backbone, heads)
+            .unwrap()
+            .save(&rm, Some(&src.join("tokenizer.json")))
+            .unwrap();
+        let own_template = name == "qwen2-tiny";
+        if own_template {
+            let tc = serde_json::json!({"chat_template": template, "eos_token": "<|endoftext|>"});
+            std::fs::write(rm.join("tokenizer_config.json"), tc.to_string()).unwrap();
+        }
+        let reader = RewardReader::load(&rm, &device, WeightDtype::F32, None, 256, 4).unwrap();
+        let rows: Vec<Vec<u32>> = reader
+            .encode(&exchanges)
+            .unwrap()
+            .into_iter()
+            .map(|enc| enc.ids)
+            .collect();
+        let scores = reader.score(&exchanges).unwrap();
+        for (choice, label) in [(ScoreHead::Member(1), "member1"), (ScoreHead::Mean, "mean")] {
+            let out = dir.path().join(label);
+            let x =
+                save_seq_cls(reader.model(), &rm, reader.input().template(), &out, choice).unwrap();
+            let want: Vec<f64> = (0..exchanges.len())
+                .map(|r| match choice {
+                    ScoreHead::Member(k) => scores.head(r, k) - bias[k] as f64,
+                    _ => scores.mean(r) - (bias.iter().sum::<f32>() / 3.0) as f64,
+                })
+                .collect();
+            let dropped = match choice {
+                ScoreHead::Member(k) => bias[k],
+                _ => bias.iter().sum::<f32>() / 3.0,
+            };
+            assert!((x.dropped_bias - dropped).abs() < 1e-6, "{name}: {x:?}");
+            let config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                    .unwrap();
+            assert_eq!(config["architectures"][0], x.architecture.as_str());
+            assert!(
+                x.architecture.ends_with("ForSequenceClassification"),
+                "{x:?}"
+            );
+            assert_eq!(config["num_labels"], 1, "{config}");
+            assert_eq!(config["pad_token_id"], x.pad_token_id, "{config}");
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+            ] {
+                assert!(out.join(f).is_file(), "{name}: no {f}");
+            }
+            let tc: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap(),
+            )
+            .unwrap();
+            if own_template {
+                assert_eq!(tc["chat_template"], template, "{name}");
+            }
+            // dagrun reads a decoder's export back as a one-label classifier.
+            if name != "gpt2-tiny" {
+                let back =
+                    RewardReader::load(&out, &device, WeightDtype::F32, None, 256, 4).unwrap();
+                assert_eq!(back.num_heads(), 1);
+                let got = back.score(&exchanges).unwrap();
+                for (r, w) in want.iter().enumerate() {
+                    let g = got.head(r, 0);
+                    assert!((g - w).abs() < 1e-4, "{name} {label} row {r}: {g} vs {w}");
+                }
+            }
+            let Some(py) = &python else { continue };
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/hf_seq_cls.py");
+            let output = std::process::Command::new(py)
+                .arg(script)
+                .arg(&out)
+                .arg(serde_json::to_string(&rows).unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "hf_seq_cls.py failed on {name}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let hf: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(hf["architecture"], x.architecture.as_str(), "{hf}");
+            assert_eq!(hf["num_labels"], 1, "{hf}");
+            if own_template {
+                assert_eq!(hf["chat_template"], template, "{hf}");
+            }
+            for (r, w) in want.iter().enumerate() {
+                let h = hf["scores"][r][0].as_f64().unwrap();
+                println!("{name} {label} row {r}: transformers {h:.6}, dagrun {w:.6}");
+                assert!((h - w).abs() < 1e-4, "{name} {label} row {r}: {h} vs {w}");
+            }
+        }
+    }
+}

@@ -18,7 +18,8 @@ use crate::ml::models::decoder::{Decoder, LmHead};
 use crate::ml::models::decoder_hf::{decoder_config, load_decoder, model_kind};
 use crate::ml::models::gpt2::Gpt2;
 use crate::ml::models::gpt2_hf::CONFIG_FILE;
-use crate::ml::models::hf_weights::WeightDtype;
+use crate::ml::models::hf_weights::{NamedTensor, WeightDtype};
+use crate::ml::models::weights::{HostTensor, HostTensors};
 
 /// A causal transformer: hidden states, LM logits, KV-cache decoding.
 pub trait LanguageModel: Module {
@@ -129,6 +130,67 @@ impl Backbone {
                 let loaded = load_decoder(dir, &config, head, dtype, device, keep)?;
                 Ok(Backbone::Decoder(loaded.model))
             }
+        }
+    }
+
+    /// A causal LM to generate from and train (a policy): the folder loaded as
+    /// [`Backbone::from_hf_dir`] does, refusing one without an LM head (a sequence
+    /// classifier, a headless `*Model` with untied embeddings) with an error naming it.
+    pub fn causal_lm_from_hf_dir(dir: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
+        let model = Self::from_hf_dir(dir, device, dtype)?;
+        if let Backbone::Decoder(d) = &model {
+            if !d.has_lm_head() {
+                return Err(MlError::Invalid(format!(
+                    "{}: this {} folder has no LM head (a sequence classifier or a headless \
+                     model with untied embeddings), so it cannot be a policy: give a \
+                     `*ForCausalLM` folder",
+                    dir.display(),
+                    d.config().model_type
+                )));
+            }
+        }
+        Ok(model)
+    }
+
+    /// The Hugging Face `model_type` (`gpt2`, `llama`, `gemma`, `qwen2`).
+    pub fn model_type(&self) -> &str {
+        match self {
+            Backbone::Gpt2(_) => "gpt2",
+            Backbone::Decoder(d) => &d.config().model_type,
+        }
+    }
+
+    /// Every weight on the host (widened to f32) under its Hugging Face name without the
+    /// model prefix: the names a training checkpoint stores.
+    pub fn named_weights(&self) -> Vec<(String, HostTensor)> {
+        match self {
+            Backbone::Gpt2(m) => m.named_weights(),
+            Backbone::Decoder(d) => d
+                .named_tensors()
+                .into_iter()
+                .map(|t| match t {
+                    NamedTensor::Rank1(n, t) => (n, HostTensor::from_tensor(&t)),
+                    NamedTensor::Rank2(n, t) => (n, HostTensor::from_tensor(&t)),
+                })
+                .collect(),
+        }
+    }
+
+    /// A model of this one's architecture, configuration and dtype with the weights of `set`
+    /// (named as [`Backbone::named_weights`] names them), on `device`.
+    pub fn with_weights(&self, set: HostTensors, device: &Device) -> Result<Self> {
+        Ok(match self {
+            Backbone::Gpt2(m) => Backbone::Gpt2(Gpt2::from_tensors(m.config(), set, device)?),
+            Backbone::Decoder(d) => Backbone::Decoder(d.with_host_weights(set, device)?),
+        })
+    }
+
+    /// The LM head's matrix `[vocab, hidden]` (the token embedding when tied), for the
+    /// training path's vocabulary-major log-probs.
+    pub fn lm_head_weight(&self) -> Result<Tensor<2>> {
+        match self {
+            Backbone::Gpt2(m) => Ok(m.lm_head_weight()),
+            Backbone::Decoder(d) => d.lm_head_weight(),
         }
     }
 

@@ -40,6 +40,7 @@ use crate::ml::error::{MlError, Result};
 use crate::ml::io::batch::TokenBatch;
 use crate::ml::models::attention::{extend, KvCache, LayerKv};
 use crate::ml::models::hf_weights::{NamedTensor, WeightDtype};
+use crate::ml::models::weights::HostTensors;
 use crate::ml::ops::attention as attend;
 
 /// Llama 3.1's frequency-dependent rope scaling (`rope_type: "llama3"`).
@@ -564,6 +565,44 @@ impl Decoder {
         out
     }
 
+    /// A decoder of this one's configuration, head and dtype with the weights of `set` (named
+    /// as [`Decoder::named_tensors`] names them: a training checkpoint), on `device`. A
+    /// missing or misshapen tensor, or one left unused, is an error naming it.
+    pub fn with_host_weights(&self, set: HostTensors, device: &Device) -> Result<Self> {
+        struct Host<'a> {
+            set: HostTensors,
+            dtype: WeightDtype,
+            device: &'a Device,
+        }
+        impl DecoderWeights for Host<'_> {
+            fn get<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+                let t = self.set.take_tensor(name, shape, self.device)?;
+                Ok(match self.dtype {
+                    WeightDtype::F32 => t,
+                    WeightDtype::Bf16 => t.cast(FloatDType::BF16),
+                })
+            }
+        }
+        let head = if self.lm_head.is_some() {
+            LmHead::FromConfig
+        } else {
+            LmHead::None
+        };
+        let mut src = Host {
+            set,
+            dtype: self.dtype,
+            device,
+        };
+        let model = Decoder::build(&self.config, head, self.dtype, &mut src)?;
+        if !src.set.tensors.is_empty() {
+            return Err(MlError::UnexpectedTensors {
+                path: src.set.path.clone(),
+                names: src.set.tensors.keys().cloned().collect(),
+            });
+        }
+        Ok(model)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &DecoderConfig {
         &self.config
@@ -624,9 +663,10 @@ impl Decoder {
         Ok(self.norm.forward(x))
     }
 
-    /// Float32 logits over the vocabulary for hidden states `[b, t, hidden]`.
-    pub fn lm_logits(&self, hidden: Tensor<3>) -> Result<Tensor<3>> {
-        let head = match (&self.lm_head, self.config.tie_word_embeddings) {
+    /// The LM head's matrix `[vocab, hidden]`: the untied head, or the token embedding when
+    /// tied; an error when the model has none.
+    pub fn lm_head_weight(&self) -> Result<Tensor<2>> {
+        Ok(match (&self.lm_head, self.config.tie_word_embeddings) {
             (Some(w), _) => w.val(),
             (None, true) => self.embed_tokens.val(),
             (None, false) => {
@@ -636,7 +676,12 @@ impl Decoder {
                     self.config.model_type
                 )))
             }
-        };
+        })
+    }
+
+    /// Float32 logits over the vocabulary for hidden states `[b, t, hidden]`.
+    pub fn lm_logits(&self, hidden: Tensor<3>) -> Result<Tensor<3>> {
+        let head = self.lm_head_weight()?;
         let [b, t, e] = hidden.dims();
         let v = head.dims()[0];
         Ok(hidden

@@ -669,6 +669,20 @@ mod tests {
         assert_eq!(c.eos_token_ids, vec![151645]);
         // Qwen2.5-0.5B: 494,032,768 parameters (the model card's 0.49B).
         assert_eq!(c.num_params(), 494_032_768);
+        // Qwen2.5-1.5B (the same config but for these sizes): 1,543,714,304 (docs/models.md
+        // computes PPO's memory from both counts).
+        let mut v15 = qwen25_05b();
+        for (k, x) in [
+            ("hidden_size", 1536),
+            ("intermediate_size", 8960),
+            ("num_attention_heads", 12),
+            ("num_hidden_layers", 28),
+        ] {
+            v15[k] = x.into();
+        }
+        let c15 = decoder_config(&v15, Path::new("config.json")).unwrap();
+        assert_eq!(c15.head_dim, 128);
+        assert_eq!(c15.num_params(), 1_543_714_304);
         // Written back for transformers: Qwen2's own keys, no `attention_bias`.
         let out = config_json(&c, true, WeightDtype::Bf16);
         assert_eq!(out["architectures"][0], "Qwen2ForCausalLM");
