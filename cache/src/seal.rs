@@ -9,10 +9,21 @@
 //! index made durable, so on open an index whose generation is behind the file's has
 //! lost durable writes: that is reported (and kept in `meta-v1` until `cache verify`
 //! shows it), and whatever was lost counts as absent — its nodes run again.
+//!
+//! The file is [`SEAL_LEN`] bytes rewritten in place (one positioned write, no temp file
+//! and rename: a flush per commit group would otherwise create and delete an inode each
+//! time, which ext4 makes slower with every one, docs/benchmarks.md, issue 19): the JSON
+//! mark, a line with the first 16 hex digits of its blake3 hash, and spaces. A mark whose
+//! hash does not match (a write torn by a power loss) counts as no seal, as a missing file
+//! does: nothing is checked that once, and nothing is reported that did not happen. A
+//! file of earlier versions (the JSON alone) is read as it was written.
 
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
 };
 
 use chrono::{DateTime, Utc};
@@ -61,10 +72,39 @@ impl std::fmt::Display for IndexDamage {
     }
 }
 
+/// The length of the seal file.
+pub const SEAL_LEN: usize = 160;
+
+/// The seal file's bytes for `mark`.
+fn encode(mark: &Mark) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(mark).expect("serialises");
+    let sum = crate::hash_bytes(&bytes).to_hex()[..16].to_string();
+    bytes.push(b'\n');
+    bytes.extend_from_slice(sum.as_bytes());
+    bytes.push(b'\n');
+    bytes.resize(SEAL_LEN.max(bytes.len()), b' ');
+    bytes
+}
+
+/// The mark in a seal file's bytes; `None` when they hold none (torn, damaged, empty).
+fn decode(bytes: &[u8]) -> Option<Mark> {
+    let text = std::str::from_utf8(bytes).ok()?.trim_end_matches(' ');
+    match text.split_once('\n') {
+        Some((json, rest)) => {
+            let sum = rest.strip_suffix('\n')?;
+            (crate::hash_bytes(json.as_bytes()).to_hex()[..16] == *sum)
+                .then(|| serde_json::from_str(json).ok())
+                .flatten()
+        }
+        // Earlier versions: the JSON alone, written whole by a rename.
+        None => serde_json::from_str(text).ok(),
+    }
+}
+
 pub(crate) struct Seal {
     file: PathBuf,
-    /// Where the file is written before it is renamed into place.
-    tmp: PathBuf,
+    /// The file, open for writing once the first mark is written.
+    handle: Mutex<Option<std::fs::File>>,
     meta: sled::Tree,
     generation: AtomicU64,
 }
@@ -72,23 +112,17 @@ pub(crate) struct Seal {
 impl Seal {
     /// Compares the index with its seal file; returns the seal and any damage found (also
     /// noted in the index until [`Seal::take_damage`]).
-    pub(crate) fn open(
-        dir: &Path,
-        tmp: &Path,
-        meta: sled::Tree,
-    ) -> Result<(Seal, Option<IndexDamage>)> {
+    pub(crate) fn open(dir: &Path, meta: sled::Tree) -> Result<(Seal, Option<IndexDamage>)> {
         let file = dir.join("db-seal");
         let inside: Mark = meta
             .get(GEN_KEY)
             .map_err(db_err)?
             .and_then(|v| serde_json::from_slice(&v).ok())
             .unwrap_or_default();
-        let outside: Option<Mark> = std::fs::read(&file)
-            .ok()
-            .and_then(|v| serde_json::from_slice(&v).ok());
+        let outside: Option<Mark> = std::fs::read(&file).ok().and_then(|v| decode(&v));
         let seal = Seal {
             file,
-            tmp: tmp.to_path_buf(),
+            handle: Mutex::new(None),
             meta,
             generation: AtomicU64::new(inside.generation),
         };
@@ -146,17 +180,26 @@ impl Seal {
     }
 
     fn write_file(&self, mark: Mark) {
-        // A temp file and a rename: the seal is whole or absent (then nothing is checked).
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let tmp = self.tmp.join(format!(
-            "seal-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let ok = std::fs::write(&tmp, serde_json::to_vec(&mark).expect("serialises"))
-            .and_then(|_| std::fs::rename(&tmp, &self.file));
-        if let Err(e) = ok {
-            let _ = std::fs::remove_file(&tmp);
+        use std::os::unix::fs::FileExt;
+        let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        let written = (|| -> std::io::Result<()> {
+            if handle.is_none() {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&self.file)?;
+                // A longer file of another version: its tail would outlive the mark.
+                f.set_len(SEAL_LEN as u64)?;
+                *handle = Some(f);
+            }
+            handle
+                .as_ref()
+                .expect("just opened")
+                .write_all_at(&encode(&mark), 0)
+        })();
+        if let Err(e) = written {
+            *handle = None;
             tracing::debug!("cannot write {}: {e}", self.file.display());
         }
     }
@@ -168,5 +211,69 @@ impl Seal {
             .remove(DAMAGE_KEY)
             .map_err(db_err)?
             .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_round_trips_and_a_torn_one_is_no_seal() {
+        let mark = Mark {
+            generation: 41,
+            at: Some(Utc::now()),
+        };
+        let bytes = encode(&mark);
+        assert_eq!(bytes.len(), SEAL_LEN);
+        assert_eq!(decode(&bytes), Some(mark));
+        // A torn write: the new mark's first bytes over the old one's last.
+        let old_mark = Mark {
+            generation: 9,
+            at: Some(Utc::now()),
+        };
+        let older = encode(&old_mark);
+        for cut in [1, 12, 20, 40, 70, 90, 120] {
+            let mut torn = bytes[..cut].to_vec();
+            torn.extend_from_slice(&older[cut..]);
+            if torn != older && torn != bytes {
+                let got = decode(&torn);
+                // Never a mark that was not written.
+                assert!(
+                    got.is_none() || got == Some(mark) || got == Some(old_mark),
+                    "cut at {cut}: {got:?}"
+                );
+            }
+        }
+        let mut flipped = bytes.clone();
+        flipped[15] ^= 1;
+        assert_eq!(decode(&flipped), None);
+        assert_eq!(decode(b""), None);
+        assert_eq!(decode(&[b' '; SEAL_LEN]), None);
+        // An earlier version's file: the JSON alone.
+        let old = serde_json::to_vec(&mark).unwrap();
+        assert_eq!(decode(&old), Some(mark));
+    }
+
+    #[test]
+    fn the_seal_is_rewritten_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let meta = db.open_tree("meta-v1").unwrap();
+        let file = dir.path().join("db-seal");
+        // A longer file of another version is cut to length.
+        std::fs::write(&file, vec![b'x'; 400]).unwrap();
+        let (seal, damage) = Seal::open(dir.path(), meta).unwrap();
+        assert!(damage.is_none());
+        let ino = std::fs::metadata(&file).unwrap().ino();
+        for _ in 0..3 {
+            let g = seal.next().unwrap();
+            seal.sealed(g);
+            let bytes = std::fs::read(&file).unwrap();
+            assert_eq!(bytes.len(), SEAL_LEN);
+            assert_eq!(decode(&bytes).map(|m| m.generation), Some(g));
+            assert_eq!(std::fs::metadata(&file).unwrap().ino(), ino);
+        }
     }
 }

@@ -135,7 +135,7 @@ impl Cache {
                 source,
             })
         };
-        let (seal, damage) = Seal::open(dir, &tmp, tree("meta-v1")?)?;
+        let (seal, damage) = Seal::open(dir, tree("meta-v1")?)?;
         if let Some(d) = &damage {
             tracing::warn!("{d}");
         }

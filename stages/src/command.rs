@@ -143,11 +143,25 @@ impl StageKind for CommandKind {
         }
         let ctx_ref: &StageContext = ctx;
         let curves = crate::tensorboard::Curves::for_node(ctx_ref);
-        let (status, reported) = std::thread::scope(|s| {
-            let pumping = s.spawn(|| pump(ctx_ref, reader, curves));
-            let status = wait_or_cancel(child, pid, || ctx_ref.cancelled());
-            (status, pumping.join().unwrap_or_default())
-        });
+        let cancelled = || ctx_ref.cancelled();
+        let (status, reported) = match ExitWatch::open(pid) {
+            // Linux: this thread reads the output and sees the exit, through `poll`.
+            Some(watch) => {
+                let mut out = Watched {
+                    reader,
+                    watch,
+                    cancel: Escalation::new(pid, &cancelled),
+                };
+                let reported = pump(ctx_ref, &mut out, curves);
+                (out.exit(child), reported)
+            }
+            // Elsewhere: a thread reads, another waits.
+            None => std::thread::scope(|s| {
+                let pumping = s.spawn(|| pump(ctx_ref, reader, curves));
+                let status = wait_or_cancel(child, pid, cancelled);
+                (status, pumping.join().unwrap_or_default())
+            }),
+        };
         let status = status?;
         if ctx.cancelled() {
             return Err(Box::new(Cancelled));
@@ -169,45 +183,169 @@ impl StageKind for CommandKind {
     }
 }
 
-/// How often a running command checks for Ctrl-C. Its exit is not polled: a thread
-/// blocked in `wait` reports it the moment it happens.
+/// How often a running command checks for Ctrl-C. Its exit is not polled: it is seen the
+/// moment it happens (a `poll` on its pidfd, or a thread blocked in `wait`).
 const CANCEL_CHECK: Duration = Duration::from_millis(50);
+
+/// Ctrl-C for one command: once `cancelled` says so, the group gets SIGTERM, then SIGKILL
+/// after 3 s. [`Escalation::check`] is called every [`CANCEL_CHECK`] at most.
+struct Escalation<'a> {
+    pid: i32,
+    cancelled: &'a dyn Fn() -> bool,
+    term_sent: Option<Instant>,
+}
+
+impl<'a> Escalation<'a> {
+    fn new(pid: i32, cancelled: &'a dyn Fn() -> bool) -> Self {
+        Escalation {
+            pid,
+            cancelled,
+            term_sent: None,
+        }
+    }
+
+    fn check(&mut self) {
+        if !(self.cancelled)() {
+            return;
+        }
+        match self.term_sent {
+            None => {
+                signal_group(self.pid, libc::SIGTERM);
+                self.term_sent = Some(Instant::now());
+            }
+            Some(t) if t.elapsed() > Duration::from_secs(3) => {
+                signal_group(self.pid, libc::SIGKILL)
+            }
+            _ => {}
+        }
+    }
+}
 
 /// Waits for `child` (the leader of process group `pid`) to exit. A thread blocks in
 /// `wait`, so the exit is seen at once; meanwhile this thread checks `cancelled` every
-/// [`CANCEL_CHECK`] and, once it is set, sends the group SIGTERM, then SIGKILL after 3 s.
-/// Returns `None` when the command's exit status could not be had.
+/// [`CANCEL_CHECK`] ([`Escalation`]). Returns `None` when the command's exit status could
+/// not be had. (Where [`ExitWatch`] works, the command's own thread does all of this.)
 fn wait_or_cancel(
     mut child: std::process::Child,
     pid: i32,
     cancelled: impl Fn() -> bool,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut cancel = Escalation::new(pid, &cancelled);
     std::thread::scope(|s| {
         s.spawn(move || {
             let _ = tx.send(child.wait());
         });
-        let mut term_sent: Option<Instant> = None;
         loop {
             match rx.recv_timeout(CANCEL_CHECK) {
                 Ok(status) => return status.map(Some),
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
-            if cancelled() {
-                match term_sent {
-                    None => {
-                        signal_group(pid, libc::SIGTERM);
-                        term_sent = Some(Instant::now());
-                    }
-                    Some(t) if t.elapsed() > Duration::from_secs(3) => {
-                        signal_group(pid, libc::SIGKILL)
-                    }
-                    _ => {}
-                }
-            }
+            cancel.check();
         }
     })
+}
+
+/// The command's exit as a file descriptor (Linux's `pidfd_open`, 5.3+): readable once the
+/// leader has exited. With it, one thread reads the output and sees the exit, both through
+/// `poll`, with no thread started per command (two fewer a node than [`wait_or_cancel`]
+/// and a reading thread: a cost on the critical path of a run of short commands,
+/// docs/benchmarks.md, issue 19).
+struct ExitWatch {
+    fd: std::os::fd::OwnedFd,
+    exited: bool,
+}
+
+impl ExitWatch {
+    /// `None` where there is no `pidfd_open` (another OS, an older kernel).
+    #[cfg(target_os = "linux")]
+    fn open(pid: i32) -> Option<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open of our own unreaped child; the pid cannot be reused before
+        // we reap it.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        Some(ExitWatch { fd, exited: false })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open(_pid: i32) -> Option<Self> {
+        None
+    }
+
+    /// Waits until `out` (if given) is readable or closed, or the leader has exited, at
+    /// most [`CANCEL_CHECK`]. Returns whether `out` is ready.
+    fn poll(&mut self, out: Option<std::os::fd::RawFd>) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut fds = [
+            libc::pollfd {
+                fd: out.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                // A negative descriptor is ignored by poll.
+                fd: if self.exited { -1 } else { self.fd.as_raw_fd() },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = CANCEL_CHECK.as_millis() as libc::c_int;
+        // SAFETY: two valid pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::Interrupted => Ok(false),
+                _ => Err(e),
+            };
+        }
+        if fds[1].revents != 0 {
+            self.exited = true;
+        }
+        Ok(out.is_some() && fds[0].revents != 0)
+    }
+}
+
+/// The command's output, read by the thread that also watches the exit and Ctrl-C.
+struct Watched<'a> {
+    reader: std::io::PipeReader,
+    watch: ExitWatch,
+    cancel: Escalation<'a>,
+}
+
+impl Watched<'_> {
+    /// Once the output has ended: waits for the leader's exit (still checking Ctrl-C),
+    /// then reaps it.
+    fn exit(
+        mut self,
+        mut child: std::process::Child,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        while !self.watch.exited {
+            self.watch.poll(None)?;
+            self.cancel.check();
+        }
+        child.wait().map(Some)
+    }
+}
+
+impl std::io::Read for Watched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // Before every wait: a command that never stops writing is still stopped by
+            // Ctrl-C (the check is one atomic load until it is set).
+            self.cancel.check();
+            if self.watch.poll(Some(self.reader.as_raw_fd()))? {
+                return self.reader.read(buf);
+            }
+        }
+    }
 }
 
 /// Sends `sig` to the process group `pgid` (the command and what it started). Linux
