@@ -45,6 +45,7 @@
 #              uses `dvc repro` where its estimate fits in DAGRUN_BENCH_LIMIT.
 set -euo pipefail
 
+# DAGRUN_BENCH_NICED=1 set by the caller: no `nice` (a machine kept quiet otherwise).
 if [ -z "${DAGRUN_BENCH_NICED:-}" ]; then
     # Shared machine: everything, every tool alike, runs at lower priority.
     DAGRUN_BENCH_NICED=1 exec nice -n 10 bash "$0" "$@"
@@ -473,7 +474,7 @@ versions() {
     echo "### Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB memory, $(uname -sr)"
-    echo "- load average (1, 5, 15 min): $LOAD_BEFORE before, $LOAD_AFTER after; everything ran under \`nice -n 10\`"
+    echo "- load average (1, 5, 15 min): $LOAD_BEFORE before, $LOAD_AFTER after; every tool ran at niceness $(nice) (\`DAGRUN_BENCH_NICED\` set beforehand skips the \`nice -n 10\`)"
     echo "- chain and fan-out: $N nodes; sweep: $SWEEP nodes; dagrun: 3 warm-up + $RUNS timed runs, DVC and Snakemake: 1 warm-up + $RUNS_SLOW timed runs"
     echo "- whole benchmark: $(((T_END - T_START) / 60)) min $(((T_END - T_START) % 60)) s"
     versions
