@@ -237,7 +237,10 @@ impl StageKind for LmPretrainKind {
             if let Some(k) = FIXED_BY_INIT.iter().find(|k| params.get(**k).is_some()) {
                 return Err(ParamError::at(
                     k,
-                    "comes from the `init` model (its config.json and tokenizer); leave it out",
+                    format!(
+                        "`{k}` comes from the `init` model (its config.json and tokenizer); \
+                         leave it out"
+                    ),
                 ));
             }
         }
