@@ -537,13 +537,16 @@ mod tests {
                     group: g.into(),
                     mean_reward: x,
                     std_reward: 0.1,
+                    first_prompt: String::new(),
                 });
             }
         }
         JudgeResults {
             judge: "test".into(),
             prompts: 10,
+            prompt_template: "plain".into(),
             reference,
+            reference_first_prompt: String::new(),
             groups: summarize(reference, &policies),
             policies,
         }

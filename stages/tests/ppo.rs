@@ -63,6 +63,54 @@ fn params(rm: &Path, method: Method) -> PpoParams {
     serde_json::from_value(v).unwrap()
 }
 
+/// `judge_eval` reads a policy's prompts as `ppo` trained it on them: the same template and
+/// ids as `setup` (a `ppo` node's, from `p`), and a reward-model judge scores the answers
+/// (read as the prompt's own text and the response) exactly as PPO's reward model scores the
+/// same sampled sequences.
+fn judged_as_trained(setup: &Setup, p: &PpoParams, texts: &[String]) {
+    use dagrun_stages::rl::judge::{sample_answers, AnswerConfig, Judge};
+    let cfg = AnswerConfig {
+        max_new_tokens: 3,
+        temperature: 1.0,
+        batch_size: 2,
+        seed: 3,
+        prompt_template: p.prompt_template.clone(),
+    };
+    let answers = sample_answers(Path::new(&p.policy), texts, &cfg, &Device::flex()).unwrap();
+    assert_eq!(answers.template, setup.prompt_template);
+    assert_eq!(answers.prompt_ids, setup.prompts);
+    assert_eq!(answers.sequences.len(), texts.len());
+    for (e, t) in answers.exchanges.iter().zip(texts) {
+        assert_eq!(e.prompt(), t, "the judge reads the prompt's own text");
+    }
+    // One batch each (as many rows as PPO's reward batches): the same floats.
+    let reader = dagrun_stages::ml::reward::RewardReader::load(
+        Path::new(&p.reward_model),
+        &Device::flex(),
+        p.rm_dtype,
+        p.rm_chat_template.clone(),
+        p.rm_max_len,
+        p.batch_size,
+    )
+    .unwrap();
+    let judged = Judge::Model { reader, head: None }
+        .score(&answers.exchanges)
+        .unwrap();
+    let ppo = setup
+        .models
+        .reward
+        .score_samples(
+            &answers.sequences,
+            &answers.prompt_lens,
+            &setup.models.generate.stop_ids,
+        )
+        .unwrap();
+    assert_eq!(judged.len(), ppo.len());
+    for (i, j) in judged.iter().enumerate() {
+        assert_eq!(*j, ppo.mean(i), "answer {i}");
+    }
+}
+
 fn prompts() -> Vec<String> {
     [
         "hello there",
@@ -292,6 +340,8 @@ fn a_chat_prompt_template_renders_prompts_and_the_reward_model_reads_their_own_t
         chat.prompts[0],
         tok.encode("user: hello there\nassistant:").unwrap()
     );
+    // `judge_eval` with the same `prompt_template` reads them the same way.
+    judged_as_trained(&chat, &p, &texts);
     // A sample after a rendered prompt is scored as the pair (own prompt, response).
     let response = tok.encode(" it was good").unwrap();
     let seq: Vec<u32> = [&chat.prompts[1][..], &response[..]].concat();
@@ -364,6 +414,8 @@ fn a_plain_prompt_gets_the_bos_the_policy_tokenizer_adds_and_the_reward_model_do
     let setup = Setup::load(&p, &texts, &Device::flex()).unwrap();
     let plain = tok.encode("the movie").unwrap();
     assert_eq!(setup.prompts[1], [&[bos][..], &plain[..]].concat());
+    // `judge_eval` reads them the same way (with the BOS; the judge without it).
+    judged_as_trained(&setup, &p, &texts);
     let response = tok.encode(" it was good").unwrap();
     let seq: Vec<u32> = [&setup.prompts[1][..], &response[..]].concat();
     let got = setup

@@ -4,7 +4,9 @@
 //! 320-token vocabulary, so the reward model reads the policies' decoded text with the same
 //! tokenizer). Each PPO node's steps are checked as the GPT-2 path's are: finite losses and
 //! KL in its curves, its final metrics, and its exported policy folder, which `dagrun model`
-//! loads (and transformers too, where `DAGRUN_PYTHON` can import it).
+//! loads (and transformers too, where `DAGRUN_PYTHON` can import it). The policies read their
+//! prompts in a chat template of their folders (`prompt_template: model`), and `judge_eval`
+//! samples their answers the same way.
 
 use std::path::Path;
 
@@ -85,8 +87,57 @@ stages:
       max_new_tokens: 8
       rm_max_len: 96
       checkpoint_every: 1
+      prompt_template: model
       seed: 1
+  tuned:
+    kind: lm_pretrain
+    desc: the Qwen2 policy fine-tuned on the task's corpus (causal LM from its folder)
+    deps: [models]
+    params:
+      corpus: ${stages.task.corpus}
+      init: models/qwen2
+      seq_len: 32
+      batch_size: 8
+      steps: 4
+      lr: 1.0e-3
+      warmup_steps: 1
+      checkpoint_every: 2
+      seed: 0
+  ppo_tuned:
+    kind: ppo
+    desc: PPO from the fine-tuned Qwen2
+    params:
+      policy: ${stages.tuned.model}
+      reward_model: ${stages.head_ensemble.model}
+      prompts: ${stages.prompts.prompts}
+      beta: 0.1
+      lr: 5.0e-4
+      batch_size: 8
+      mini_batch_size: 4
+      steps: 2
+      max_new_tokens: 8
+      rm_max_len: 96
+      prompt_template: model
+      seed: 1
+  judge:
+    kind: judge_eval
+    desc: the policies answer as they were trained, in their chat template
+    deps: [models]
+    params:
+      policies: ${stages.ppo.policy}
+      reference: models/qwen2
+      prompts: ${stages.prompts.prompts}
+      judge_model: ${stages.head_ensemble.model}
+      prompt_template: model
+      max_prompts: 4
+      max_new_tokens: 4
+      batch_size: 4
+      judge_max_len: 96
 "#;
+
+/// A chat template the tiny fixtures' tokenizer can write (it has no chat markup tokens).
+const CHAT_TEMPLATE: &str = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}\
+                             {% if add_generation_prompt %}assistant:{% endif %}";
 
 /// Python that imports transformers, or `None` (printing why).
 fn python_with_transformers() -> Option<String> {
@@ -115,6 +166,13 @@ fn qwen2_and_llama_policies_train_with_ppo_against_a_gemma_backed_ensemble() {
     ] {
         copy_dir(&fixtures.join(from), &ws.p(to));
     }
+    for family in ["qwen2", "llama"] {
+        ws.write(
+            &format!("models/{family}/tokenizer_config.json"),
+            &serde_json::json!({"chat_template": CHAT_TEMPLATE, "eos_token": "<|endoftext|>"})
+                .to_string(),
+        );
+    }
     ws.write("p.yaml", PIPELINE);
     let ran = ws.run(&["p.yaml"]);
     let nodes: Vec<String> = ["qwen2", "llama"]
@@ -125,11 +183,13 @@ fn qwen2_and_llama_policies_train_with_ppo_against_a_gemma_backed_ensemble() {
                 .map(move |m| format!("ppo[family={f},method={m}]"))
         })
         .collect();
-    for node in nodes
-        .iter()
-        .map(String::as_str)
-        .chain(["backbone", "head_ensemble"])
-    {
+    for node in nodes.iter().map(String::as_str).chain([
+        "backbone",
+        "head_ensemble",
+        "judge",
+        "tuned",
+        "ppo_tuned",
+    ]) {
         assert!(ran.contains(node), "{node} did not run: {ran:?}");
     }
     let py = python_with_transformers();
@@ -231,6 +291,42 @@ fn qwen2_and_llama_policies_train_with_ppo_against_a_gemma_backed_ensemble() {
             );
         }
     }
+    // The judge sampled every policy's answers (and the reference's) with the prompts in the
+    // chat template the policy was trained with, not as plain text.
+    ws.ok(&["export", "judge", ws.p("judged").to_str().unwrap()]);
+    let judged: serde_json::Value = serde_json::from_str(&ws.read("judged/results")).unwrap();
+    assert_eq!(judged["prompt_template"], "model", "{judged}");
+    let rendered = |v: &serde_json::Value| {
+        let s = v.as_str().unwrap_or_default();
+        s.starts_with("user: ") && s.ends_with("\nassistant:") && s.len() > 17
+    };
+    assert!(rendered(&judged["reference_first_prompt"]), "{judged}");
+    let policies = judged["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), nodes.len(), "{judged}");
+    for p in policies {
+        assert!(rendered(&p["first_prompt"]), "{p}");
+        assert_eq!(p["first_prompt"], judged["reference_first_prompt"], "{p}");
+        assert!(p["mean_reward"].as_f64().is_some_and(f64::is_finite), "{p}");
+    }
+    // `lm_pretrain` fine-tuned the Qwen2 folder into a Qwen2 folder with its tokenizer files
+    // (the chat template too), which PPO took as its policy.
+    ws.ok(&["export", "tuned", ws.p("tuned").to_str().unwrap()]);
+    let config: serde_json::Value =
+        serde_json::from_str(&ws.read("tuned/model/config.json")).unwrap();
+    assert_eq!(config["model_type"], "qwen2", "{config}");
+    assert_eq!(
+        ws.read("tuned/model/tokenizer_config.json"),
+        ws.read("models/qwen2/tokenizer_config.json")
+    );
+    let (show, _) = ws.ok(&["show", "tuned"]);
+    assert!(show.contains("final_loss"), "{show}");
+    ws.ok(&["export", "ppo_tuned", ws.p("ppo_tuned").to_str().unwrap()]);
+    let curves: serde_json::Value = serde_json::from_str(&ws.read("ppo_tuned/curves")).unwrap();
+    assert_eq!(
+        curves["steps"].as_array().map(Vec::len),
+        Some(2),
+        "{curves}"
+    );
     // Fully cached the second time.
     assert!(ws.run(&["p.yaml"]).is_empty());
 }

@@ -7,7 +7,8 @@
 //! dagrun's heads on any backbone, or a Hugging Face Llama/Gemma `*ForSequenceClassification`
 //! folder such as the paper's FsfairX-LLaMA3-RM, loaded in `judge_dtype` (`f32` or `bf16`) —
 //! or, on the built-in task, the world's ground-truth reward (`judge_world`). Policies are
-//! Hugging Face folders of any architecture `ml::models::backbone` loads (GPT-2, Gemma, Llama).
+//! Hugging Face folders of any architecture `ml::models::backbone` loads (GPT-2, Gemma, Llama,
+//! Qwen2), reading the prompts as `ppo` trained them to (`prompt_template`).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,9 @@ use crate::{
     data::{read_texts, World},
     files::write_json,
     ml::{io::chat::ChatTemplate, models::hf_weights::WeightDtype, reward::RewardReader},
-    rl::judge::{evaluate_policy, summarize, AnswerConfig, Judge, JudgeResults, PolicyScore},
+    rl::judge::{
+        evaluate_policy, summarize, AnswerConfig, Evaluation, Judge, JudgeResults, PolicyScore,
+    },
 };
 
 /// One policy to evaluate: a path, or `{node, matrix, path}` from a sweep reference.
@@ -69,6 +72,16 @@ pub struct JudgeEvalParams {
     /// takes ~16 GB of GPU memory).
     #[serde(default)]
     pub judge_dtype: WeightDtype,
+    /// How the policies and the reference read a prompt, as the `ppo` param of the same name
+    /// (give the one the policies were trained with): `plain` (the default: the prompt's text
+    /// as `tokenizer(text)` encodes it, with the BOS a Gemma or Llama tokenizer adds and
+    /// nothing added for GPT-2), or a chat template (`model`: each policy folder's own
+    /// `tokenizer_config.json` template; or `gemma`, `llama3`, `llama3.1`, `qwen2.5`) that
+    /// renders the prompt as a user turn followed by the opening of the assistant's turn.
+    /// Either way the judge reads the prompt's own text and the answer, as PPO's reward model
+    /// does.
+    #[serde(default)]
+    pub prompt_template: Option<ChatTemplate>,
     /// The built-in task's world: the ground-truth reward plays the judge.
     #[serde(default)]
     pub judge_world: Option<String>,
@@ -135,7 +148,12 @@ impl StageKind for JudgeEvalKind {
         // The built-in world's judge is unchanged.
         // 4: a policy's answers stop at every EOS id its `generation_config.json` and
         // `config.json` declare, not only its tokenizer's (the built-in task's are the same).
-        4
+        // 5: a policy reads its prompts as `ppo` encodes them (`rl::policy::read_prompts`):
+        // plain text gets the BOS a Gemma/Llama tokenizer adds, and the judge reads the
+        // prompt's own text without it; `prompt_template` renders chat prompts; `results`
+        // records the template and each policy's first prompt. GPT-2 policies (no BOS) and
+        // their scores are unchanged.
+        5
     }
     fn summary(&self) -> &'static str {
         "mean judge reward of every policy and the reference on held-out prompts; per-method distributions"
@@ -222,9 +240,10 @@ impl StageKind for JudgeEvalKind {
             temperature: p.temperature,
             batch_size: p.batch_size,
             seed: p.seed,
+            prompt_template: p.prompt_template.clone(),
         };
         let total = p.policies.len() + 1;
-        let evaluate = |path: &str, label: &str, i: usize| -> Result<(f64, f64), StageError> {
+        let evaluate = |path: &str, label: &str, i: usize| -> Result<Evaluation, StageError> {
             if ctx.cancelled() {
                 return Err(Box::new(Cancelled));
             }
@@ -238,7 +257,10 @@ impl StageKind for JudgeEvalKind {
             )
             .map_err(stage_error)
         };
-        let (reference, _) = evaluate(&p.reference, "reference", 0)?;
+        let template = p.prompt_template.clone().unwrap_or(ChatTemplate::Plain);
+        ctx.log(format!("prompts read as `{template}`"));
+        let reference_eval = evaluate(&p.reference, "reference", 0)?;
+        let reference = reference_eval.mean;
         ctx.log(format!(
             "reference policy: mean judge reward {reference:.4}"
         ));
@@ -256,13 +278,14 @@ impl StageKind for JudgeEvalKind {
                     (node.clone(), g, path.clone())
                 }
             };
-            let (mean, std) = evaluate(&path, &node, i + 1)?;
-            ctx.log(format!("{node}: mean judge reward {mean:.4}"));
+            let e = evaluate(&path, &node, i + 1)?;
+            ctx.log(format!("{node}: mean judge reward {:.4}", e.mean));
             scores.push(PolicyScore {
                 node,
                 group,
-                mean_reward: mean,
-                std_reward: std,
+                mean_reward: e.mean,
+                std_reward: e.std,
+                first_prompt: e.first_prompt,
             });
         }
         let groups = summarize(reference, &scores);
@@ -290,7 +313,9 @@ impl StageKind for JudgeEvalKind {
         let results = JudgeResults {
             judge: judge_name,
             prompts: prompts.len(),
+            prompt_template: template.to_string(),
             reference,
+            reference_first_prompt: reference_eval.first_prompt,
             policies: scores,
             groups,
         };

@@ -9,7 +9,7 @@
 //! KL penalty, variance, losses, entropy). Checkpoints go to the node's scratch folder every
 //! `checkpoint_every` steps, so a killed node resumes where it was.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Module;
@@ -24,7 +24,7 @@ use super::{
     parse_params, stage_error,
 };
 use crate::{
-    data::{read_texts, Message},
+    data::read_texts,
     files::write_json,
     ml::{
         inference::{generate::GenerateConfig, sampling::SamplingConfig},
@@ -35,7 +35,7 @@ use crate::{
     rl::{
         calibrate::final_mean,
         loss::LossConfig,
-        policy::{load_policy, Policy},
+        policy::{load_policy, read_prompts, Policy},
         ppo::{train, PpoConfig, StepStats},
         rollout::{Aggregation, Method, PpoModels, RolloutConfig},
     },
@@ -525,43 +525,8 @@ impl Setup {
     pub fn load(p: &PpoParams, prompts: &[String], device: &Device) -> Result<Self, StageError> {
         let policy_dir = Path::new(&p.policy);
         let tok = TextTokenizer::from_file(&policy_dir.join(TOKENIZER_FILE))?;
-        let eos = tok.eos_id();
-        let prompt_template = match &p.prompt_template {
-            None | Some(ChatTemplate::Plain) => ChatTemplate::Plain,
-            Some(t) => ChatTemplate::for_model(policy_dir, &tok, Some(t.clone())).map_err(|e| {
-                format!(
-                    "`prompt_template` of the policy {}: {e}",
-                    policy_dir.display()
-                )
-            })?,
-        };
-        // A prompt the policy reads with tokens around its text (a chat template's markup, the
-        // BOS a Gemma or Llama tokenizer adds) → its own text, which the reward model reads.
-        let mut own_texts = HashMap::new();
-        let prompts: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|t| {
-                let mut ids = if prompt_template.is_chat() {
-                    let text =
-                        prompt_template.render_prompt(&[Message::new("user", t.as_str())], true)?;
-                    let ids = prompt_template.encode_text(&tok, &text)?;
-                    own_texts.insert(ids.clone(), t.clone());
-                    ids
-                } else {
-                    // Plain text as `tokenizer(text)` encodes it: with the BOS its
-                    // post-processor adds (none for GPT-2's byte-level BPE).
-                    let ids = tok.encode_with_special_tokens(t)?;
-                    if ids != tok.encode(t)? {
-                        own_texts.insert(ids.clone(), t.clone());
-                    }
-                    ids
-                };
-                if ids.is_empty() {
-                    ids.push(eos.unwrap_or(0));
-                }
-                Ok(ids)
-            })
-            .collect::<Result<_, crate::ml::MlError>>()?;
+        // The prompts as the policy reads them; the reward model reads their own text.
+        let read = read_prompts(policy_dir, tok.clone(), p.prompt_template.as_ref(), prompts)?;
         let reader = RewardReader::load(
             Path::new(&p.reward_model),
             device,
@@ -583,9 +548,7 @@ impl Setup {
             },
             reward: Box::new(ReadSamples {
                 reader,
-                policy_tokenizer: tok,
-                prompt_texts: own_texts,
-                prompts_are_turns: prompt_template.is_chat(),
+                samples: read.samples,
             }),
             profile: false,
         };
@@ -593,9 +556,9 @@ impl Setup {
         Ok(Setup {
             models,
             policy,
-            prompts,
+            prompts: read.ids,
             rm_template,
-            prompt_template,
+            prompt_template: read.template,
         })
     }
 }

@@ -380,18 +380,46 @@ pub trait SampleScorer {
     ) -> Result<Scores>;
 }
 
-/// A [`RewardReader`] reading a policy's samples as text: decoded with the policy's tokenizer
-/// ([`Exchange::sampled`]), then read as any exchange. A sample whose prompt ids are a key of
+/// What a reward model or a judge reads of a sequence a policy sampled: the sequence decoded
+/// with the policy's tokenizer ([`Exchange::sampled`]), unless its prompt ids are a key of
 /// `prompt_texts` (a prompt the policy read with tokens around its text: a chat template's
-/// markup, a BOS its tokenizer adds) is read with that prompt's own text instead, without the
+/// markup, a BOS its tokenizer adds). Such a prompt is read as its own text, without the
 /// policy's tokens: as a pair with the decoded response when `prompts_are_turns` (chat turns),
 /// else as a sample whose text is the prompt's followed by the response as generated.
-#[derive(Debug)]
-pub struct ReadSamples {
-    pub reader: RewardReader,
+/// `rl::policy::read_prompts` builds it with the prompts' ids, for PPO and the judge alike.
+#[derive(Debug, Clone)]
+pub struct SampleTexts {
     pub policy_tokenizer: TextTokenizer,
     pub prompt_texts: std::collections::HashMap<Vec<u32>, String>,
     pub prompts_are_turns: bool,
+}
+
+impl SampleTexts {
+    /// The exchange a reward model reads of `seq` (`prompt_len` prompt tokens, then a
+    /// response that ends at one of `stop_ids` or at the length limit).
+    pub fn exchange(&self, seq: &[u32], prompt_len: usize, stop_ids: &[u32]) -> Result<Exchange> {
+        let sampled = Exchange::sampled(&self.policy_tokenizer, seq, prompt_len, stop_ids)?;
+        Ok(
+            match self.prompt_texts.get(&seq[..prompt_len.min(seq.len())]) {
+                Some(own) if self.prompts_are_turns => {
+                    Exchange::pair(own.clone(), sampled.response())
+                }
+                Some(own) => Exchange::Sampled {
+                    prompt: own.clone(),
+                    response: sampled.response().to_string(),
+                    text: format!("{own}{}", sampled.response()),
+                },
+                None => sampled,
+            },
+        )
+    }
+}
+
+/// A [`RewardReader`] reading a policy's samples as text, as [`SampleTexts`] says.
+#[derive(Debug)]
+pub struct ReadSamples {
+    pub reader: RewardReader,
+    pub samples: SampleTexts,
 }
 
 impl SampleScorer for ReadSamples {
@@ -408,20 +436,7 @@ impl SampleScorer for ReadSamples {
         let exchanges = seqs
             .iter()
             .zip(prompt_lens)
-            .map(|(s, &n)| {
-                let sampled = Exchange::sampled(&self.policy_tokenizer, s, n, stop_ids)?;
-                Ok(match self.prompt_texts.get(&s[..n.min(s.len())]) {
-                    Some(own) if self.prompts_are_turns => {
-                        Exchange::pair(own.clone(), sampled.response())
-                    }
-                    Some(own) => Exchange::Sampled {
-                        prompt: own.clone(),
-                        response: sampled.response().to_string(),
-                        text: format!("{own}{}", sampled.response()),
-                    },
-                    None => sampled,
-                })
-            })
+            .map(|(s, &n)| self.samples.exchange(s, n, stop_ids))
             .collect::<Result<Vec<_>>>()?;
         self.reader.score(&exchanges)
     }

@@ -3,7 +3,10 @@
 //! its mean judge reward, and each method's is the distribution of its policies' results.
 //!
 //! The judge is a reward model read through [`crate::ml::reward`] (one of its heads, or their
-//! mean) or, on the built-in task, the world's ground-truth reward.
+//! mean) or, on the built-in task, the world's ground-truth reward. A policy answers its
+//! prompts as PPO trained it to: read with the same template and ids
+//! ([`crate::rl::policy::read_prompts`]), and the judge reads each prompt's own text and the
+//! response exactly as PPO's reward model reads a sample.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::World;
 use crate::ml::inference::generate::{generate, GenerateConfig};
 use crate::ml::inference::sampling::SamplingConfig;
+use crate::ml::io::chat::ChatTemplate;
 use crate::ml::io::tokenizer::TextTokenizer;
 use crate::ml::models::backbone::Backbone;
 use crate::ml::models::gpt2_hf::TOKENIZER_FILE;
@@ -21,6 +25,7 @@ use crate::ml::models::hf_weights::WeightDtype;
 use crate::ml::reward::{Exchange, RewardReader};
 use crate::ml::rng::SeededRng;
 use crate::ml::{MlError, Result};
+use crate::rl::policy::read_prompts;
 use crate::stats::Distribution;
 
 /// Who scores the answers.
@@ -68,18 +73,43 @@ pub struct AnswerConfig {
     pub batch_size: usize,
     /// Seed of the sampling: every policy gets the same stream of draws.
     pub seed: u64,
+    /// How the policy reads a prompt (`ppo`'s `prompt_template`: `None` is `plain`), see
+    /// [`read_prompts`].
+    pub prompt_template: Option<ChatTemplate>,
 }
 
-/// The mean and standard deviation of the judge's scores of the answers of the policy in
-/// folder `dir` (any architecture [`Backbone`] loads, with its `tokenizer.json`) to `prompts`.
-pub fn evaluate_policy(
+/// A policy's answers to the held-out prompts.
+#[derive(Debug, Clone)]
+pub struct Answers {
+    /// The template the policy read the prompts with.
+    pub template: ChatTemplate,
+    /// Each prompt's token ids as the policy read them (as PPO's rollout encodes them).
+    pub prompt_ids: Vec<Vec<u32>>,
+    /// The sampled sequences (prompt ⊕ response, the policy's token ids) and their prompt
+    /// lengths.
+    pub sequences: Vec<Vec<u32>>,
+    pub prompt_lens: Vec<usize>,
+    /// What the judge reads of each: the prompt's own text and the response, as PPO's reward
+    /// model reads a sample ([`crate::ml::reward::SampleTexts`]).
+    pub exchanges: Vec<Exchange>,
+    /// The first prompt's ids as text (special tokens kept): what the policy was shown.
+    pub first_prompt: String,
+}
+
+/// The answers of the policy in folder `dir` (any architecture [`Backbone`] loads, with its
+/// `tokenizer.json`) to `prompts`: the prompts read as PPO reads them ([`read_prompts`] with
+/// `cfg.prompt_template`), responses sampled until a stop id the folder declares.
+pub fn sample_answers(
     dir: &Path,
     prompts: &[String],
     cfg: &AnswerConfig,
-    judge: &Judge,
     device: &Device,
-) -> Result<(f64, f64)> {
+) -> Result<Answers> {
+    if prompts.is_empty() {
+        return Err(MlError::Invalid("no prompts to evaluate".into()));
+    }
     let tok = TextTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
+    let read = read_prompts(dir, tok.clone(), cfg.prompt_template.as_ref(), prompts)?;
     let lm = Backbone::from_hf_dir(dir, device, WeightDtype::F32)?;
     let generation = GenerateConfig {
         max_new_tokens: cfg.max_new_tokens,
@@ -92,33 +122,52 @@ pub fn evaluate_policy(
     };
     // The same sampling stream for every policy: differences come from the policies.
     let mut rng = SeededRng::new(cfg.seed);
-    let mut scores = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(cfg.batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|t| {
-                tok.encode(t).map(|mut v| {
-                    if v.is_empty() {
-                        v.push(tok.eos_id().unwrap_or(0));
-                    }
-                    v
-                })
-            })
-            .collect::<Result<_>>()?;
-        let g = generate(&lm, &ids, &generation, &mut rng)?;
-        let exchanges = g
-            .sequences
-            .iter()
-            .zip(&g.prompt_lens)
-            .map(|(s, &n)| Exchange::sampled(&tok, s, n, &generation.stop_ids))
-            .collect::<Result<Vec<_>>>()?;
-        scores.extend(judge.score(&exchanges)?);
+    let (mut sequences, mut prompt_lens, mut exchanges) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in read.ids.chunks(cfg.batch_size.max(1)) {
+        let g = generate(&lm, chunk, &generation, &mut rng)?;
+        for (s, &n) in g.sequences.iter().zip(&g.prompt_lens) {
+            exchanges.push(read.samples.exchange(s, n, &generation.stop_ids)?);
+        }
+        sequences.extend(g.sequences);
+        prompt_lens.extend(g.prompt_lens);
     }
-    if scores.is_empty() {
-        return Err(MlError::Invalid("no prompts to evaluate".into()));
-    }
+    Ok(Answers {
+        first_prompt: tok.decode(&read.ids[0])?,
+        template: read.template,
+        prompt_ids: read.ids,
+        sequences,
+        prompt_lens,
+        exchanges,
+    })
+}
+
+/// A policy's judged answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The mean and standard deviation of the judge's scores.
+    pub mean: f64,
+    pub std: f64,
+    /// The first prompt as the policy read it ([`Answers::first_prompt`]).
+    pub first_prompt: String,
+}
+
+/// The judge's scores of the answers of the policy in folder `dir` to `prompts`
+/// ([`sample_answers`]).
+pub fn evaluate_policy(
+    dir: &Path,
+    prompts: &[String],
+    cfg: &AnswerConfig,
+    judge: &Judge,
+    device: &Device,
+) -> Result<Evaluation> {
+    let answers = sample_answers(dir, prompts, cfg, device)?;
+    let scores = judge.score(&answers.exchanges)?;
     let d = Distribution::of(&scores, 10);
-    Ok((d.mean, d.std))
+    Ok(Evaluation {
+        mean: d.mean,
+        std: d.std,
+        first_prompt: answers.first_prompt,
+    })
 }
 
 /// One policy's evaluation.
@@ -128,6 +177,9 @@ pub struct PolicyScore {
     pub group: String,
     pub mean_reward: f64,
     pub std_reward: f64,
+    /// The first held-out prompt as this policy read it (its ids as text).
+    #[serde(default)]
+    pub first_prompt: String,
 }
 
 /// The `judge_eval` kind's `results`.
@@ -135,7 +187,13 @@ pub struct PolicyScore {
 pub struct JudgeResults {
     pub judge: String,
     pub prompts: usize,
+    /// How the policies and the reference read the prompts (`plain`, or a chat template).
+    #[serde(default)]
+    pub prompt_template: String,
     pub reference: f64,
+    /// The first held-out prompt as the reference read it.
+    #[serde(default)]
+    pub reference_first_prompt: String,
     pub policies: Vec<PolicyScore>,
     /// Per group: the distribution of its policies' mean judge rewards, and the share of
     /// its policies that fall below the reference policy.

@@ -160,6 +160,14 @@ impl Backbone {
         }
     }
 
+    /// Number of transformer layers.
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Backbone::Gpt2(m) => m.config().n_layer,
+            Backbone::Decoder(d) => d.config().num_hidden_layers,
+        }
+    }
+
     /// Every weight on the host (widened to f32) under its Hugging Face name without the
     /// model prefix: the names a training checkpoint stores.
     pub fn named_weights(&self) -> Vec<(String, HostTensor)> {

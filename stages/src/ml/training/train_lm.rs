@@ -1,5 +1,7 @@
-//! Causal language-model training of a [`Gpt2`] on a token stream: Adam/AdamW, a learning-rate
-//! schedule, global-norm gradient clipping, gradient accumulation, and resumable checkpoints.
+//! Causal language-model training of a [`Gpt2`], or of any [`Backbone`] with an LM head (a
+//! Gemma/Llama/Qwen2 decoder fine-tuned from its folder), on a token stream: Adam/AdamW, a
+//! learning-rate schedule, global-norm gradient clipping, gradient accumulation, and
+//! resumable checkpoints.
 //!
 //! The loop is a plain function over explicit state ([`LmTrainer`]: model, optimizer, RNG,
 //! data order, step). Everything that influences the next step is in a checkpoint, so a run
@@ -14,7 +16,8 @@ use burn::tensor::{Device, Tensor};
 use crate::ml::error::{MlError, Result};
 use crate::ml::inference::logprobs::token_logprobs_from_logits;
 use crate::ml::io::batch::TokenBatch;
-use crate::ml::models::gpt2::{Gpt2, Gpt2Config};
+use crate::ml::models::backbone::{Backbone, LanguageModel};
+use crate::ml::models::gpt2::Gpt2;
 use crate::ml::models::weights::HostTensors;
 use crate::ml::rng::{RngState, SeededRng};
 use crate::ml::training::checkpoint;
@@ -55,11 +58,83 @@ fn default_grad_accum_steps() -> usize {
     1
 }
 
+/// A causal LM that [`LmTrainer`] trains: [`Gpt2`], or a [`Backbone`] (GPT-2 or a
+/// Gemma/Llama/Qwen2 decoder with an LM head).
+pub trait TrainableLm: Module + Sized {
+    /// Float32 logits `[rows, len, vocab]` of the tokens of `batch`.
+    fn logits_of_batch(&self, batch: &TokenBatch) -> Result<Tensor<3>>;
+    /// Longest sequence accepted.
+    fn positions(&self) -> usize;
+    /// Every weight on the host, under the names [`TrainableLm::with_host_weights`] reads.
+    fn host_weights(&self) -> HostTensors;
+    /// A model of this one's architecture and configuration with the weights of `set`, on
+    /// `device` (a checkpoint's weights: this model's own are not used).
+    fn with_host_weights(&self, set: HostTensors, device: &Device) -> Result<Self>;
+    /// The architecture, for a message (`gpt2`, `llama`, ...).
+    fn architecture(&self) -> String;
+    /// Writes the model as a Hugging Face folder of its architecture, with the tokenizer at
+    /// `tokenizer` and the configuration files of its folder.
+    fn save_hf(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()>;
+}
+
+impl TrainableLm for Gpt2 {
+    fn logits_of_batch(&self, batch: &TokenBatch) -> Result<Tensor<3>> {
+        self.forward(batch, None)
+    }
+    fn positions(&self) -> usize {
+        self.config().n_positions
+    }
+    fn host_weights(&self) -> HostTensors {
+        let mut set = HostTensors::new("");
+        for (name, t) in self.named_weights() {
+            set.tensors.insert(name, t);
+        }
+        set
+    }
+    fn with_host_weights(&self, set: HostTensors, device: &Device) -> Result<Self> {
+        Gpt2::from_tensors(self.config(), set, device)
+    }
+    fn architecture(&self) -> String {
+        "gpt2".into()
+    }
+    fn save_hf(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
+        self.save_hf_dir(dir, tokenizer)
+    }
+}
+
+impl TrainableLm for Backbone {
+    fn logits_of_batch(&self, batch: &TokenBatch) -> Result<Tensor<3>> {
+        self.forward(batch, None)
+    }
+    fn positions(&self) -> usize {
+        self.max_positions()
+    }
+    fn host_weights(&self) -> HostTensors {
+        let mut set = HostTensors::new("");
+        for (name, t) in self.named_weights() {
+            set.tensors.insert(name, t);
+        }
+        set
+    }
+    fn with_host_weights(&self, set: HostTensors, device: &Device) -> Result<Self> {
+        self.with_weights(set, device)
+    }
+    fn architecture(&self) -> String {
+        self.model_type().to_string()
+    }
+    fn save_hf(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
+        self.save_hf_dir(dir, tokenizer)
+    }
+}
+
 /// The trainer's JSON state inside a checkpoint.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct TrainerState {
     config: LmTrainConfig,
-    model_config: Gpt2Config,
+    /// The architecture trained (`gpt2`, `llama`, ...); its configuration is the starting
+    /// model's, which a resumed run is given again.
+    #[serde(default)]
+    architecture: Option<String>,
     rng: RngState,
     order: Vec<usize>,
     cursor: usize,
@@ -68,11 +143,11 @@ struct TrainerState {
 
 /// A language-model training run in progress.
 #[derive(Debug)]
-pub struct LmTrainer {
+pub struct LmTrainer<M: TrainableLm = Gpt2> {
     /// The model being trained (on an autodiff device): always `Some` between calls; taken
     /// out for the optimizer step, so that the optimizer holds the only handle to its
     /// weights and can update them in place (a clone kept alive would make it copy them).
-    model: Option<Gpt2>,
+    model: Option<M>,
     /// Optimizer steps completed.
     pub step: usize,
     /// Mean training loss of each completed step.
@@ -86,20 +161,12 @@ pub struct LmTrainer {
     device: Device,
 }
 
-/// Weights of `model` keyed by the names `Gpt2::from_tensors` accepts.
-fn weights_of(model: &Gpt2) -> HostTensors {
-    let mut set = HostTensors::new("");
-    for (name, t) in model.named_weights() {
-        set.tensors.insert(name, t);
-    }
-    set
-}
-
-impl LmTrainer {
+impl<M: TrainableLm> LmTrainer<M> {
     /// Start training `model` on `tokens` on `device` (autodiff is enabled here), or resume
-    /// from the latest checkpoint in `checkpoint_dir` when there is one.
+    /// from the latest checkpoint in `checkpoint_dir` when there is one (its weights in a
+    /// model of `model`'s architecture and configuration).
     pub fn new(
-        model: &Gpt2,
+        model: &M,
         tokens: &[u32],
         config: LmTrainConfig,
         device: &Device,
@@ -110,11 +177,11 @@ impl LmTrainer {
                 "seq_len must be ≥ 2 and batch_size, grad_accum_steps ≥ 1".into(),
             ));
         }
-        if config.seq_len > model.config().n_positions {
+        if config.seq_len > model.positions() {
             return Err(MlError::Invalid(format!(
-                "seq_len {} exceeds n_positions {}",
+                "seq_len {} exceeds the model's {} positions",
                 config.seq_len,
-                model.config().n_positions
+                model.positions()
             )));
         }
         let blocks: Vec<Vec<u32>> = tokens
@@ -142,7 +209,15 @@ impl LmTrainer {
                         ck.path.display()
                     )));
                 }
-                let model = Gpt2::from_tensors(&state.model_config, ck.weights, &ad)?;
+                let arch = model.architecture();
+                if state.architecture.as_ref().is_some_and(|a| *a != arch) {
+                    return Err(MlError::Invalid(format!(
+                        "{}: checkpoint of a {} model, but this run trains a {arch}",
+                        ck.path.display(),
+                        state.architecture.unwrap_or_default()
+                    )));
+                }
+                let model = model.with_host_weights(ck.weights, &ad)?;
                 return Ok(LmTrainer {
                     model: Some(model),
                     step: ck.step,
@@ -157,7 +232,7 @@ impl LmTrainer {
                 });
             }
         }
-        let model = Gpt2::from_tensors(model.config(), weights_of(model), &ad)?;
+        let model = model.with_host_weights(model.host_weights(), &ad)?;
         let rng = SeededRng::new(config.seed);
         Ok(LmTrainer {
             model: Some(model),
@@ -190,8 +265,8 @@ impl LmTrainer {
     }
 
     /// Mean next-token cross-entropy of `model` on `batch` (a tracked scalar on autodiff).
-    pub fn loss(model: &Gpt2, batch: &TokenBatch) -> Result<Tensor<1>> {
-        let logits = model.forward(batch, None)?;
+    pub fn loss(model: &M, batch: &TokenBatch) -> Result<Tensor<1>> {
+        let logits = model.logits_of_batch(batch)?;
         Ok(token_logprobs_from_logits(logits, batch).mean().neg())
     }
 
@@ -229,7 +304,7 @@ impl LmTrainer {
         self.check_params()?;
         let state = TrainerState {
             config: self.config.clone(),
-            model_config: self.model().config().clone(),
+            architecture: Some(self.model().architecture()),
             rng: self.rng.state(),
             order: self.order.clone(),
             cursor: self.cursor,
@@ -239,7 +314,7 @@ impl LmTrainer {
         checkpoint::save(
             dir,
             self.step,
-            &weights_of(self.model()),
+            &self.model().host_weights(),
             &self.optim,
             trainer,
         )?;
@@ -270,14 +345,14 @@ impl LmTrainer {
     }
 
     /// The model being trained (on an autodiff device).
-    pub fn model(&self) -> &Gpt2 {
+    pub fn model(&self) -> &M {
         self.model
             .as_ref()
             .expect("the model is back after every step")
     }
 
     /// The trained model without autodiff (for inference or export).
-    pub fn into_model(self) -> Gpt2 {
+    pub fn into_model(self) -> M {
         self.model().valid()
     }
 
