@@ -120,14 +120,20 @@ impl StageKind for CommandKind {
         // token so that, should dagrun die (`kill -9`), the next dagrun finds and kills
         // what is left of the group before anything reruns.
         //
-        // No `pre_exec` hook (such as PR_SET_PDEATHSIG, which would reach `sh` only, not
-        // what it starts): with one, `Command` must `fork`, copying dagrun's page tables
-        // for every command — the largest per-node cost the profile found
+        // Here, no `pre_exec` hook: with one, `Command` must `fork`, copying dagrun's page
+        // tables for every command — the largest per-node cost the profile found
         // (docs/benchmarks.md, issue 19). Without, it uses `posix_spawn` (a `vfork`-style
-        // clone), as ninja and make do.
+        // clone), as ninja and make do; the group records above cover a dagrun that dies.
+        // In a Slurm job there are no group records, and Slurm may end a job's processes
+        // by process group (`proctrack/pgid`), which this group escapes: there `sh` dies
+        // with the worker (PR_SET_PDEATHSIG), one command a job, so the fork costs nothing
+        // that counts.
         let token = dagrun_cache::procs::new_token();
         c.env(dagrun_cache::procs::GROUP_ENV, &token);
         c.process_group(0);
+        if ctx.place != Place::Here {
+            die_with_parent(&mut c);
+        }
         // Recorded before it starts (its token, no leader yet), so that even a dagrun
         // killed right after the spawn leaves a record for the next one to act on; the
         // leader is added once it is known.
@@ -182,6 +188,22 @@ impl StageKind for CommandKind {
         }
     }
 }
+
+/// Linux: `sh` gets SIGKILL when the thread that spawned it dies (PR_SET_PDEATHSIG; it
+/// reaches `sh` only, not what `sh` starts). Elsewhere nothing.
+#[cfg(target_os = "linux")]
+fn die_with_parent(c: &mut Command) {
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_c: &mut Command) {}
 
 /// How often a running command checks for Ctrl-C. Its exit is not polled: it is seen the
 /// moment it happens (a `poll` on its pidfd, or a thread blocked in `wait`).
